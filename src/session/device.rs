@@ -1,0 +1,925 @@
+//! The device side of a session (DESIGN.md §2): the 4-packet UDP handshake with retries, Get
+//! Device Config, logon (new or resume), heartbeats, retransmission of unacknowledged messages
+//! (UDP), gap detection with one ResendRequest at a time, and logout.
+//!
+//! Call order, like the gateway side: `connect` → `handle_datagram` / `handle_frame` →
+//! `handle_timeout` → `poll_transmit` (until `None`) → `poll_timeout`. Events (application
+//! messages included, borrowed from the input) are passed to a callback as they happen.
+
+use core::time::Duration;
+
+use super::gateway::SendError;
+use super::state::Transport;
+use super::timer::{Timer, TimerTable};
+use crate::journal::{Journal, JournalConfig};
+use crate::protocol::{
+    Body, Datagram, DeviceUid, FLAG_RESEND, Header, Message, Password, Username, offset,
+    write_prefix,
+};
+use crate::time::Timestamp;
+
+/// Settings of a simulated or real device.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceConfig {
+    /// UDP (handshake first) or TCP (LogonRequest first).
+    pub transport: Transport,
+    /// `deviceUid` (UDP).
+    pub device_uid: DeviceUid,
+    /// Logon username.
+    pub username: Username,
+    /// Logon password.
+    pub password: Password,
+    /// First re-send delay for unacknowledged messages (`udp.retransmit_ms`, 200 ms).
+    pub retransmit_min: Duration,
+    /// Largest re-send delay after doubling (2000 ms).
+    pub retransmit_max: Duration,
+    /// Handshake packet retry period (500 ms).
+    pub handshake_retry: Duration,
+    /// Give up on the handshake or logon after this ("host timeout", 5 s).
+    pub handshake_timeout: Duration,
+    /// Heartbeat interval until LogonResponse says otherwise (5 s).
+    pub heartbeat_default: Duration,
+    /// Largest datagram (1400 bytes).
+    pub max_datagram: usize,
+    /// Retransmit buffer: unacknowledged messages kept (`messages_per_session`).
+    pub buffer: JournalConfig,
+}
+
+impl DeviceConfig {
+    /// Defaults for a device with this uid, username and password.
+    pub fn new(transport: Transport, uid: &[u8], username: &[u8], password: &[u8]) -> Self {
+        Self {
+            transport,
+            device_uid: DeviceUid::new(uid).unwrap_or_default(),
+            username: Username::new(username).unwrap_or_default(),
+            password: Password::new(password).unwrap_or_default(),
+            retransmit_min: Duration::from_millis(200),
+            retransmit_max: Duration::from_millis(2000),
+            handshake_retry: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_default: Duration::from_secs(5),
+            max_datagram: 1400,
+            buffer: JournalConfig { messages_per_session: 256, slot_bytes: 256 },
+        }
+    }
+}
+
+/// Where a device transmit goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceDest {
+    /// The gateway's handshake port (3006).
+    Handshake,
+    /// The session port named in ConnectionAccept.
+    SessionPort(u16),
+    /// The TCP stream.
+    Stream,
+}
+
+/// One buffer for the device to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct DeviceTransmit {
+    /// Destination.
+    pub dest: DeviceDest,
+    /// Bytes at the start of the caller's buffer.
+    pub len: usize,
+}
+
+/// Why a device session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// A handshake or logon step got no answer in time.
+    HostTimeout,
+    /// ConnectionReject with this reason.
+    ConnectionRejected(u8),
+    /// RegistrationReject with this reason (other than cookie problems, which restart).
+    RegistrationRejected(u8),
+    /// The gateway sent LoggedOut.
+    LoggedOut,
+    /// The gateway went silent (TestRequest unanswered).
+    Lost,
+    /// The transport was closed under us (TCP).
+    TransportClosed,
+}
+
+/// The device's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Not connected (initial, or between a lost transport and the next `connect`).
+    Idle,
+    /// ConnectionRequest sent.
+    Connecting,
+    /// RegistrationRequest sent.
+    Registering,
+    /// Registered, waiting for GetDeviceConfig.
+    AwaitingConfig,
+    /// LogonRequest sent.
+    LoggingOn,
+    /// Logged on.
+    Active,
+    /// LogoutRequest sent.
+    LoggingOut,
+    /// Ended.
+    Ended(EndReason),
+}
+
+/// Something that happened, passed to the caller's callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEvent<'a> {
+    /// RegistrationAccept.
+    Registered {
+        /// The session id.
+        session_id: u64,
+        /// An existing session was resumed.
+        resumed: bool,
+    },
+    /// LogonResponse.
+    LoggedOn {
+        /// Heartbeat interval the gateway expects.
+        heartbeat_interval_s: i32,
+        /// The last of our messages the gateway processed.
+        last_processed: i64,
+    },
+    /// Our stream state was discarded (new session where a resume was hoped for): this many
+    /// unacknowledged messages are lost.
+    StreamReset {
+        /// Unacknowledged messages dropped.
+        unacked_dropped: usize,
+    },
+    /// An application message, in order, exactly once.
+    App {
+        /// Its sequence number.
+        seq: i64,
+        /// `messageTypeId`.
+        type_id: u16,
+        /// Body.
+        body: &'a [u8],
+        /// `sendTime` from the header.
+        send_time: i64,
+        /// The resend flag.
+        resent: bool,
+    },
+    /// A Reject for one of our messages.
+    Rejected {
+        /// The refused message.
+        ref_seq_num: i64,
+        /// Reason.
+        reason: u8,
+    },
+    /// The session ended.
+    Ended {
+        /// Why.
+        reason: EndReason,
+        /// LoggedOut reason, if any.
+        text: &'a [u8],
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    /// Highest number seen beyond the gap.
+    high: i64,
+}
+
+/// Counters of one device (the load generator sums them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Messages re-sent after a timeout.
+    pub retransmits: u64,
+    /// ResendRequests sent.
+    pub resend_requests: u64,
+    /// Inbound duplicates dropped.
+    pub duplicates: u64,
+    /// Inbound out-of-order messages dropped.
+    pub out_of_order: u64,
+    /// GapFills applied.
+    pub gap_fills: u64,
+    /// Malformed inbound frames.
+    pub malformed: u64,
+}
+
+/// One device. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Device {
+    cfg: DeviceConfig,
+    state: DeviceState,
+    timers: TimerTable,
+    wall_offset_ns: i64,
+    // Handshake.
+    nonce: u64,
+    cookie: [u8; 32],
+    session_port: u16,
+    session_id: u64,
+    resumed: bool,
+    conn_request_pending: bool,
+    reg_request_pending: bool,
+    config_reply: Option<i64>,
+    config: [u8; 255],
+    config_len: u8,
+    // Logon.
+    logon_pending: bool,
+    logon_resend: bool,
+    reset_next_logon: bool,
+    has_stream: bool,
+    heartbeat: Duration,
+    // Outbound.
+    next_out: i64,
+    acked: i64,
+    unacked: Journal,
+    live_ord: u64,
+    rtx_ord: u64,
+    rto: Duration,
+    last_sent: Timestamp,
+    // Inbound.
+    expected_in: i64,
+    last_heard: Timestamp,
+    outstanding: Option<Outstanding>,
+    awaiting_replies: u32,
+    test_corr: i64,
+    stats: DeviceStats,
+}
+
+/// Places in the retransmit buffer kept for session messages.
+const SESSION_RESERVE: usize = 4;
+
+impl Device {
+    /// A device with its retransmit buffer allocated.
+    pub fn new(cfg: DeviceConfig) -> Self {
+        Self {
+            cfg,
+            state: DeviceState::Idle,
+            timers: TimerTable::default(),
+            wall_offset_ns: 0,
+            nonce: 0,
+            cookie: [0; 32],
+            session_port: 0,
+            session_id: 0,
+            resumed: false,
+            conn_request_pending: false,
+            reg_request_pending: false,
+            config_reply: None,
+            config: [0; 255],
+            config_len: 0,
+            logon_pending: false,
+            logon_resend: false,
+            reset_next_logon: true,
+            has_stream: false,
+            heartbeat: cfg.heartbeat_default,
+            next_out: 1,
+            acked: 0,
+            unacked: Journal::new(cfg.buffer),
+            live_ord: 0,
+            rtx_ord: 0,
+            rto: cfg.retransmit_min,
+            last_sent: Timestamp::ZERO,
+            expected_in: 1,
+            last_heard: Timestamp::ZERO,
+            outstanding: None,
+            awaiting_replies: 0,
+            test_corr: 0,
+            stats: DeviceStats::default(),
+        }
+    }
+
+    /// Sets the device config string sent in DeviceConfig (printable ASCII, ≤ 255 bytes).
+    pub fn set_device_config(&mut self, config: &[u8]) {
+        let n = config.len().min(255);
+        self.config[..n].copy_from_slice(&config[..n]);
+        self.config_len = n as u8;
+    }
+
+    /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
+    pub fn set_wall_offset(&mut self, ns: i64) {
+        self.wall_offset_ns = ns;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// The state.
+    pub fn state(&self) -> DeviceState {
+        self.state
+    }
+
+    /// The session id once registered (UDP).
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Next number this device will use.
+    pub fn next_out(&self) -> i64 {
+        self.next_out
+    }
+
+    /// Next number expected from the gateway.
+    pub fn expected_in(&self) -> i64 {
+        self.expected_in
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// The earliest deadline.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.next()
+    }
+
+    /// Starts (or restarts) a session. `nonce` must be new for each UDP handshake. With
+    /// `reset` the logon discards old state (resetSeqNum = 1); without it, a device that had a
+    /// session asks to resume it.
+    pub fn connect(&mut self, now: Timestamp, nonce: u64, reset: bool) {
+        self.timers.stop_all();
+        self.nonce = nonce;
+        self.reset_next_logon = reset || !self.has_stream;
+        self.outstanding = None;
+        self.config_reply = None;
+        self.logon_pending = false;
+        self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
+        match self.cfg.transport {
+            Transport::Udp => {
+                self.state = DeviceState::Connecting;
+                self.conn_request_pending = true;
+                self.timers.set(Timer::Retry, now + self.cfg.handshake_retry);
+            }
+            Transport::Tcp => self.begin_logon(now),
+        }
+    }
+
+    /// The transport went away (TCP closed); state is kept for a later `connect`.
+    pub fn transport_lost(&mut self) {
+        self.timers.stop_all();
+        if !matches!(self.state, DeviceState::Ended(_)) {
+            self.state = DeviceState::Idle;
+        }
+    }
+
+    /// Sends LogoutRequest; the session ends on LoggedOut.
+    pub fn logout(&mut self, now: Timestamp) {
+        if self.state == DeviceState::Active
+            && self.push_sequenced(now, Body::LogoutRequest { reason: b"bye" })
+        {
+            self.state = DeviceState::LoggingOut;
+        }
+    }
+
+    /// Queues an application message (type ≥ 100). With `expect_reply`, a reply that does not
+    /// come within the retransmit time triggers a TestRequest (lost-tail detection).
+    pub fn send_app(
+        &mut self,
+        now: Timestamp,
+        type_id: u16,
+        body: &[u8],
+        expect_reply: bool,
+    ) -> Result<i64, SendError> {
+        if type_id < crate::protocol::APP_TYPE_MIN {
+            return Err(SendError::InvalidType);
+        }
+        if self.state != DeviceState::Active {
+            return Err(SendError::NotActive);
+        }
+        if crate::protocol::align8(crate::protocol::HEADER_LEN + body.len())
+            > self.unacked.slot_bytes()
+        {
+            return Err(SendError::TooLarge);
+        }
+        if self.unacked.len() + SESSION_RESERVE >= self.unacked.capacity() {
+            return Err(SendError::Backpressure);
+        }
+        let seq = self.next_out;
+        if !self.push_sequenced(now, Body::App { type_id, body }) {
+            return Err(SendError::Backpressure);
+        }
+        if expect_reply {
+            self.awaiting_replies += 1;
+            self.timers.set_earliest(Timer::ReplyWait, now + self.rto);
+        }
+        Ok(seq)
+    }
+
+    /// Numbers, buffers and queues a sequenced message.
+    fn push_sequenced(&mut self, now: Timestamp, body: Body<'_>) -> bool {
+        if self.unacked.is_full() {
+            return false;
+        }
+        let seq = self.next_out;
+        let msg = self.msg(now, seq, 0, body);
+        let len = msg.encoded_len();
+        if self
+            .unacked
+            .append_with(seq, len, |dst| {
+                let _ = msg.encode(dst);
+            })
+            .is_err()
+        {
+            return false;
+        }
+        self.next_out += 1;
+        true
+    }
+
+    fn msg<'a>(&self, now: Timestamp, seq: i64, flags: u8, body: Body<'a>) -> Message<'a> {
+        Message {
+            header: Header {
+                flags,
+                seq,
+                last_processed: self.expected_in - 1,
+                send_time: (now.as_nanos() as i64).wrapping_add(self.wall_offset_ns),
+                ..Header::default()
+            },
+            body,
+        }
+    }
+
+    fn begin_logon(&mut self, now: Timestamp) {
+        self.state = DeviceState::LoggingOn;
+        if self.reset_next_logon {
+            let dropped = self.unacked.len();
+            self.unacked.reset();
+            self.next_out = 1;
+            self.acked = 0;
+            self.expected_in = 1;
+            self.live_ord = 0;
+            self.rtx_ord = 0;
+            let _ = dropped;
+        }
+        self.logon_pending = true;
+        self.logon_resend = false;
+        self.timers.set(Timer::Retry, now + self.cfg.retransmit_min);
+        self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
+    }
+
+    /// A UDP datagram from the gateway (either port).
+    pub fn handle_datagram(
+        &mut self,
+        now: Timestamp,
+        data: &[u8],
+        on_event: &mut dyn FnMut(DeviceEvent<'_>),
+    ) {
+        let Ok(dg) = Datagram::parse(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if dg.session_id != 0 && dg.session_id != self.session_id {
+            self.stats.malformed += 1;
+            return;
+        }
+        for frame in dg.frames() {
+            let Ok(frame) = frame else {
+                self.stats.malformed += 1;
+                return;
+            };
+            self.handle_frame(now, frame, on_event);
+        }
+    }
+
+    /// One frame from the gateway (a TCP frame, or one message of a datagram).
+    pub fn handle_frame(
+        &mut self,
+        now: Timestamp,
+        frame: &[u8],
+        on_event: &mut dyn FnMut(DeviceEvent<'_>),
+    ) {
+        let Ok(msg) = Message::decode_frame(frame) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if matches!(self.state, DeviceState::Idle | DeviceState::Ended(_)) {
+            return;
+        }
+        self.last_heard = now;
+        let h = msg.header;
+        match msg.body {
+            Body::ConnectionAccept { session_port, client_nonce, cookie, .. } => {
+                if self.state == DeviceState::Connecting && client_nonce == self.nonce {
+                    self.cookie = cookie;
+                    self.session_port = session_port;
+                    self.conn_request_pending = false;
+                    self.reg_request_pending = true;
+                    self.state = DeviceState::Registering;
+                    self.timers.set(Timer::Retry, now + self.cfg.handshake_retry);
+                }
+            }
+            Body::ConnectionReject { reason, .. } => {
+                if self.state == DeviceState::Connecting {
+                    self.end(EndReason::ConnectionRejected(reason), b"", on_event);
+                }
+            }
+            Body::RegistrationAccept { session_id, resumed } => {
+                if self.state == DeviceState::Registering {
+                    self.session_id = session_id;
+                    self.resumed = resumed;
+                    self.reg_request_pending = false;
+                    self.state = DeviceState::AwaitingConfig;
+                    self.timers.stop(Timer::Retry);
+                    if !resumed && self.has_stream && !self.reset_next_logon {
+                        // The gateway kept nothing: start over, and say what was lost.
+                        self.reset_next_logon = true;
+                        on_event(DeviceEvent::StreamReset { unacked_dropped: self.unacked.len() });
+                    }
+                    on_event(DeviceEvent::Registered { session_id, resumed });
+                }
+            }
+            Body::RegistrationReject { reason, .. } => {
+                if self.state == DeviceState::Registering {
+                    if reason == 1 || reason == 2 {
+                        // Bad or expired cookie: start the handshake again.
+                        self.state = DeviceState::Connecting;
+                        self.reg_request_pending = false;
+                        self.conn_request_pending = true;
+                    } else {
+                        self.end(EndReason::RegistrationRejected(reason), b"", on_event);
+                    }
+                }
+            }
+            Body::GetDeviceConfig { correlation_id } => {
+                if self.state == DeviceState::AwaitingConfig {
+                    self.begin_logon(now);
+                }
+                if matches!(self.state, DeviceState::LoggingOn | DeviceState::Active) {
+                    self.config_reply = Some(correlation_id);
+                }
+            }
+            Body::LoggedOut { reason } => {
+                // Terminal whatever its number: a LoggedOut beyond a gap must still be seen.
+                self.end(EndReason::LoggedOut, reason, on_event);
+            }
+            _ if h.seq == 0 => self.stats.malformed += 1,
+            body => self.on_sequenced(now, h, body, on_event),
+        }
+    }
+
+    fn on_sequenced(
+        &mut self,
+        now: Timestamp,
+        h: Header,
+        body: Body<'_>,
+        on_event: &mut dyn FnMut(DeviceEvent<'_>),
+    ) {
+        self.on_ack(now, h.last_processed);
+        if let Body::LogonResponse { heartbeat_interval_s } = body {
+            if self.state == DeviceState::LoggingOn {
+                self.logged_on(now, h, heartbeat_interval_s, on_event);
+                return;
+            }
+        }
+        if !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut) {
+            return;
+        }
+        self.timers.set(Timer::TestRequest, now + self.heartbeat.mul_f64(1.5));
+        self.timers.stop(Timer::Liveness);
+        self.sequence(now, h, body, on_event);
+    }
+
+    fn sequence(
+        &mut self,
+        now: Timestamp,
+        h: Header,
+        body: Body<'_>,
+        on_event: &mut dyn FnMut(DeviceEvent<'_>),
+    ) {
+        if h.seq < self.expected_in {
+            match body {
+                Body::GapFill { new_seq_num } if new_seq_num > self.expected_in => {
+                    self.expected_in = new_seq_num;
+                    self.stats.gap_fills += 1;
+                    self.progress(now);
+                }
+                _ => self.stats.duplicates += 1,
+            }
+            return;
+        }
+        if h.seq > self.expected_in {
+            self.stats.out_of_order += 1;
+            match &mut self.outstanding {
+                Some(o) => o.high = o.high.max(h.seq),
+                None => self.request_resend(now, h.seq),
+            }
+            return;
+        }
+        self.expected_in += 1;
+        match body {
+            Body::GapFill { new_seq_num } => {
+                self.expected_in = self.expected_in.max(new_seq_num);
+                self.stats.gap_fills += 1;
+            }
+            Body::TestRequest { correlation_id } => {
+                self.push_sequenced(now, Body::Heartbeat { correlation_id });
+            }
+            Body::App { type_id, body } => {
+                if self.awaiting_replies > 0 {
+                    self.awaiting_replies -= 1;
+                    if self.awaiting_replies == 0 {
+                        self.timers.stop(Timer::ReplyWait);
+                    } else {
+                        self.timers.set(Timer::ReplyWait, now + self.rto);
+                    }
+                }
+                on_event(DeviceEvent::App {
+                    seq: h.seq,
+                    type_id,
+                    body,
+                    send_time: h.send_time,
+                    resent: h.is_resend(),
+                });
+            }
+            Body::Reject { ref_seq_num, reason, .. } => {
+                on_event(DeviceEvent::Rejected { ref_seq_num, reason })
+            }
+            _ => {}
+        }
+        self.progress(now);
+    }
+
+    fn progress(&mut self, now: Timestamp) {
+        if let Some(o) = self.outstanding {
+            if self.expected_in > o.high {
+                self.outstanding = None;
+                self.timers.stop(Timer::ResendRetry);
+            } else {
+                self.timers.set(Timer::ResendRetry, now + self.rto);
+            }
+        }
+    }
+
+    fn request_resend(&mut self, now: Timestamp, high: i64) {
+        let from = self.expected_in;
+        if self.push_sequenced(now, Body::ResendRequest { from, to: 0 }) {
+            self.stats.resend_requests += 1;
+            self.outstanding = Some(Outstanding { high });
+            self.timers.set(Timer::ResendRetry, now + self.rto);
+        }
+    }
+
+    fn logged_on(
+        &mut self,
+        now: Timestamp,
+        h: Header,
+        hb: i32,
+        on_event: &mut dyn FnMut(DeviceEvent<'_>),
+    ) {
+        self.state = DeviceState::Active;
+        self.logon_pending = false;
+        self.has_stream = true;
+        self.heartbeat = Duration::from_secs(u64::try_from(hb.max(1)).unwrap_or(5));
+        self.timers.stop(Timer::Retry);
+        self.timers.stop(Timer::Deadline);
+        self.timers.set(Timer::Heartbeat, now + self.heartbeat);
+        self.timers.set(Timer::TestRequest, now + self.heartbeat.mul_f64(1.5));
+        // Continue at L + 1: everything still held after L goes again, flagged as resent.
+        self.live_ord = self.live_ord.max(self.unacked.head());
+        self.rtx_ord = self.unacked.head();
+        if !self.unacked.is_empty() {
+            self.timers.set(Timer::Retransmit, now + self.rto);
+        }
+        on_event(DeviceEvent::LoggedOn {
+            heartbeat_interval_s: hb,
+            last_processed: h.last_processed,
+        });
+        match h.seq.cmp(&self.expected_in) {
+            core::cmp::Ordering::Equal => self.expected_in += 1,
+            core::cmp::Ordering::Greater => {
+                // Missed messages while away (or a lost tail): ask for them.
+                self.request_resend(now, h.seq);
+            }
+            core::cmp::Ordering::Less => {}
+        }
+    }
+
+    fn on_ack(&mut self, now: Timestamp, last_processed: i64) {
+        if last_processed <= self.acked {
+            return;
+        }
+        self.acked = last_processed;
+        if self.unacked.release_through(last_processed) > 0 {
+            self.rto = self.cfg.retransmit_min;
+            self.rtx_ord = self.rtx_ord.max(self.unacked.head());
+            self.live_ord = self.live_ord.max(self.unacked.head());
+            if self.unacked.is_empty()
+                || !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut)
+            {
+                self.timers.stop(Timer::Retransmit);
+            } else {
+                self.timers.set(Timer::Retransmit, now + self.rto);
+            }
+        }
+    }
+
+    fn end(&mut self, reason: EndReason, text: &[u8], on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
+        self.timers.stop_all();
+        self.state = DeviceState::Ended(reason);
+        self.conn_request_pending = false;
+        self.reg_request_pending = false;
+        self.logon_pending = false;
+        self.config_reply = None;
+        on_event(DeviceEvent::Ended { reason, text });
+    }
+
+    /// Fires expired timers; a no-op when called early.
+    pub fn handle_timeout(&mut self, now: Timestamp, on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
+        self.fire_timers(now, on_event);
+        // A timer left over from another state has nothing to do: disarm it so the driver is
+        // never asked to wake for it again.
+        for t in Timer::VALUES {
+            if self.timers.is_expired(t, now) {
+                self.timers.stop(t);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Timestamp, on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
+        if self.timers.take_expired(Timer::Deadline, now) {
+            if matches!(
+                self.state,
+                DeviceState::Connecting
+                    | DeviceState::Registering
+                    | DeviceState::AwaitingConfig
+                    | DeviceState::LoggingOn
+            ) {
+                self.end(EndReason::HostTimeout, b"host timeout", on_event);
+                return;
+            }
+        }
+        if self.timers.take_expired(Timer::Retry, now) {
+            match self.state {
+                DeviceState::Connecting => self.conn_request_pending = true,
+                DeviceState::Registering => self.reg_request_pending = true,
+                DeviceState::LoggingOn => {
+                    self.logon_pending = true;
+                    self.logon_resend = true;
+                }
+                _ => {}
+            }
+            let period = if self.state == DeviceState::LoggingOn {
+                self.cfg.retransmit_min
+            } else {
+                self.cfg.handshake_retry
+            };
+            if matches!(
+                self.state,
+                DeviceState::Connecting | DeviceState::Registering | DeviceState::LoggingOn
+            ) {
+                self.timers.set(Timer::Retry, now + period);
+            }
+        }
+        if !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut) {
+            return;
+        }
+        if self.timers.take_expired(Timer::Liveness, now) {
+            self.end(EndReason::Lost, b"gateway silent", on_event);
+            return;
+        }
+        if self.timers.take_expired(Timer::TestRequest, now) {
+            self.test_corr += 1;
+            self.push_sequenced(now, Body::TestRequest { correlation_id: self.test_corr });
+            self.timers.set(Timer::Liveness, self.last_heard + self.heartbeat.mul_f64(2.5));
+        }
+        if self.timers.take_expired(Timer::Retransmit, now) && !self.unacked.is_empty() {
+            if self.cfg.transport == Transport::Udp {
+                // Go back to the oldest unacknowledged message.
+                self.rtx_ord = self.unacked.head();
+                self.rto = (self.rto * 2).min(self.cfg.retransmit_max);
+            }
+            self.timers.set(Timer::Retransmit, now + self.rto);
+        }
+        if self.timers.take_expired(Timer::ResendRetry, now) && self.outstanding.is_some() {
+            self.outstanding = None;
+            let high = self.expected_in;
+            self.request_resend(now, high);
+        }
+        if self.timers.take_expired(Timer::ReplyWait, now) && self.awaiting_replies > 0 {
+            self.test_corr += 1;
+            self.push_sequenced(now, Body::TestRequest { correlation_id: self.test_corr });
+            self.timers.set(Timer::ReplyWait, now + self.rto);
+        }
+        if self.timers.take_expired(Timer::Heartbeat, now) {
+            if now.saturating_since(self.last_sent) >= self.heartbeat
+                && self.live_ord == self.unacked.tail()
+            {
+                self.push_sequenced(now, Body::Heartbeat { correlation_id: 0 });
+            }
+            self.timers.set(Timer::Heartbeat, self.last_sent.max(now) + self.heartbeat);
+        }
+    }
+
+    /// Writes the next datagram or stream chunk; `None` if nothing is due.
+    pub fn poll_transmit(&mut self, now: Timestamp, buf: &mut [u8]) -> Option<DeviceTransmit> {
+        let udp = self.cfg.transport == Transport::Udp;
+        if udp && (self.conn_request_pending || self.reg_request_pending) {
+            let (dest, body) = if self.conn_request_pending {
+                self.conn_request_pending = false;
+                let body = Body::ConnectionRequest {
+                    device_uid: self.cfg.device_uid,
+                    client_nonce: self.nonce,
+                    client_version: 1,
+                };
+                (DeviceDest::Handshake, body)
+            } else {
+                self.reg_request_pending = false;
+                let body = Body::RegistrationRequest {
+                    device_uid: self.cfg.device_uid,
+                    client_nonce: self.nonce,
+                    cookie: self.cookie,
+                };
+                (DeviceDest::SessionPort(self.session_port), body)
+            };
+            let start = write_prefix(buf, 0);
+            let n = Message { header: Header::default(), body }.encode(&mut buf[start..]).ok()?;
+            return Some(DeviceTransmit { dest, len: start + n });
+        }
+        let (start, room, dest) = if udp {
+            (
+                write_prefix(buf, self.session_id),
+                buf.len().min(self.cfg.max_datagram),
+                DeviceDest::SessionPort(self.session_port),
+            )
+        } else {
+            (0, buf.len(), DeviceDest::Stream)
+        };
+        let mut w = start;
+        if let Some(corr) = self.config_reply {
+            let body = Body::DeviceConfig {
+                correlation_id: corr,
+                config: &self.config[..usize::from(self.config_len)],
+            };
+            if let Ok(n) = (Message { header: Header::default(), body }).encode(&mut buf[w..room]) {
+                w += n;
+                self.config_reply = None;
+            }
+        }
+        if self.logon_pending {
+            let seq = if self.reset_next_logon { 1 } else { self.next_out };
+            let flags = if self.logon_resend { FLAG_RESEND } else { 0 };
+            let body = Body::LogonRequest {
+                username: self.cfg.username,
+                password: self.cfg.password,
+                reset_seq_num: self.reset_next_logon,
+            };
+            if let Ok(n) = self.msg(now, seq, flags, body).encode(&mut buf[w..room]) {
+                w += n;
+                self.logon_pending = false;
+                if self.reset_next_logon {
+                    self.next_out = self.next_out.max(2);
+                }
+            }
+        }
+        if self.state == DeviceState::Active || self.state == DeviceState::LoggingOut {
+            w = self.fill_sequenced(now, buf, w, room);
+        }
+        if w == start {
+            return None;
+        }
+        self.last_sent = now;
+        Some(DeviceTransmit { dest, len: w })
+    }
+
+    /// Copies re-sends (from `rtx_ord`) then first sends (from `live_ord`) into `buf[w..room]`.
+    fn fill_sequenced(
+        &mut self,
+        now: Timestamp,
+        buf: &mut [u8],
+        mut w: usize,
+        room: usize,
+    ) -> usize {
+        let ack = self.expected_in - 1;
+        while self.rtx_ord < self.live_ord {
+            let Some((_, bytes)) = self.unacked.get_mut(self.rtx_ord) else { break };
+            if w + bytes.len() > room {
+                return w;
+            }
+            bytes[offset::FLAGS] |= FLAG_RESEND;
+            bytes[offset::LAST_PROCESSED..offset::LAST_PROCESSED + 8]
+                .copy_from_slice(&ack.to_le_bytes());
+            buf[w..w + bytes.len()].copy_from_slice(bytes);
+            w += bytes.len();
+            self.rtx_ord += 1;
+            self.stats.retransmits += 1;
+        }
+        while self.live_ord < self.unacked.tail() {
+            let Some((_, bytes)) = self.unacked.get_mut(self.live_ord) else { break };
+            if w + bytes.len() > room {
+                break;
+            }
+            bytes[offset::LAST_PROCESSED..offset::LAST_PROCESSED + 8]
+                .copy_from_slice(&ack.to_le_bytes());
+            buf[w..w + bytes.len()].copy_from_slice(bytes);
+            w += bytes.len();
+            self.live_ord += 1;
+            self.rtx_ord = self.live_ord;
+        }
+        let udp = self.cfg.transport == Transport::Udp;
+        if udp && !self.unacked.is_empty() && self.timers.get(Timer::Retransmit).is_none() {
+            // Armed on the first unacknowledged send, re-armed on progress.
+            self.timers.set(Timer::Retransmit, now + self.rto);
+        }
+        w
+    }
+}

@@ -1,0 +1,1014 @@
+//! One shard's gateway sessions (quinn's `Endpoint`). See the module docs of [`super`] for the
+//! call order.
+
+use core::cmp::Reverse;
+use core::time::Duration;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use super::SessionConfig;
+use super::gateway::{Deliver, GatewaySession, SendError, count_decode_error};
+use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
+use super::state::{CloseReason, State};
+use crate::protocol::{
+    Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, DeviceUid, Header, Message,
+    RegistrationRejectReason, Username, write_prefix,
+};
+use crate::stats::{Counter, Counters};
+use crate::time::Timestamp;
+
+/// A TCP connection, numbered by the driver (an index below `max_connections`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u32);
+
+/// Where a session's output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing attached.
+    None,
+    /// A UDP peer address (sent from the shard's session port).
+    Udp(SocketAddr),
+    /// A TCP connection.
+    Tcp(ConnId),
+}
+
+/// One buffer to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// Destination.
+    pub dest: Link,
+    /// Bytes written at the start of the caller's buffer.
+    pub len: usize,
+}
+
+/// Something the driver must do besides sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// Close this TCP connection once the bytes already handed over are written.
+    CloseConnection(ConnId),
+    /// A session logged on.
+    LoggedOn(SessionHandle),
+    /// A session ended and its slot was released.
+    Ended(SessionHandle, CloseReason),
+}
+
+/// A generation-checked index into the session slab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionHandle {
+    index: u32,
+    generation: u32,
+}
+
+impl SessionHandle {
+    /// The slab index.
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+/// Checks credentials. Implementations compare in constant time.
+pub trait Authenticator {
+    /// True if `password` is right for `username`.
+    fn check(&self, username: &[u8], password: &[u8]) -> bool;
+}
+
+/// Accepts every logon (only behind the operator's explicit `--open-logon`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenLogon;
+
+impl Authenticator for OpenLogon {
+    fn check(&self, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+}
+
+/// An application behind the gateway (DESIGN.md §1.4): gets the application messages of every
+/// session of the shard and sends through an [`Outbox`].
+pub trait Application {
+    /// An application message arrived in order on `session`.
+    fn on_message(
+        &mut self,
+        now: Timestamp,
+        session: SessionHandle,
+        type_id: u16,
+        body: &[u8],
+        out: &mut Outbox<'_>,
+    );
+
+    /// A session logged on (or resumed).
+    fn on_logon(&mut self, _now: Timestamp, _session: SessionHandle, _out: &mut Outbox<'_>) {}
+
+    /// The application's next deadline, if any.
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        None
+    }
+
+    /// Called when `now` reaches [`Application::poll_timeout`].
+    fn handle_timeout(&mut self, _now: Timestamp, _out: &mut Outbox<'_>) {}
+}
+
+/// Lets an [`Application`] send.
+pub struct Outbox<'a> {
+    now: Timestamp,
+    sessions: &'a mut Sessions,
+}
+
+impl Outbox<'_> {
+    /// Sends an application message on `session`; returns its sequence number.
+    pub fn send(
+        &mut self,
+        session: SessionHandle,
+        type_id: u16,
+        body: &[u8],
+    ) -> Result<i64, SendError> {
+        let Sessions { slots, counters, .. } = &mut *self.sessions;
+        let Some(slot) = slots
+            .get_mut(session.index as usize)
+            .filter(|s| s.in_use && s.generation == session.generation)
+        else {
+            return Err(SendError::NotActive);
+        };
+        let r = slot.session.send_app(self.now, type_id, body, counters);
+        self.sessions.mark_dirty(session.index);
+        r
+    }
+
+    /// Sends to every logged-on session; returns how many accepted it.
+    pub fn broadcast(&mut self, type_id: u16, body: &[u8]) -> usize {
+        let mut n = 0;
+        for i in 0..self.sessions.slots.len() {
+            let slot = &mut self.sessions.slots[i];
+            if slot.in_use && slot.session.state().is_active() {
+                if slot
+                    .session
+                    .send_app(self.now, type_id, body, &mut self.sessions.counters)
+                    .is_ok()
+                {
+                    n += 1;
+                }
+                self.sessions.mark_dirty(i as u32);
+            }
+        }
+        n
+    }
+
+    /// Logged-on sessions.
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.slots.iter().filter(|s| s.in_use && s.session.state().is_active()).count()
+    }
+}
+
+/// Limits of one endpoint (one shard).
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointConfig {
+    /// Per-session settings.
+    pub session: SessionConfig,
+    /// Sessions per shard, detached ones included (`shard.max_sessions`, default 4096).
+    pub max_sessions: usize,
+    /// TCP connection ids are below this (`tcp.max_connections`, default 4096).
+    pub max_connections: usize,
+    /// This shard's index (bound into cookies).
+    pub shard: u16,
+    /// Stateless replies waiting to be sent (`shard.reply_queue`, default 1024).
+    pub reply_queue: usize,
+    /// Buffers one session may produce before others get a turn (`shard.session_burst`, 8):
+    /// paces large resends so one session cannot starve the rest.
+    pub session_burst: u32,
+    /// Failed logons from one address before it is refused (`auth.max_failures`, 5).
+    pub max_logon_failures: u32,
+    /// Window over which failed logons are counted (`auth.failure_window_s`, 60 s).
+    pub logon_failure_window: Duration,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            max_sessions: 4096,
+            max_connections: 4096,
+            shard: 0,
+            reply_queue: 1024,
+            session_burst: 8,
+            max_logon_failures: 5,
+            logon_failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A row of the connections list.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionInfo {
+    /// Handle.
+    pub handle: SessionHandle,
+    /// Session id.
+    pub id: u64,
+    /// deviceUid (UDP).
+    pub device_uid: DeviceUid,
+    /// Username of the last logon.
+    pub username: Username,
+    /// Where it is attached.
+    pub link: Link,
+    /// State.
+    pub state: State,
+    /// Next inbound number expected.
+    pub expected_in: i64,
+    /// Next outbound number.
+    pub next_out: i64,
+    /// Last time anything was heard.
+    pub last_heard: Timestamp,
+}
+
+struct Slot {
+    session: GatewaySession,
+    generation: u32,
+    in_use: bool,
+    link: Link,
+    dirty: bool,
+    burst: u32,
+    scheduled: Option<Timestamp>,
+}
+
+struct Sessions {
+    slots: Vec<Slot>,
+    dirty: VecDeque<u32>,
+    counters: Counters,
+}
+
+impl Sessions {
+    fn mark_dirty(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        if !slot.dirty && slot.session.wants_transmit() {
+            slot.dirty = true;
+            self.dirty.push_back(index);
+        }
+    }
+}
+
+struct Reply {
+    dest: Link,
+    len: u16,
+    buf: [u8; 128],
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    ip: Option<IpAddr>,
+    count: u32,
+    since: Timestamp,
+}
+
+/// One shard's gateway: the session slab and everything that is not a single session.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    sessions: Sessions,
+    free: Vec<u32>,
+    by_id: HashMap<u64, u32>,
+    by_uid: HashMap<DeviceUid, u32>,
+    by_user: HashMap<Username, u32>,
+    conns: Vec<Option<u32>>,
+    deadlines: BinaryHeap<Reverse<(Timestamp, u32)>>,
+    replies: VecDeque<Reply>,
+    events: VecDeque<EndpointEvent>,
+    failures: Box<[Failures]>,
+    keys: CookieKeys,
+    id_key: [u8; 32],
+    id_counter: u64,
+    auth: Box<dyn Authenticator>,
+    app: Box<dyn Application>,
+    draining: bool,
+    wall_offset_ns: i64,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("shard", &self.cfg.shard)
+            .field("sessions", &self.by_id.len())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Allocates everything the shard will use: `max_sessions` sessions with their journals,
+    /// indexes, queues. `id_key` seeds session ids (random in the runtime, fixed in simulations).
+    pub fn new(
+        cfg: EndpointConfig,
+        keys: CookieKeys,
+        id_key: [u8; 32],
+        auth: Box<dyn Authenticator>,
+        app: Box<dyn Application>,
+    ) -> Self {
+        let n = cfg.max_sessions;
+        let slots = (0..n)
+            .map(|_| Slot {
+                session: GatewaySession::new(cfg.session),
+                generation: 0,
+                in_use: false,
+                link: Link::None,
+                dirty: false,
+                burst: 0,
+                scheduled: None,
+            })
+            .collect();
+        Self {
+            cfg,
+            sessions: Sessions {
+                slots,
+                dirty: VecDeque::with_capacity(n),
+                counters: Counters::default(),
+            },
+            free: (0..n as u32).rev().collect(),
+            // Twice the entries so that deletions never force a resize (hashbrown rehashes in
+            // place while at most half full).
+            by_id: HashMap::with_capacity(2 * n),
+            by_uid: HashMap::with_capacity(2 * n),
+            by_user: HashMap::with_capacity(2 * n),
+            conns: vec![None; cfg.max_connections],
+            deadlines: BinaryHeap::with_capacity(4 * n + 16),
+            replies: VecDeque::with_capacity(cfg.reply_queue),
+            events: VecDeque::with_capacity(4 * n + 16),
+            failures: vec![Failures { ip: None, count: 0, since: Timestamp::ZERO }; 256]
+                .into_boxed_slice(),
+            keys,
+            id_key,
+            id_counter: 0,
+            auth,
+            app,
+            draining: false,
+            wall_offset_ns: 0,
+        }
+    }
+
+    /// Bytes the session slab reserves (journals included), for the start-up report.
+    pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
+        cfg.max_sessions * (cfg.session.journal.bytes_per_session() + core::mem::size_of::<Slot>())
+    }
+
+    /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
+    pub fn set_wall_offset(&mut self, ns: i64) {
+        self.wall_offset_ns = ns;
+    }
+
+    /// Rotates the cookie secret: the old current key stays valid as the previous one.
+    pub fn rotate_keys(&mut self, keys: CookieKeys) {
+        self.keys = keys;
+    }
+
+    /// The shard's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.sessions.counters
+    }
+
+    /// Sessions in use (attached, logging out or detached).
+    pub fn session_count(&self) -> usize {
+        self.sessions.slots.len() - self.free.len()
+    }
+
+    /// The connections list.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
+        self.sessions.slots.iter().enumerate().filter(|(_, s)| s.in_use).map(|(i, s)| SessionInfo {
+            handle: SessionHandle { index: i as u32, generation: s.generation },
+            id: s.session.id(),
+            device_uid: *s.session.device_uid(),
+            username: *s.session.username(),
+            link: s.link,
+            state: s.session.state(),
+            expected_in: s.session.expected_in(),
+            next_out: s.session.next_out(),
+            last_heard: s.session.last_heard(),
+        })
+    }
+
+    /// The session behind a handle.
+    pub fn session(&self, h: SessionHandle) -> Option<&GatewaySession> {
+        let s = self.sessions.slots.get(h.index as usize)?;
+        (s.in_use && s.generation == h.generation).then_some(&s.session)
+    }
+
+    /// Finds a session by id.
+    pub fn handle_by_id(&self, id: u64) -> Option<SessionHandle> {
+        self.by_id.get(&id).map(|&i| self.handle(i))
+    }
+
+    fn handle(&self, index: u32) -> SessionHandle {
+        SessionHandle { index, generation: self.sessions.slots[index as usize].generation }
+    }
+
+    /// Sends an application message on `session` from outside the application (tests, tools).
+    pub fn send(
+        &mut self,
+        now: Timestamp,
+        session: SessionHandle,
+        type_id: u16,
+        body: &[u8],
+    ) -> Result<i64, SendError> {
+        Outbox { now, sessions: &mut self.sessions }.send(session, type_id, body)
+    }
+
+    /// A datagram arrived on this shard's session port.
+    pub fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
+        let c = &mut self.sessions.counters;
+        c.incr(Counter::DatagramsReceived);
+        let dg = match Datagram::parse(data) {
+            Ok(dg) => dg,
+            Err(e) => {
+                c.add(Counter::BytesReceived, data.len() as u64);
+                count_decode_error(e, c);
+                return;
+            }
+        };
+        if dg.session_id == 0 {
+            c.add(Counter::BytesReceived, data.len() as u64);
+            self.handle_registration(now, from, dg);
+            return;
+        }
+        let Some(&index) = self.by_id.get(&dg.session_id) else {
+            c.incr(Counter::DropUnknownSession);
+            return;
+        };
+        let slot = &self.sessions.slots[index as usize];
+        if slot.link != Link::Udp(from) || slot.session.transport() != super::Transport::Udp {
+            c.incr(Counter::DropWrongAddress);
+            return;
+        }
+        c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
+        for frame in dg.frames() {
+            match frame {
+                Ok(frame) => self.session_frame(now, index, frame, Some(from)),
+                Err(e) => {
+                    count_decode_error(e, &mut self.sessions.counters);
+                    break;
+                }
+            }
+            if !self.sessions.slots[index as usize].in_use {
+                break;
+            }
+        }
+        self.settle(now, index);
+    }
+
+    fn handle_registration(&mut self, now: Timestamp, from: SocketAddr, dg: Datagram<'_>) {
+        let c = &mut self.sessions.counters;
+        let mut frames = dg.frames();
+        let (Some(Ok(frame)), None) = (frames.next(), frames.next()) else {
+            c.incr(Counter::DropBadPrefix);
+            return;
+        };
+        let msg = match Message::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                count_decode_error(e, c);
+                return;
+            }
+        };
+        let Body::RegistrationRequest { device_uid, client_nonce, cookie } = msg.body else {
+            c.incr(Counter::DropBadPrefix);
+            return;
+        };
+        let input = CookieInput {
+            peer: from,
+            device_uid: &device_uid,
+            client_nonce,
+            shard: self.cfg.shard,
+        };
+        match verify_cookie(&self.keys, now, &cookie, &input) {
+            Ok(()) => {}
+            Err(CookieError::Bad) => {
+                c.incr(Counter::HandshakesBadCookie);
+                self.registration_reject(from, RegistrationRejectReason::BadCookie, b"bad cookie");
+                return;
+            }
+            Err(CookieError::Expired) => {
+                c.incr(Counter::HandshakesCookieExpired);
+                self.registration_reject(
+                    from,
+                    RegistrationRejectReason::CookieExpired,
+                    b"cookie expired",
+                );
+                return;
+            }
+        }
+        if self.draining {
+            c.incr(Counter::HandshakesDraining);
+            self.registration_reject(from, RegistrationRejectReason::Draining, b"gateway draining");
+            return;
+        }
+        let index = match self.by_uid.get(&device_uid).copied() {
+            Some(index) => {
+                let slot = &mut self.sessions.slots[index as usize];
+                let attached = slot.session.state().is_attached();
+                if attached && slot.session.reg_nonce() == client_nonce {
+                    // Idempotent: same answer, same session id, state untouched.
+                    c.incr(Counter::HandshakesRepeated);
+                    slot.link = Link::Udp(from);
+                    slot.session.repeat_registration();
+                    self.sessions.mark_dirty(index);
+                    return;
+                }
+                if attached {
+                    self.displace(now, index);
+                }
+                let c = &mut self.sessions.counters;
+                c.incr(Counter::HandshakesResumed);
+                c.incr(Counter::SessionsResumed);
+                let slot = &mut self.sessions.slots[index as usize];
+                slot.session.attach_udp(now, device_uid, client_nonce, true);
+                index
+            }
+            None => {
+                let Some(index) = self.allocate() else {
+                    self.sessions.counters.incr(Counter::HandshakesServerFull);
+                    self.registration_reject(
+                        from,
+                        RegistrationRejectReason::ServerFull,
+                        b"server full",
+                    );
+                    return;
+                };
+                self.by_uid.insert(device_uid, index);
+                self.sessions.counters.incr(Counter::HandshakesRegistered);
+                self.sessions.slots[index as usize].session.attach_udp(
+                    now,
+                    device_uid,
+                    client_nonce,
+                    false,
+                );
+                index
+            }
+        };
+        self.sessions.slots[index as usize].link = Link::Udp(from);
+        self.settle(now, index);
+    }
+
+    fn registration_reject(
+        &mut self,
+        to: SocketAddr,
+        reason: RegistrationRejectReason,
+        details: &[u8],
+    ) {
+        let body = Body::RegistrationReject { reason: reason as u8, details };
+        self.push_reply(Link::Udp(to), 0, body);
+    }
+
+    /// Queues a stateless reply (prefix `session_id` on UDP).
+    fn push_reply(&mut self, dest: Link, seq: i64, body: Body<'_>) {
+        if self.replies.len() >= self.cfg.reply_queue {
+            self.sessions.counters.incr(Counter::ReplyQueueFull);
+            return;
+        }
+        let mut r = Reply { dest, len: 0, buf: [0; 128] };
+        let start = match dest {
+            Link::Udp(_) => write_prefix(&mut r.buf, 0),
+            _ => 0,
+        };
+        let msg = Message { header: Header { seq, ..Header::default() }, body };
+        if let Ok(n) = msg.encode(&mut r.buf[start..]) {
+            r.len = (start + n) as u16;
+            self.replies.push_back(r);
+        }
+    }
+
+    /// Says goodbye to the transport a session is attached to, before a newer attach
+    /// (DESIGN.md §2 rule 9).
+    fn displace(&mut self, now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let old = slot.link;
+        let mut r = Reply { dest: old, len: 0, buf: [0; 128] };
+        let n = slot.session.farewell(
+            now,
+            b"displaced by a new connection",
+            &mut r.buf,
+            &mut self.sessions.counters,
+        );
+        self.sessions.counters.incr(Counter::SessionsDisplaced);
+        if n > 0 && old != Link::None && self.replies.len() < self.cfg.reply_queue {
+            r.len = n as u16;
+            self.replies.push_back(r);
+        }
+        if let Link::Tcp(conn) = old {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                *c = None;
+            }
+        }
+        self.sessions.slots[index as usize].link = Link::None;
+    }
+
+    /// The first frame of a TCP connection, read by the acceptor: it must be a LogonRequest.
+    pub fn handle_tcp_logon(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        peer: SocketAddr,
+        frame: &[u8],
+    ) {
+        self.sessions.counters.add(Counter::BytesReceived, frame.len() as u64);
+        if conn.0 as usize >= self.conns.len() {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        }
+        let msg = match Message::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                count_decode_error(e, &mut self.sessions.counters);
+                self.sessions.counters.incr(Counter::ProtocolViolations);
+                self.refuse_tcp(conn, e.as_str().as_bytes());
+                return;
+            }
+        };
+        let Body::LogonRequest { username, reset_seq_num, .. } = msg.body else {
+            self.sessions.counters.incr(Counter::ProtocolViolations);
+            self.refuse_tcp(conn, b"logon required");
+            return;
+        };
+        if self.draining {
+            self.sessions.counters.incr(Counter::HandshakesDraining);
+            self.refuse_tcp(conn, b"gateway shutting down");
+            return;
+        }
+        if !self.authenticate(now, peer.ip(), &username, &msg) {
+            self.refuse_tcp(
+                conn,
+                if self.is_limited(now, peer.ip()) {
+                    b"too many failed logons"
+                } else {
+                    b"invalid credentials"
+                },
+            );
+            return;
+        }
+        let index = match self.by_user.get(&username).copied() {
+            Some(index) => {
+                if self.sessions.slots[index as usize].session.state().is_attached() {
+                    self.displace(now, index);
+                } else {
+                    self.sessions.counters.incr(Counter::SessionsResumed);
+                }
+                index
+            }
+            None => {
+                let Some(index) = self.allocate() else {
+                    self.sessions.counters.incr(Counter::HandshakesServerFull);
+                    self.refuse_tcp(conn, b"server full");
+                    return;
+                };
+                self.by_user.insert(username, index);
+                index
+            }
+        };
+        self.conns[conn.0 as usize] = Some(index);
+        let hb = self.cfg.session.heartbeat_interval;
+        let slot = &mut self.sessions.slots[index as usize];
+        slot.link = Link::Tcp(conn);
+        slot.session.attach_tcp(now);
+        slot.session.accept_logon(
+            now,
+            msg.header.seq,
+            username,
+            reset_seq_num,
+            hb,
+            &mut self.sessions.counters,
+        );
+        self.logged_on(now, index);
+        self.settle(now, index);
+    }
+
+    fn refuse_tcp(&mut self, conn: ConnId, why: &[u8]) {
+        self.sessions.counters.incr(Counter::LoggedOutSent);
+        self.push_reply(Link::Tcp(conn), 1, Body::LoggedOut { reason: why });
+        self.events.push_back(EndpointEvent::CloseConnection(conn));
+    }
+
+    /// Checks the rate limit and the credentials; records failures.
+    fn authenticate(
+        &mut self,
+        now: Timestamp,
+        ip: IpAddr,
+        username: &Username,
+        msg: &Message<'_>,
+    ) -> bool {
+        if self.is_limited(now, ip) {
+            self.sessions.counters.incr(Counter::LogonsRateLimited);
+            return false;
+        }
+        let Body::LogonRequest { password, .. } = msg.body else { return false };
+        if self.auth.check(username.as_bytes(), password.as_bytes()) {
+            return true;
+        }
+        self.sessions.counters.incr(Counter::LogonsFailed);
+        let window = self.cfg.logon_failure_window;
+        let f = &mut self.failures[failure_slot(ip)];
+        if f.ip != Some(ip) || now.saturating_since(f.since) > window {
+            *f = Failures { ip: Some(ip), count: 0, since: now };
+        }
+        f.count += 1;
+        false
+    }
+
+    fn is_limited(&self, now: Timestamp, ip: IpAddr) -> bool {
+        let f = &self.failures[failure_slot(ip)];
+        f.ip == Some(ip)
+            && f.count >= self.cfg.max_logon_failures
+            && now.saturating_since(f.since) <= self.cfg.logon_failure_window
+    }
+
+    /// A later frame on a TCP connection (split off the stream by the driver's deframer).
+    pub fn handle_tcp_frame(&mut self, now: Timestamp, conn: ConnId, frame: &[u8]) {
+        let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        };
+        self.session_frame(now, index, frame, None);
+        self.settle(now, index);
+    }
+
+    /// The driver's deframer failed on this connection (framing error): LoggedOut and close.
+    pub fn handle_tcp_error(&mut self, now: Timestamp, conn: ConnId, e: DecodeError) {
+        count_decode_error(e, &mut self.sessions.counters);
+        self.sessions.counters.incr(Counter::ProtocolViolations);
+        let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        };
+        let c = &mut self.sessions.counters;
+        self.sessions.slots[index as usize].session.close(
+            now,
+            CloseReason::ProtocolViolation,
+            e.as_str().as_bytes(),
+            c,
+        );
+        self.settle(now, index);
+    }
+
+    /// The TCP connection closed (peer closed, error, or after our close).
+    pub fn handle_tcp_closed(&mut self, now: Timestamp, conn: ConnId) {
+        let Some(index) = self.conns.get_mut(conn.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        let slot = &mut self.sessions.slots[index as usize];
+        if slot.link == Link::Tcp(conn) {
+            slot.link = Link::None;
+            slot.session.transport_lost(now);
+            if slot.session.state().is_detached() {
+                self.sessions.counters.incr(Counter::SessionsDetached);
+            }
+        }
+        self.settle(now, index);
+    }
+
+    fn session_frame(
+        &mut self,
+        now: Timestamp,
+        index: u32,
+        frame: &[u8],
+        peer: Option<SocketAddr>,
+    ) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let Some(deliver) = slot.session.handle_frame(now, frame, &mut self.sessions.counters)
+        else {
+            return;
+        };
+        match deliver {
+            Deliver::App { type_id, body } => {
+                let handle = self.handle(index);
+                let mut out = Outbox { now, sessions: &mut self.sessions };
+                self.app.on_message(now, handle, type_id, body, &mut out);
+            }
+            Deliver::Logon { seq, username, password, reset } => {
+                let msg = Message {
+                    header: Header { seq, ..Header::default() },
+                    body: Body::LogonRequest { username, password, reset_seq_num: reset },
+                };
+                let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+                if !self.authenticate(now, ip, &username, &msg) {
+                    let why: &[u8] = if self.is_limited(now, ip) {
+                        b"too many failed logons"
+                    } else {
+                        b"invalid credentials"
+                    };
+                    let c = &mut self.sessions.counters;
+                    self.sessions.slots[index as usize].session.close(
+                        now,
+                        CloseReason::InvalidCredentials,
+                        why,
+                        c,
+                    );
+                    return;
+                }
+                let hb = self.cfg.session.heartbeat_interval;
+                let c = &mut self.sessions.counters;
+                self.sessions.slots[index as usize]
+                    .session
+                    .accept_logon(now, seq, username, reset, hb, c);
+                self.logged_on(now, index);
+            }
+            Deliver::Config => {}
+        }
+    }
+
+    fn logged_on(&mut self, now: Timestamp, index: u32) {
+        if self.sessions.slots[index as usize].session.state().is_active() {
+            let handle = self.handle(index);
+            self.events.push_back(EndpointEvent::LoggedOn(handle));
+            let mut out = Outbox { now, sessions: &mut self.sessions };
+            self.app.on_logon(now, handle, &mut out);
+        }
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        let index = self.free.pop()?;
+        let id = loop {
+            self.id_counter += 1;
+            let mut h = blake3::Hasher::new_keyed(&self.id_key);
+            h.update(&self.id_counter.to_le_bytes());
+            h.update(&self.cfg.shard.to_le_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+            let id = u64::from_le_bytes(b);
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.by_id.insert(id, index);
+        let slot = &mut self.sessions.slots[index as usize];
+        debug_assert!(!slot.in_use);
+        slot.in_use = true;
+        slot.link = Link::None;
+        slot.burst = 0;
+        slot.session.open(id, self.wall_offset_ns);
+        Some(index)
+    }
+
+    /// Applies the consequences of a session's state: release, detach, reschedule, mark dirty.
+    fn settle(&mut self, _now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        if !slot.in_use {
+            return;
+        }
+        match slot.session.state() {
+            State::Closed(reason) => {
+                if let Link::Tcp(conn) = slot.link {
+                    self.events.push_back(EndpointEvent::CloseConnection(conn));
+                    if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                        *c = None;
+                    }
+                }
+                let handle = SessionHandle { index, generation: slot.generation };
+                slot.link = Link::None;
+                slot.in_use = false;
+                slot.scheduled = None;
+                slot.generation = slot.generation.wrapping_add(1);
+                let id = slot.session.id();
+                let uid = *slot.session.device_uid();
+                let user = *slot.session.username();
+                if self.by_id.get(&id) == Some(&index) {
+                    self.by_id.remove(&id);
+                }
+                if self.by_uid.get(&uid) == Some(&index) {
+                    self.by_uid.remove(&uid);
+                }
+                if self.by_user.get(&user) == Some(&index) {
+                    self.by_user.remove(&user);
+                }
+                self.free.push(index);
+                self.events.push_back(EndpointEvent::Ended(handle, reason));
+                return;
+            }
+            State::Detached if slot.link != Link::None => {
+                if let Link::Tcp(conn) = slot.link {
+                    self.events.push_back(EndpointEvent::CloseConnection(conn));
+                    if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                        *c = None;
+                    }
+                }
+                slot.link = Link::None;
+                self.sessions.counters.incr(Counter::SessionsDetached);
+            }
+            _ => {}
+        }
+        let slot = &mut self.sessions.slots[index as usize];
+        if let Some(t) = slot.session.poll_timeout() {
+            if slot.scheduled.is_none_or(|s| t < s) {
+                slot.scheduled = Some(t);
+                if self.deadlines.len() == self.deadlines.capacity() {
+                    // Drop stale entries in place rather than grow.
+                    let slots = &self.sessions.slots;
+                    self.deadlines
+                        .retain(|Reverse((t, i))| slots[*i as usize].scheduled == Some(*t));
+                }
+                self.deadlines.push(Reverse((t, index)));
+            }
+        }
+        self.sessions.mark_dirty(index);
+    }
+
+    /// The earliest deadline of any session or of the application.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let s = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        match (s, self.app.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every due session timer and the application's.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.app.poll_timeout().is_some_and(|t| t <= now) {
+            let mut out = Outbox { now, sessions: &mut self.sessions };
+            self.app.handle_timeout(now, &mut out);
+        }
+        while let Some(&Reverse((t, index))) = self.deadlines.peek() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let slot = &mut self.sessions.slots[index as usize];
+            if !slot.in_use || slot.scheduled != Some(t) {
+                continue;
+            }
+            slot.scheduled = None;
+            slot.session.handle_timeout(now, &mut self.sessions.counters);
+            self.settle(now, index);
+        }
+    }
+
+    /// Writes the next buffer to send into `buf` (at least `max_datagram` bytes for UDP).
+    pub fn poll_transmit(&mut self, now: Timestamp, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(r) = self.replies.pop_front() {
+            let len = usize::from(r.len).min(buf.len());
+            buf[..len].copy_from_slice(&r.buf[..len]);
+            return Some(Transmit { dest: r.dest, len });
+        }
+        while let Some(&index) = self.sessions.dirty.front() {
+            let slot = &mut self.sessions.slots[index as usize];
+            let dest = slot.link;
+            let sent = if slot.in_use && dest != Link::None {
+                slot.session.poll_transmit(now, buf, &mut self.sessions.counters)
+            } else {
+                None
+            };
+            match sent {
+                Some(len) => {
+                    slot.burst += 1;
+                    if slot.burst >= self.cfg.session_burst {
+                        // Pacing: give the other sessions a turn.
+                        slot.burst = 0;
+                        self.sessions.dirty.pop_front();
+                        self.sessions.dirty.push_back(index);
+                    }
+                    self.settle(now, index);
+                    return Some(Transmit { dest, len });
+                }
+                None => {
+                    slot.dirty = false;
+                    slot.burst = 0;
+                    self.sessions.dirty.pop_front();
+                    if slot.in_use && dest == Link::None && slot.session.state().is_attached() {
+                        // Output for a session with nowhere to go is dropped as sent.
+                        continue;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// Stops accepting and logs every attached session out ("gateway shutting down").
+    pub fn shutdown(&mut self, now: Timestamp) {
+        self.draining = true;
+        for index in 0..self.sessions.slots.len() as u32 {
+            let slot = &mut self.sessions.slots[index as usize];
+            if slot.in_use && slot.session.state().is_attached() {
+                slot.session.close(
+                    now,
+                    CloseReason::Shutdown,
+                    b"gateway shutting down",
+                    &mut self.sessions.counters,
+                );
+                self.settle(now, index);
+            }
+        }
+    }
+
+    /// True once [`Self::shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+}
+
+fn failure_slot(ip: IpAddr) -> usize {
+    let h = match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u64,
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            u64::from_le_bytes([o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15]])
+        }
+    };
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
+}

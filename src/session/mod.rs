@@ -1,0 +1,126 @@
+//! The sans-IO session layer (DESIGN.md §2): no syscalls, no clock reads, no threads. Every entry
+//! point takes `now`; output goes into caller-owned buffers.
+//!
+//! - [`Endpoint`]: one shard's worth of gateway sessions (quinn's `Endpoint`): UDP
+//!   registration with stateless cookies, TCP logon, the session slab, indexes by session id,
+//!   deviceUid and username, a deadline heap, the application and the credentials check.
+//! - [`GatewaySession`]: one session on the gateway side.
+//! - [`Device`]: the device side, used by the load generator and the simulations.
+//! - [`handshake`]: the stateless handshake port (cookies, ConnectionAccept).
+//!
+//! # Driving an [`Endpoint`]
+//!
+//! In each loop pass, in this order:
+//! 1. feed input: [`Endpoint::handle_datagram`], [`Endpoint::handle_tcp_logon`],
+//!    [`Endpoint::handle_tcp_frame`], [`Endpoint::handle_tcp_error`],
+//!    [`Endpoint::handle_tcp_closed`];
+//! 2. [`Endpoint::handle_timeout`] once `now` reaches [`Endpoint::poll_timeout`];
+//! 3. [`Endpoint::poll_transmit`] until it returns `None`, sending each buffer to its
+//!    destination;
+//! 4. [`Endpoint::poll_event`] until `None` (close TCP connections after their last bytes).
+//!
+//! # Decisions where DESIGN.md is silent
+//!
+//! - A repeated LogonRequest (resend flag) after logon is answered by re-sending the
+//!   LogonResponse with the resend flag and its original number: otherwise a lost LogonResponse
+//!   could only be recovered as a GapFill and the device would never learn the heartbeat
+//!   interval. The device retries its LogonRequest on its own timer rather than through the
+//!   retransmit queue, because on a resume that request is not counted.
+//! - The gateway acknowledges within `ack_delay` on TCP as well as UDP, so a device's retransmit
+//!   buffer drains even when it only sends.
+//! - A new ResendRequest replaces one still under way (the device asks again only when it lost
+//!   part of the answer).
+//! - Messages numbered but not yet sent when a transport is lost, displaced or re-attached are
+//!   treated as sent: the device recovers them with a ResendRequest, as after any other loss.
+//! - On UDP, a datagram whose source address differs from the session's is dropped and counted:
+//!   the session id alone does not authenticate a roaming device, which handshakes again.
+//! - Logon with resetSeqNum = 0 when there is nothing to resume is a new session if its number
+//!   is 1, else LoggedOut("nothing to resume") and close.
+//! - On TCP, a message that frames correctly but whose body is bad gets Reject and the session
+//!   continues; a framing error (protocol id, version, length, padding) gets LoggedOut and close.
+//!   On UDP, bad input is dropped and counted, never answered.
+#![forbid(unsafe_code)]
+
+use core::time::Duration;
+
+mod control;
+mod device;
+mod endpoint;
+mod gateway;
+pub mod handshake;
+mod state;
+mod timer;
+
+pub use control::ReasonBuf;
+pub use device::{
+    Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, DeviceStats, DeviceTransmit,
+    EndReason,
+};
+pub use endpoint::{
+    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, OpenLogon,
+    Outbox, SessionHandle, SessionInfo, Transmit,
+};
+pub use gateway::{GatewaySession, SendError};
+pub use state::{AfterLogout, CloseReason, Event, InvalidTransition, State, Transport};
+pub use timer::{Timer, TimerTable};
+
+use crate::journal::JournalConfig;
+
+/// Per-session limits and timers (gateway side). Every value has a unit and a default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// H: heartbeat interval announced in LogonResponse (`session.heartbeat_interval_s`, 5 s).
+    pub heartbeat_interval: Duration,
+    /// TCP: LogonRequest must arrive within this (`tcp.logon_timeout_ms`, 2 × 5 s = 10 s).
+    pub logon_timeout: Duration,
+    /// UDP: DeviceConfig must arrive within this of RegistrationAccept
+    /// (`udp.device_config_timeout_ms`, 10 s; eSP0008 after).
+    pub device_config_timeout: Duration,
+    /// UDP: GetDeviceConfig re-send period (`udp.device_config_retry_ms`, 1 s).
+    pub device_config_retry: Duration,
+    /// Acknowledge processed input within this (`udp.ack_delay_ms`, 20 ms).
+    pub ack_delay: Duration,
+    /// Keep a detached session this long (`session.detached_ttl_s`, 300 s).
+    pub detached_ttl: Duration,
+    /// Largest UDP datagram sent, prefix included (`udp.max_datagram`, 1400 bytes).
+    pub max_datagram: usize,
+    /// Journal sizing (`journal.messages_per_session`, 64; `journal.slot_bytes`, 256).
+    pub journal: JournalConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            logon_timeout: Duration::from_secs(10),
+            device_config_timeout: Duration::from_secs(10),
+            device_config_retry: Duration::from_secs(1),
+            ack_delay: Duration::from_millis(20),
+            detached_ttl: Duration::from_secs(300),
+            max_datagram: 1400,
+            journal: JournalConfig::default(),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks the relations between values; returns a description of the first problem.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.heartbeat_interval < Duration::from_secs(1) {
+            return Err("session.heartbeat_interval_s must be at least 1");
+        }
+        if self.heartbeat_interval.as_secs() > i32::MAX as u64 {
+            return Err("session.heartbeat_interval_s too large");
+        }
+        if self.max_datagram < 8 + 128 || self.max_datagram > 65_507 {
+            return Err("udp.max_datagram must be within 136..=65507");
+        }
+        if self.journal.slot_bytes % 8 != 0 || self.journal.slot_bytes < 64 {
+            return Err("journal.slot_bytes must be a multiple of 8, at least 64");
+        }
+        if self.journal.slot_bytes + crate::protocol::DATAGRAM_PREFIX_LEN > self.max_datagram {
+            return Err("journal.slot_bytes must fit in udp.max_datagram minus the 8-byte prefix");
+        }
+        Ok(())
+    }
+}

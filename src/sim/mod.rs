@@ -1,0 +1,638 @@
+//! Deterministic simulation: one gateway [`Endpoint`] and many [`Device`]s over a simulated
+//! network with seeded loss, duplication, reordering, delay, corruption and blackholes
+//! (quinn-proto `tests/util.rs`, TigerBeetle's packet simulator). Virtual time jumps to the next
+//! delivery or deadline; nothing here reads a clock or touches a socket.
+//!
+//! UDP datagrams go through the faults. TCP is modelled as what TCP gives the application: an
+//! in-order byte stream with delay, which a fault can only cut (both ends see the close).
+
+#![allow(missing_docs, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::protocol::Deframer;
+use crate::session::handshake::{
+    CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
+};
+use crate::session::{
+    Application, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, Endpoint, EndpointConfig,
+    EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, Transport,
+};
+use crate::time::Timestamp;
+
+mod scenarios;
+
+/// SplitMix64: small, seedable, good enough for fault injection.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Faults applied to each UDP datagram, per direction.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    pub loss: f64,
+    pub duplicate: f64,
+    pub corrupt: f64,
+    pub delay_min: Duration,
+    /// Extra uniform delay; a spread larger than the send interval reorders.
+    pub jitter: Duration,
+}
+
+impl Faults {
+    pub const NONE: Self = Self {
+        loss: 0.0,
+        duplicate: 0.0,
+        corrupt: 0.0,
+        delay_min: Duration::from_micros(100),
+        jitter: Duration::ZERO,
+    };
+
+    pub fn lossy(loss: f64) -> Self {
+        Self {
+            loss,
+            duplicate: 0.02,
+            corrupt: 0.005,
+            delay_min: Duration::from_micros(200),
+            jitter: Duration::from_millis(5),
+        }
+    }
+}
+
+pub const HANDSHAKE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 3006);
+pub const SESSION_PORT: u16 = 5000;
+pub const SESSION: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), SESSION_PORT);
+
+#[derive(Debug)]
+enum Packet {
+    /// A datagram from `from` to `to`.
+    Udp { from: SocketAddr, to: SocketAddr, data: Vec<u8> },
+    /// Stream bytes to the gateway on a connection.
+    TcpToGateway { dev: usize, conn: ConnId, data: Vec<u8> },
+    /// Stream bytes to a device.
+    TcpToDevice { dev: usize, conn: ConnId, data: Vec<u8> },
+}
+
+/// What the gateway-side test application saw.
+#[derive(Debug, Default)]
+pub struct AppLog {
+    /// Application bodies received per session id, in arrival order.
+    pub received: HashMap<u64, Vec<Vec<u8>>>,
+    /// Echo replies successfully queued per session id, in order.
+    pub echoed: HashMap<u64, Vec<Vec<u8>>>,
+    /// Echo replies refused (backpressure, not active).
+    pub echo_failures: u64,
+    pub logons: usize,
+}
+
+/// The gateway's application in simulations: records what arrives, echoes type T in 100..=199
+/// as T + 100 (like the built-in `echo`), and optionally pushes type 300 to every session.
+pub struct SimApp {
+    pub log: std::rc::Rc<std::cell::RefCell<AppLog>>,
+    pub ids: std::rc::Rc<std::cell::RefCell<HashMap<SessionHandle, u64>>>,
+    pub feed_every: Option<Duration>,
+    pub feed_next: Timestamp,
+    pub feed_counter: u64,
+}
+
+impl Application for SimApp {
+    fn on_message(
+        &mut self,
+        _now: Timestamp,
+        s: SessionHandle,
+        type_id: u16,
+        body: &[u8],
+        out: &mut Outbox<'_>,
+    ) {
+        let id = self.ids.borrow().get(&s).copied().unwrap_or(0);
+        self.log.borrow_mut().received.entry(id).or_default().push(body.to_vec());
+        if (100..=199).contains(&type_id) {
+            let mut log = self.log.borrow_mut();
+            match out.send(s, type_id + 100, body) {
+                Ok(_) => log.echoed.entry(id).or_default().push(body.to_vec()),
+                Err(_) => log.echo_failures += 1,
+            }
+        }
+    }
+
+    fn on_logon(&mut self, _now: Timestamp, _s: SessionHandle, _out: &mut Outbox<'_>) {
+        self.log.borrow_mut().logons += 1;
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        self.feed_every.map(|_| self.feed_next)
+    }
+
+    fn handle_timeout(&mut self, now: Timestamp, out: &mut Outbox<'_>) {
+        if let Some(every) = self.feed_every {
+            self.feed_counter += 1;
+            let body = self.feed_counter.to_le_bytes();
+            out.broadcast(300, &body);
+            self.feed_next = now + every;
+        }
+    }
+}
+
+/// One simulated device and what it observed.
+pub struct SimDevice {
+    pub dev: Device,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    pub conn: Option<ConnId>,
+    pub deframer: Deframer,
+    /// Events, as owned copies: (kind, seq, type_id, body).
+    pub events: Vec<Ev>,
+    pub nonce: u64,
+}
+
+/// An owned copy of a [`DeviceEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ev {
+    Registered { session_id: u64, resumed: bool },
+    LoggedOn { last_processed: i64 },
+    StreamReset,
+    App { seq: i64, type_id: u16, body: Vec<u8>, resent: bool },
+    Rejected { ref_seq_num: i64, reason: u8 },
+    Ended { text: String },
+}
+
+impl Ev {
+    fn from(e: DeviceEvent<'_>) -> Self {
+        match e {
+            DeviceEvent::Registered { session_id, resumed } => {
+                Self::Registered { session_id, resumed }
+            }
+            DeviceEvent::LoggedOn { last_processed, .. } => Self::LoggedOn { last_processed },
+            DeviceEvent::StreamReset { .. } => Self::StreamReset,
+            DeviceEvent::App { seq, type_id, body, resent, .. } => {
+                Self::App { seq, type_id, body: body.to_vec(), resent }
+            }
+            DeviceEvent::Rejected { ref_seq_num, reason } => Self::Rejected { ref_seq_num, reason },
+            DeviceEvent::Ended { text, .. } => {
+                Self::Ended { text: String::from_utf8_lossy(text).into_owned() }
+            }
+        }
+    }
+}
+
+/// A gateway, its handshake port and devices on one simulated network.
+pub struct Net {
+    pub now: Timestamp,
+    pub rng: Rng,
+    pub gateway: Endpoint,
+    pub key: CookieKey,
+    pub hs: HandshakeConfig,
+    pub devices: Vec<SimDevice>,
+    pub faults_up: Faults,
+    pub faults_down: Faults,
+    /// Blackhole windows: everything sent inside is lost (both directions, UDP).
+    pub blackholes: Vec<(Timestamp, Timestamp)>,
+    pub app_log: std::rc::Rc<std::cell::RefCell<AppLog>>,
+    pub app_ids: std::rc::Rc<std::cell::RefCell<HashMap<SessionHandle, u64>>>,
+    queue: BTreeMap<(Timestamp, u64), Packet>,
+    packet_seq: u64,
+    tcp_next: u32,
+    tcp_owner: HashMap<u32, usize>,
+    tcp_deframers: HashMap<u32, (Deframer, bool)>,
+    tcp_last: HashMap<(u32, bool), Timestamp>,
+    pub stats: NetStats,
+    buf: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetStats {
+    pub sent: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+}
+
+impl Net {
+    pub fn new(seed: u64, cfg: EndpointConfig) -> Self {
+        Self::with_app(seed, cfg, None)
+    }
+
+    pub fn with_app(seed: u64, cfg: EndpointConfig, feed_every: Option<Duration>) -> Self {
+        let mut rng = Rng::new(seed);
+        let key = CookieKey(rng.next_u64().to_le_bytes().repeat(4).try_into().unwrap());
+        let keys = CookieKeys { current: key, previous: None };
+        let app_log = std::rc::Rc::new(std::cell::RefCell::new(AppLog::default()));
+        let app_ids = std::rc::Rc::new(std::cell::RefCell::new(HashMap::new()));
+        let app = SimApp {
+            log: app_log.clone(),
+            ids: app_ids.clone(),
+            feed_every,
+            feed_next: Timestamp::from_nanos(1_000_000_000),
+            feed_counter: 0,
+        };
+        let gateway = Endpoint::new(cfg, keys, [9; 32], Box::new(OpenLogon), Box::new(app));
+        Self {
+            now: Timestamp::from_nanos(1_000_000_000),
+            rng,
+            gateway,
+            key,
+            hs: HandshakeConfig {
+                shards: 1,
+                session_port_base: SESSION_PORT,
+                cookie_ttl: Duration::from_secs(5),
+            },
+            devices: Vec::new(),
+            faults_up: Faults::NONE,
+            faults_down: Faults::NONE,
+            blackholes: Vec::new(),
+            app_log,
+            app_ids,
+            queue: BTreeMap::new(),
+            packet_seq: 0,
+            tcp_next: 0,
+            tcp_owner: HashMap::new(),
+            tcp_deframers: HashMap::new(),
+            tcp_last: HashMap::new(),
+            stats: NetStats::default(),
+            buf: vec![0; 65_536],
+        }
+    }
+
+    /// Adds a device; returns its index.
+    pub fn add_device(&mut self, cfg: DeviceConfig) -> usize {
+        let i = self.devices.len();
+        let addr = SocketAddr::from((
+            [10, (i / 250 / 250) as u8, (i / 250 % 250) as u8, (i % 250 + 1) as u8],
+            3771,
+        ));
+        let mut dev = Device::new(cfg);
+        dev.set_device_config(b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~");
+        self.devices.push(SimDevice {
+            dev,
+            addr,
+            transport: cfg.transport,
+            conn: None,
+            deframer: Deframer::new(64 * 1024),
+            events: Vec::new(),
+            nonce: 0,
+        });
+        i
+    }
+
+    /// Starts (or restarts, keeping its state for a resume) device `i`'s session.
+    pub fn connect(&mut self, i: usize, reset: bool) {
+        let nonce = self.rng.next_u64();
+        let d = &mut self.devices[i];
+        d.nonce = nonce;
+        if d.transport == Transport::Tcp {
+            if let Some(conn) = d.conn.take() {
+                self.tcp_owner.remove(&conn.0);
+            }
+            let conn = ConnId(self.tcp_next);
+            self.tcp_next += 1;
+            self.tcp_owner.insert(conn.0, i);
+            self.tcp_deframers.insert(conn.0, (Deframer::new(64 * 1024), false));
+            d.deframer.reset();
+            d.conn = Some(conn);
+        }
+        d.dev.connect(self.now, nonce, reset);
+    }
+
+    /// Moves a UDP device to a new source port (roaming).
+    pub fn roam(&mut self, i: usize) {
+        let d = &mut self.devices[i];
+        d.addr.set_port(d.addr.port().wrapping_add(1).max(1024));
+    }
+
+    /// Cuts device `i`'s TCP connection: both ends see the close.
+    pub fn cut_tcp(&mut self, i: usize) {
+        if let Some(conn) = self.devices[i].conn.take() {
+            self.tcp_owner.remove(&conn.0);
+            self.gateway.handle_tcp_closed(self.now, conn);
+            self.devices[i].dev.transport_lost();
+        }
+    }
+
+    fn in_blackhole(&self, t: Timestamp) -> bool {
+        self.blackholes.iter().any(|&(a, b)| t >= a && t < b)
+    }
+
+    fn enqueue(&mut self, at: Timestamp, p: Packet) {
+        self.packet_seq += 1;
+        self.queue.insert((at, self.packet_seq), p);
+    }
+
+    fn send_udp(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8], up: bool) {
+        self.stats.sent += 1;
+        let f = if up { self.faults_up } else { self.faults_down };
+        if self.in_blackhole(self.now) || self.rng.chance(f.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if self.rng.chance(f.duplicate) { 2 } else { 1 };
+        self.stats.duplicated += copies - 1;
+        for _ in 0..copies {
+            let mut data = data.to_vec();
+            if self.rng.chance(f.corrupt) && !data.is_empty() {
+                // Flip a bit of the session id prefix or the first protocol id: the wire format
+                // has no checksum of its own (UDP's catches payload damage), so only damage it
+                // is bound to notice is simulated; it exercises the drop-and-count paths.
+                let at = self.rng.below(data.len().min(9) as u64) as usize;
+                data[at] ^= 1 << self.rng.below(8);
+                self.stats.corrupted += 1;
+            }
+            let jitter =
+                if f.jitter.is_zero() { 0 } else { self.rng.below(f.jitter.as_nanos() as u64) };
+            let at = self.now + f.delay_min + Duration::from_nanos(jitter);
+            self.enqueue(at, Packet::Udp { from, to, data });
+        }
+    }
+
+    fn send_tcp(&mut self, dev: usize, conn: ConnId, data: &[u8], up: bool) {
+        // In order: never before the previous segment of the same direction.
+        let delay = Duration::from_micros(100 + self.rng.below(400));
+        let last = self.tcp_last.get(&(conn.0, up)).copied().unwrap_or(Timestamp::ZERO);
+        let at = (self.now + delay).max(last);
+        self.tcp_last.insert((conn.0, up), at);
+        let data = data.to_vec();
+        let p = if up {
+            Packet::TcpToGateway { dev, conn, data }
+        } else {
+            Packet::TcpToDevice { dev, conn, data }
+        };
+        self.enqueue(at, p);
+    }
+
+    /// Sends everything every party wants to send now.
+    pub fn flush(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..100_000 {
+            let mut any = false;
+            while let Some(t) = self.gateway.poll_transmit(self.now, &mut buf) {
+                any = true;
+                match t.dest {
+                    Link::Udp(to) => self.send_udp(SESSION, to, &buf[..t.len], false),
+                    Link::Tcp(conn) => {
+                        if let Some(&dev) = self.tcp_owner.get(&conn.0) {
+                            self.send_tcp(dev, conn, &buf[..t.len], false);
+                        }
+                    }
+                    Link::None => {}
+                }
+            }
+            while let Some(ev) = self.gateway.poll_event() {
+                match ev {
+                    EndpointEvent::CloseConnection(conn) => {
+                        // Deliver what is in flight first, then close: queue a close marker.
+                        if let Some(&dev) = self.tcp_owner.get(&conn.0) {
+                            self.send_tcp(dev, conn, &[], false);
+                        }
+                    }
+                    EndpointEvent::LoggedOn(h) => {
+                        if let Some(s) = self.gateway.session(h) {
+                            self.app_ids.borrow_mut().insert(h, s.id());
+                        }
+                    }
+                    EndpointEvent::Ended(..) => {}
+                }
+            }
+            for i in 0..self.devices.len() {
+                loop {
+                    let d = &mut self.devices[i];
+                    let Some(t) = d.dev.poll_transmit(self.now, &mut buf) else { break };
+                    any = true;
+                    let from = d.addr;
+                    match (t.dest, d.conn) {
+                        (DeviceDest::Handshake, _) => {
+                            self.send_udp(from, HANDSHAKE, &buf[..t.len], true)
+                        }
+                        (DeviceDest::SessionPort(p), _) => {
+                            let to = SocketAddr::new(SESSION.ip(), p);
+                            self.send_udp(from, to, &buf[..t.len], true);
+                        }
+                        (DeviceDest::Stream, Some(conn)) => {
+                            self.send_tcp(i, conn, &buf[..t.len], true)
+                        }
+                        (DeviceDest::Stream, None) => {}
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn deliver(&mut self, p: Packet) {
+        let mut buf = std::mem::take(&mut self.buf);
+        match p {
+            Packet::Udp { from, to, data } => {
+                if to == HANDSHAKE {
+                    let out = answer_connection_request(
+                        &self.hs, &self.key, self.now, from, &data, None, &mut buf,
+                    );
+                    if let HandshakeOutcome::Accepted { len, .. }
+                    | HandshakeOutcome::Rejected { len, .. } = out
+                    {
+                        let reply = buf[..len].to_vec();
+                        self.send_udp(HANDSHAKE, from, &reply, false);
+                    }
+                } else if to.ip() == SESSION.ip() {
+                    if to.port() == SESSION_PORT {
+                        self.gateway.handle_datagram(self.now, from, &data);
+                    }
+                } else if let Some(i) = self.devices.iter().position(|d| d.addr == to) {
+                    let d = &mut self.devices[i];
+                    let ev = &mut d.events;
+                    d.dev.handle_datagram(self.now, &data, &mut |e| ev.push(Ev::from(e)));
+                }
+            }
+            Packet::TcpToGateway { dev, conn, data } => {
+                if self.tcp_owner.get(&conn.0) != Some(&dev) {
+                    self.buf = buf;
+                    return;
+                }
+                if let Some((deframer, _)) = self.tcp_deframers.get_mut(&conn.0) {
+                    deframer.push(&data);
+                }
+                loop {
+                    let Some((deframer, started)) = self.tcp_deframers.get_mut(&conn.0) else {
+                        break;
+                    };
+                    let frame = match deframer.next_frame() {
+                        Ok(Some(f)) => f.to_vec(),
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.gateway.handle_tcp_error(self.now, conn, e);
+                            break;
+                        }
+                    };
+                    let first = !*started;
+                    *started = true;
+                    if first {
+                        self.gateway.handle_tcp_logon(
+                            self.now,
+                            conn,
+                            self.devices[dev].addr,
+                            &frame,
+                        );
+                    } else {
+                        self.gateway.handle_tcp_frame(self.now, conn, &frame);
+                    }
+                    if !self.tcp_owner.contains_key(&conn.0) {
+                        break;
+                    }
+                }
+            }
+            Packet::TcpToDevice { dev, conn, data } => {
+                let d = &mut self.devices[dev];
+                if d.conn != Some(conn) {
+                    self.buf = buf;
+                    return;
+                }
+                if data.is_empty() {
+                    // The gateway closed the connection.
+                    d.conn = None;
+                    d.dev.transport_lost();
+                    self.tcp_owner.remove(&conn.0);
+                    self.gateway.handle_tcp_closed(self.now, conn);
+                } else {
+                    d.deframer.push(&data);
+                    while let Ok(Some(frame)) = d.deframer.next_frame() {
+                        let ev = &mut d.events;
+                        d.dev.handle_frame(self.now, frame, &mut |e| ev.push(Ev::from(e)));
+                    }
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// The next time anything happens.
+    fn next_time(&self) -> Option<Timestamp> {
+        let q = self.queue.keys().next().map(|&(t, _)| t);
+        let g = self.gateway.poll_timeout();
+        let d = self.devices.iter().filter_map(|d| d.dev.poll_timeout()).min();
+        [q, g, d].into_iter().flatten().min()
+    }
+
+    /// Runs until `until` (virtual time).
+    pub fn run_until(&mut self, until: Timestamp) {
+        self.flush();
+        let mut stuck = 0u32;
+        while let Some(t) = self.next_time() {
+            if t > until {
+                break;
+            }
+            if t <= self.now {
+                stuck += 1;
+                assert!(
+                    stuck < 10_000,
+                    "simulation stuck at {:?}: gateway deadline {:?}, device deadlines {:?}",
+                    self.now,
+                    self.gateway.poll_timeout(),
+                    self.devices
+                        .iter()
+                        .map(|d| (d.dev.state(), d.dev.poll_timeout()))
+                        .collect::<Vec<_>>()
+                );
+            } else {
+                stuck = 0;
+            }
+            self.now = self.now.max(t);
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let p = entry.remove();
+                self.deliver(p);
+            }
+            self.gateway.handle_timeout(self.now);
+            for d in &mut self.devices {
+                let ev = &mut d.events;
+                d.dev.handle_timeout(self.now, &mut |e| ev.push(Ev::from(e)));
+            }
+            self.flush();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Application messages device `i` received, in order.
+    pub fn device_app(&self, i: usize) -> Vec<(i64, u16, Vec<u8>)> {
+        self.devices[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::App { seq, type_id, body, .. } => Some((*seq, *type_id, body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Application bodies the gateway received from device `i`'s session.
+    pub fn gateway_app(&self, i: usize) -> Vec<Vec<u8>> {
+        let id = self.session_id_of(i);
+        self.app_log.borrow().received.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Echo replies the gateway queued for device `i`'s session.
+    pub fn gateway_echoed(&self, i: usize) -> Vec<Vec<u8>> {
+        let id = self.session_id_of(i);
+        self.app_log.borrow().echoed.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The gateway session id serving device `i` (UDP: from the handshake; TCP: by username).
+    pub fn session_id_of(&self, i: usize) -> u64 {
+        let id = self.devices[i].dev.session_id();
+        if id != 0 { id } else { self.tcp_session_id(i) }
+    }
+
+    fn tcp_session_id(&self, i: usize) -> u64 {
+        let user = self.devices[i].dev.config().username.as_bytes().to_vec();
+        self.gateway.sessions().find(|s| s.username.as_bytes() == user).map_or(0, |s| s.id)
+    }
+
+    /// True if device `i` saw a LoggedOut or another end.
+    pub fn device_ended(&self, i: usize) -> Option<String> {
+        self.devices[i].events.iter().rev().find_map(|e| match e {
+            Ev::Ended { text } => Some(text.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// Endpoint settings for simulations: small, with a journal large enough for the runs.
+pub fn sim_config() -> EndpointConfig {
+    let mut cfg =
+        EndpointConfig { max_sessions: 64, max_connections: 256, ..EndpointConfig::default() };
+    cfg.session.journal.messages_per_session = 512;
+    cfg
+}
