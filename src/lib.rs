@@ -20,9 +20,17 @@
 //! - [`time`]: the `Timestamp` newtype passed into the sans-IO core.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod acceptor;
+pub mod app;
+pub mod config;
+pub mod credentials;
+pub mod housekeeping;
+pub mod io;
 pub mod journal;
 pub mod protocol;
+pub mod serve;
 pub mod session;
+pub mod shard;
 pub mod stats;
 pub mod time;
 

@@ -1,8 +1,273 @@
-//! The `fleetgate` binary.
+//! The `fleetgate` binary: parse the command line, dispatch.
 
-fn main() {
-    println!(
-        "fleetgate {}: the wire protocol, journal and sans-IO session engine are built; `serve`, `load` and `demo` are not yet",
-        env!("CARGO_PKG_VERSION")
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, Parser, Subcommand};
+
+use fleetgate::config::Config;
+use fleetgate::credentials::{self, Credentials};
+use fleetgate::serve::Gateway;
+use fleetgate::session::{Authenticator, OpenLogon};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// fleetgate: a thread-per-core session gateway for large device fleets.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (UDP handshake port, TCP port, one shard per core).
+    Serve(ServeArgs),
+    /// Add or replace a user in a credentials file (password read from stdin).
+    Passwd(PasswdArgs),
+    /// Check host readiness: kernel, io_uring, memlock, cores, sysctls.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file (profiles in tuning/).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Override any config key: --set section.key=value (repeatable), e.g. --set udp.max_datagram=1200.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Shard threads (gateway.shards; 0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// I/O backend: auto, uring or epoll (gateway.io).
+    #[arg(long)]
+    io: Option<String>,
+    /// Application: echo, feed or none (gateway.app).
+    #[arg(long)]
+    app: Option<String>,
+    /// UDP handshake address (gateway.handshake_addr, default 0.0.0.0:3006).
+    #[arg(long)]
+    handshake_addr: Option<String>,
+    /// TCP address (gateway.tcp_addr, default 0.0.0.0:4210).
+    #[arg(long)]
+    tcp_addr: Option<String>,
+    /// First UDP session port (gateway.session_port_base, default 5000).
+    #[arg(long)]
+    session_port_base: Option<u16>,
+    /// Credentials file (auth.credentials).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// Accept any username and password. Without this or --credentials, logons are refused.
+    #[arg(long)]
+    open_logon: bool,
+    /// HdrHistogram interval log file (observability.hist_log).
+    #[arg(long)]
+    hist_log: Option<PathBuf>,
+    /// HTTP address for /metrics, /sessions, /healthz (observability.metrics_addr; "" disables).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PasswdArgs {
+    /// The credentials file (created if missing).
+    #[arg(long)]
+    file: PathBuf,
+    /// Username (1..=16 printable characters).
+    user: String,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// sysctl file to compare with (default tuning/sysctl.conf).
+    #[arg(long, default_value = "tuning/sysctl.conf")]
+    sysctl: PathBuf,
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Passwd(a) => passwd(a),
+        Command::Check(a) => check(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleetgate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+    let mut set = Vec::new();
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    if let Some(v) = a.shards {
+        set.push(format!("gateway.shards={v}"));
+    }
+    if let Some(v) = &a.io {
+        set.push(format!("gateway.io={}", q(v)));
+    }
+    if let Some(v) = &a.app {
+        set.push(format!("gateway.app={}", q(v)));
+    }
+    if let Some(v) = &a.handshake_addr {
+        set.push(format!("gateway.handshake_addr={}", q(v)));
+    }
+    if let Some(v) = &a.tcp_addr {
+        set.push(format!("gateway.tcp_addr={}", q(v)));
+    }
+    if let Some(v) = a.session_port_base {
+        set.push(format!("gateway.session_port_base={v}"));
+    }
+    if let Some(v) = &a.credentials {
+        set.push(format!("auth.credentials={}", q(&v.display().to_string())));
+    }
+    if a.open_logon {
+        set.push("auth.open_logon=true".into());
+    }
+    if let Some(v) = &a.hist_log {
+        set.push(format!("observability.hist_log={}", q(&v.display().to_string())));
+    }
+    if let Some(v) = &a.metrics_addr {
+        set.push(format!("observability.metrics_addr={}", q(v)));
+    }
+    set.extend(a.set);
+    let cfg = Config::load(a.config.as_deref(), &set).map_err(|e| e.to_string())?;
+    let auth: Arc<dyn Authenticator + Send + Sync> = match (
+        &cfg.auth.credentials,
+        cfg.auth.open_logon,
+    ) {
+        (Some(p), _) => Arc::new(Credentials::load(p.as_ref())?),
+        (None, true) => {
+            eprintln!("fleetgate: WARNING: open logon: any username and password is accepted");
+            Arc::new(OpenLogon)
+        }
+        (None, false) => {
+            eprintln!(
+                "fleetgate: no credentials file and no --open-logon: every logon will be refused"
+            );
+            Arc::new(Credentials::default())
+        }
+    };
+    // SAFETY: installs a handler that only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut gw = Gateway::start(&cfg, auth)?;
+    eprintln!(
+        "fleetgate: serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
+        gw.handshake_addr,
+        gw.tcp_addr,
+        gw.session_ports,
+        gw.metrics_addr.map_or("off".into(), |a| a.to_string()),
+        gw.backend,
+        gw.reserved_bytes >> 20
     );
+    let flag = gw.shutdown_flag();
+    std::thread::spawn(move || {
+        while !SIGNALLED.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("fleetgate: shutting down");
+        flag.store(true, Ordering::Relaxed);
+    });
+    let totals = gw.wait();
+    eprintln!("fleetgate: stopped: {}", fleetgate::shard::summary(&totals.counters));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn passwd(a: PasswdArgs) -> Result<ExitCode, String> {
+    let mut pw = String::new();
+    std::io::stdin().read_line(&mut pw).map_err(|e| e.to_string())?;
+    let pw = pw.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() || pw.len() > 32 {
+        return Err("password must be 1..=32 characters (read from stdin)".into());
+    }
+    credentials::add_user(&a.file, &a.user, pw.as_bytes())?;
+    eprintln!("fleetgate: {} updated for {}", a.file.display(), a.user);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode, String> {
+    let mut blockers = 0;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let major: u32 = release.split('.').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let minor: u32 = release.split('.').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ok_kernel = (major, minor) >= (5, 19);
+    println!(
+        "{} kernel {release} (io_uring multishot recvmsg needs 6.0+, buffer rings 5.19+)",
+        mark(ok_kernel)
+    );
+    match fleetgate::io::uring::probe() {
+        Ok(()) => println!("{} io_uring usable", mark(true)),
+        Err(e) => {
+            println!("{} io_uring unusable ({e}); the epoll backend will be used", mark(false))
+        }
+    }
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the live struct passed.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
+    println!("{} memlock limit {} KiB", mark(rl.rlim_cur >= 64 << 10), rl.rlim_cur >> 10);
+    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
+    let ok_nofile = nofile.rlim_cur >= 4096;
+    if !ok_nofile {
+        blockers += 1;
+    }
+    println!(
+        "{} open files limit {} (TCP sessions need one each)",
+        mark(ok_nofile),
+        nofile.rlim_cur
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("{} {cores} cores available (one shard per core)", mark(cores >= 1));
+    match std::fs::read_to_string(&a.sysctl) {
+        Ok(text) => {
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let Some((k, v)) = line.split_once('=') else { continue };
+                let (k, v) = (k.trim(), v.trim());
+                let path = format!("/proc/sys/{}", k.replace('.', "/"));
+                let have = std::fs::read_to_string(&path)
+                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let want: Vec<&str> = v.split_whitespace().collect();
+                let have_n: Vec<&str> = have.split_whitespace().collect();
+                let ok = have_n.len() == want.len()
+                    && have_n.iter().zip(&want).all(|(h, w)| {
+                        match (h.parse::<u64>(), w.parse::<u64>()) {
+                            (Ok(h), Ok(w)) => h >= w,
+                            _ => h == w,
+                        }
+                    });
+                println!("{} {k} = {have} (want {v})", mark(ok));
+            }
+        }
+        Err(e) => println!("{} cannot read {}: {e}", mark(false), a.sysctl.display()),
+    }
+    if blockers > 0 {
+        println!("{blockers} blocker(s)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "[ok]  " } else { "[warn]" }
 }

@@ -1,0 +1,454 @@
+//! The gateway's configuration: a TOML file (profiles in `tuning/`), every key overridable on the
+//! command line with `--set section.key=value`. Every limit carries its unit in its name and has
+//! a documented default; unknown keys are errors.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::journal::JournalConfig;
+use crate::session::{EndpointConfig, SessionConfig};
+
+/// The whole configuration. Field docs give the TOML key, the unit and the default.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`: threads, addresses, limits.
+    pub gateway: GatewaySection,
+    /// `[udp]`: handshake and UDP session settings.
+    pub udp: UdpSection,
+    /// `[tcp]`: TCP settings.
+    pub tcp: TcpSection,
+    /// `[session]`: per-session timers.
+    pub session: SessionSection,
+    /// `[journal]`: resend journal sizing.
+    pub journal: JournalSection,
+    /// `[auth]`: credentials and logon failure limits.
+    pub auth: AuthSection,
+    /// `[observability]`: metrics, histogram logs, traces.
+    pub observability: ObservabilitySection,
+    /// `[[groups]]`: device groups matched on device-config fields.
+    pub groups: Vec<DeviceGroup>,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// `shards`: shard threads; 0 = one per available core (default 0).
+    pub shards: usize,
+    /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
+    pub cpus: Vec<usize>,
+    /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto").
+    pub io: String,
+    /// `idle`: "park" (sleep in the kernel when idle) or "spin" (default "park").
+    pub idle: String,
+    /// `spin_us`: with `idle = "spin"`, busy-poll this long before parking (default 50 µs).
+    pub spin_us: u64,
+    /// `handshake_addr`: UDP handshake port (default "0.0.0.0:3006").
+    pub handshake_addr: SocketAddr,
+    /// `tcp_addr`: TCP port (default "0.0.0.0:4210").
+    pub tcp_addr: SocketAddr,
+    /// `session_port_base`: shard i's UDP session port is this + i (default 5000).
+    pub session_port_base: u16,
+    /// `max_sessions_per_shard`: sessions, detached ones included (default 4096).
+    pub max_sessions_per_shard: usize,
+    /// `app`: built-in application: "echo", "feed" or "none" (default "echo").
+    pub app: String,
+    /// `feed_interval_ms`: with `app = "feed"`, one type-300 event to every session this often
+    /// (default 1000 ms).
+    pub feed_interval_ms: u64,
+    /// `drain_timeout_ms`: on SIGTERM, wait this long for LoggedOut to go out (default 1500 ms).
+    pub drain_timeout_ms: u64,
+    /// `handoff_queue`: acceptor→shard SPSC capacity (default 1024 handoffs).
+    pub handoff_queue: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            cpus: Vec::new(),
+            io: "auto".into(),
+            idle: "park".into(),
+            spin_us: 50,
+            handshake_addr: ([0, 0, 0, 0], 3006).into(),
+            tcp_addr: ([0, 0, 0, 0], 4210).into(),
+            session_port_base: 5000,
+            max_sessions_per_shard: 4096,
+            app: "echo".into(),
+            feed_interval_ms: 1000,
+            drain_timeout_ms: 1500,
+            handoff_queue: 1024,
+        }
+    }
+}
+
+/// `[udp]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpSection {
+    /// `max_datagram`: largest datagram sent, prefix included (default 1400 bytes).
+    pub max_datagram: usize,
+    /// `ack_delay_ms`: acknowledge processed input within this (default 20 ms).
+    pub ack_delay_ms: u64,
+    /// `cookie_ttl_ms`: cookie validity (default 5000 ms).
+    pub cookie_ttl_ms: u64,
+    /// `cookie_rotate_s`: new cookie secret this often; the previous stays valid (default 60 s).
+    pub cookie_rotate_s: u64,
+    /// `device_config_timeout_ms`: eSP0008 after this (default 10000 ms).
+    pub device_config_timeout_ms: u64,
+    /// `device_config_retry_ms`: GetDeviceConfig re-send period (default 1000 ms).
+    pub device_config_retry_ms: u64,
+    /// `handshake_rate_per_s`: ConnectionRequests per source address per second (default 20).
+    pub handshake_rate_per_s: u32,
+    /// `handshake_burst`: token-bucket depth per source address (default 40).
+    pub handshake_burst: u32,
+}
+
+impl Default for UdpSection {
+    fn default() -> Self {
+        Self {
+            max_datagram: 1400,
+            ack_delay_ms: 20,
+            cookie_ttl_ms: 5000,
+            cookie_rotate_s: 60,
+            device_config_timeout_ms: 10_000,
+            device_config_retry_ms: 1000,
+            handshake_rate_per_s: 20,
+            handshake_burst: 40,
+        }
+    }
+}
+
+/// `[tcp]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpSection {
+    /// `logon_timeout_ms`: LogonRequest must arrive within this of connect (default 10000 ms,
+    /// 2 × the default heartbeat interval).
+    pub logon_timeout_ms: u64,
+    /// `max_connections_per_shard`: TCP connections per shard (default 4096).
+    pub max_connections_per_shard: usize,
+    /// `send_queue_bytes`: per-connection send queue; a reader that lets it fill is logged out
+    /// (default 262144 bytes).
+    pub send_queue_bytes: usize,
+    /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes).
+    pub max_message_bytes: usize,
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        Self {
+            logon_timeout_ms: 10_000,
+            max_connections_per_shard: 4096,
+            send_queue_bytes: 256 * 1024,
+            max_message_bytes: 1024,
+        }
+    }
+}
+
+/// `[session]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSection {
+    /// `heartbeat_interval_s`: H, sent in LogonResponse (default 5 s).
+    pub heartbeat_interval_s: u64,
+    /// `detached_ttl_s`: keep a detached session this long (default 300 s).
+    pub detached_ttl_s: u64,
+    /// `burst`: buffers one session sends before others get a turn (default 8).
+    pub burst: u32,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self { heartbeat_interval_s: 5, detached_ttl_s: 300, burst: 8 }
+    }
+}
+
+/// `[journal]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSection {
+    /// `messages_per_session`: application messages each session keeps (default 64).
+    pub messages_per_session: usize,
+    /// `slot_bytes`: largest padded application message, header included (default 256 bytes).
+    pub slot_bytes: usize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        let j = JournalConfig::default();
+        Self { messages_per_session: j.messages_per_session, slot_bytes: j.slot_bytes }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// `credentials`: path of the credentials file (default none: logons refused).
+    pub credentials: Option<String>,
+    /// `open_logon`: accept any username and password (default false; explicit opt-in only).
+    pub open_logon: bool,
+    /// `max_failures`: failed logons per source address before refusal (default 5).
+    pub max_failures: u32,
+    /// `failure_window_s`: window for `max_failures` (default 60 s).
+    pub failure_window_s: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self { credentials: None, open_logon: false, max_failures: 5, failure_window_s: 60 }
+    }
+}
+
+/// `[observability]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilitySection {
+    /// `metrics_addr`: HTTP for /metrics, /sessions, /healthz (default "127.0.0.1:9464"; "" to
+    /// disable).
+    pub metrics_addr: String,
+    /// `hist_log`: HdrHistogram interval log file (default none).
+    pub hist_log: Option<String>,
+    /// `trace_dir`: directory for per-device protocol traces (default "traces").
+    pub trace_dir: String,
+    /// `trace_devices`: deviceUids to trace (default []).
+    pub trace_devices: Vec<String>,
+    /// `trace_addrs`: source address ranges to trace, as CIDR (default []).
+    pub trace_addrs: Vec<String>,
+    /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
+    pub latency_ns_max: u64,
+}
+
+impl Default for ObservabilitySection {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:9464".into(),
+            hist_log: None,
+            trace_dir: "traces".into(),
+            trace_devices: Vec::new(),
+            trace_addrs: Vec::new(),
+            latency_ns_max: 60_000_000_000,
+        }
+    }
+}
+
+/// `[[groups]]`: a device group. A device belongs to the first group whose every given field
+/// matches its device config (fields counted from 1: device type = 5, screen rows = 6, columns
+/// = 7, client build = 10, hardware address = 13, OS = 19).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceGroup {
+    /// `name`.
+    pub name: String,
+    /// `device_type`: field 5, exact match.
+    pub device_type: Option<String>,
+    /// `screen_rows`: field 6.
+    pub screen_rows: Option<u32>,
+    /// `screen_cols`: field 7.
+    pub screen_cols: Option<u32>,
+    /// `os`: field 19, matched after trimming spaces.
+    pub os: Option<String>,
+    /// `heartbeat_interval_s`: H for this group.
+    pub heartbeat_interval_s: Option<u64>,
+}
+
+/// A configuration problem, for the operator.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path` (if any), applies `key=value` overrides, checks the result.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+                text.parse().map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values and relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if !matches!(self.gateway.io.as_str(), "auto" | "uring" | "epoll") {
+            return bad("gateway.io must be \"auto\", \"uring\" or \"epoll\"");
+        }
+        if !matches!(self.gateway.idle.as_str(), "park" | "spin") {
+            return bad("gateway.idle must be \"park\" or \"spin\"");
+        }
+        if !matches!(self.gateway.app.as_str(), "echo" | "feed" | "none") {
+            return bad("gateway.app must be \"echo\", \"feed\" or \"none\"");
+        }
+        if self.gateway.max_sessions_per_shard == 0 {
+            return bad("gateway.max_sessions_per_shard must be at least 1");
+        }
+        if self.gateway.handoff_queue == 0 {
+            return bad("gateway.handoff_queue must be at least 1");
+        }
+        if self.tcp.max_message_bytes < 128 {
+            return bad("tcp.max_message_bytes must be at least 128");
+        }
+        self.session_config().validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Shards to run: `gateway.shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.gateway.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The per-session settings.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            heartbeat_interval: Duration::from_secs(self.session.heartbeat_interval_s),
+            logon_timeout: Duration::from_millis(self.tcp.logon_timeout_ms),
+            device_config_timeout: Duration::from_millis(self.udp.device_config_timeout_ms),
+            device_config_retry: Duration::from_millis(self.udp.device_config_retry_ms),
+            ack_delay: Duration::from_millis(self.udp.ack_delay_ms),
+            detached_ttl: Duration::from_secs(self.session.detached_ttl_s),
+            max_datagram: self.udp.max_datagram,
+            journal: JournalConfig {
+                messages_per_session: self.journal.messages_per_session,
+                slot_bytes: self.journal.slot_bytes,
+            },
+        }
+    }
+
+    /// The endpoint settings of shard `shard`.
+    pub fn endpoint_config(&self, shard: u16) -> EndpointConfig {
+        EndpointConfig {
+            session: self.session_config(),
+            max_sessions: self.gateway.max_sessions_per_shard,
+            max_connections: self.tcp.max_connections_per_shard,
+            shard,
+            reply_queue: 1024,
+            session_burst: self.session.burst,
+            max_logon_failures: self.auth.max_failures,
+            logon_failure_window: Duration::from_secs(self.auth.failure_window_s),
+        }
+    }
+}
+
+/// Applies `section.key=value` to the table. The value is TOML (`5`, `"epoll"`, `true`,
+/// `[1, 2]`); a bare word that is not valid TOML is taken as a string.
+fn apply_override(table: &mut toml::Table, o: &str) -> Result<(), ConfigError> {
+    let Some((path, raw)) = o.split_once('=') else {
+        return Err(ConfigError(format!("--set {o}: expected section.key=value")));
+    };
+    let path: Vec<&str> = path.trim().split('.').collect();
+    let raw = raw.trim();
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    let (last, parents) =
+        path.split_last().ok_or_else(|| ConfigError(format!("--set {o}: empty key")))?;
+    let mut t = table;
+    for p in parents {
+        let entry =
+            t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError(format!("--set {o}: {p} is not a section")))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Fields of a device config string (tilde-separated), counted from 1.
+pub fn config_field(config: &[u8], n: usize) -> Option<&[u8]> {
+    config.split(|&b| b == b'~').nth(n.checked_sub(1)?)
+}
+
+impl DeviceGroup {
+    /// True if every field this group names matches `config`.
+    pub fn matches(&self, config: &[u8]) -> bool {
+        let field =
+            |n| config_field(config, n).map(|f| String::from_utf8_lossy(f).trim().to_string());
+        let num = |n| field(n).and_then(|f| f.parse::<u32>().ok());
+        self.device_type.as_ref().is_none_or(|t| field(5).as_deref() == Some(t.as_str()))
+            && self.screen_rows.is_none_or(|r| num(6) == Some(r))
+            && self.screen_cols.is_none_or(|c| num(7) == Some(c))
+            && self.os.as_ref().is_none_or(|o| field(19).as_deref() == Some(o.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &[u8] = b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~";
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.gateway.handshake_addr.port(), 3006);
+        assert_eq!(c.gateway.tcp_addr.port(), 4210);
+        assert_eq!(c.gateway.session_port_base, 5000);
+        assert_eq!(c.udp.max_datagram, 1400);
+        assert_eq!(c.session_config(), SessionConfig::default());
+    }
+
+    #[test]
+    fn overrides_set_any_key_and_unknown_keys_fail() {
+        let c = Config::load(
+            None,
+            &[
+                "udp.max_datagram=1200".into(),
+                "gateway.io=epoll".into(),
+                "gateway.cpus=[1,0]".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.udp.max_datagram, 1200);
+        assert_eq!(c.gateway.io, "epoll");
+        assert_eq!(c.gateway.cpus, vec![1, 0]);
+        let e = Config::load(None, &["udp.max_datagrams=1".into()]).unwrap_err();
+        assert!(e.0.contains("max_datagrams"), "{e}");
+        let e = Config::load(None, &["gateway.io=kqueue".into()]).unwrap_err();
+        assert!(e.0.contains("gateway.io"), "{e}");
+        assert!(Config::load(None, &["nonsense".into()]).is_err());
+    }
+
+    #[test]
+    fn device_groups_match_named_fields() {
+        assert_eq!(config_field(SEED, 5), Some(&b"PDT9090_E5"[..]));
+        assert_eq!(config_field(SEED, 13), Some(&b"0015708E863F"[..]));
+        let g = DeviceGroup {
+            device_type: Some("PDT9090_E5".into()),
+            screen_rows: Some(16),
+            screen_cols: Some(26),
+            os: Some("WindowsCE".into()),
+            ..Default::default()
+        };
+        assert!(g.matches(SEED));
+        let g2 = DeviceGroup { screen_rows: Some(24), ..Default::default() };
+        assert!(!g2.matches(SEED));
+    }
+}

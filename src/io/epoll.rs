@@ -1,0 +1,432 @@
+//! The portable backend: level-triggered epoll, `recvmmsg`/`sendmmsg` batches for UDP,
+//! non-blocking reads and writes with a bounded per-connection queue for TCP. See [`super`] for
+//! the contract.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::{Backend, BackendConfig, IoEvent, SendError, from_sockaddr, to_sockaddr};
+use crate::session::ConnId;
+
+const TOKEN_UDP: u64 = u64::MAX;
+const TOKEN_WAKE: u64 = u64::MAX - 1;
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Conn {
+    stream: TcpStream,
+    out: VecDeque<u8>,
+    closing: bool,
+    writable_armed: bool,
+}
+
+/// The epoll backend.
+pub struct Epoll {
+    epfd: OwnedFd,
+    udp: UdpSocket,
+    wake: OwnedFd,
+    cfg: BackendConfig,
+    events: Vec<libc::epoll_event>,
+    // recvmmsg state: one buffer, address and header per batch entry.
+    rx: Vec<u8>,
+    rx_addrs: Vec<libc::sockaddr_storage>,
+    rx_iov: Vec<libc::iovec>,
+    rx_hdrs: Vec<libc::mmsghdr>,
+    // sendmmsg state.
+    tx: Vec<u8>,
+    tx_lens: Vec<usize>,
+    tx_addrs: Vec<libc::sockaddr_storage>,
+    tx_addr_lens: Vec<libc::socklen_t>,
+    tx_iov: Vec<libc::iovec>,
+    tx_hdrs: Vec<libc::mmsghdr>,
+    tx_count: usize,
+    dropped: u64,
+    conns: Vec<Option<Conn>>,
+    spare_queues: Vec<VecDeque<u8>>,
+    free: Vec<u32>,
+    closed: Vec<ConnId>,
+    scratch: Vec<u8>,
+}
+
+// SAFETY: the raw pointers inside the iovec/mmsghdr arrays point into buffers owned by this
+// struct; the whole struct moves to its shard thread once, before any pointer is written.
+unsafe impl Send for Epoll {}
+
+impl Epoll {
+    /// Sets up epoll over the UDP socket and the wake descriptor; allocates every batch buffer.
+    pub fn new(udp: UdpSocket, wake: OwnedFd, cfg: BackendConfig) -> std::io::Result<Self> {
+        udp.set_nonblocking(true)?;
+        // SAFETY: no pointer arguments; the result is checked.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `ep` is a fresh descriptor we own.
+        let epfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
+        let b = cfg.batch.max(1);
+        let slot = cfg.max_datagram.max(2048);
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
+        // bytes are a valid value.
+        let zeroed = || unsafe { core::mem::zeroed::<libc::sockaddr_storage>() };
+        let mut this = Self {
+            epfd,
+            udp,
+            wake,
+            cfg,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            rx: vec![0; b * slot],
+            rx_addrs: (0..b).map(|_| zeroed()).collect(),
+            rx_iov: Vec::with_capacity(b),
+            // SAFETY: see above.
+            rx_hdrs: (0..b).map(|_| unsafe { core::mem::zeroed() }).collect(),
+            tx: vec![0; b * slot],
+            tx_lens: vec![0; b],
+            tx_addrs: (0..b).map(|_| zeroed()).collect(),
+            tx_addr_lens: vec![0; b],
+            tx_iov: Vec::with_capacity(b),
+            // SAFETY: see above.
+            tx_hdrs: (0..b).map(|_| unsafe { core::mem::zeroed() }).collect(),
+            tx_count: 0,
+            dropped: 0,
+            conns: (0..cfg.max_connections).map(|_| None).collect(),
+            spare_queues: Vec::new(),
+            free: (0..cfg.max_connections as u32).rev().collect(),
+            closed: Vec::with_capacity(cfg.max_connections),
+            scratch: vec![0; READ_CHUNK],
+        };
+        for i in 0..b {
+            let rx_base = this.rx[i * slot..].as_mut_ptr();
+            this.rx_iov.push(libc::iovec { iov_base: rx_base.cast(), iov_len: slot });
+            let tx_base = this.tx[i * slot..].as_mut_ptr();
+            this.tx_iov.push(libc::iovec { iov_base: tx_base.cast(), iov_len: 0 });
+        }
+        this.ctl(libc::EPOLL_CTL_ADD, this.udp.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_UDP)?;
+        this.ctl(libc::EPOLL_CTL_ADD, this.wake.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_WAKE)?;
+        Ok(this)
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a live epoll_event; the descriptors are open.
+        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    fn slot(&self) -> usize {
+        self.cfg.max_datagram.max(2048)
+    }
+
+    fn recv_udp(&mut self, on_event: &mut dyn FnMut(IoEvent<'_>)) -> usize {
+        let slot = self.slot();
+        let b = self.rx_hdrs.len();
+        let mut reported = 0;
+        // Bounded: at most 4 batches per poll, so one busy socket cannot starve the rest.
+        for _ in 0..4 {
+            for i in 0..b {
+                let h = &mut self.rx_hdrs[i].msg_hdr;
+                h.msg_name = (&raw mut self.rx_addrs[i]).cast();
+                h.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as u32;
+                h.msg_iov = &raw mut self.rx_iov[i];
+                h.msg_iovlen = 1;
+                h.msg_control = core::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+                self.rx_iov[i].iov_len = slot;
+                self.rx_hdrs[i].msg_len = 0;
+            }
+            // SAFETY: every header points at a live address slot and iovec, each iovec at `slot`
+            // bytes inside `self.rx`; all live as long as `self`.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.udp.as_raw_fd(),
+                    self.rx_hdrs.as_mut_ptr(),
+                    b as u32,
+                    libc::MSG_DONTWAIT,
+                    core::ptr::null_mut(),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            for i in 0..n as usize {
+                let len = self.rx_hdrs[i].msg_len as usize;
+                let truncated = self.rx_hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                if let (Some(from), false) = (from_sockaddr(&self.rx_addrs[i]), truncated) {
+                    let data = &self.rx[i * slot..i * slot + len.min(slot)];
+                    on_event(IoEvent::Datagram { from, data });
+                    reported += 1;
+                }
+            }
+            if (n as usize) < b {
+                break;
+            }
+        }
+        reported
+    }
+
+    fn read_tcp(&mut self, idx: usize, on_event: &mut dyn FnMut(IoEvent<'_>)) -> usize {
+        let conn = ConnId(idx as u32);
+        let mut reported = 0;
+        // Bounded: at most 4 chunks per poll per connection.
+        for _ in 0..4 {
+            let Some(c) = self.conns[idx].as_mut() else { return reported };
+            match c.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.drop_conn(idx);
+                    break;
+                }
+                Ok(n) => {
+                    on_event(IoEvent::TcpData { conn, data: &self.scratch[..n] });
+                    reported += 1;
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(idx);
+                    break;
+                }
+            }
+        }
+        reported
+    }
+
+    fn write_tcp(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        while !c.out.is_empty() {
+            let (a, _) = c.out.as_slices();
+            match c.stream.write(a) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.drop_conn(idx);
+                    return;
+                }
+            }
+        }
+        let (empty, closing, armed, fd) =
+            (c.out.is_empty(), c.closing, c.writable_armed, c.stream.as_raw_fd());
+        if empty && closing {
+            self.drop_conn(idx);
+            return;
+        }
+        if empty == armed {
+            let events = if empty { libc::EPOLLIN } else { libc::EPOLLIN | libc::EPOLLOUT } as u32;
+            if self.ctl(libc::EPOLL_CTL_MOD, fd, events, idx as u64).is_ok() {
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.writable_armed = !empty;
+                }
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, idx: usize) {
+        if let Some(mut c) = self.conns[idx].take() {
+            // Closing the descriptor removes it from the epoll set.
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            c.out.clear();
+            self.spare_queues.push(core::mem::take(&mut c.out));
+            self.free.push(idx as u32);
+            self.closed.push(ConnId(idx as u32));
+        }
+    }
+}
+
+impl Backend for Epoll {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(IoEvent<'_>),
+    ) -> std::io::Result<usize> {
+        let mut reported = 0;
+        for conn in self.closed.drain(..) {
+            on_event(IoEvent::TcpClosed { conn });
+            reported += 1;
+        }
+        let ms = match timeout {
+            None => -1,
+            Some(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        };
+        let ms = if reported > 0 { 0 } else { ms };
+        // SAFETY: `events` is a live, writable array of the length passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::Interrupted { Ok(reported) } else { Err(e) };
+        }
+        for i in 0..n as usize {
+            let ev = self.events[i];
+            let (token, flags) = (ev.u64, ev.events);
+            match token {
+                TOKEN_UDP => reported += self.recv_udp(on_event),
+                TOKEN_WAKE => {
+                    let mut v = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a live buffer from our eventfd.
+                    let _ = unsafe { libc::read(self.wake.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+                    on_event(IoEvent::Wake);
+                    reported += 1;
+                }
+                idx => {
+                    let idx = idx as usize;
+                    if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                        reported += self.read_tcp(idx, on_event);
+                    }
+                    if flags & libc::EPOLLOUT as u32 != 0 {
+                        self.write_tcp(idx);
+                    }
+                }
+            }
+        }
+        for conn in self.closed.drain(..) {
+            on_event(IoEvent::TcpClosed { conn });
+            reported += 1;
+        }
+        Ok(reported)
+    }
+
+    fn send_to(&mut self, to: SocketAddr, data: &[u8]) -> Result<(), SendError> {
+        let slot = self.slot();
+        if data.len() > slot {
+            return Err(SendError::Full);
+        }
+        if self.tx_count == self.tx_hdrs.len() {
+            let _ = self.flush();
+            if self.tx_count == self.tx_hdrs.len() {
+                self.dropped += 1;
+                return Err(SendError::Full);
+            }
+        }
+        let i = self.tx_count;
+        self.tx[i * slot..i * slot + data.len()].copy_from_slice(data);
+        self.tx_lens[i] = data.len();
+        self.tx_addr_lens[i] = to_sockaddr(to, &mut self.tx_addrs[i]);
+        self.tx_count += 1;
+        Ok(())
+    }
+
+    fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId> {
+        let Some(idx) = self.free.pop() else {
+            return Err(std::io::Error::other("no free connection slot"));
+        };
+        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        if let Err(e) =
+            self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, u64::from(idx))
+        {
+            self.free.push(idx);
+            return Err(e);
+        }
+        // Queues are allocated once per slot and reused.
+        let out = self
+            .spare_queues
+            .pop()
+            .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
+        self.conns[idx as usize] =
+            Some(Conn { stream, out, closing: false, writable_armed: false });
+        Ok(ConnId(idx))
+    }
+
+    fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        let cap = self.cfg.send_queue_bytes;
+        let idx = conn.0 as usize;
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return Err(SendError::Closed);
+        };
+        if c.closing {
+            return Err(SendError::Closed);
+        }
+        let mut rest = data;
+        if c.out.is_empty() {
+            match c.stream.write(data) {
+                Ok(n) => rest = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.drop_conn(idx);
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if c.out.len() + rest.len() > cap {
+            return Err(SendError::Full);
+        }
+        c.out.extend(rest);
+        self.write_tcp(idx);
+        Ok(())
+    }
+
+    fn close_tcp(&mut self, conn: ConnId) {
+        let idx = conn.0 as usize;
+        if let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+            c.closing = true;
+            self.write_tcp(idx);
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let slot = self.slot();
+        let mut start = 0;
+        while start < self.tx_count {
+            for i in start..self.tx_count {
+                self.tx_iov[i].iov_len = self.tx_lens[i];
+                let h = &mut self.tx_hdrs[i].msg_hdr;
+                h.msg_name = (&raw mut self.tx_addrs[i]).cast();
+                h.msg_namelen = self.tx_addr_lens[i];
+                h.msg_iov = &raw mut self.tx_iov[i];
+                h.msg_iovlen = 1;
+                h.msg_control = core::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+            }
+            let _ = slot;
+            // SAFETY: headers [start, tx_count) point at live addresses and iovecs over `self.tx`.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.udp.as_raw_fd(),
+                    self.tx_hdrs[start..].as_mut_ptr(),
+                    (self.tx_count - start) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The socket buffer is full or the destination refused: drop the first datagram
+                // (counted) and go on with the rest; UDP peers recover by their own rules.
+                self.dropped += 1;
+                start += 1;
+                continue;
+            }
+            start += n as usize;
+        }
+        self.tx_count = 0;
+        Ok(())
+    }
+
+    fn dropped_sends(&self) -> u64 {
+        self.dropped
+    }
+}

@@ -1,0 +1,214 @@
+//! I/O backends for a shard (DESIGN.md §3).
+//!
+//! # The backend contract
+//!
+//! A backend owns one shard's sockets: its UDP session socket, its TCP connections and a wake
+//! file descriptor (an eventfd the acceptor writes to after a handoff). It is used from the
+//! shard thread only. In each pass of the shard loop:
+//!
+//! 1. [`Backend::poll`] waits at most `timeout` (`Some(ZERO)`: do not wait; `None`: until
+//!    something happens) and reports every completed input through the callback:
+//!    [`IoEvent::Datagram`] (one per datagram, with its source), [`IoEvent::TcpData`] (bytes
+//!    read on a connection, in order), [`IoEvent::TcpClosed`] (the connection is gone: peer
+//!    close, error, or a close we asked for has completed; its [`ConnId`] may be reused after)
+//!    and [`IoEvent::Wake`]. Slices are valid only during the callback.
+//! 2. [`Backend::send_to`] and [`Backend::send_tcp`] queue output. They copy the bytes: the
+//!    caller's buffer is free again on return. They never block: a full queue is
+//!    [`SendError::Full`] (the caller counts it; on TCP the session is logged out).
+//! 3. [`Backend::close_tcp`] closes a connection once its queued bytes are written (or at
+//!    once, if it cannot make progress), then reports [`IoEvent::TcpClosed`].
+//! 4. [`Backend::flush`] hands queued sends to the kernel (one `sendmmsg` or one
+//!    `io_uring_enter` for the batch).
+//!
+//! [`Backend::register_tcp`] adopts an accepted, connected socket (from the acceptor's
+//! handoff) and returns its `ConnId`, below `max_connections`.
+//!
+//! Two implementations pass the same tests: [`uring`] (io_uring, default) and [`epoll`]
+//! (portable: epoll with `recvmmsg`/`sendmmsg`). [`select`] chooses: `"uring"`, `"epoll"`, or
+//! `"auto"`, which probes io_uring and the opcodes we use and falls back to epoll when io_uring
+//! is missing or refused (as in many containers). `FLEETGATE_IO=epoll` in the environment
+//! forces the fallback whatever the config says.
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use crate::session::ConnId;
+
+pub mod epoll;
+pub mod uring;
+
+/// An input reported by [`Backend::poll`].
+#[derive(Debug)]
+pub enum IoEvent<'a> {
+    /// A datagram on the UDP session socket.
+    Datagram {
+        /// Source address.
+        from: SocketAddr,
+        /// Payload.
+        data: &'a [u8],
+    },
+    /// Bytes read from a TCP connection.
+    TcpData {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, in stream order.
+        data: &'a [u8],
+    },
+    /// The connection is closed and its id free.
+    TcpClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The wake descriptor fired (a handoff is waiting).
+    Wake,
+}
+
+/// Why a send was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The bounded send queue is full.
+    Full,
+    /// The connection is unknown or closing.
+    Closed,
+}
+
+/// Sizes a backend allocates up front.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendConfig {
+    /// Largest datagram (`udp.max_datagram`).
+    pub max_datagram: usize,
+    /// Datagrams received per batch and queued for sending before a flush.
+    pub batch: usize,
+    /// TCP connections (`tcp.max_connections_per_shard`).
+    pub max_connections: usize,
+    /// Per-connection send queue (`tcp.send_queue_bytes`).
+    pub send_queue_bytes: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self { max_datagram: 1400, batch: 64, max_connections: 4096, send_queue_bytes: 256 * 1024 }
+    }
+}
+
+/// The contract above, implemented by [`epoll::Epoll`] and [`uring::Uring`].
+pub trait Backend {
+    /// "io_uring" or "epoll".
+    fn name(&self) -> &'static str;
+    /// Waits for and reports input; returns the number of events reported.
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(IoEvent<'_>),
+    ) -> std::io::Result<usize>;
+    /// Queues a datagram from the session socket.
+    fn send_to(&mut self, to: SocketAddr, data: &[u8]) -> Result<(), SendError>;
+    /// Adopts a connected TCP socket.
+    fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId>;
+    /// Queues bytes on a connection.
+    fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError>;
+    /// Closes a connection after its queued bytes.
+    fn close_tcp(&mut self, conn: ConnId);
+    /// Hands queued sends to the kernel.
+    fn flush(&mut self) -> std::io::Result<()>;
+    /// Datagrams dropped because the kernel refused them (socket buffer full).
+    fn dropped_sends(&self) -> u64;
+}
+
+/// Which backend to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// io_uring.
+    Uring,
+    /// epoll + recvmmsg/sendmmsg.
+    Epoll,
+}
+
+/// Resolves `io` ("auto", "uring", "epoll") and the `FLEETGATE_IO` override to a backend kind.
+/// Returns the kind and a sentence for the log saying why.
+pub fn select(io: &str) -> (Kind, String) {
+    let forced = std::env::var("FLEETGATE_IO").ok();
+    let want = forced.as_deref().unwrap_or(io);
+    match want {
+        "epoll" => (
+            Kind::Epoll,
+            format!("epoll ({})", if forced.is_some() { "FLEETGATE_IO" } else { "configured" }),
+        ),
+        "uring" => (Kind::Uring, "io_uring (configured)".into()),
+        _ => match uring::probe() {
+            Ok(()) => (Kind::Uring, "io_uring (probed)".into()),
+            Err(why) => (Kind::Epoll, format!("epoll (io_uring unusable: {why})")),
+        },
+    }
+}
+
+/// Builds a backend of `kind` over the shard's UDP socket and wake descriptor.
+/// Backends are built on the main thread and moved once to their shard, hence `Send`.
+pub fn build(
+    kind: Kind,
+    udp: UdpSocket,
+    wake: OwnedFd,
+    cfg: BackendConfig,
+) -> std::io::Result<Box<dyn Backend + Send>> {
+    Ok(match kind {
+        Kind::Epoll => Box::new(epoll::Epoll::new(udp, wake, cfg)?),
+        Kind::Uring => Box::new(uring::Uring::new(udp, wake, cfg)?),
+    })
+}
+
+/// Creates an eventfd (non-blocking) for waking a shard.
+pub fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd has no pointer arguments; the returned descriptor is checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Signals an eventfd (from another thread).
+pub fn wake(fd: std::os::fd::RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a descriptor the caller keeps open; errors
+    // (EAGAIN when the counter is saturated) are harmless: the shard is already due to wake.
+    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+/// Converts a `sockaddr_storage` filled by the kernel into a `SocketAddr`.
+pub(crate) fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough for.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const libc::sockaddr_storage).cast() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into a `sockaddr_storage`; returns the length to pass to the kernel.
+pub(crate) fn to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    let s2 = socket2::SockAddr::from(addr);
+    let len = s2.len();
+    // SAFETY: `SockAddr` holds a valid sockaddr of `len` bytes, and `len` never exceeds the size
+    // of sockaddr_storage, which is what both point to.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            s2.as_ptr().cast::<u8>(),
+            (ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+    }
+    len
+}

@@ -1,0 +1,327 @@
+//! Starting and stopping a whole gateway: sockets, shard threads, the acceptor, housekeeping and
+//! the HTTP endpoints. Used by `fleetgate serve`, `fleetgate demo` and the integration tests.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::acceptor::{self, AcceptorCounters, AcceptorSpec};
+use crate::config::Config;
+use crate::housekeeping::{self, ShardLink, View};
+use crate::io::{self, BackendConfig};
+use crate::session::handshake::HandshakeConfig;
+use crate::session::{Authenticator, Endpoint};
+use crate::shard::{self, Clock, ShardSpec, Snapshot};
+use crate::stats::Counters;
+
+/// A running gateway.
+pub struct Gateway {
+    /// The UDP handshake port as bound.
+    pub handshake_addr: SocketAddr,
+    /// The TCP port as bound.
+    pub tcp_addr: SocketAddr,
+    /// Each shard's UDP session port.
+    pub session_ports: Vec<u16>,
+    /// The HTTP endpoint as bound, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Backend chosen for the shards and why.
+    pub backend: String,
+    /// Bytes reserved for session slabs and journals, all shards.
+    pub reserved_bytes: usize,
+    /// The merged view behind /metrics.
+    pub view: Arc<Mutex<View>>,
+    shutdown: Arc<AtomicBool>,
+    stop_housekeeping: Arc<AtomicBool>,
+    shards: Vec<JoinHandle<Counters>>,
+    acceptor: Option<JoinHandle<AcceptorCounters>>,
+    housekeeping: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
+}
+
+/// What a stopped gateway counted.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Session counters summed over shards.
+    pub counters: Counters,
+    /// Acceptor counters.
+    pub acceptor: AcceptorCounters,
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Large buffers absorb bursts (resends, handshake storms); the kernel caps them at
+    // net.core.rmem_max / wmem_max (see tuning/sysctl.conf).
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn random_secret() -> std::io::Result<[u8; 32]> {
+    let mut k = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut k)?;
+    Ok(k)
+}
+
+impl Gateway {
+    /// Binds every socket and starts every thread.
+    pub fn start(cfg: &Config, auth: Arc<dyn Authenticator + Send + Sync>) -> Result<Self, String> {
+        let shards = cfg.shard_count();
+        let clock = Clock::new();
+        let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop_hk = Arc::new(AtomicBool::new(false));
+        let g = &cfg.gateway;
+        let hs_udp = bind_udp(g.handshake_addr)
+            .map_err(|e| format!("cannot bind UDP {}: {e}", g.handshake_addr))?;
+        let handshake_addr = hs_udp.local_addr().map_err(|e| e.to_string())?;
+        let tcp = TcpListener::bind(g.tcp_addr)
+            .map_err(|e| format!("cannot bind TCP {}: {e}", g.tcp_addr))?;
+        let tcp_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        let (kind, why) = io::select(&g.io);
+        let kind = if kind == io::Kind::Uring && io::uring::probe().is_err() && g.io == "auto" {
+            io::Kind::Epoll
+        } else {
+            kind
+        };
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut session_ports = Vec::new();
+        let mut handles = Vec::new();
+        let mut producers = Vec::new();
+        let mut wakes = Vec::new();
+        let mut links = Vec::new();
+        let mut backend_name = why.clone();
+        for i in 0..shards {
+            let port =
+                g.session_port_base.checked_add(i as u16).ok_or("session ports overflow u16")?;
+            let addr = SocketAddr::new(g.handshake_addr.ip(), port);
+            let udp =
+                bind_udp(addr).map_err(|e| format!("cannot bind session port {addr}: {e}"))?;
+            session_ports.push(port);
+            let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
+            let wake_fd = wake.as_raw_fd();
+            let bcfg = BackendConfig {
+                max_datagram: cfg.udp.max_datagram,
+                batch: 64,
+                max_connections: cfg.tcp.max_connections_per_shard,
+                send_queue_bytes: cfg.tcp.send_queue_bytes,
+            };
+            let backend =
+                match io::build(kind, udp.try_clone().map_err(|e| e.to_string())?, wake, bcfg) {
+                    Ok(b) => b,
+                    Err(e) if g.io == "auto" => {
+                        backend_name = format!("epoll (io_uring backend failed: {e})");
+                        let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
+                        wakes.push(wake.as_raw_fd());
+                        let b = io::build(io::Kind::Epoll, udp, wake, bcfg)
+                            .map_err(|e| format!("epoll backend: {e}"))?;
+                        start_shard(
+                            i,
+                            cfg,
+                            b,
+                            &mut producers,
+                            &mut links,
+                            &mut handles,
+                            &auth,
+                            master,
+                            clock,
+                            &shutdown,
+                            &cores,
+                        )?;
+                        continue;
+                    }
+                    Err(e) => return Err(format!("shard {i}: {e}")),
+                };
+            wakes.push(wake_fd);
+            start_shard(
+                i,
+                cfg,
+                backend,
+                &mut producers,
+                &mut links,
+                &mut handles,
+                &auth,
+                master,
+                clock,
+                &shutdown,
+                &cores,
+            )?;
+        }
+        let view = Arc::new(Mutex::new(View::default()));
+        let hk = {
+            let (view, stop, log) =
+                (view.clone(), stop_hk.clone(), cfg.observability.hist_log.clone().map(Into::into));
+            let max = cfg.observability.latency_ns_max;
+            std::thread::Builder::new()
+                .name("fleetgate-housekeeping".into())
+                .spawn(move || housekeeping::run(links, view, log, clock, stop, max))
+                .map_err(|e| e.to_string())?
+        };
+        let (metrics_addr, http) = if cfg.observability.metrics_addr.is_empty() {
+            (None, None)
+        } else {
+            let l = TcpListener::bind(&cfg.observability.metrics_addr).map_err(|e| {
+                format!("cannot bind metrics {}: {e}", cfg.observability.metrics_addr)
+            })?;
+            let addr = l.local_addr().ok();
+            let (view, stop) = (view.clone(), stop_hk.clone());
+            let h = std::thread::Builder::new()
+                .name("fleetgate-http".into())
+                .spawn(move || housekeeping::serve_http(l, view, stop))
+                .map_err(|e| e.to_string())?;
+            (addr, Some(h))
+        };
+        let spec = AcceptorSpec {
+            udp: hs_udp,
+            tcp,
+            handshake: HandshakeConfig {
+                shards,
+                session_port_base: g.session_port_base,
+                cookie_ttl: Duration::from_millis(cfg.udp.cookie_ttl_ms),
+            },
+            master,
+            cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
+            clock,
+            shutdown: shutdown.clone(),
+            handoffs: producers,
+            wakes,
+            logon_timeout: Duration::from_millis(cfg.tcp.logon_timeout_ms),
+            rate_per_s: cfg.udp.handshake_rate_per_s,
+            burst: cfg.udp.handshake_burst,
+            max_pending: 1024,
+        };
+        let acceptor = std::thread::Builder::new()
+            .name("fleetgate-acceptor".into())
+            .spawn(move || acceptor::run(spec))
+            .map_err(|e| e.to_string())?;
+        let reserved_bytes = shards * Endpoint::reserved_bytes(&cfg.endpoint_config(0));
+        Ok(Self {
+            handshake_addr,
+            tcp_addr,
+            session_ports,
+            metrics_addr,
+            backend: backend_name,
+            reserved_bytes,
+            view,
+            shutdown,
+            stop_housekeeping: stop_hk,
+            shards: handles,
+            acceptor: Some(acceptor),
+            housekeeping: Some(hk),
+            http,
+        })
+    }
+
+    /// The flag that stops the gateway (for signal handlers).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Logs every session out, waits for the threads, returns the totals.
+    pub fn stop(mut self) -> Totals {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.wait()
+    }
+
+    /// Waits until the shutdown flag is set (by a signal) and the gateway has stopped.
+    pub fn wait(&mut self) -> Totals {
+        let mut t = Totals::default();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(a) = self.acceptor.take() {
+            t.acceptor = a.join().unwrap_or_default();
+        }
+        for s in self.shards.drain(..) {
+            if let Ok(c) = s.join() {
+                t.counters.merge(&c);
+            }
+        }
+        self.stop_housekeeping.store(true, Ordering::Relaxed);
+        if let Some(h) = self.housekeeping.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.http.take() {
+            let _ = h.join();
+        }
+        t
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if !self.shards.is_empty() || self.acceptor.is_some() {
+            self.shutdown.store(true, Ordering::Relaxed);
+            let _ = self.wait();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_shard(
+    i: usize,
+    cfg: &Config,
+    backend: Box<dyn io::Backend + Send>,
+    producers: &mut Vec<rtrb::Producer<shard::Handoff>>,
+    links: &mut Vec<ShardLink>,
+    handles: &mut Vec<JoinHandle<Counters>>,
+    auth: &Arc<dyn Authenticator + Send + Sync>,
+    master: [u8; 32],
+    clock: Clock,
+    shutdown: &Arc<AtomicBool>,
+    cores: &[core_affinity::CoreId],
+) -> Result<(), String> {
+    let (tx, rx) = rtrb::RingBuffer::new(cfg.gateway.handoff_queue);
+    producers.push(tx);
+    let (snap_tx, snap_rx) = rtrb::RingBuffer::new(4);
+    let (mut recycle_tx, recycle_rx) = rtrb::RingBuffer::new(4);
+    for _ in 0..2 {
+        let _ = recycle_tx.push(Box::new(Snapshot::new(
+            cfg.gateway.max_sessions_per_shard,
+            cfg.observability.latency_ns_max,
+        )));
+    }
+    links.push(ShardLink { snapshots: snap_rx, recycle: recycle_tx });
+    let core = if cfg.gateway.cpus.is_empty() {
+        cores.get(i % cores.len().max(1)).copied()
+    } else {
+        let want = cfg.gateway.cpus[i % cfg.gateway.cpus.len()];
+        cores.iter().find(|c| c.id == want).copied()
+    };
+    let app =
+        crate::app::builtin(&cfg.gateway.app, Duration::from_millis(cfg.gateway.feed_interval_ms))
+            .ok_or_else(|| format!("unknown gateway.app {:?}", cfg.gateway.app))?;
+    let spec = ShardSpec {
+        index: i,
+        endpoint: cfg.endpoint_config(i as u16),
+        max_message_bytes: cfg.tcp.max_message_bytes,
+        backend,
+        handoffs: rx,
+        snapshots: snap_tx,
+        recycled: recycle_rx,
+        auth: auth.clone(),
+        app,
+        master,
+        cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
+        clock,
+        shutdown: shutdown.clone(),
+        drain_timeout: Duration::from_millis(cfg.gateway.drain_timeout_ms),
+        spin: if cfg.gateway.idle == "spin" {
+            Duration::from_micros(cfg.gateway.spin_us)
+        } else {
+            Duration::ZERO
+        },
+        core,
+    };
+    let h = std::thread::Builder::new()
+        .name(format!("fleetgate-shard-{i}"))
+        .spawn(move || shard::run(spec))
+        .map_err(|e| e.to_string())?;
+    handles.push(h);
+    Ok(())
+}

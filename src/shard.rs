@@ -1,0 +1,531 @@
+//! A shard: one pinned thread that owns an [`Endpoint`], an I/O backend, its TCP connections'
+//! deframers, counters and histograms (DESIGN.md §3). Nothing here is shared: input arrives
+//! from the acceptor over an SPSC queue, snapshots leave for housekeeping over another, and the
+//! buffers of both are recycled so the loop does not allocate once warm.
+//!
+//! The loop is a bounded duty cycle (Aeron's `do_work`): read the clock, take at most
+//! [`MAX_HANDOFFS`] handoffs, poll the backend (it reports at most a few batches), fire due
+//! timers, drain output, flush, and publish a snapshot once a second. The idle strategy parks in
+//! the kernel with a timeout equal to the next session deadline, or spins first for
+//! `gateway.spin_us` with `idle = "spin"`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::io::{Backend, IoEvent, SendError};
+use crate::protocol::Deframer;
+use crate::session::handshake::{CookieKey, CookieKeys};
+use crate::session::{
+    Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, SessionInfo, State,
+};
+use crate::stats::{Counter, Counters};
+use crate::time::Timestamp;
+
+/// Handoffs taken per loop pass.
+pub const MAX_HANDOFFS: usize = 64;
+/// Bytes of a TCP connection the acceptor read before handing it over (the LogonRequest and
+/// anything after it).
+pub const HANDOFF_BYTES: usize = 512;
+
+/// A TCP connection handed from the acceptor to its shard.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The connected socket.
+    pub stream: TcpStream,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// Bytes already read, starting with the LogonRequest frame.
+    pub initial: [u8; HANDOFF_BYTES],
+    /// How many of `initial` are valid.
+    pub len: usize,
+    /// When the acceptor accepted the connection (for the handshake-time histogram).
+    pub accepted: Timestamp,
+}
+
+/// The process-wide time base: monotonic nanoseconds since start-up, plus the offset to the
+/// Unix epoch for `sendTime`.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+    wall_offset_ns: i64,
+}
+
+impl Clock {
+    /// Starts the clock now.
+    pub fn new() -> Self {
+        let origin = Instant::now();
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Self { origin, wall_offset_ns: wall.as_nanos() as i64 }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    /// Offset from [`Clock::now`] to Unix-epoch nanoseconds.
+    pub fn wall_offset_ns(&self) -> i64 {
+        self.wall_offset_ns
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Cookie keys for the rotation epoch containing `now`: derived from the start-up secret, so the
+/// acceptor and every shard agree without talking to each other.
+pub fn cookie_keys(master: &[u8; 32], now: Timestamp, rotate: Duration) -> CookieKeys {
+    let epoch = now.as_nanos() / rotate.as_nanos().max(1) as u64;
+    let key = |e: u64| {
+        let mut material = [0u8; 40];
+        material[..32].copy_from_slice(master);
+        material[32..].copy_from_slice(&e.to_le_bytes());
+        CookieKey(blake3::derive_key("fleetgate cookie key v1", &material))
+    };
+    CookieKeys { current: key(epoch), previous: epoch.checked_sub(1).map(key) }
+}
+
+/// What a shard publishes once a second.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Shard index.
+    pub shard: usize,
+    /// Backend name.
+    pub backend: &'static str,
+    /// Counters since start.
+    pub counters: Counters,
+    /// Extra shard counters since start.
+    pub shard_counters: ShardCounters,
+    /// The connections list.
+    pub sessions: Vec<SessionInfo>,
+    /// Time from reading a datagram or TCP chunk to handing its answers to the kernel, this
+    /// interval (ns).
+    pub service_ns: Histogram<u64>,
+    /// Loop pass time, this interval (ns).
+    pub cycle_ns: Histogram<u64>,
+    /// TCP accept to LogonResponse handed to the kernel, this interval (ns).
+    pub handshake_ns: Histogram<u64>,
+    /// Taken at.
+    pub at: Timestamp,
+}
+
+impl Snapshot {
+    /// An empty snapshot with room for `max_sessions` rows.
+    pub fn new(max_sessions: usize, latency_ns_max: u64) -> Self {
+        let h = || {
+            Histogram::new_with_bounds(1, latency_ns_max.max(2), 3).expect("valid histogram bounds")
+        };
+        Self {
+            shard: 0,
+            backend: "",
+            counters: Counters::default(),
+            shard_counters: ShardCounters::default(),
+            sessions: Vec::with_capacity(max_sessions),
+            service_ns: h(),
+            cycle_ns: h(),
+            handshake_ns: h(),
+            at: Timestamp::ZERO,
+        }
+    }
+}
+
+/// Counters kept by the shard loop itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardCounters {
+    /// Handoffs taken.
+    pub handoffs: u64,
+    /// Handoffs whose connection could not be adopted (no slot).
+    pub handoff_rejected: u64,
+    /// Datagrams the kernel refused (socket buffer full).
+    pub udp_send_dropped: u64,
+    /// TCP connections closed because their send queue filled (slow reader).
+    pub tcp_slow_closed: u64,
+    /// Histogram values above the bound (saturated).
+    pub histogram_saturated: u64,
+    /// Longest loop pass (ns).
+    pub cycle_ns_max: u64,
+    /// Loop passes over 1 ms.
+    pub cycles_over_1ms: u64,
+}
+
+/// Everything a shard thread needs.
+pub struct ShardSpec {
+    /// Index.
+    pub index: usize,
+    /// Endpoint limits.
+    pub endpoint: EndpointConfig,
+    /// Largest inbound TCP message.
+    pub max_message_bytes: usize,
+    /// The backend, already built over the session socket and wake descriptor.
+    pub backend: Box<dyn Backend + Send>,
+    /// Handoffs from the acceptor.
+    pub handoffs: rtrb::Consumer<Handoff>,
+    /// Snapshots to housekeeping.
+    pub snapshots: rtrb::Producer<Box<Snapshot>>,
+    /// Empty snapshots back from housekeeping.
+    pub recycled: rtrb::Consumer<Box<Snapshot>>,
+    /// Credentials.
+    pub auth: Arc<dyn Authenticator + Send + Sync>,
+    /// The application, built on the shard thread.
+    pub app: Box<dyn crate::session::Application + Send>,
+    /// Start-up secret for cookies.
+    pub master: [u8; 32],
+    /// Cookie rotation period.
+    pub cookie_rotate: Duration,
+    /// Time base.
+    pub clock: Clock,
+    /// Set by the signal handler.
+    pub shutdown: Arc<AtomicBool>,
+    /// How long to wait for LoggedOut to go out on shutdown.
+    pub drain_timeout: Duration,
+    /// Spin this long before parking (zero: park at once).
+    pub spin: Duration,
+    /// Core to pin to.
+    pub core: Option<core_affinity::CoreId>,
+}
+
+struct SharedAuth(Arc<dyn Authenticator + Send + Sync>);
+
+impl Authenticator for SharedAuth {
+    fn check(&self, username: &[u8], password: &[u8]) -> bool {
+        self.0.check(username, password)
+    }
+}
+
+/// Runs a shard until shutdown has drained it. Returns the final counters.
+pub fn run(mut spec: ShardSpec) -> Counters {
+    if let Some(core) = spec.core {
+        if !core_affinity::set_for_current(core) {
+            eprintln!("fleetgate: shard {}: could not pin to core {}", spec.index, core.id);
+        }
+    }
+    let clock = spec.clock;
+    let now = clock.now();
+    let keys = cookie_keys(&spec.master, now, spec.cookie_rotate);
+    let mut id_key = [0u8; 32];
+    id_key.copy_from_slice(blake3::derive_key("fleetgate session ids v1", &spec.master).as_slice());
+    id_key[0] ^= spec.index as u8;
+    let mut endpoint = Endpoint::new(
+        spec.endpoint,
+        keys,
+        id_key,
+        Box::new(SharedAuth(spec.auth.clone())),
+        spec.app,
+    );
+    endpoint.set_wall_offset(clock.wall_offset_ns());
+    let max_conns = spec.endpoint.max_connections;
+    let mut deframers: Vec<Deframer> =
+        (0..max_conns).map(|_| Deframer::new(spec.max_message_bytes)).collect();
+    let mut started = vec![false; max_conns];
+    let mut accepted_at = vec![Timestamp::ZERO; max_conns];
+    let mut backend = spec.backend;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut frame = vec![0u8; spec.max_message_bytes.max(64)];
+    let mut local = Snapshot::new(0, 60_000_000_000);
+    let mut sc = ShardCounters::default();
+    let mut epoch_keys = keys;
+    let mut next_snapshot = now + Duration::from_secs(1);
+    let mut drain_deadline: Option<Timestamp> = None;
+    let mut idle_since: Option<Instant> = None;
+    eprintln!("fleetgate: shard {} running on {} backend", spec.index, backend.name());
+
+    loop {
+        let cycle_start = Instant::now();
+        let now = clock.now();
+        let mut work = 0usize;
+
+        // 1. Handoffs (bounded).
+        for _ in 0..MAX_HANDOFFS {
+            let Ok(h) = spec.handoffs.pop() else { break };
+            work += 1;
+            sc.handoffs += 1;
+            match backend.register_tcp(h.stream) {
+                Ok(conn) => {
+                    let i = conn.0 as usize;
+                    deframers[i].reset();
+                    deframers[i].push(&h.initial[..h.len]);
+                    started[i] = false;
+                    accepted_at[i] = h.accepted;
+                    feed_tcp(
+                        &mut endpoint,
+                        &mut deframers[i],
+                        &mut started[i],
+                        &mut frame,
+                        now,
+                        conn,
+                        h.peer,
+                    );
+                }
+                Err(_) => sc.handoff_rejected += 1,
+            }
+        }
+
+        // 2. I/O, waiting only when there was nothing to do.
+        let timeout = if work > 0 || drain_deadline.is_some() {
+            Some(Duration::ZERO)
+        } else {
+            let until = endpoint
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |t| t.saturating_since(now));
+            let until = until.min(Duration::from_millis(100));
+            match idle_since {
+                Some(s) if s.elapsed() < spec.spin => Some(Duration::ZERO),
+                _ => Some(until),
+            }
+        };
+        let mut input = 0usize;
+        let polled = backend.poll(timeout, &mut |ev| {
+            input += 1;
+            match ev {
+                IoEvent::Datagram { from, data } => {
+                    endpoint.handle_datagram(clock.now(), from, data)
+                }
+                IoEvent::TcpData { conn, data } => {
+                    let i = conn.0 as usize;
+                    let mut rest = data;
+                    while !rest.is_empty() {
+                        let n = deframers[i].push(rest);
+                        rest = &rest[n..];
+                        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+                        feed_tcp(
+                            &mut endpoint,
+                            &mut deframers[i],
+                            &mut started[i],
+                            &mut frame,
+                            clock.now(),
+                            conn,
+                            peer,
+                        );
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                IoEvent::TcpClosed { conn } => {
+                    endpoint.handle_tcp_closed(clock.now(), conn);
+                    deframers[conn.0 as usize].reset();
+                }
+                IoEvent::Wake => {}
+            }
+        });
+        if let Err(e) = polled {
+            eprintln!("fleetgate: shard {}: poll failed: {e}", spec.index);
+        }
+        work += input;
+
+        // 3. Timers.
+        let now = clock.now();
+        if endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            endpoint.handle_timeout(now);
+            work += 1;
+        }
+
+        // 4. Output.
+        while let Some(t) = endpoint.poll_transmit(now, &mut buf) {
+            work += 1;
+            match t.dest {
+                Link::Udp(to) => {
+                    let _ = backend.send_to(to, &buf[..t.len]);
+                }
+                Link::Tcp(conn) => match backend.send_tcp(conn, &buf[..t.len]) {
+                    Ok(()) => {}
+                    Err(SendError::Full) => {
+                        // A slow reader: close it rather than stall the shard; the session is
+                        // kept detached for resume.
+                        sc.tcp_slow_closed += 1;
+                        backend.close_tcp(conn);
+                        endpoint.handle_tcp_closed(now, conn);
+                    }
+                    Err(SendError::Closed) => {}
+                },
+                Link::None => {}
+            }
+        }
+        while let Some(ev) = endpoint.poll_event() {
+            match ev {
+                EndpointEvent::CloseConnection(conn) => backend.close_tcp(conn),
+                EndpointEvent::LoggedOn(h) => {
+                    if let Some(Link::Tcp(conn)) =
+                        endpoint.sessions().find(|s| s.handle == h).map(|s| s.link)
+                    {
+                        let at = accepted_at[conn.0 as usize];
+                        if at != Timestamp::ZERO {
+                            record(
+                                &mut local.handshake_ns,
+                                now.saturating_since(at).as_nanos() as u64,
+                                &mut sc,
+                            );
+                            accepted_at[conn.0 as usize] = Timestamp::ZERO;
+                        }
+                    }
+                }
+                EndpointEvent::Ended(..) => {}
+            }
+        }
+        if let Err(e) = backend.flush() {
+            eprintln!("fleetgate: shard {}: flush failed: {e}", spec.index);
+        }
+        sc.udp_send_dropped = backend.dropped_sends();
+        if input > 0 {
+            record(&mut local.service_ns, cycle_start.elapsed().as_nanos() as u64, &mut sc);
+        }
+
+        // 5. Housekeeping, once a second.
+        if now >= next_snapshot {
+            next_snapshot = now + Duration::from_secs(1);
+            let keys = cookie_keys(&spec.master, now, spec.cookie_rotate);
+            if keys.current != epoch_keys.current {
+                epoch_keys = keys;
+                endpoint.rotate_keys(keys);
+            }
+            publish(
+                &mut spec.snapshots,
+                &mut spec.recycled,
+                &endpoint,
+                &mut local,
+                sc,
+                spec.index,
+                backend.name(),
+                now,
+            );
+        }
+
+        // 6. Shutdown: log everyone out, wait for the goodbyes to leave, stop.
+        if spec.shutdown.load(Ordering::Relaxed) {
+            match drain_deadline {
+                None => {
+                    endpoint.shutdown(now);
+                    drain_deadline = Some(now + spec.drain_timeout);
+                }
+                Some(d) => {
+                    let attached =
+                        endpoint.sessions().any(|s| matches!(s.state, State::LoggingOut(..)));
+                    if !attached || now >= d {
+                        let _ = backend.flush();
+                        publish(
+                            &mut spec.snapshots,
+                            &mut spec.recycled,
+                            &endpoint,
+                            &mut local,
+                            sc,
+                            spec.index,
+                            backend.name(),
+                            now,
+                        );
+                        return endpoint.counters().clone();
+                    }
+                }
+            }
+        }
+
+        let cycle = cycle_start.elapsed().as_nanos() as u64;
+        if work > 0 {
+            idle_since = None;
+            sc.cycle_ns_max = sc.cycle_ns_max.max(cycle);
+            if cycle > 1_000_000 {
+                sc.cycles_over_1ms += 1;
+            }
+            record(&mut local.cycle_ns, cycle, &mut sc);
+        } else if idle_since.is_none() {
+            idle_since = Some(Instant::now());
+        }
+    }
+}
+
+fn record(h: &mut Histogram<u64>, v: u64, sc: &mut ShardCounters) {
+    if h.record(v.max(1)).is_err() {
+        sc.histogram_saturated += 1;
+        h.saturating_record(v);
+    }
+}
+
+/// Splits buffered bytes of a connection into frames and feeds the endpoint.
+fn feed_tcp(
+    endpoint: &mut Endpoint,
+    deframer: &mut Deframer,
+    started: &mut bool,
+    frame: &mut [u8],
+    now: Timestamp,
+    conn: ConnId,
+    peer: SocketAddr,
+) {
+    loop {
+        let len = match deframer.next_frame() {
+            Ok(Some(f)) => {
+                let n = f.len().min(frame.len());
+                frame[..n].copy_from_slice(&f[..n]);
+                n
+            }
+            Ok(None) => return,
+            Err(e) => {
+                endpoint.handle_tcp_error(now, conn, e);
+                deframer.reset();
+                return;
+            }
+        };
+        if *started {
+            endpoint.handle_tcp_frame(now, conn, &frame[..len]);
+        } else {
+            *started = true;
+            endpoint.handle_tcp_logon(now, conn, peer, &frame[..len]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    out: &mut rtrb::Producer<Box<Snapshot>>,
+    recycled: &mut rtrb::Consumer<Box<Snapshot>>,
+    endpoint: &Endpoint,
+    local: &mut Snapshot,
+    sc: ShardCounters,
+    shard: usize,
+    backend: &'static str,
+    now: Timestamp,
+) {
+    // Only a recycled snapshot is filled: when housekeeping is behind, this interval is merged
+    // into the next one instead (the histograms keep accumulating).
+    let Ok(mut snap) = recycled.pop() else { return };
+    snap.shard = shard;
+    snap.backend = backend;
+    snap.at = now;
+    snap.counters = endpoint.counters().clone();
+    snap.shard_counters = sc;
+    snap.sessions.clear();
+    for s in endpoint.sessions() {
+        if snap.sessions.len() == snap.sessions.capacity() {
+            break;
+        }
+        snap.sessions.push(s);
+    }
+    for (dst, src) in [
+        (&mut snap.service_ns, &mut local.service_ns),
+        (&mut snap.cycle_ns, &mut local.cycle_ns),
+        (&mut snap.handshake_ns, &mut local.handshake_ns),
+    ] {
+        dst.reset();
+        let _ = dst.add(&*src);
+        src.reset();
+    }
+    let _ = out.push(snap);
+}
+
+/// Counter totals by name, for logs.
+pub fn summary(c: &Counters) -> String {
+    let pick = [
+        Counter::LogonsAccepted,
+        Counter::MessagesReceived,
+        Counter::MessagesSent,
+        Counter::MessagesResent,
+        Counter::SessionsDetached,
+    ];
+    pick.iter().map(|&k| format!("{}={}", k.name(), c.get(k))).collect::<Vec<_>>().join(" ")
+}
