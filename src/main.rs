@@ -31,6 +31,100 @@ enum Command {
     Passwd(PasswdArgs),
     /// Check host readiness: kernel, io_uring, memlock, cores, sysctls.
     Check(CheckArgs),
+    /// Run a load scenario against a running gateway.
+    Load(LoadArgs),
+    /// A gateway and a simulated fleet in one process, ending in a latency histogram.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Scenario.
+    #[arg(value_enum)]
+    scenario: fleetgate::loadgen::Scenario,
+    /// Gateway UDP handshake address.
+    #[arg(long, default_value = "127.0.0.1:3006")]
+    handshake: std::net::SocketAddr,
+    /// Gateway TCP address.
+    #[arg(long, default_value = "127.0.0.1:4210")]
+    tcp: std::net::SocketAddr,
+    /// UDP devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// TCP clients.
+    #[arg(long, default_value_t = 0)]
+    tcp_clients: usize,
+    /// steady/resend/churn: echo requests per second over all sessions; storm: logons per second
+    /// (0 = all at once).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// resend: share of received datagrams to drop.
+    #[arg(long, default_value_t = 0.05)]
+    drop: f64,
+    /// resend: reconnect + resume period; churn: session lifetime (seconds).
+    #[arg(long, default_value_t = 3.0)]
+    reconnect_every: f64,
+    /// Loopback source addresses to spread devices over (127.0.0.1 ..).
+    #[arg(long, default_value_t = 200)]
+    source_ips: u32,
+    /// Username prefix.
+    #[arg(long, default_value = "dev")]
+    user_prefix: String,
+    /// Password.
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// Echo body bytes (8..=200).
+    #[arg(long, default_value_t = 16)]
+    body_bytes: usize,
+    /// Fail (exit 1) when errors exceed this share of attempts.
+    #[arg(long, default_value_t = 0.001)]
+    max_error_share: f64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the latency histograms as an HdrHistogram log.
+    #[arg(long)]
+    hist_log: Option<PathBuf>,
+    /// With idle: report this gateway process's RSS and CPU from /proc.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// UDP devices.
+    #[arg(long, default_value_t = 2000)]
+    devices: usize,
+    /// TCP clients.
+    #[arg(long, default_value_t = 50)]
+    tcp_clients: usize,
+    /// Echo requests per second over all sessions.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Results folder.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// I/O backend: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Gateway shards (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +195,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Passwd(a) => passwd(a),
         Command::Check(a) => check(a),
+        Command::Load(a) => load(a),
+        Command::Demo(a) => demo(a),
     };
     match r {
         Ok(code) => code,
@@ -188,6 +284,84 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     let totals = gw.wait();
     eprintln!("fleetgate: stopped: {}", fleetgate::shard::summary(&totals.counters));
     Ok(ExitCode::SUCCESS)
+}
+
+fn load(a: LoadArgs) -> Result<ExitCode, String> {
+    let before = a.gateway_pid.and_then(proc_stat);
+    let cfg = fleetgate::loadgen::LoadConfig {
+        scenario: a.scenario,
+        handshake: a.handshake,
+        tcp: a.tcp,
+        udp_devices: a.devices,
+        tcp_devices: a.tcp_clients,
+        rate: a.rate,
+        warmup: std::time::Duration::from_secs_f64(a.warmup),
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        seed: a.seed,
+        threads: a.threads,
+        drop_share: a.drop,
+        reconnect_every: std::time::Duration::from_secs_f64(a.reconnect_every),
+        source_ips: a.source_ips,
+        user_prefix: a.user_prefix,
+        password: a.password,
+        body_bytes: a.body_bytes,
+        max_error_share: a.max_error_share,
+        progress: !a.json,
+        forced_resume: None,
+    };
+    let report = fleetgate::loadgen::run(&cfg)?;
+    if let Some(p) = &a.hist_log {
+        report.write_hlog(p)?;
+    }
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if let (Some(pid), Some((cpu0, _))) = (a.gateway_pid, before) {
+        if let Some((cpu1, rss)) = proc_stat(pid) {
+            let secs = cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64();
+            eprintln!(
+                "gateway pid {pid}: RSS {} MiB, CPU {:.1}% of one core over the run",
+                rss >> 20,
+                100.0 * (cpu1 - cpu0) / secs
+            );
+        }
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// (CPU seconds, RSS bytes) of a process, from /proc.
+fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    Some((cpu, rss_pages * 4096))
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode, String> {
+    let d = fleetgate::demo::DemoConfig {
+        udp_devices: a.devices,
+        tcp_devices: a.tcp_clients,
+        rate: a.rate,
+        seconds: a.seconds,
+        out: a.out,
+        io: a.io,
+        shards: a.shards,
+    };
+    let (report, dir) = fleetgate::demo::run(&d)?;
+    println!();
+    print!("{}", report.table());
+    println!();
+    println!(
+        "files: {}/summary.json (summary), {}/load.hlog (echo and logon latency), {}/gateway.hlog (gateway service, cycle and handshake time)",
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn passwd(a: PasswdArgs) -> Result<ExitCode, String> {
