@@ -51,6 +51,8 @@ pub struct AcceptorSpec {
     pub burst: u32,
     /// Connections waiting for their LogonRequest.
     pub max_pending: usize,
+    /// Where the counters are published for /metrics (about every 200 ms).
+    pub view: Arc<std::sync::Mutex<crate::housekeeping::View>>,
 }
 
 /// What the acceptor counted.
@@ -100,7 +102,13 @@ pub fn run(mut spec: AcceptorSpec) -> AcceptorCounters {
     let mut rx = [0u8; 2048];
     let mut tx = [0u8; 2048];
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(spec.max_pending + 2);
+    let mut published = spec.clock.now();
     while !spec.shutdown.load(Ordering::Relaxed) {
+        let now = spec.clock.now();
+        if now.saturating_since(published) >= Duration::from_millis(200) {
+            published = now;
+            spec.view.lock().unwrap_or_else(|e| e.into_inner()).acceptor = c;
+        }
         fds.clear();
         fds.push(libc::pollfd { fd: spec.udp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         fds.push(libc::pollfd { fd: spec.tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
@@ -227,6 +235,7 @@ pub fn run(mut spec: AcceptorSpec) -> AcceptorCounters {
             }
         }
     }
+    spec.view.lock().unwrap_or_else(|e| e.into_inner()).acceptor = c;
     c
 }
 

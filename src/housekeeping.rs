@@ -37,6 +37,8 @@ pub struct View {
     pub cycle_ns: Option<Histogram<u64>>,
     /// TCP handshake time since start.
     pub handshake_ns: Option<Histogram<u64>>,
+    /// The acceptor's counters (handshakes by outcome).
+    pub acceptor: crate::acceptor::AcceptorCounters,
 }
 
 /// One shard's latest numbers.
@@ -75,7 +77,9 @@ pub fn run(
     clock: Clock,
     stop: Arc<AtomicBool>,
     latency_ns_max: u64,
+    (mut traces, trace_dir): (Vec<rtrb::Consumer<crate::trace::TraceRecord>>, std::path::PathBuf),
 ) {
+    let mut trace_writer = crate::trace::TraceWriter::new(trace_dir);
     let mut log_file = hist_log.and_then(|p| match std::fs::File::create(&p) {
         Ok(f) => Some(std::io::BufWriter::new(f)),
         Err(e) => {
@@ -107,6 +111,12 @@ pub fn run(
     }
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        for t in &mut traces {
+            while let Ok(r) = t.pop() {
+                trace_writer.write(&r);
+            }
+        }
+        trace_writer.flush();
         for link in &mut links {
             while let Ok(snap) = link.snapshots.pop() {
                 let _ = i_service.add(&snap.service_ns);
@@ -268,7 +278,7 @@ pub fn metrics(v: &View) -> String {
             }
         }
     }
-    let shard_metrics: [(&str, &str, fn(&crate::shard::ShardCounters) -> u64); 7] = [
+    let shard_metrics: [(&str, &str, fn(&crate::shard::ShardCounters) -> u64); 8] = [
         ("handoffs_total", "counter", |s| s.handoffs),
         ("handoff_rejected_total", "counter", |s| s.handoff_rejected),
         ("udp_send_dropped_total", "counter", |s| s.udp_send_dropped),
@@ -276,6 +286,7 @@ pub fn metrics(v: &View) -> String {
         ("histogram_saturated_total", "counter", |s| s.histogram_saturated),
         ("cycle_ns_max", "gauge", |s| s.cycle_ns_max),
         ("cycles_over_1ms_total", "counter", |s| s.cycles_over_1ms),
+        ("trace_dropped_total", "counter", |s| s.trace_dropped),
     ];
     for (name, kind, f) in shard_metrics {
         let _ = writeln!(out, "# TYPE fleetgate_{name} {kind}");
@@ -289,6 +300,27 @@ pub fn metrics(v: &View) -> String {
                 );
             }
         }
+    }
+    let a = &v.acceptor;
+    let _ = writeln!(out, "# TYPE fleetgate_connection_requests_total counter");
+    let outcomes = [
+        ("accepted", a.accepted),
+        ("rejected", a.rejected - a.rate_limited),
+        ("rate_limited", a.rate_limited),
+        ("dropped", a.dropped),
+    ];
+    for (outcome, n) in outcomes {
+        let _ = writeln!(out, "fleetgate_connection_requests_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    let _ = writeln!(out, "# TYPE fleetgate_tcp_accepts_total counter");
+    let outcomes = [
+        ("handed_off", a.handoffs),
+        ("logon_timeout", a.logon_timeouts),
+        ("refused", a.tcp_refused),
+        ("malformed", a.tcp_malformed),
+    ];
+    for (outcome, n) in outcomes {
+        let _ = writeln!(out, "fleetgate_tcp_accepts_total{{outcome=\"{outcome}\"}} {n}");
     }
     for (name, h) in [
         ("service_ns", &v.service_ns),

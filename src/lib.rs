@@ -25,6 +25,7 @@ pub mod app;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod hist;
 pub mod housekeeping;
 pub mod io;
 pub mod journal;
@@ -35,6 +36,7 @@ pub mod session;
 pub mod shard;
 pub mod stats;
 pub mod time;
+pub mod trace;
 
 #[cfg(test)]
 mod sim;

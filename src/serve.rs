@@ -75,6 +75,7 @@ impl Gateway {
         let clock = Clock::new();
         let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         let shutdown = Arc::new(AtomicBool::new(false));
+        let view = Arc::new(Mutex::new(View::default()));
         let stop_hk = Arc::new(AtomicBool::new(false));
         let g = &cfg.gateway;
         let hs_udp = bind_udp(g.handshake_addr)
@@ -96,6 +97,9 @@ impl Gateway {
         let mut wakes = Vec::new();
         let mut links = Vec::new();
         let mut backend_name = why.clone();
+        let obs = &cfg.observability;
+        let filter = crate::trace::TraceFilter::new(&obs.trace_devices, &obs.trace_addrs)?;
+        let mut trace_rx = Vec::new();
         for i in 0..shards {
             let port =
                 g.session_port_base.checked_add(i as u16).ok_or("session ports overflow u16")?;
@@ -132,6 +136,8 @@ impl Gateway {
                             clock,
                             &shutdown,
                             &cores,
+                            &filter,
+                            &mut trace_rx,
                         )?;
                         continue;
                     }
@@ -150,16 +156,18 @@ impl Gateway {
                 clock,
                 &shutdown,
                 &cores,
+                &filter,
+                &mut trace_rx,
             )?;
         }
-        let view = Arc::new(Mutex::new(View::default()));
         let hk = {
             let (view, stop, log) =
                 (view.clone(), stop_hk.clone(), cfg.observability.hist_log.clone().map(Into::into));
             let max = cfg.observability.latency_ns_max;
+            let traces = (trace_rx, std::path::PathBuf::from(&cfg.observability.trace_dir));
             std::thread::Builder::new()
                 .name("fleetgate-housekeeping".into())
-                .spawn(move || housekeeping::run(links, view, log, clock, stop, max))
+                .spawn(move || housekeeping::run(links, view, log, clock, stop, max, traces))
                 .map_err(|e| e.to_string())?
         };
         let (metrics_addr, http) = if cfg.observability.metrics_addr.is_empty() {
@@ -194,6 +202,7 @@ impl Gateway {
             rate_per_s: cfg.udp.handshake_rate_per_s,
             burst: cfg.udp.handshake_burst,
             max_pending: 1024,
+            view: view.clone(),
         };
         let acceptor = std::thread::Builder::new()
             .name("fleetgate-acceptor".into())
@@ -275,7 +284,16 @@ fn start_shard(
     clock: Clock,
     shutdown: &Arc<AtomicBool>,
     cores: &[core_affinity::CoreId],
+    filter: &crate::trace::TraceFilter,
+    trace_rx: &mut Vec<rtrb::Consumer<crate::trace::TraceRecord>>,
 ) -> Result<(), String> {
+    let trace = if filter.is_empty() {
+        None
+    } else {
+        let (tx, rx) = rtrb::RingBuffer::new(8192);
+        trace_rx.push(rx);
+        Some((filter.clone(), tx))
+    };
     let (tx, rx) = rtrb::RingBuffer::new(cfg.gateway.handoff_queue);
     producers.push(tx);
     let (snap_tx, snap_rx) = rtrb::RingBuffer::new(4);
@@ -317,6 +335,7 @@ fn start_shard(
             Duration::ZERO
         },
         core,
+        trace,
     };
     let h = std::thread::Builder::new()
         .name(format!("fleetgate-shard-{i}"))

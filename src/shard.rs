@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::io::{Backend, IoEvent, SendError};
-use crate::protocol::Deframer;
+use crate::protocol::{Body, Datagram, Deframer, DeviceUid, Header, Message};
 use crate::session::handshake::{CookieKey, CookieKeys};
 use crate::session::{
     Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, SessionInfo, State,
 };
 use crate::stats::{Counter, Counters};
 use crate::time::Timestamp;
+use crate::trace::{TraceFilter, TraceRecord};
 
 /// Handoffs taken per loop pass.
 pub const MAX_HANDOFFS: usize = 64;
@@ -154,6 +155,8 @@ pub struct ShardCounters {
     pub cycle_ns_max: u64,
     /// Loop passes over 1 ms.
     pub cycles_over_1ms: u64,
+    /// Trace records dropped because the writer fell behind.
+    pub trace_dropped: u64,
 }
 
 /// Everything a shard thread needs.
@@ -190,6 +193,8 @@ pub struct ShardSpec {
     pub spin: Duration,
     /// Core to pin to.
     pub core: Option<core_affinity::CoreId>,
+    /// Protocol trace: which devices, and the queue to the writer.
+    pub trace: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
 }
 
 struct SharedAuth(Arc<dyn Authenticator + Send + Sync>);
@@ -226,6 +231,11 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         (0..max_conns).map(|_| Deframer::new(spec.max_message_bytes)).collect();
     let mut started = vec![false; max_conns];
     let mut accepted_at = vec![Timestamp::ZERO; max_conns];
+    let mut conn_peer = vec![SocketAddr::from(([0, 0, 0, 0], 0)); max_conns];
+    let mut conn_who = vec![DeviceUid::default(); max_conns];
+    let mut trace = spec.trace.take();
+    let shard_no = spec.index as u16;
+    let wall = clock.wall_offset_ns();
     let mut backend = spec.backend;
     let mut buf = vec![0u8; 64 * 1024];
     let mut frame = vec![0u8; spec.max_message_bytes.max(64)];
@@ -254,6 +264,20 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     deframers[i].push(&h.initial[..h.len]);
                     started[i] = false;
                     accepted_at[i] = h.accepted;
+                    conn_peer[i] = h.peer;
+                    conn_who[i] = DeviceUid::default();
+                    let who = &mut conn_who[i];
+                    let mut on_frame = |f: &[u8]| {
+                        if let Ok(Message { body: Body::LogonRequest { username, .. }, .. }) =
+                            Message::decode_frame(f)
+                        {
+                            *who = username;
+                        }
+                        let w = *who;
+                        trace_frame(
+                            &mut trace, &mut sc, shard_no, wall, now, false, h.peer, 0, &w, f,
+                        );
+                    };
                     feed_tcp(
                         &mut endpoint,
                         &mut deframers[i],
@@ -262,6 +286,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                         now,
                         conn,
                         h.peer,
+                        &mut on_frame,
                     );
                 }
                 Err(_) => sc.handoff_rejected += 1,
@@ -281,12 +306,21 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                 _ => Some(until),
             }
         };
+        let before_poll = cycle_start.elapsed();
         let mut input = 0usize;
+        let mut first_input: Option<Instant> = None;
         let polled = backend.poll(timeout, &mut |ev| {
             input += 1;
+            first_input.get_or_insert_with(Instant::now);
             match ev {
                 IoEvent::Datagram { from, data } => {
-                    endpoint.handle_datagram(clock.now(), from, data)
+                    let now = clock.now();
+                    if trace.is_some() {
+                        trace_datagram(
+                            &mut trace, &mut sc, &endpoint, shard_no, wall, now, false, from, data,
+                        );
+                    }
+                    endpoint.handle_datagram(now, from, data);
                 }
                 IoEvent::TcpData { conn, data } => {
                     let i = conn.0 as usize;
@@ -294,15 +328,21 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     while !rest.is_empty() {
                         let n = deframers[i].push(rest);
                         rest = &rest[n..];
-                        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+                        let (peer, now, who) = (conn_peer[i], clock.now(), conn_who[i]);
+                        let mut on_frame = |f: &[u8]| {
+                            trace_frame(
+                                &mut trace, &mut sc, shard_no, wall, now, false, peer, 0, &who, f,
+                            );
+                        };
                         feed_tcp(
                             &mut endpoint,
                             &mut deframers[i],
                             &mut started[i],
                             &mut frame,
-                            clock.now(),
+                            now,
                             conn,
                             peer,
+                            &mut on_frame,
                         );
                         if n == 0 {
                             break;
@@ -316,6 +356,8 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                 IoEvent::Wake => {}
             }
         });
+        // Time spent waiting in the kernel is not part of the pass's work.
+        let after_poll = Instant::now();
         if let Err(e) = polled {
             eprintln!("fleetgate: shard {}: poll failed: {e}", spec.index);
         }
@@ -333,9 +375,31 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             work += 1;
             match t.dest {
                 Link::Udp(to) => {
+                    if trace.is_some() {
+                        trace_datagram(
+                            &mut trace,
+                            &mut sc,
+                            &endpoint,
+                            shard_no,
+                            wall,
+                            now,
+                            true,
+                            to,
+                            &buf[..t.len],
+                        );
+                    }
                     let _ = backend.send_to(to, &buf[..t.len]);
                 }
-                Link::Tcp(conn) => match backend.send_tcp(conn, &buf[..t.len]) {
+                Link::Tcp(conn) => match trace_then_send_tcp(
+                    &mut *backend,
+                    &mut trace,
+                    &mut sc,
+                    (shard_no, wall, now),
+                    conn,
+                    conn_peer[conn.0 as usize],
+                    &conn_who[conn.0 as usize],
+                    &buf[..t.len],
+                ) {
                     Ok(()) => {}
                     Err(SendError::Full) => {
                         // A slow reader: close it rather than stall the shard; the session is
@@ -374,8 +438,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             eprintln!("fleetgate: shard {}: flush failed: {e}", spec.index);
         }
         sc.udp_send_dropped = backend.dropped_sends();
-        if input > 0 {
-            record(&mut local.service_ns, cycle_start.elapsed().as_nanos() as u64, &mut sc);
+        if let Some(t) = first_input {
+            // From the first input of this pass to its answers handed to the kernel.
+            record(&mut local.service_ns, t.elapsed().as_nanos() as u64, &mut sc);
         }
 
         // 5. Housekeeping, once a second.
@@ -426,7 +491,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             }
         }
 
-        let cycle = cycle_start.elapsed().as_nanos() as u64;
+        let cycle = (before_poll + after_poll.elapsed()).as_nanos() as u64;
         if work > 0 {
             idle_since = None;
             sc.cycle_ns_max = sc.cycle_ns_max.max(cycle);
@@ -448,6 +513,7 @@ fn record(h: &mut Histogram<u64>, v: u64, sc: &mut ShardCounters) {
 }
 
 /// Splits buffered bytes of a connection into frames and feeds the endpoint.
+#[allow(clippy::too_many_arguments)]
 fn feed_tcp(
     endpoint: &mut Endpoint,
     deframer: &mut Deframer,
@@ -456,6 +522,7 @@ fn feed_tcp(
     now: Timestamp,
     conn: ConnId,
     peer: SocketAddr,
+    on_frame: &mut dyn FnMut(&[u8]),
 ) {
     loop {
         let len = match deframer.next_frame() {
@@ -471,6 +538,7 @@ fn feed_tcp(
                 return;
             }
         };
+        on_frame(&frame[..len]);
         if *started {
             endpoint.handle_tcp_frame(now, conn, &frame[..len]);
         } else {
@@ -528,4 +596,93 @@ pub fn summary(c: &Counters) -> String {
         Counter::SessionsDetached,
     ];
     pick.iter().map(|&k| format!("{}={}", k.name(), c.get(k))).collect::<Vec<_>>().join(" ")
+}
+
+/// Traces the messages of a datagram if its device is traced.
+#[allow(clippy::too_many_arguments)]
+fn trace_datagram(
+    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    sc: &mut ShardCounters,
+    endpoint: &Endpoint,
+    shard: u16,
+    wall: i64,
+    now: Timestamp,
+    outbound: bool,
+    peer: SocketAddr,
+    data: &[u8],
+) {
+    let Ok(dg) = Datagram::parse(data) else { return };
+    let lookup = |id: u64| {
+        endpoint.handle_by_id(id).and_then(|h| endpoint.session(h)).map(|s| *s.device_uid())
+    };
+    let mut session_id = dg.session_id;
+    let who = if session_id != 0 {
+        lookup(session_id).unwrap_or_default()
+    } else {
+        match dg
+            .frames()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|f| Message::decode_frame(f).ok())
+            .map(|m| m.body)
+        {
+            Some(Body::RegistrationRequest { device_uid, .. }) => device_uid,
+            Some(Body::RegistrationAccept { session_id: id, .. }) => {
+                session_id = id;
+                lookup(id).unwrap_or_default()
+            }
+            _ => DeviceUid::default(),
+        }
+    };
+    for f in dg.frames().flatten() {
+        trace_frame(trace, sc, shard, wall, now, outbound, peer, session_id, &who, f);
+    }
+}
+
+/// Pushes one trace record if the device is traced; drops and counts it if the writer is behind.
+#[allow(clippy::too_many_arguments)]
+fn trace_frame(
+    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    sc: &mut ShardCounters,
+    shard: u16,
+    wall: i64,
+    now: Timestamp,
+    outbound: bool,
+    peer: SocketAddr,
+    session_id: u64,
+    who: &DeviceUid,
+    frame: &[u8],
+) {
+    let Some((filter, tx)) = trace.as_mut() else { return };
+    if !filter.matches(who, peer.ip()) {
+        return;
+    }
+    let Ok(header) = Header::decode(frame) else { return };
+    let at_ns = (now.as_nanos() as i64).wrapping_add(wall);
+    let r = TraceRecord { at_ns, shard, outbound, peer, session_id, who: *who, header };
+    if tx.push(r).is_err() {
+        sc.trace_dropped += 1;
+    }
+}
+
+/// Traces the frames of a TCP chunk if its device is traced, then queues it.
+#[allow(clippy::too_many_arguments)]
+fn trace_then_send_tcp(
+    backend: &mut dyn Backend,
+    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    sc: &mut ShardCounters,
+    (shard, wall, now): (u16, i64, Timestamp),
+    conn: ConnId,
+    peer: SocketAddr,
+    who: &DeviceUid,
+    bytes: &[u8],
+) -> Result<(), SendError> {
+    if trace.is_some() {
+        let mut rest = bytes;
+        while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
+            trace_frame(trace, sc, shard, wall, now, true, peer, 0, who, f);
+            rest = &rest[padded..];
+        }
+    }
+    backend.send_tcp(conn, bytes)
 }

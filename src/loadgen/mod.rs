@@ -510,10 +510,18 @@ fn thread_main(
         if send_interval.is_some() && stopping_at.is_none() {
             wait = wait.min(next_send.saturating_since(now));
         }
-        let ms = if wait.is_zero() { 0 } else { 1 };
-        // SAFETY: `events` is a live writable array of the length passed.
+        // Microsecond timeouts (epoll_pwait2): a millisecond-granular wait would send late by up
+        // to 1 ms and show up as latency from the intended send time.
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos().min(999_999_999) as i64 };
+        // SAFETY: `events` is a live writable array of the length passed; `ts` is a live timespec.
         let n = unsafe {
-            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms)
+            libc::epoll_pwait2(
+                ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                &ts,
+                core::ptr::null(),
+            )
         };
         for e in events.iter().take(n.max(0) as usize) {
             let k = e.u64 as usize;
