@@ -234,7 +234,8 @@ impl Epoll {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             c.out.clear();
             self.spare_queues.push(core::mem::take(&mut c.out));
-            self.free.push(idx as u32);
+            // The id is freed only once `TcpClosed` has been reported (in `poll`), so a
+            // connection registered in between cannot receive the old connection's close.
             self.closed.push(ConnId(idx as u32));
         }
     }
@@ -253,6 +254,7 @@ impl Backend for Epoll {
         let mut reported = 0;
         for conn in self.closed.drain(..) {
             on_event(IoEvent::TcpClosed { conn });
+            self.free.push(conn.0);
             reported += 1;
         }
         let ms = match timeout {
@@ -298,6 +300,7 @@ impl Backend for Epoll {
         }
         for conn in self.closed.drain(..) {
             on_event(IoEvent::TcpClosed { conn });
+            self.free.push(conn.0);
             reported += 1;
         }
         Ok(reported)
