@@ -1,0 +1,72 @@
+# Shared by the load scripts: build, start a gateway with a tuning profile on loopback, stop it.
+# Sourced, not run. Every wait is bounded; everything stays on 127.0.0.0/8.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BIN="${FLEETGATE:-$ROOT/target/release/fleetgate}"
+if [ -z "${FLEETGATE:-}" ]; then
+    cargo build --release --quiet
+fi
+NCPU=$(nproc)
+# Core placement: the gateway's shards on the first half of the cores, the generator on the rest
+# (one core each on a 2-core host). Override with GATEWAY_CPUS / LOAD_CPUS.
+GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
+LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
+SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
+
+# results/<timestamp>-<name>
+new_results() {
+    OUT="$ROOT/results/$(date +%Y%m%d-%H%M%S)-$1"
+    mkdir -p "$OUT"
+    echo "results: $OUT"
+    {
+        echo "host: $(uname -srm), $NCPU cores"
+        echo "gateway: $SHARDS shard(s) on cores $GATEWAY_CPUS, profile ${PROFILE:-tuning/default.toml}"
+        echo "generator: cores $LOAD_CPUS"
+    } | tee "$OUT/placement.txt"
+}
+
+# start_gateway PROFILE [extra serve args...]
+start_gateway() {
+    local profile="$1"; shift
+    PROFILE="$profile"
+    taskset -c "$GATEWAY_CPUS" "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" \
+        --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
+        --metrics-addr 127.0.0.1:9464 --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
+    GW_PID=$!
+    trap stop_gateway EXIT
+    for _ in $(seq 1 50); do
+        if curl -sf http://127.0.0.1:9464/healthz >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "gateway did not come up; log:" >&2
+    cat "$OUT/gateway.log" >&2
+    return 1
+}
+
+stop_gateway() {
+    if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
+        curl -sf http://127.0.0.1:9464/metrics >"$OUT/metrics.txt" 2>/dev/null || true
+        kill -TERM "$GW_PID"
+        # SIGTERM logs every session out and exits within 2 s.
+        timeout 5 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID" 2>/dev/null || true
+        wait "$GW_PID" 2>/dev/null || true
+    fi
+    GW_PID=
+}
+
+# load SCENARIO [args...]: runs the generator, stores summary.json and load.hlog, prints the table.
+load() {
+    local scenario="$1"; shift
+    local rc=0
+    timeout "${LOAD_TIMEOUT:-300}" taskset -c "$LOAD_CPUS" "$BIN" load "$scenario" --json \
+        --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
+    echo "summary: $(cat "$OUT/summary.json")"
+    return $rc
+}
+
+# plot: percentile plot of every .hlog of the run.
+plot() {
+    "$BIN" hist show "$OUT/load.hlog" || true
+    "$BIN" hist plot "$OUT"/*.hlog -o "$OUT/latency.svg" && echo "plot: $OUT/latency.svg" || true
+}
