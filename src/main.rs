@@ -35,6 +35,57 @@ enum Command {
     Load(LoadArgs),
     /// A gateway and a simulated fleet in one process, ending in a latency histogram.
     Demo(DemoArgs),
+    /// Summarize, compare and plot HdrHistogram interval logs (.hlog).
+    Hist(HistArgs),
+}
+
+#[derive(Args, Debug)]
+struct HistArgs {
+    /// Unit of the values recorded in the logs (fleetgate records ns); output is in µs.
+    #[arg(long, value_enum, default_value = "ns", global = true)]
+    unit: fleetgate::hist::Unit,
+    #[command(subcommand)]
+    command: HistCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum HistCommand {
+    /// Per tag, all intervals merged: count, p50, p90, p99, p99.9, p99.99, max (µs), time span.
+    Show {
+        /// The interval log.
+        file: PathBuf,
+    },
+    /// Two logs side by side, per tag present in both, with the ratio B/A.
+    Compare {
+        /// Baseline log.
+        a: PathBuf,
+        /// Log compared with the baseline.
+        b: PathBuf,
+    },
+    /// Percentile distribution plot, one line per (file, tag): SVG or PNG by the extension.
+    Plot {
+        /// Interval logs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output file, .svg or .png.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Plot only this tag (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Title.
+        #[arg(long, default_value = "Latency by Percentile Distribution")]
+        title: String,
+        /// Width in pixels.
+        #[arg(long, default_value_t = 960)]
+        width: u32,
+        /// Height in pixels.
+        #[arg(long, default_value_t = 600)]
+        height: u32,
+        /// Log scale for the latency axis too.
+        #[arg(long)]
+        log_y: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +248,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check(a),
         Command::Load(a) => load(a),
         Command::Demo(a) => demo(a),
+        Command::Hist(a) => hist(a),
     };
     match r {
         Ok(code) => code,
@@ -362,6 +414,27 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         dir.display()
     );
     Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn hist(a: HistArgs) -> Result<ExitCode, String> {
+    use fleetgate::hist;
+    let read = |p: &PathBuf| hist::read_log(p, a.unit).map_err(|e| e.to_string());
+    match &a.command {
+        HistCommand::Show { file } => print!("{}", hist::show(&read(file)?)),
+        HistCommand::Compare { a: fa, b: fb } => {
+            print!("{}", hist::compare(&read(fa)?, &read(fb)?)?)
+        }
+        HistCommand::Plot { files, output, tag, title, width, height, log_y } => {
+            let opt = hist::PlotOptions {
+                title: title.clone(),
+                width: *width,
+                height: *height,
+                log_y: *log_y,
+            };
+            eprintln!("fleetgate: {}", hist::plot(files, a.unit, tag, &opt, output)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn passwd(a: PasswdArgs) -> Result<ExitCode, String> {
