@@ -55,6 +55,9 @@ pub struct ShardView {
     pub by_state: [u64; 6],
 }
 
+/// A shard-loop metric: name, Prometheus type, and how to read it.
+type ShardMetric = (&'static str, &'static str, fn(&crate::shard::ShardCounters) -> u64);
+
 const STATES: [&str; 6] =
     ["awaiting_config", "awaiting_logon", "active", "logging_out", "detached", "closed"];
 
@@ -278,7 +281,7 @@ pub fn metrics(v: &View) -> String {
             }
         }
     }
-    let shard_metrics: [(&str, &str, fn(&crate::shard::ShardCounters) -> u64); 8] = [
+    let shard_metrics: [ShardMetric; 8] = [
         ("handoffs_total", "counter", |s| s.handoffs),
         ("handoff_rejected_total", "counter", |s| s.handoff_rejected),
         ("udp_send_dropped_total", "counter", |s| s.udp_send_dropped),

@@ -415,7 +415,8 @@ fn thread_main(
             next_connect = next_connect + connect_interval;
             connect(&mut devs[k], cfg, &ep, k, now, &mut rng, true)?;
         }
-        // Reconnects (resend, churn).
+        // Reconnects (resend, churn). Indexed: `connect` needs the index as the epoll token.
+        #[allow(clippy::needless_range_loop)]
         for k in 0..devs.len() {
             if stopping_at.is_none() && devs[k].reconnect_at.is_some_and(|t| t <= now) {
                 devs[k].reconnect_at = None;
@@ -581,7 +582,7 @@ fn connect(
         *stream = Some(s);
         deframer.reset();
     }
-    d.dev.connect(now, rng.next(), reset);
+    d.dev.connect(now, rng.next_u64(), reset);
     d.dirty = true;
     Ok(())
 }
@@ -756,7 +757,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -765,6 +766,6 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
