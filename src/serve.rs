@@ -92,7 +92,9 @@ impl Gateway {
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut session_ports = Vec::new();
-        let mut handles = Vec::new();
+        // Stops and joins the shards already started if a later step fails.
+        let mut guard = StartGuard { shutdown: shutdown.clone(), handles: Vec::new() };
+        let handles = &mut guard.handles;
         let mut producers = Vec::new();
         let mut wakes = Vec::new();
         let mut links = Vec::new();
@@ -130,7 +132,7 @@ impl Gateway {
                             b,
                             &mut producers,
                             &mut links,
-                            &mut handles,
+                            handles,
                             &auth,
                             master,
                             clock,
@@ -150,7 +152,7 @@ impl Gateway {
                 backend,
                 &mut producers,
                 &mut links,
-                &mut handles,
+                handles,
                 &auth,
                 master,
                 clock,
@@ -219,7 +221,7 @@ impl Gateway {
             view,
             shutdown,
             stop_housekeeping: stop_hk,
-            shards: handles,
+            shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),
             housekeeping: Some(hk),
             http,
@@ -343,4 +345,21 @@ fn start_shard(
         .map_err(|e| e.to_string())?;
     handles.push(h);
     Ok(())
+}
+
+/// Joins the shard threads started so far when [`Gateway::start`] fails half-way.
+struct StartGuard {
+    shutdown: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<Counters>>,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.handles.is_empty() {
+            self.shutdown.store(true, Ordering::Relaxed);
+            for h in self.handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
 }

@@ -864,3 +864,28 @@ fn sigterm_logs_out_and_exits_0(io: &str) {
     }
     panic!("could not start the gateway on free ports");
 }
+
+/// A gateway that cannot bind its second shard's session port fails to start and leaves nothing
+/// running: the first shard's port is free again afterwards.
+#[test]
+fn failed_start_releases_what_it_started() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let set = vec![
+        "gateway.io=\"epoll\"".to_string(),
+        "gateway.shards=2".into(),
+        "gateway.handshake_addr=\"127.0.0.1:0\"".into(),
+        "gateway.tcp_addr=\"127.0.0.1:0\"".into(),
+        format!("gateway.session_port_base={}", port - 1),
+        "observability.metrics_addr=\"\"".into(),
+    ];
+    let cfg = fleetgate::config::Config::load(None, &set).unwrap();
+    let Err(e) = fleetgate::serve::Gateway::start(&cfg, Arc::new(fleetgate::session::OpenLogon))
+    else {
+        // The port below ours happened to be taken too: nothing to prove here.
+        return;
+    };
+    assert!(e.contains("session port"), "{e}");
+    // Shard 0's socket was closed when its thread was joined.
+    std::net::UdpSocket::bind(("127.0.0.1", port - 1)).expect("shard 0's port is free again");
+}
