@@ -41,7 +41,7 @@ impl Add<Duration> for Timestamp {
     }
 }
 
-impl Sub<Timestamp> for Timestamp {
+impl Sub for Timestamp {
     type Output = Duration;
 
     fn sub(self, earlier: Self) -> Duration {

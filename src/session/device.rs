@@ -736,17 +736,17 @@ impl Device {
     }
 
     fn fire_timers(&mut self, now: Timestamp, on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
-        if self.timers.take_expired(Timer::Deadline, now) {
-            if matches!(
+        if self.timers.take_expired(Timer::Deadline, now)
+            && matches!(
                 self.state,
                 DeviceState::Connecting
                     | DeviceState::Registering
                     | DeviceState::AwaitingConfig
                     | DeviceState::LoggingOn
-            ) {
-                self.end(EndReason::HostTimeout, b"host timeout", on_event);
-                return;
-            }
+            )
+        {
+            self.end(EndReason::HostTimeout, b"host timeout", on_event);
+            return;
         }
         if self.timers.take_expired(Timer::Retry, now) {
             match self.state {
@@ -806,7 +806,12 @@ impl Device {
             {
                 self.push_sequenced(now, Body::Heartbeat { correlation_id: 0 });
             }
-            self.timers.set(Timer::Heartbeat, self.last_sent.max(now) + self.heartbeat);
+            // Next check: H after the last send. (Re-arming at `max(last_sent, now) + H`
+            // postponed it to now + H whenever something had been sent since the timer was
+            // armed, so a device that stopped sending stayed silent for up to 2 H and the
+            // gateway had to probe it with TestRequest: DESIGN.md §2 rule 6.)
+            let due = self.last_sent + self.heartbeat;
+            self.timers.set(Timer::Heartbeat, if due > now { due } else { now + self.heartbeat });
         }
     }
 

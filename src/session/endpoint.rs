@@ -494,6 +494,10 @@ impl Endpoint {
             self.registration_reject(from, RegistrationRejectReason::Draining, b"gateway draining");
             return;
         }
+        if let Some(index) = self.by_uid.get(&device_uid).copied() {
+            self.finish_logout(now, index);
+        }
+        let c = &mut self.sessions.counters;
         let index = match self.by_uid.get(&device_uid).copied() {
             Some(index) => {
                 let slot = &mut self.sessions.slots[index as usize];
@@ -506,7 +510,11 @@ impl Endpoint {
                     self.sessions.mark_dirty(index);
                     return;
                 }
-                if attached {
+                // A new handshake from the very address the session is attached to is the same
+                // device starting over (its earlier handshake or logon gave up): there is no
+                // older connection to say goodbye to, and a LoggedOut sent to that address
+                // would reach the new attach and end it. Only another address is displaced.
+                if attached && slot.link != Link::Udp(from) {
                     self.displace(now, index);
                 }
                 let c = &mut self.sessions.counters;
@@ -595,6 +603,28 @@ impl Endpoint {
         self.sessions.slots[index as usize].link = Link::None;
     }
 
+    /// A newer attach arrived for a session whose LoggedOut is queued but not yet sent (both in
+    /// the same input batch). Attaching to a session in that state is not a transition the
+    /// table allows: the queued LoggedOut was dropped and the session stayed logging out for
+    /// good, refusing every later attach for that deviceUid or username. Instead, send the
+    /// LoggedOut to the old transport now and complete the logout (DESIGN.md §2 rules 9 and
+    /// 10); the new attach then finds the session released (a new one is made) or detached
+    /// (it resumes).
+    fn finish_logout(&mut self, now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        if !matches!(slot.session.state(), State::LoggingOut(..)) {
+            return;
+        }
+        let old = slot.link;
+        let mut r = Reply { dest: old, len: 0, buf: [0; 128] };
+        let n = slot.session.finish_logout(now, &mut r.buf, &mut self.sessions.counters);
+        if n > 0 && old != Link::None && self.replies.len() < self.cfg.reply_queue {
+            r.len = n as u16;
+            self.replies.push_back(r);
+        }
+        self.settle(now, index);
+    }
+
     /// The first frame of a TCP connection, read by the acceptor: it must be a LogonRequest.
     pub fn handle_tcp_logon(
         &mut self,
@@ -627,16 +657,12 @@ impl Endpoint {
             self.refuse_tcp(conn, b"gateway shutting down");
             return;
         }
-        if !self.authenticate(now, peer.ip(), &username, &msg) {
-            self.refuse_tcp(
-                conn,
-                if self.is_limited(now, peer.ip()) {
-                    b"too many failed logons"
-                } else {
-                    b"invalid credentials"
-                },
-            );
+        if let Err(why) = self.authenticate(now, peer.ip(), &username, &msg) {
+            self.refuse_tcp(conn, why);
             return;
+        }
+        if let Some(index) = self.by_user.get(&username).copied() {
+            self.finish_logout(now, index);
         }
         let index = match self.by_user.get(&username).copied() {
             Some(index) => {
@@ -680,21 +706,26 @@ impl Endpoint {
         self.events.push_back(EndpointEvent::CloseConnection(conn));
     }
 
-    /// Checks the rate limit and the credentials; records failures.
+    /// Checks the rate limit and the credentials; records failures. On refusal, returns the
+    /// LoggedOut reason: "too many failed logons" when the address was already limited (the
+    /// password is not even checked), "invalid credentials" when the password was checked and
+    /// is wrong, including the failure that reaches the limit (DESIGN.md §2 rule 11).
     fn authenticate(
         &mut self,
         now: Timestamp,
         ip: IpAddr,
         username: &Username,
         msg: &Message<'_>,
-    ) -> bool {
+    ) -> Result<(), &'static [u8]> {
         if self.is_limited(now, ip) {
             self.sessions.counters.incr(Counter::LogonsRateLimited);
-            return false;
+            return Err(b"too many failed logons");
         }
-        let Body::LogonRequest { password, .. } = msg.body else { return false };
+        let Body::LogonRequest { password, .. } = msg.body else {
+            return Err(b"invalid credentials");
+        };
         if self.auth.check(username.as_bytes(), password.as_bytes()) {
-            return true;
+            return Ok(());
         }
         self.sessions.counters.incr(Counter::LogonsFailed);
         let window = self.cfg.logon_failure_window;
@@ -703,7 +734,7 @@ impl Endpoint {
             *f = Failures { ip: Some(ip), count: 0, since: now };
         }
         f.count += 1;
-        false
+        Err(b"invalid credentials")
     }
 
     fn is_limited(&self, now: Timestamp, ip: IpAddr) -> bool {
@@ -781,12 +812,7 @@ impl Endpoint {
                     body: Body::LogonRequest { username, password, reset_seq_num: reset },
                 };
                 let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-                if !self.authenticate(now, ip, &username, &msg) {
-                    let why: &[u8] = if self.is_limited(now, ip) {
-                        b"too many failed logons"
-                    } else {
-                        b"invalid credentials"
-                    };
+                if let Err(why) = self.authenticate(now, ip, &username, &msg) {
                     let c = &mut self.sessions.counters;
                     self.sessions.slots[index as usize].session.close(
                         now,

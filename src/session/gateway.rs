@@ -297,6 +297,41 @@ impl GatewaySession {
         }
     }
 
+    /// Completes a logout whose LoggedOut is queued but not yet sent, because a newer attach
+    /// for the same deviceUid or username arrived first (in the same input batch): encodes that
+    /// LoggedOut for the *old* transport into `out` (with the UDP prefix if any) and ends the
+    /// logout as if it had been flushed (release or detach). Whatever was numbered before it and
+    /// not sent is treated as sent, as on any transport loss. Returns the length written (0 if
+    /// not logging out or `out` is too short).
+    pub(crate) fn finish_logout(
+        &mut self,
+        now: Timestamp,
+        out: &mut [u8],
+        c: &mut Counters,
+    ) -> usize {
+        if !matches!(self.state, State::LoggingOut(..)) {
+            return 0;
+        }
+        let mut len = 0;
+        while let Some((seq, ctl)) = self.control.front() {
+            self.control.pop();
+            if let Control::LoggedOut { reason } = ctl {
+                let (prefix, room) = self.prefix_room(out);
+                let body = Body::LoggedOut { reason: reason.as_bytes() };
+                if let Some(n) = self.write(now, &mut out[prefix..room], seq, 0, body) {
+                    c.incr(Counter::LoggedOutSent);
+                    c.incr(Counter::MessagesSent);
+                    len = prefix + n;
+                }
+                break;
+            }
+        }
+        self.skip_unsent();
+        self.transition(Event::Flushed);
+        self.after_state_change(now);
+        len
+    }
+
     /// Handles one inbound frame (exactly `messageLength` bytes, already split off a datagram or
     /// stream). Returns what the endpoint must act on.
     pub(crate) fn handle_frame<'a>(

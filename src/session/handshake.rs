@@ -4,8 +4,8 @@
 //! # Cookie layout (32 bytes, opaque to the device)
 //!
 //! ```text
-//!   0..8   expiry, gateway clock, nanoseconds, little-endian (rounded up to a whole second so
-//!          that repeated ConnectionRequests within a second get identical answers)
+//!   0..8   expiry, gateway clock, nanoseconds, little-endian (the next whole second after
+//!          now + ttl, so that repeated ConnectionRequests within a second get identical answers)
 //!   8..32  first 24 bytes of BLAKE3-keyed(secret, expiry | peer ip (16, v4-mapped) | peer port
 //!          | deviceUid (16) | clientNonce | shard)
 //! ```
@@ -65,7 +65,7 @@ pub struct CookieInput<'a> {
     pub shard: u16,
 }
 
-/// Makes a cookie valid until `now + ttl`, rounded up to a whole second.
+/// Makes a cookie valid until the next whole second after `now + ttl`.
 pub fn make_cookie(
     key: &CookieKey,
     now: Timestamp,
@@ -73,7 +73,11 @@ pub fn make_cookie(
     input: &CookieInput<'_>,
 ) -> [u8; 32] {
     const SECOND_NS: u64 = 1_000_000_000;
-    let expiry = (now + ttl).as_nanos().div_ceil(SECOND_NS).saturating_mul(SECOND_NS);
+    // The next whole second strictly after `now + ttl`: every request within the same whole
+    // second [k s, k+1 s) gets the same expiry, hence the same cookie. (Rounding with `div_ceil`
+    // split a second at its first instant: a request at exactly k s and one a millisecond later
+    // got different cookies.)
+    let expiry = ((now + ttl).as_nanos() / SECOND_NS).saturating_add(1).saturating_mul(SECOND_NS);
     let mut cookie = [0u8; 32];
     cookie[..8].copy_from_slice(&expiry.to_le_bytes());
     cookie[8..].copy_from_slice(&tag(key, expiry, input)[..24]);

@@ -34,6 +34,14 @@
 //!   treated as sent: the device recovers them with a ResendRequest, as after any other loss.
 //! - On UDP, a datagram whose source address differs from the session's is dropped and counted:
 //!   the session id alone does not authenticate a roaming device, which handshakes again.
+//! - A new UDP handshake (new clientNonce) from the very address a session is attached to is the
+//!   same device starting over, not a second device: it resumes without a "displaced"
+//!   LoggedOut, which would reach the new attach and end it. Rule 9 displaces other addresses.
+//! - A newer attach that arrives while the older one's LoggedOut is queued but not yet sent (same
+//!   input batch) first completes that logout: the LoggedOut goes to the old transport, then the
+//!   session is released (the newer attach gets a new session) or detached (it resumes).
+//! - The failed logon that reaches `auth.max_failures` still gets "invalid credentials"; only
+//!   logons refused without a password check get "too many failed logons".
 //! - Logon with resetSeqNum = 0 when there is nothing to resume is a new session if its number
 //!   is 1, else LoggedOut("nothing to resume") and close.
 //! - On TCP, a message that frames correctly but whose body is bad gets Reject and the session

@@ -143,27 +143,32 @@ impl State {
     /// The one place transitions are decided.
     pub fn on(self, event: Event) -> Result<Self, InvalidTransition> {
         use Event as E;
-        use State as S;
         let next = match (self, event) {
-            (S::AwaitingConfig | S::AwaitingLogon | S::Active | S::Detached, E::Attach(t)) => {
-                match t {
-                    Transport::Udp => S::AwaitingConfig,
-                    Transport::Tcp => S::AwaitingLogon,
-                }
+            (
+                Self::AwaitingConfig | Self::AwaitingLogon | Self::Active | Self::Detached,
+                E::Attach(t),
+            ) => match t {
+                Transport::Udp => Self::AwaitingConfig,
+                Transport::Tcp => Self::AwaitingLogon,
+            },
+            (Self::AwaitingConfig, E::ConfigReceived) => Self::AwaitingLogon,
+            (Self::AwaitingLogon, E::LogonAccepted) => Self::Active,
+            (Self::AwaitingConfig | Self::AwaitingLogon | Self::Active, E::Close(r, a)) => {
+                Self::LoggingOut(r, a)
             }
-            (S::AwaitingConfig, E::ConfigReceived) => S::AwaitingLogon,
-            (S::AwaitingLogon, E::LogonAccepted) => S::Active,
-            (S::AwaitingConfig | S::AwaitingLogon | S::Active, E::Close(r, a)) => {
-                S::LoggingOut(r, a)
+            (Self::LoggingOut(r, AfterLogout::Release), E::Flushed | E::TransportLost) => {
+                Self::Closed(r)
             }
-            (S::LoggingOut(r, AfterLogout::Release), E::Flushed | E::TransportLost) => S::Closed(r),
-            (S::LoggingOut(_, AfterLogout::Detach), E::Flushed | E::TransportLost) => S::Detached,
-            (S::Active, E::TransportLost) => S::Detached,
-            (S::AwaitingLogon | S::AwaitingConfig, E::TransportLost) => S::Detached,
-            (S::AwaitingConfig | S::AwaitingLogon | S::Active | S::Detached, E::Release(r)) => {
-                S::Closed(r)
+            (Self::LoggingOut(_, AfterLogout::Detach), E::Flushed | E::TransportLost) => {
+                Self::Detached
             }
-            (S::LoggingOut(..), E::Release(r)) => S::Closed(r),
+            (Self::Active, E::TransportLost) => Self::Detached,
+            (Self::AwaitingLogon | Self::AwaitingConfig, E::TransportLost) => Self::Detached,
+            (
+                Self::AwaitingConfig | Self::AwaitingLogon | Self::Active | Self::Detached,
+                E::Release(r),
+            ) => Self::Closed(r),
+            (Self::LoggingOut(..), E::Release(r)) => Self::Closed(r),
             (current, event) => return Err(InvalidTransition { current, event }),
         };
         Ok(next)

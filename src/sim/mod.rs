@@ -12,16 +12,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::protocol::Datagram;
 use crate::protocol::Deframer;
 use crate::session::handshake::{
     CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
 };
 use crate::session::{
-    Application, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, Endpoint, EndpointConfig,
-    EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, Transport,
+    Application, Authenticator, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, Endpoint,
+    EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, SessionInfo, Transport,
 };
+use crate::stats::Counter;
 use crate::time::Timestamp;
 
+#[cfg(test)]
+mod rules;
 mod scenarios;
 
 /// SplitMix64: small, seedable, good enough for fault injection.
@@ -86,6 +90,8 @@ impl Faults {
 pub const HANDSHAKE: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 3006);
 pub const SESSION_PORT: u16 = 5000;
+/// The device config every simulated device sends (the seed's example).
+pub const SIM_DEVICE_CONFIG: &[u8] = b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~";
 pub const SESSION: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), SESSION_PORT);
 
@@ -98,6 +104,67 @@ enum Packet {
     /// Stream bytes to a device.
     TcpToDevice { dev: usize, conn: ConnId, data: Vec<u8> },
 }
+
+/// Where a captured delivery travelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// A UDP datagram (the bytes include the 8-byte session id prefix).
+    Udp { from: SocketAddr, to: SocketAddr },
+    /// TCP stream bytes on a connection (whole frames: the gateway writes whole messages).
+    Tcp { conn: ConnId },
+}
+
+/// One delivery the network made, recorded when `Net::capture` is on.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// When it was delivered.
+    pub at: Timestamp,
+    /// Toward the gateway (true) or away from it.
+    pub up: bool,
+    /// The simulated device at the other end, if any (None for injected raw traffic).
+    pub dev: Option<usize>,
+    pub path: Path,
+    pub data: Vec<u8>,
+    /// The network lost it (a drop rule, a blackhole or random loss): recorded when sent.
+    pub dropped: bool,
+}
+
+impl Captured {
+    /// The session id prefix (UDP only).
+    pub fn prefix(&self) -> Option<u64> {
+        match self.path {
+            Path::Udp { .. } => Datagram::parse(&self.data).ok().map(|d| d.session_id),
+            Path::Tcp { .. } => None,
+        }
+    }
+
+    /// The frames carried (each exactly `messageLength` bytes), up to the first framing error.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        let payload = match self.path {
+            Path::Udp { .. } => match Datagram::parse(&self.data) {
+                Ok(d) => d.payload,
+                Err(_) => return Vec::new(),
+            },
+            Path::Tcp { .. } => &self.data[..],
+        };
+        let mut out = Vec::new();
+        let mut rest = payload;
+        while !rest.is_empty() {
+            match crate::protocol::split_frame(rest) {
+                Ok((frame, padded)) => {
+                    out.push(frame.to_vec());
+                    rest = &rest[padded..];
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// A drop rule for UDP datagrams: `(up, device index, datagram bytes) -> drop?`, applied when a
+/// datagram is sent, before the random faults.
+pub type DropRule = Box<dyn FnMut(bool, Option<usize>, &[u8]) -> bool>;
 
 /// What the gateway-side test application saw.
 #[derive(Debug, Default)]
@@ -215,6 +282,11 @@ pub struct Net {
     pub blackholes: Vec<(Timestamp, Timestamp)>,
     pub app_log: std::rc::Rc<std::cell::RefCell<AppLog>>,
     pub app_ids: std::rc::Rc<std::cell::RefCell<HashMap<SessionHandle, u64>>>,
+    /// Record every delivery in `captured`.
+    pub capture: bool,
+    pub captured: Vec<Captured>,
+    /// Targeted drops on top of the random faults (UDP only; TCP is reliable).
+    pub drop_rule: Option<DropRule>,
     queue: BTreeMap<(Timestamp, u64), Packet>,
     packet_seq: u64,
     tcp_next: u32,
@@ -239,6 +311,20 @@ impl Net {
     }
 
     pub fn with_app(seed: u64, cfg: EndpointConfig, feed_every: Option<Duration>) -> Self {
+        Self::build(seed, cfg, feed_every, Box::new(OpenLogon))
+    }
+
+    /// A network whose gateway checks credentials with `auth`.
+    pub fn with_auth(seed: u64, cfg: EndpointConfig, auth: Box<dyn Authenticator>) -> Self {
+        Self::build(seed, cfg, None, auth)
+    }
+
+    fn build(
+        seed: u64,
+        cfg: EndpointConfig,
+        feed_every: Option<Duration>,
+        auth: Box<dyn Authenticator>,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let key = CookieKey(rng.next_u64().to_le_bytes().repeat(4).try_into().unwrap());
         let keys = CookieKeys { current: key, previous: None };
@@ -251,7 +337,7 @@ impl Net {
             feed_next: Timestamp::from_nanos(1_000_000_000),
             feed_counter: 0,
         };
-        let gateway = Endpoint::new(cfg, keys, [9; 32], Box::new(OpenLogon), Box::new(app));
+        let gateway = Endpoint::new(cfg, keys, [9; 32], auth, Box::new(app));
         Self {
             now: Timestamp::from_nanos(1_000_000_000),
             rng,
@@ -268,6 +354,9 @@ impl Net {
             blackholes: Vec::new(),
             app_log,
             app_ids,
+            capture: false,
+            captured: Vec::new(),
+            drop_rule: None,
             queue: BTreeMap::new(),
             packet_seq: 0,
             tcp_next: 0,
@@ -287,7 +376,7 @@ impl Net {
             3771,
         ));
         let mut dev = Device::new(cfg);
-        dev.set_device_config(b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~");
+        dev.set_device_config(SIM_DEVICE_CONFIG);
         self.devices.push(SimDevice {
             dev,
             addr,
@@ -303,20 +392,73 @@ impl Net {
     /// Starts (or restarts, keeping its state for a resume) device `i`'s session.
     pub fn connect(&mut self, i: usize, reset: bool) {
         let nonce = self.rng.next_u64();
-        let d = &mut self.devices[i];
-        d.nonce = nonce;
-        if d.transport == Transport::Tcp {
-            if let Some(conn) = d.conn.take() {
-                self.tcp_owner.remove(&conn.0);
-            }
-            let conn = ConnId(self.tcp_next);
-            self.tcp_next += 1;
-            self.tcp_owner.insert(conn.0, i);
-            self.tcp_deframers.insert(conn.0, (Deframer::new(64 * 1024), false));
-            d.deframer.reset();
-            d.conn = Some(conn);
+        self.devices[i].nonce = nonce;
+        if self.devices[i].transport == Transport::Tcp {
+            self.open_tcp(i);
         }
-        d.dev.connect(self.now, nonce, reset);
+        self.devices[i].dev.connect(self.now, nonce, reset);
+    }
+
+    /// Opens a new TCP connection for device `i` (dropping its previous one on the device side
+    /// only) without starting the device: raw bytes can then be written with `inject_tcp`.
+    pub fn open_tcp(&mut self, i: usize) -> ConnId {
+        let d = &mut self.devices[i];
+        if let Some(conn) = d.conn.take() {
+            self.tcp_owner.remove(&conn.0);
+        }
+        let conn = ConnId(self.tcp_next);
+        self.tcp_next += 1;
+        self.tcp_owner.insert(conn.0, i);
+        self.tcp_deframers.insert(conn.0, (Deframer::new(64 * 1024), false));
+        d.deframer.reset();
+        d.conn = Some(conn);
+        conn
+    }
+
+    /// Writes raw bytes on device `i`'s TCP connection, in stream order after what it sent.
+    pub fn inject_tcp(&mut self, i: usize, data: &[u8]) {
+        let conn = self.devices[i].conn.expect("device has no TCP connection");
+        self.send_tcp(i, conn, data, true);
+    }
+
+    /// Like [`Self::inject_tcp`], delivered at `at` (or later, to keep the stream in order):
+    /// several connections' bytes can be made to arrive in the same input batch.
+    pub fn inject_tcp_at(&mut self, i: usize, data: &[u8], at: Timestamp) {
+        let conn = self.devices[i].conn.expect("device has no TCP connection");
+        let last = self.tcp_last.get(&(conn.0, true)).copied().unwrap_or(Timestamp::ZERO);
+        let at = at.max(last).max(self.now);
+        self.tcp_last.insert((conn.0, true), at);
+        self.enqueue(at, Packet::TcpToGateway { dev: i, conn, data: data.to_vec() });
+    }
+
+    /// Delivers a raw datagram from `from` to `to` after the minimum delay, bypassing every
+    /// fault. The answers (if any) are captured with `dev` = the device at `from`, if one.
+    pub fn inject_udp(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let at = self.now + Faults::NONE.delay_min;
+        self.enqueue(at, Packet::Udp { from, to, data: data.to_vec() });
+    }
+
+    /// A gateway counter.
+    pub fn count(&self, c: Counter) -> u64 {
+        self.gateway.counters().get(c)
+    }
+
+    /// The gateway's row for the session with this id.
+    pub fn session_info(&self, id: u64) -> Option<SessionInfo> {
+        self.gateway.sessions().find(|s| s.id == id)
+    }
+
+    fn device_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.devices.iter().position(|d| d.addr == addr)
+    }
+
+    fn record(&mut self, up: bool, dev: Option<usize>, path: Path, data: &[u8], dropped: bool) {
+        // An empty TCP chunk is the simulation's close marker, not data; an empty datagram is
+        // a datagram.
+        if self.capture && (!data.is_empty() || matches!(path, Path::Udp { .. })) {
+            let at = self.now;
+            self.captured.push(Captured { at, up, dev, path, data: data.to_vec(), dropped });
+        }
     }
 
     /// Moves a UDP device to a new source port (roaming).
@@ -346,8 +488,11 @@ impl Net {
     fn send_udp(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8], up: bool) {
         self.stats.sent += 1;
         let f = if up { self.faults_up } else { self.faults_down };
-        if self.in_blackhole(self.now) || self.rng.chance(f.loss) {
+        let dev = self.device_at(if up { from } else { to });
+        let ruled = self.drop_rule.as_mut().is_some_and(|r| r(up, dev, data));
+        if ruled || self.in_blackhole(self.now) || self.rng.chance(f.loss) {
             self.stats.lost += 1;
+            self.record(up, dev, Path::Udp { from, to }, data, true);
             return;
         }
         let copies = if self.rng.chance(f.duplicate) { 2 } else { 1 };
@@ -449,6 +594,9 @@ impl Net {
         let mut buf = std::mem::take(&mut self.buf);
         match p {
             Packet::Udp { from, to, data } => {
+                let up = to.ip() == SESSION.ip();
+                let dev = self.device_at(if up { from } else { to });
+                self.record(up, dev, Path::Udp { from, to }, &data, false);
                 if to == HANDSHAKE {
                     let out = answer_connection_request(
                         &self.hs, &self.key, self.now, from, &data, None, &mut buf,
@@ -463,7 +611,7 @@ impl Net {
                     if to.port() == SESSION_PORT {
                         self.gateway.handle_datagram(self.now, from, &data);
                     }
-                } else if let Some(i) = self.devices.iter().position(|d| d.addr == to) {
+                } else if let Some(i) = dev {
                     let d = &mut self.devices[i];
                     let ev = &mut d.events;
                     d.dev.handle_datagram(self.now, &data, &mut |e| ev.push(Ev::from(e)));
@@ -474,13 +622,11 @@ impl Net {
                     self.buf = buf;
                     return;
                 }
+                self.record(true, Some(dev), Path::Tcp { conn }, &data, false);
                 if let Some((deframer, _)) = self.tcp_deframers.get_mut(&conn.0) {
                     deframer.push(&data);
                 }
-                loop {
-                    let Some((deframer, started)) = self.tcp_deframers.get_mut(&conn.0) else {
-                        break;
-                    };
+                while let Some((deframer, started)) = self.tcp_deframers.get_mut(&conn.0) {
                     let frame = match deframer.next_frame() {
                         Ok(Some(f)) => f.to_vec(),
                         Ok(None) => break,
@@ -512,6 +658,8 @@ impl Net {
                     self.buf = buf;
                     return;
                 }
+                self.record(false, Some(dev), Path::Tcp { conn }, &data, false);
+                let d = &mut self.devices[dev];
                 if data.is_empty() {
                     // The gateway closed the connection.
                     d.conn = None;
