@@ -48,10 +48,6 @@ backends! {
     device_config_timeout_esp0008 => epoll_device_config_timeout_esp0008,
         uring_device_config_timeout_esp0008;
     heartbeat_loss_detaches => epoll_heartbeat_loss_detaches, uring_heartbeat_loss_detaches;
-    #[ignore = "needs journaling while detached: the feed only reaches Active sessions \
-                (GatewaySession::send_app refuses otherwise), so events produced while the \
-                session is detached or re-handshaking are never journaled and the resumed \
-                device sees a gap"]
     feed_resume_after_detach_is_contiguous => epoll_feed_resume_after_detach_is_contiguous,
         uring_feed_resume_after_detach_is_contiguous;
     udp_resume_recovers_missed_replies => epoll_udp_resume_recovers_missed_replies,

@@ -134,12 +134,13 @@ impl Outbox<'_> {
         r
     }
 
-    /// Sends to every logged-on session; returns how many accepted it.
+    /// Sends to every session that takes application messages (logged on, or away with a stream
+    /// to resume); returns how many accepted it.
     pub fn broadcast(&mut self, type_id: u16, body: &[u8]) -> usize {
         let mut n = 0;
         for i in 0..self.sessions.slots.len() {
             let slot = &mut self.sessions.slots[i];
-            if slot.in_use && slot.session.state().is_active() {
+            if slot.in_use && slot.session.accepts_app() {
                 if slot
                     .session
                     .send_app(self.now, type_id, body, &mut self.sessions.counters)

@@ -672,7 +672,11 @@ impl GatewaySession {
         if type_id < crate::protocol::APP_TYPE_MIN {
             return Err(SendError::InvalidType);
         }
-        if !self.state.is_active() {
+        // A session away from its device (detached, or re-attaching before its resume logon)
+        // still journals: the device recovers these messages by resend after it resumes, which
+        // is what "gets exactly what it missed" means for pushed traffic.
+        let away = self.accepts_app() && !self.state.is_active();
+        if !self.accepts_app() {
             return Err(SendError::NotActive);
         }
         let len = align8(HEADER_LEN + body.len());
@@ -715,8 +719,24 @@ impl GatewaySession {
             return Err(SendError::TooLarge);
         }
         self.next_out += 1;
+        if away {
+            // Nothing goes out live while away: count it as sent, so the ring evicts the oldest
+            // as usual (a resend reaching below it is a LoggedOut, never a silent gap).
+            self.sent_through = seq;
+            self.live_ord = self.journal.tail();
+        }
         c.incr(Counter::AppMessagesSent);
         Ok(seq)
+    }
+
+    /// True if [`Self::send_app`] takes messages now: logged on, or away from the device with a
+    /// stream to resume (detached, or re-attaching before the resume logon).
+    pub fn accepts_app(&self) -> bool {
+        match self.state {
+            State::Active => true,
+            State::Detached | State::AwaitingConfig | State::AwaitingLogon => self.has_stream,
+            _ => false,
+        }
     }
 
     fn push_control(&mut self, now: Timestamp, ctl: Control, c: &mut Counters) {

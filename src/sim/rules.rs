@@ -2119,3 +2119,32 @@ fn rule12_tcp_framing_error_closes_only_that_connection() {
     assert_eq!(net.gateway.session_count(), 1);
     assert_eq!(net.count(Counter::ProtocolViolations), 2);
 }
+
+/// Rule 8, pushed traffic: messages the application sends while the session is detached are
+/// journaled and reach the device, in order and once, after it resumes.
+#[test]
+fn rule08_messages_sent_while_detached_arrive_after_resume() {
+    let mut net = cap_net(sim_config());
+    let d = start(&mut net, udp_cfg(0));
+    let id = net.session_id_of(d);
+    let h = handle_of(&net, id);
+    net.gateway.send(net.now, h, 300, &[0]).unwrap();
+    net.run_for(ms(20));
+    let cut = Rc::new(Cell::new(true));
+    let c = cut.clone();
+    net.drop_rule = Some(Box::new(move |_, _, _| c.get()));
+    net.run_for(secs(14));
+    assert_eq!(state_of(&net, id), Some(State::Detached));
+    // While detached: the pushes are taken and journaled.
+    for k in 1..=5u8 {
+        net.gateway.send(net.now, h, 300, &[k]).expect("a detached session journals");
+    }
+    cut.set(false);
+    net.roam(d);
+    net.connect(d, false);
+    net.run_for(secs(2));
+    assert_eq!(net.devices[d].dev.state(), DeviceState::Active);
+    let got: Vec<Vec<u8>> =
+        net.device_app(d).into_iter().filter(|m| m.1 == 300).map(|m| m.2).collect();
+    assert_eq!(got, (0..=5u8).map(|k| vec![k]).collect::<Vec<_>>());
+}
