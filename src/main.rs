@@ -242,6 +242,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_files_limit();
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Passwd(a) => passwd(a),
@@ -517,4 +518,18 @@ fn check(a: CheckArgs) -> Result<ExitCode, String> {
 
 fn mark(ok: bool) -> &'static str {
     if ok { "[ok]  " } else { "[warn]" }
+}
+
+/// Raises the soft open-files limit to the hard limit: every UDP device of the load generator
+/// and every TCP session of the gateway holds a descriptor, and the default soft limit (often
+/// 1024) is far below what a fleet needs.
+fn raise_open_files_limit() {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the live struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
 }
