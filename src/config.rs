@@ -256,6 +256,9 @@ pub struct DeviceGroup {
     pub os: Option<String>,
     /// `heartbeat_interval_s`: H for this group.
     pub heartbeat_interval_s: Option<u64>,
+    /// `journal_depth`: application messages kept for resend (at most
+    /// `journal.messages_per_session`, which is what is reserved).
+    pub journal_depth: Option<usize>,
 }
 
 /// A configuration problem, for the operator.
@@ -309,10 +312,33 @@ impl Config {
         if self.gateway.handoff_queue == 0 {
             return bad("gateway.handoff_queue must be at least 1");
         }
+        if self
+            .groups
+            .iter()
+            .any(|g| g.heartbeat_interval_s.is_some_and(|h| h == 0 || h > i32::MAX as u64))
+        {
+            return bad("groups.heartbeat_interval_s must be at least 1");
+        }
         if self.tcp.max_message_bytes < 128 {
             return bad("tcp.max_message_bytes must be at least 128");
         }
         self.session_config().validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The device-group policy for the shards (`None` without `[[groups]]`).
+    pub fn group_policy(&self) -> Option<crate::session::GroupPolicy> {
+        if self.groups.is_empty() {
+            return None;
+        }
+        let groups = self.groups.clone();
+        Some(Box::new(move |config: &[u8]| {
+            groups.iter().find(|g| g.matches(config)).map_or_else(Default::default, |g| {
+                crate::session::GroupSettings {
+                    heartbeat: g.heartbeat_interval_s.map(Duration::from_secs),
+                    journal_depth: g.journal_depth,
+                }
+            })
+        }))
     }
 
     /// Shards to run: `gateway.shards`, or one per available core.
@@ -450,5 +476,26 @@ mod tests {
         assert!(g.matches(SEED));
         let g2 = DeviceGroup { screen_rows: Some(24), ..Default::default() };
         assert!(!g2.matches(SEED));
+    }
+
+    #[test]
+    fn group_policy_from_toml_picks_the_first_matching_group() {
+        let dir = std::env::temp_dir().join(format!("fleetgate-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("groups.toml");
+        std::fs::write(
+            &path,
+            "[[groups]]\nname = \"big screens\"\nscreen_rows = 24\nheartbeat_interval_s = 30\n\n\
+             [[groups]]\nname = \"pdt\"\ndevice_type = \"PDT9090_E5\"\nheartbeat_interval_s = 10\njournal_depth = 16\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &[]).unwrap();
+        let policy = c.group_policy().expect("groups configured");
+        let g = policy(SEED);
+        assert_eq!(g.heartbeat, Some(Duration::from_secs(10)));
+        assert_eq!(g.journal_depth, Some(16));
+        assert_eq!(policy(b"XX~1~1~1~OTHER~16~26"), crate::session::GroupSettings::default());
+        assert!(Config::load(None, &[]).unwrap().group_policy().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

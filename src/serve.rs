@@ -338,6 +338,7 @@ fn start_shard(
         },
         core,
         trace,
+        groups: cfg.group_policy(),
     };
     let h = std::thread::Builder::new()
         .name(format!("fleetgate-shard-{i}"))

@@ -193,6 +193,8 @@ pub struct ShardSpec {
     pub spin: Duration,
     /// Core to pin to.
     pub core: Option<core_affinity::CoreId>,
+    /// Device groups.
+    pub groups: Option<crate::session::GroupPolicy>,
     /// Protocol trace: which devices, and the queue to the writer.
     pub trace: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
 }
@@ -226,6 +228,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         spec.app,
     );
     endpoint.set_wall_offset(clock.wall_offset_ns());
+    if let Some(policy) = spec.groups.take() {
+        endpoint.set_groups(policy);
+    }
     let max_conns = spec.endpoint.max_connections;
     let mut deframers: Vec<Deframer> =
         (0..max_conns).map(|_| Deframer::new(spec.max_message_bytes)).collect();

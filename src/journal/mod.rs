@@ -92,6 +92,7 @@ pub struct Journal {
     tail: u64,
     newest_seq: i64,
     evicted_through: i64,
+    limit: usize,
 }
 
 impl Journal {
@@ -109,15 +110,23 @@ impl Journal {
             tail: 0,
             newest_seq: 0,
             evicted_through: 0,
+            limit: n,
         }
     }
 
-    /// Forgets every message (session reset or slot reuse). Does not free memory.
+    /// Forgets every message (session reset or slot reuse); keeps the limit. Does not free
+    /// memory.
     pub fn reset(&mut self) {
         self.head = 0;
         self.tail = 0;
         self.newest_seq = 0;
         self.evicted_through = 0;
+    }
+
+    /// Keeps at most `n` messages (clamped to `1..=capacity`): a device group's journal depth
+    /// within the memory reserved at start-up. Takes effect from the next append.
+    pub fn set_limit(&mut self, n: usize) {
+        self.limit = n.clamp(1, self.meta.len());
     }
 
     /// Number of slots.
@@ -142,7 +151,7 @@ impl Journal {
 
     /// True if the next append evicts the oldest message.
     pub fn is_full(&self) -> bool {
-        self.len() == self.capacity()
+        self.len() >= self.limit
     }
 
     /// Ordinal of the oldest message held.
@@ -186,14 +195,13 @@ impl Journal {
         if seq <= self.newest_seq {
             return Err(JournalError::OutOfOrder { seq, newest: self.newest_seq });
         }
-        let evicted = if self.is_full() {
+        let mut evicted = None;
+        while self.is_full() {
             let old = self.meta_at(self.head).seq;
             self.evicted_through = old;
             self.head += 1;
-            Some(old)
-        } else {
-            None
-        };
+            evicted = Some(old);
+        }
         let ord = self.tail;
         let idx = (ord & self.mask) as usize;
         self.meta[idx] = SlotMeta { seq, len: len as u32 };
@@ -298,6 +306,26 @@ mod tests {
         assert_eq!(j.evicted_through(), 2);
         assert_eq!(j.oldest_seq(), Some(4));
         assert_eq!(j.len(), 4);
+    }
+
+    #[test]
+    fn a_limit_below_capacity_keeps_fewer_messages() {
+        let mut j = Journal::new(cfg(8));
+        j.set_limit(3);
+        for seq in 1..=5 {
+            j.append(seq, &[seq as u8]).unwrap();
+        }
+        assert_eq!(j.len(), 3);
+        assert_eq!(j.oldest_seq(), Some(3));
+        assert_eq!(j.evicted_through(), 2);
+        j.reset();
+        for seq in 1..=8 {
+            j.append(seq, &[0]).unwrap();
+        }
+        assert_eq!(j.len(), 3, "a reset keeps the limit");
+        j.set_limit(usize::MAX);
+        j.append(9, &[0]).unwrap();
+        assert_eq!(j.len(), 4, "the limit is clamped to the capacity and lifts at once");
     }
 
     #[test]

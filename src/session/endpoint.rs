@@ -197,6 +197,18 @@ impl Default for EndpointConfig {
     }
 }
 
+/// What a device group sets for its sessions (`None`: the endpoint's default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Heartbeat interval announced in LogonResponse.
+    pub heartbeat: Option<Duration>,
+    /// Application messages the journal keeps (at most the reserved ring).
+    pub journal_depth: Option<usize>,
+}
+
+/// Maps a device config string to its group's settings.
+pub type GroupPolicy = Box<dyn Fn(&[u8]) -> GroupSettings + Send>;
+
 /// A row of the connections list.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionInfo {
@@ -277,6 +289,7 @@ pub struct Endpoint {
     id_counter: u64,
     auth: Box<dyn Authenticator>,
     app: Box<dyn Application>,
+    groups: Option<GroupPolicy>,
     draining: bool,
     wall_offset_ns: i64,
 }
@@ -336,6 +349,7 @@ impl Endpoint {
             id_counter: 0,
             auth,
             app,
+            groups: None,
             draining: false,
             wall_offset_ns: 0,
         }
@@ -344,6 +358,13 @@ impl Endpoint {
     /// Bytes the session slab reserves (journals included), for the start-up report.
     pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
         cfg.max_sessions * (cfg.session.journal.bytes_per_session() + core::mem::size_of::<Slot>())
+    }
+
+    /// Sets the device-group policy: called with each UDP device's config string when it
+    /// arrives, its answer applies to that session (heartbeat interval announced at logon,
+    /// journal depth within the reserved ring).
+    pub fn set_groups(&mut self, policy: GroupPolicy) {
+        self.groups = Some(policy);
     }
 
     /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
@@ -823,14 +844,21 @@ impl Endpoint {
                     );
                     return;
                 }
-                let hb = self.cfg.session.heartbeat_interval;
+                let default = self.cfg.session.heartbeat_interval;
+                let hb = self.sessions.slots[index as usize].session.heartbeat_for_logon(default);
                 let c = &mut self.sessions.counters;
                 self.sessions.slots[index as usize]
                     .session
                     .accept_logon(now, seq, username, reset, hb, c);
                 self.logged_on(now, index);
             }
-            Deliver::Config => {}
+            Deliver::Config => {
+                if let Some(policy) = self.groups.as_ref() {
+                    let session = &mut self.sessions.slots[index as usize].session;
+                    let g = policy(session.device_config());
+                    session.apply_group(g.heartbeat, g.journal_depth);
+                }
+            }
         }
     }
 

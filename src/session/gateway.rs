@@ -87,6 +87,7 @@ pub struct GatewaySession {
     logon_response_pending: bool,
     last_sent: Timestamp,
     heartbeat: Duration,
+    group_heartbeat: Option<Duration>,
     test_corr: i64,
     timers: TimerTable,
     wall_offset_ns: i64,
@@ -123,6 +124,7 @@ impl GatewaySession {
             logon_response_pending: false,
             last_sent: Timestamp::ZERO,
             heartbeat: cfg.heartbeat_interval,
+            group_heartbeat: None,
             test_corr: 0,
             timers: TimerTable::default(),
             wall_offset_ns: 0,
@@ -138,6 +140,8 @@ impl GatewaySession {
         self.has_stream = false;
         self.reg_nonce = 0;
         self.config_len = 0;
+        self.group_heartbeat = None;
+        self.journal.set_limit(usize::MAX);
         self.wall_offset_ns = wall_offset_ns;
         self.reset_streams();
         self.state = State::Detached;
@@ -727,6 +731,26 @@ impl GatewaySession {
         }
         c.incr(Counter::AppMessagesSent);
         Ok(seq)
+    }
+
+    /// Applies a device group's settings (from the device config): heartbeat interval for the
+    /// coming logon and journal depth within the reserved ring.
+    pub(crate) fn apply_group(
+        &mut self,
+        heartbeat: Option<Duration>,
+        journal_depth: Option<usize>,
+    ) {
+        if let Some(h) = heartbeat {
+            self.group_heartbeat = Some(h);
+        }
+        if let Some(n) = journal_depth {
+            self.journal.set_limit(n);
+        }
+    }
+
+    /// The heartbeat interval the next logon announces: the device group's, else `default`.
+    pub(crate) fn heartbeat_for_logon(&self, default: Duration) -> Duration {
+        self.group_heartbeat.unwrap_or(default)
     }
 
     /// True if [`Self::send_app`] takes messages now: logged on, or away from the device with a

@@ -65,8 +65,8 @@ pub use device::{
     EndReason,
 };
 pub use endpoint::{
-    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, OpenLogon,
-    Outbox, SessionHandle, SessionInfo, Transmit,
+    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy,
+    GroupSettings, Link, OpenLogon, Outbox, SessionHandle, SessionInfo, Transmit,
 };
 pub use gateway::{GatewaySession, SendError};
 pub use state::{AfterLogout, CloseReason, Event, InvalidTransition, State, Transport};

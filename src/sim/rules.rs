@@ -2148,3 +2148,38 @@ fn rule08_messages_sent_while_detached_arrive_after_resume() {
         net.device_app(d).into_iter().filter(|m| m.1 == 300).map(|m| m.2).collect();
     assert_eq!(got, (0..=5u8).map(|k| vec![k]).collect::<Vec<_>>());
 }
+
+/// Device groups (issue: "match on device-config fields and set heartbeat interval and journal
+/// depth per group"): a PDT9090_E5 device gets its group's heartbeat in LogonResponse and its
+/// group's journal depth; the policy sees the config string the device sent.
+#[test]
+fn device_group_sets_heartbeat_and_journal_depth() {
+    let mut net = cap_net(sim_config());
+    net.gateway.set_groups(Box::new(|config: &[u8]| {
+        let pdt = config.split(|&b| b == b'~').nth(4) == Some(&b"PDT9090_E5"[..]);
+        crate::session::GroupSettings {
+            heartbeat: pdt.then_some(Duration::from_secs(9)),
+            journal_depth: pdt.then_some(4),
+        }
+    }));
+    let d = start(&mut net, udp_cfg(0));
+    let resp = of_type(&down(&net, d), LOGON_RESPONSE);
+    assert_eq!(resp[0].msg().body, Body::LogonResponse { heartbeat_interval_s: 9 });
+    // Journal depth 4: the device misses six pushes, so its resend reaches below the window.
+    let h = handle_of(&net, net.devices[d].dev.session_id());
+    let block = Rc::new(Cell::new(true));
+    let b = block.clone();
+    net.drop_rule = Some(Box::new(move |up, _, _| !up && b.get()));
+    for k in 0..6u8 {
+        // One at a time: four unsent messages already fill a 4-deep journal (backpressure).
+        net.gateway.send(net.now, h, 300, &[k]).unwrap();
+        net.run_for(ms(5));
+    }
+    block.set(false);
+    net.gateway.send(net.now, h, 300, &[6]).unwrap();
+    net.run_for(secs(1));
+    let text = net.device_ended(d).expect("the device was told");
+    assert!(text.starts_with("resend window exceeded: oldest retained"), "{text}");
+    assert_eq!(net.count(Counter::ResendWindowExceeded), 1);
+    // Without the group the same traffic fits the 512-deep journal of sim_config().
+}
