@@ -408,6 +408,8 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     println!();
     print!("{}", report.table());
     println!();
+    print!("{}", report.histogram_text());
+    println!();
     println!(
         "files: {}/summary.json (summary), {}/load.hlog (echo and logon latency), {}/gateway.hlog (gateway service, cycle and handshake time)",
         dir.display(),

@@ -187,6 +187,60 @@ impl Report {
         s
     }
 
+    /// The echo latency distribution as a text histogram (log-spaced buckets, one bar each).
+    pub fn histogram_text(&self) -> String {
+        let h = &self.latency;
+        let mut s = String::new();
+        if h.is_empty() {
+            return s;
+        }
+        const EDGES_US: [u64; 14] = [
+            25,
+            50,
+            100,
+            200,
+            500,
+            1_000,
+            2_000,
+            5_000,
+            10_000,
+            20_000,
+            50_000,
+            100_000,
+            500_000,
+            u64::MAX,
+        ];
+        let mut counts = [0u64; EDGES_US.len()];
+        for v in h.iter_recorded() {
+            let us = v.value_iterated_to() / 1000;
+            let i = EDGES_US.iter().position(|&e| us < e).unwrap_or(EDGES_US.len() - 1);
+            counts[i] += v.count_at_value();
+        }
+        let max = counts.iter().copied().max().unwrap_or(1).max(1);
+        let _ = writeln!(
+            s,
+            "  echo latency histogram (from the intended send time, {} samples)",
+            h.len()
+        );
+        let mut lo = 0;
+        for (i, &c) in counts.iter().enumerate() {
+            let hi = EDGES_US[i];
+            let label = if hi == u64::MAX {
+                format!(">= {}", fmt_us(lo))
+            } else {
+                format!("{} - {}", fmt_us(lo), fmt_us(hi))
+            };
+            let bar = "#".repeat(((c as f64 / max as f64) * 50.0).ceil() as usize);
+            let _ = writeln!(
+                s,
+                "  {label:>17} | {bar:<50} {c} ({:.2}%)",
+                100.0 * c as f64 / h.len() as f64
+            );
+            lo = hi;
+        }
+        s
+    }
+
     /// The summary as JSON (latencies in nanoseconds).
     pub fn json(&self) -> String {
         let hist = |h: &Histogram<u64>| {
@@ -253,5 +307,13 @@ impl Report {
             }
         }
         Ok(())
+    }
+}
+
+fn fmt_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{} ms", us / 1000),
+        _ => format!("{} s", us / 1_000_000),
     }
 }
