@@ -37,6 +37,8 @@ pub struct View {
     pub cycle_ns: Option<Histogram<u64>>,
     /// TCP handshake time since start.
     pub handshake_ns: Option<Histogram<u64>>,
+    /// Resend service time since start.
+    pub resend_ns: Option<Histogram<u64>>,
     /// The acceptor's counters (handshakes by outcome).
     pub acceptor: crate::acceptor::AcceptorCounters,
 }
@@ -94,7 +96,7 @@ pub fn run(
     let start = std::time::SystemTime::now();
     let mut writer = log_file.as_mut().and_then(|f| {
         IntervalLogWriterBuilder::new()
-            .add_comment("fleetgate gateway histograms (ns): service, cycle, handshake")
+            .add_comment("fleetgate gateway histograms (ns): service, cycle, handshake, resend")
             .with_start_time(start)
             .with_base_time(start)
             .with_max_value_divisor(1.0)
@@ -103,7 +105,7 @@ pub fn run(
     });
     let h =
         || Histogram::<u64>::new_with_bounds(1, latency_ns_max.max(2), 3).expect("valid bounds");
-    let (mut i_service, mut i_cycle, mut i_handshake) = (h(), h(), h());
+    let (mut i_service, mut i_cycle, mut i_handshake, mut i_resend) = (h(), h(), h(), h());
     let mut interval_start = clock.now();
     {
         let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,6 +113,7 @@ pub fn run(
         v.service_ns = Some(h());
         v.cycle_ns = Some(h());
         v.handshake_ns = Some(h());
+        v.resend_ns = Some(h());
     }
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -125,6 +128,7 @@ pub fn run(
                 let _ = i_service.add(&snap.service_ns);
                 let _ = i_cycle.add(&snap.cycle_ns);
                 let _ = i_handshake.add(&snap.handshake_ns);
+                let _ = i_resend.add(&snap.resend_ns);
                 let mut by_state = [0u64; 6];
                 let mut json = String::new();
                 for (k, s) in snap.sessions.iter().enumerate() {
@@ -169,9 +173,13 @@ pub fn run(
             let begin = interval_start.saturating_since(crate::time::Timestamp::ZERO);
             let len = now.saturating_since(interval_start);
             if let Some(w) = writer.as_mut() {
-                for (tag, hist) in
-                    [("service", &i_service), ("cycle", &i_cycle), ("handshake", &i_handshake)]
-                {
+                let tags = [
+                    ("service", &i_service),
+                    ("cycle", &i_cycle),
+                    ("handshake", &i_handshake),
+                    ("resend", &i_resend),
+                ];
+                for (tag, hist) in tags {
                     let _ = w.write_histogram(hist, begin, len, Tag::new(tag));
                 }
             }
@@ -181,6 +189,7 @@ pub fn run(
                 (&mut v.service_ns, &i_service),
                 (&mut v.cycle_ns, &i_cycle),
                 (&mut v.handshake_ns, &i_handshake),
+                (&mut v.resend_ns, &i_resend),
             ] {
                 if let Some(d) = dst.as_mut() {
                     let _ = d.add(src);
@@ -190,6 +199,7 @@ pub fn run(
             i_service.reset();
             i_cycle.reset();
             i_handshake.reset();
+            i_resend.reset();
             interval_start = now;
         }
         if stopping {
@@ -329,6 +339,7 @@ pub fn metrics(v: &View) -> String {
         ("service_ns", &v.service_ns),
         ("cycle_ns", &v.cycle_ns),
         ("handshake_ns", &v.handshake_ns),
+        ("resend_ns", &v.resend_ns),
     ] {
         if let Some(h) = h {
             let _ = writeln!(out, "# TYPE fleetgate_{name} summary");

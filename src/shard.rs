@@ -114,6 +114,8 @@ pub struct Snapshot {
     pub cycle_ns: Histogram<u64>,
     /// TCP accept to LogonResponse handed to the kernel, this interval (ns).
     pub handshake_ns: Histogram<u64>,
+    /// ResendRequest to its last message handed to the transport, this interval (ns).
+    pub resend_ns: Histogram<u64>,
     /// Taken at.
     pub at: Timestamp,
 }
@@ -133,6 +135,7 @@ impl Snapshot {
             service_ns: h(),
             cycle_ns: h(),
             handshake_ns: h(),
+            resend_ns: h(),
             at: Timestamp::ZERO,
         }
     }
@@ -437,6 +440,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     }
                 }
                 EndpointEvent::Ended(..) => {}
+                EndpointEvent::ResendServed(d) => {
+                    record(&mut local.resend_ns, d.as_nanos() as u64, &mut sc);
+                }
             }
         }
         if let Err(e) = backend.flush() {
@@ -583,6 +589,7 @@ fn publish(
         (&mut snap.service_ns, &mut local.service_ns),
         (&mut snap.cycle_ns, &mut local.cycle_ns),
         (&mut snap.handshake_ns, &mut local.handshake_ns),
+        (&mut snap.resend_ns, &mut local.resend_ns),
     ] {
         dst.reset();
         let _ = dst.add(&*src);

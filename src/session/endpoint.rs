@@ -51,6 +51,8 @@ pub enum EndpointEvent {
     LoggedOn(SessionHandle),
     /// A session ended and its slot was released.
     Ended(SessionHandle, CloseReason),
+    /// A session finished serving a ResendRequest; how long it took.
+    ResendServed(Duration),
 }
 
 /// A generation-checked index into the session slab.
@@ -900,6 +902,9 @@ impl Endpoint {
         let slot = &mut self.sessions.slots[index as usize];
         if !slot.in_use {
             return;
+        }
+        if let Some(d) = slot.session.take_resend_done() {
+            self.events.push_back(EndpointEvent::ResendServed(d));
         }
         match slot.session.state() {
             State::Closed(reason) => {

@@ -88,6 +88,8 @@ pub struct GatewaySession {
     last_sent: Timestamp,
     heartbeat: Duration,
     group_heartbeat: Option<Duration>,
+    resend_started: Option<Timestamp>,
+    resend_done: Option<Duration>,
     test_corr: i64,
     timers: TimerTable,
     wall_offset_ns: i64,
@@ -125,6 +127,8 @@ impl GatewaySession {
             last_sent: Timestamp::ZERO,
             heartbeat: cfg.heartbeat_interval,
             group_heartbeat: None,
+            resend_started: None,
+            resend_done: None,
             test_corr: 0,
             timers: TimerTable::default(),
             wall_offset_ns: 0,
@@ -748,6 +752,12 @@ impl GatewaySession {
         }
     }
 
+    /// How long the last completed resend took, from its ResendRequest to its last message
+    /// handed to the transport (taken once).
+    pub(crate) fn take_resend_done(&mut self) -> Option<Duration> {
+        self.resend_done.take()
+    }
+
     /// The heartbeat interval the next logon announces: the device group's, else `default`.
     pub(crate) fn heartbeat_for_logon(&self, default: Duration) -> Duration {
         self.group_heartbeat.unwrap_or(default)
@@ -801,6 +811,7 @@ impl GatewaySession {
         }
         c.incr(Counter::ResendRequests);
         self.resend = Some(Resend { next: from, to: to_eff, ord: self.journal.lower_bound(from) });
+        self.resend_started = Some(now);
     }
 
     fn window_exceeded(&mut self, now: Timestamp, c: &mut Counters) {
@@ -1100,6 +1111,9 @@ impl GatewaySession {
     ) -> Item {
         if r.next > r.to {
             self.resend = None;
+            if let Some(t) = self.resend_started.take() {
+                self.resend_done = Some(now.saturating_since(t));
+            }
             return Item::Wrote { len: 0, fresh: false };
         }
         if r.ord < self.journal.head() {

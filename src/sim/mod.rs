@@ -299,6 +299,7 @@ pub struct Net {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetStats {
+    pub resends_served: u64,
     pub sent: u64,
     pub lost: u64,
     pub duplicated: u64,
@@ -560,6 +561,7 @@ impl Net {
                         }
                     }
                     EndpointEvent::Ended(..) => {}
+                    EndpointEvent::ResendServed(_) => self.stats.resends_served += 1,
                 }
             }
             for i in 0..self.devices.len() {

@@ -1382,6 +1382,7 @@ fn rule07_request_below_journal_window_logs_out_with_oldest_retained() {
     let resent: Vec<i64> = raw.down(&net).iter().filter(|w| w.resent()).map(Wire::seq).collect();
     assert_eq!(resent, vec![8, 9, 10, 11]);
     assert!(!raw.closed(&net));
+    assert_eq!(net.stats.resends_served, 1, "the endpoint reports the served resend");
     raw.send(&mut net, Body::ResendRequest { from: 7, to: 9 });
     net.run_for(ms(5));
     assert_eq!(
