@@ -117,31 +117,17 @@ impl Gateway {
                 max_connections: cfg.tcp.max_connections_per_shard,
                 send_queue_bytes: cfg.tcp.send_queue_bytes,
             };
-            let backend =
+            let (backend, wake_fd) =
                 match io::build(kind, udp.try_clone().map_err(|e| e.to_string())?, wake, bcfg) {
-                    Ok(b) => b,
+                    Ok(b) => (b, wake_fd),
                     Err(e) if g.io == "auto" => {
+                        // The failed build closed its eventfd: the fallback gets a new one.
                         backend_name = format!("epoll (io_uring backend failed: {e})");
                         let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-                        wakes.push(wake.as_raw_fd());
+                        let fd = wake.as_raw_fd();
                         let b = io::build(io::Kind::Epoll, udp, wake, bcfg)
                             .map_err(|e| format!("epoll backend: {e}"))?;
-                        start_shard(
-                            i,
-                            cfg,
-                            b,
-                            &mut producers,
-                            &mut links,
-                            handles,
-                            &auth,
-                            master,
-                            clock,
-                            &shutdown,
-                            &cores,
-                            &filter,
-                            &mut trace_rx,
-                        )?;
-                        continue;
+                        (b, fd)
                     }
                     Err(e) => return Err(format!("shard {i}: {e}")),
                 };
