@@ -166,6 +166,9 @@ pub struct Forced {
     pub resumed: bool,
     /// True if, at the end, every echo request it sent had its reply.
     pub complete: bool,
+    /// Feed events it received, and whether they were exactly the gateway's sequence (none
+    /// missing, none twice) across the outage.
+    pub feed: (u64, bool),
 }
 
 enum Link {
@@ -533,6 +536,7 @@ fn thread_main(
     if let Some((k, _, _, mut f)) = forced {
         f.resent_received = devs[k].resent;
         f.complete = devs[k].sent == devs[k].replies;
+        f.feed = (devs[k].feed.received, devs[k].feed.is_exact());
         r.forced = Some(f);
     }
     for d in &devs {
@@ -703,7 +707,8 @@ fn handle_events(
             }
             live.received.fetch_add(1, Ordering::Relaxed);
         }
-        DeviceEvent::App { type_id: 300, body, .. } if body.len() >= 8 => {
+        DeviceEvent::App { type_id: 300, body, resent, .. } if body.len() >= 8 => {
+            d_resent += u64::from(resent);
             feed.observe(u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8])));
         }
         DeviceEvent::LoggedOn { .. } => logged_on = true,

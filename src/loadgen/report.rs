@@ -155,8 +155,14 @@ impl Report {
         if let Some(f) = self.forced {
             let _ = writeln!(
                 s,
-                "  forced resume: device {} went dark owing {} replies, resumed {}, {} messages recovered by resend, all replies in: {}",
-                f.device, f.owed_at_blackout, f.resumed, f.resent_received, f.complete
+                "  forced resume: device {} went dark for a while owing {} replies; resumed {}; {} messages recovered by resend; all replies in: {}; {} feed events, exactly once in order: {}",
+                f.device,
+                f.owed_at_blackout,
+                f.resumed,
+                f.resent_received,
+                f.complete,
+                f.feed.0,
+                f.feed.1
             );
         }
         let _ = writeln!(
