@@ -5,13 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fleetgate::app::Echo;
 use fleetgate::protocol::{Body, Deframer, Header, Message, write_prefix};
 use fleetgate::session::handshake::{
     CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
 };
 use fleetgate::session::{
-    Application, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, Endpoint,
-    EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, Transport,
+    ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, Endpoint, EndpointConfig,
+    EndpointEvent, Link, OpenLogon, SessionHandle, Transport,
 };
 use fleetgate::time::Timestamp;
 
@@ -20,24 +21,6 @@ pub(crate) const PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 3771);
 const SESSION_PORT: u16 = 5000;
 const DEVICE_CONFIG: &[u8] = b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~";
-
-/// Echoes type T in 100..=199 as T + 100, like the built-in `echo`.
-struct Echo;
-
-impl Application for Echo {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        if (100..=199).contains(&type_id) {
-            let _ = out.send(session, type_id + 100, body);
-        }
-    }
-}
 
 /// Feeds `bytes` through `d`, calling `on_frame` for every whole frame.
 fn feed(d: &mut Deframer, mut bytes: &[u8], mut on_frame: impl FnMut(&[u8])) {
