@@ -413,7 +413,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                         // A slow reader: close it rather than stall the shard; the session is
                         // kept detached for resume.
                         sc.tcp_slow_closed += 1;
-                        backend.close_tcp(conn);
+                        backend.abort_tcp(conn);
                         endpoint.handle_tcp_closed(now, conn);
                     }
                     Err(SendError::Closed) => {}

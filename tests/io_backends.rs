@@ -36,6 +36,7 @@ per_backend!(
     tcp_read_write_then_peer_close,
     tcp_close_after_queued_data_delivers_everything,
     tcp_slow_reader_gets_full_without_blocking,
+    tcp_abort_closes_a_slow_reader_at_once,
     wake_reports_one_event,
     poll_zero_returns_promptly,
     conn_id_reuse_delivers_no_stale_events,
@@ -227,6 +228,57 @@ fn tcp_slow_reader_gets_full_without_blocking(flavor: Flavor) {
     drop(client);
     assert!(h.poll_until(WAIT, |ev| closed(ev, conn) > 0), "{flavor:?}: no TcpClosed");
     assert_eq!(closed(&h.events, conn), 1, "{flavor:?}");
+}
+
+/// A peer that never reads fills its queue; `abort_tcp` closes the connection at once (the
+/// queued bytes are discarded), reports one TcpClosed, and the peer sees the connection end.
+fn tcp_abort_closes_a_slow_reader_at_once(flavor: Flavor) {
+    let cfg = BackendConfig { send_queue_bytes: 64 * 1024, ..cfg() };
+    let Some(mut h) = Harness::start(flavor, cfg) else { return };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&listener.local_addr().unwrap().into()).unwrap();
+    let mut client: TcpStream = sock.into();
+    let (server, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let conn = h.b.register_tcp(server).unwrap();
+    let chunk = pattern(5, 16 * 1024);
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < WAIT, "{flavor:?}: never Full");
+        let r = h.b.send_tcp(conn, &chunk);
+        h.b.flush().unwrap();
+        h.poll(Some(Duration::ZERO));
+        if r == Err(SendError::Full) {
+            break;
+        }
+    }
+    h.b.abort_tcp(conn);
+    h.b.flush().unwrap();
+    assert!(h.poll_until(WAIT, |ev| closed(ev, conn) > 0), "{flavor:?}: no TcpClosed after abort");
+    assert_eq!(closed(&h.events, conn), 1, "{flavor:?}");
+    assert_eq!(h.b.send_tcp(conn, b"x"), Err(SendError::Closed), "{flavor:?}");
+    // The peer, still connected and never having read, sees the stream end (EOF or reset)
+    // after at most what was already in flight.
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let t0 = Instant::now();
+    loop {
+        assert!(t0.elapsed() < WAIT, "{flavor:?}: the peer never saw the end");
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {} // bytes that were already in flight
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{flavor:?}: unexpected read error {e}"),
+        }
+    }
 }
 
 /// io::wake from another thread ends a waiting poll (with a timeout, and with None) with one

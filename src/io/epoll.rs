@@ -387,6 +387,10 @@ impl Backend for Epoll {
         }
     }
 
+    fn abort_tcp(&mut self, conn: ConnId) {
+        self.drop_conn(conn.0 as usize);
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         let slot = self.slot();
         let mut start = 0;

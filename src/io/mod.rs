@@ -15,8 +15,9 @@
 //! 2. [`Backend::send_to`] and [`Backend::send_tcp`] queue output. They copy the bytes: the
 //!    caller's buffer is free again on return. They never block: a full queue is
 //!    [`SendError::Full`] (the caller counts it; on TCP the session is logged out).
-//! 3. [`Backend::close_tcp`] closes a connection once its queued bytes are written (or at
-//!    once, if it cannot make progress), then reports [`IoEvent::TcpClosed`].
+//! 3. [`Backend::close_tcp`] closes a connection once its queued bytes are written (or the
+//!    peer goes away), then reports [`IoEvent::TcpClosed`]; [`Backend::abort_tcp`] closes it at
+//!    once, discarding what is queued (the slow-reader case).
 //! 4. [`Backend::flush`] hands queued sends to the kernel (one `sendmmsg` or one
 //!    `io_uring_enter` for the batch).
 //!
@@ -110,6 +111,9 @@ pub trait Backend {
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError>;
     /// Closes a connection after its queued bytes.
     fn close_tcp(&mut self, conn: ConnId);
+    /// Closes a connection at once, discarding its queued bytes (a reader too slow to keep up);
+    /// [`IoEvent::TcpClosed`] follows.
+    fn abort_tcp(&mut self, conn: ConnId);
     /// Hands queued sends to the kernel.
     fn flush(&mut self) -> std::io::Result<()>;
     /// Datagrams dropped because the kernel refused them (socket buffer full).

@@ -734,6 +734,13 @@ impl Backend for Uring {
         }
     }
 
+    fn abort_tcp(&mut self, conn: ConnId) {
+        let idx = conn.0 as usize;
+        if self.conns.get(idx).is_some_and(Option::is_some) {
+            self.teardown(idx);
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.arm();
         if self.ring.submission().is_empty() {
