@@ -259,6 +259,8 @@ pub struct DeviceGroup {
     /// `journal_depth`: application messages kept for resend (at most
     /// `journal.messages_per_session`, which is what is reserved).
     pub journal_depth: Option<usize>,
+    /// `app`: built-in application serving the group ("echo", "feed" or "none").
+    pub app: Option<String>,
 }
 
 /// A configuration problem, for the operator.
@@ -319,6 +321,14 @@ impl Config {
         {
             return bad("groups.heartbeat_interval_s must be at least 1");
         }
+        if self
+            .groups
+            .iter()
+            .filter_map(|g| g.app.as_deref())
+            .any(|a| !matches!(a, "echo" | "feed" | "none"))
+        {
+            return bad("groups.app must be \"echo\", \"feed\" or \"none\"");
+        }
         if self.tcp.max_message_bytes < 128 {
             return bad("tcp.max_message_bytes must be at least 128");
         }
@@ -331,14 +341,33 @@ impl Config {
             return None;
         }
         let groups = self.groups.clone();
+        let names = self.group_apps();
         Some(Box::new(move |config: &[u8]| {
             groups.iter().find(|g| g.matches(config)).map_or_else(Default::default, |g| {
                 crate::session::GroupSettings {
                     heartbeat: g.heartbeat_interval_s.map(Duration::from_secs),
                     journal_depth: g.journal_depth,
+                    // Group applications are added after the default one, in this order.
+                    app: g
+                        .app
+                        .as_ref()
+                        .and_then(|a| names.iter().position(|n| n == a))
+                        .map(|i| i as u8 + 1),
                 }
             })
         }))
+    }
+
+    /// The distinct applications named by device groups, in order of first use: each shard
+    /// adds them after its default application.
+    pub fn group_apps(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for a in self.groups.iter().filter_map(|g| g.app.clone()) {
+            if !names.contains(&a) {
+                names.push(a);
+            }
+        }
+        names
     }
 
     /// Shards to run: `gateway.shards`, or one per available core.
@@ -486,7 +515,7 @@ mod tests {
         std::fs::write(
             &path,
             "[[groups]]\nname = \"big screens\"\nscreen_rows = 24\nheartbeat_interval_s = 30\n\n\
-             [[groups]]\nname = \"pdt\"\ndevice_type = \"PDT9090_E5\"\nheartbeat_interval_s = 10\njournal_depth = 16\n",
+             [[groups]]\nname = \"pdt\"\ndevice_type = \"PDT9090_E5\"\nheartbeat_interval_s = 10\njournal_depth = 16\napp = \"feed\"\n",
         )
         .unwrap();
         let c = Config::load(Some(&path), &[]).unwrap();
@@ -494,6 +523,9 @@ mod tests {
         let g = policy(SEED);
         assert_eq!(g.heartbeat, Some(Duration::from_secs(10)));
         assert_eq!(g.journal_depth, Some(16));
+        assert_eq!(g.app, Some(1), "the first group application is index 1");
+        assert_eq!(c.group_apps(), vec!["feed".to_string()]);
+        assert!(Config::load(None, &["groups=[{name=\"x\", app=\"nope\"}]".into()]).is_err());
         assert_eq!(policy(b"XX~1~1~1~OTHER~16~26"), crate::session::GroupSettings::default());
         assert!(Config::load(None, &[]).unwrap().group_policy().is_none());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -325,6 +325,13 @@ fn start_shard(
         core,
         trace,
         groups: cfg.group_policy(),
+        group_apps: cfg
+            .group_apps()
+            .iter()
+            .filter_map(|n| {
+                crate::app::builtin(n, Duration::from_millis(cfg.gateway.feed_interval_ms))
+            })
+            .collect(),
     };
     let h = std::thread::Builder::new()
         .name(format!("fleetgate-shard-{i}"))

@@ -198,6 +198,8 @@ pub struct ShardSpec {
     pub core: Option<core_affinity::CoreId>,
     /// Device groups.
     pub groups: Option<crate::session::GroupPolicy>,
+    /// Applications device groups select, in the order the policy numbers them (from 1).
+    pub group_apps: Vec<Box<dyn crate::session::Application + Send>>,
     /// Protocol trace: which devices, and the queue to the writer.
     pub trace: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
 }
@@ -231,6 +233,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         spec.app,
     );
     endpoint.set_wall_offset(clock.wall_offset_ns());
+    for app in spec.group_apps.drain(..) {
+        endpoint.add_app(app);
+    }
     if let Some(policy) = spec.groups.take() {
         endpoint.set_groups(policy);
     }

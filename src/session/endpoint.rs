@@ -114,6 +114,8 @@ pub trait Application {
 pub struct Outbox<'a> {
     now: Timestamp,
     sessions: &'a mut Sessions,
+    /// The application this outbox serves: `broadcast` reaches only its sessions.
+    app: u8,
 }
 
 impl Outbox<'_> {
@@ -142,7 +144,7 @@ impl Outbox<'_> {
         let mut n = 0;
         for i in 0..self.sessions.slots.len() {
             let slot = &mut self.sessions.slots[i];
-            if slot.in_use && slot.session.accepts_app() {
+            if slot.in_use && slot.session.accepts_app() && slot.session.app() == self.app {
                 if slot
                     .session
                     .send_app(self.now, type_id, body, &mut self.sessions.counters)
@@ -206,6 +208,8 @@ pub struct GroupSettings {
     pub heartbeat: Option<Duration>,
     /// Application messages the journal keeps (at most the reserved ring).
     pub journal_depth: Option<usize>,
+    /// Which application serves the group (an index from [`Endpoint::add_app`]).
+    pub app: Option<u8>,
 }
 
 /// Maps a device config string to its group's settings.
@@ -290,7 +294,7 @@ pub struct Endpoint {
     id_key: [u8; 32],
     id_counter: u64,
     auth: Box<dyn Authenticator>,
-    app: Box<dyn Application>,
+    apps: Vec<Box<dyn Application>>,
     groups: Option<GroupPolicy>,
     draining: bool,
     wall_offset_ns: i64,
@@ -350,7 +354,7 @@ impl Endpoint {
             id_key,
             id_counter: 0,
             auth,
-            app,
+            apps: vec![app],
             groups: None,
             draining: false,
             wall_offset_ns: 0,
@@ -360,6 +364,14 @@ impl Endpoint {
     /// Bytes the session slab reserves (journals included), for the start-up report.
     pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
         cfg.max_sessions * (cfg.session.journal.bytes_per_session() + core::mem::size_of::<Slot>())
+    }
+
+    /// Adds an application for device groups to select ([`GroupSettings::app`]); returns its
+    /// index (the application given to [`Endpoint::new`] is 0). At most 255 more.
+    pub fn add_app(&mut self, app: Box<dyn Application>) -> u8 {
+        debug_assert!(self.apps.len() < 256);
+        self.apps.push(app);
+        (self.apps.len() - 1) as u8
     }
 
     /// Sets the device-group policy: called with each UDP device's config string when it
@@ -427,7 +439,7 @@ impl Endpoint {
         type_id: u16,
         body: &[u8],
     ) -> Result<i64, SendError> {
-        Outbox { now, sessions: &mut self.sessions }.send(session, type_id, body)
+        Outbox { now, sessions: &mut self.sessions, app: 0 }.send(session, type_id, body)
     }
 
     /// A datagram arrived on this shard's session port.
@@ -827,8 +839,9 @@ impl Endpoint {
         match deliver {
             Deliver::App { type_id, body } => {
                 let handle = self.handle(index);
-                let mut out = Outbox { now, sessions: &mut self.sessions };
-                self.app.on_message(now, handle, type_id, body, &mut out);
+                let app = self.sessions.slots[index as usize].session.app();
+                let mut out = Outbox { now, sessions: &mut self.sessions, app };
+                self.apps[usize::from(app)].on_message(now, handle, type_id, body, &mut out);
             }
             Deliver::Logon { seq, username, password, reset } => {
                 let msg = Message {
@@ -859,6 +872,9 @@ impl Endpoint {
                     let session = &mut self.sessions.slots[index as usize].session;
                     let g = policy(session.device_config());
                     session.apply_group(g.heartbeat, g.journal_depth);
+                    if let Some(app) = g.app.filter(|&a| usize::from(a) < self.apps.len()) {
+                        session.set_app(app);
+                    }
                 }
             }
         }
@@ -868,8 +884,9 @@ impl Endpoint {
         if self.sessions.slots[index as usize].session.state().is_active() {
             let handle = self.handle(index);
             self.events.push_back(EndpointEvent::LoggedOn(handle));
-            let mut out = Outbox { now, sessions: &mut self.sessions };
-            self.app.on_logon(now, handle, &mut out);
+            let app = self.sessions.slots[index as usize].session.app();
+            let mut out = Outbox { now, sessions: &mut self.sessions, app };
+            self.apps[usize::from(app)].on_logon(now, handle, &mut out);
         }
     }
 
@@ -966,7 +983,8 @@ impl Endpoint {
     /// The earliest deadline of any session or of the application.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let s = self.deadlines.peek().map(|Reverse((t, _))| *t);
-        match (s, self.app.poll_timeout()) {
+        let a = self.apps.iter().filter_map(|a| a.poll_timeout()).min();
+        match (s, a) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -974,9 +992,11 @@ impl Endpoint {
 
     /// Fires every due session timer and the application's.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        if self.app.poll_timeout().is_some_and(|t| t <= now) {
-            let mut out = Outbox { now, sessions: &mut self.sessions };
-            self.app.handle_timeout(now, &mut out);
+        for (i, app) in self.apps.iter_mut().enumerate() {
+            if app.poll_timeout().is_some_and(|t| t <= now) {
+                let mut out = Outbox { now, sessions: &mut self.sessions, app: i as u8 };
+                app.handle_timeout(now, &mut out);
+            }
         }
         while let Some(&Reverse((t, index))) = self.deadlines.peek() {
             if t > now {

@@ -88,6 +88,7 @@ pub struct GatewaySession {
     last_sent: Timestamp,
     heartbeat: Duration,
     group_heartbeat: Option<Duration>,
+    app: u8,
     resend_started: Option<Timestamp>,
     resend_done: Option<Duration>,
     test_corr: i64,
@@ -127,6 +128,7 @@ impl GatewaySession {
             last_sent: Timestamp::ZERO,
             heartbeat: cfg.heartbeat_interval,
             group_heartbeat: None,
+            app: 0,
             resend_started: None,
             resend_done: None,
             test_corr: 0,
@@ -145,6 +147,7 @@ impl GatewaySession {
         self.reg_nonce = 0;
         self.config_len = 0;
         self.group_heartbeat = None;
+        self.app = 0;
         self.journal.set_limit(usize::MAX);
         self.wall_offset_ns = wall_offset_ns;
         self.reset_streams();
@@ -756,6 +759,15 @@ impl GatewaySession {
     /// handed to the transport (taken once).
     pub(crate) fn take_resend_done(&mut self) -> Option<Duration> {
         self.resend_done.take()
+    }
+
+    /// The application serving this session (0 unless a device group chose another).
+    pub fn app(&self) -> u8 {
+        self.app
+    }
+
+    pub(crate) fn set_app(&mut self, app: u8) {
+        self.app = app;
     }
 
     /// The heartbeat interval the next logon announces: the device group's, else `default`.

@@ -2161,6 +2161,7 @@ fn device_group_sets_heartbeat_and_journal_depth() {
         crate::session::GroupSettings {
             heartbeat: pdt.then_some(Duration::from_secs(9)),
             journal_depth: pdt.then_some(4),
+            app: None,
         }
     }));
     let d = start(&mut net, udp_cfg(0));
@@ -2183,4 +2184,31 @@ fn device_group_sets_heartbeat_and_journal_depth() {
     assert!(text.starts_with("resend window exceeded: oldest retained"), "{text}");
     assert_eq!(net.count(Counter::ResendWindowExceeded), 1);
     // Without the group the same traffic fits the 512-deep journal of sim_config().
+}
+
+/// Device groups choose the application: the PDT group is served by a silent application (no
+/// echo, no feed), other sessions by the default one (echo and the feed's broadcasts).
+#[test]
+fn device_group_selects_its_application() {
+    let mut net = Net::with_app(1, sim_config(), Some(Duration::from_millis(100)));
+    let silent = net.gateway.add_app(Box::new(crate::app::Silent));
+    assert_eq!(silent, 1);
+    net.gateway.set_groups(Box::new(move |config: &[u8]| {
+        let pdt = config.split(|&b| b == b'~').nth(4) == Some(&b"PDT9090_E5"[..]);
+        crate::session::GroupSettings { app: pdt.then_some(silent), ..Default::default() }
+    }));
+    let grouped = start(&mut net, udp_cfg(0)); // sends the PDT9090_E5 config
+    let plain = start(&mut net, tcp_cfg(1)); // TCP: no device config, default application
+    for d in [grouped, plain] {
+        net.devices[d].dev.send_app(net.now, 101, b"ping", false).unwrap();
+    }
+    net.run_for(secs(1));
+    let types = |d: usize| net.device_app(d).into_iter().map(|m| m.1).collect::<Vec<_>>();
+    assert!(types(grouped).is_empty(), "the silent application answered: {:?}", types(grouped));
+    let plain_types = types(plain);
+    assert!(plain_types.contains(&201), "no echo for the default group: {plain_types:?}");
+    assert!(plain_types.iter().filter(|&&t| t == 300).count() >= 5, "{plain_types:?}");
+    // The default application saw only the plain session's message.
+    assert_eq!(net.gateway_app(plain), vec![b"ping".to_vec()]);
+    assert!(net.gateway_app(grouped).is_empty());
 }
