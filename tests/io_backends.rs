@@ -190,20 +190,26 @@ fn tcp_close_after_queued_data_delivers_everything(flavor: Flavor) {
     assert_eq!(closed(&h.events, conn), 1, "{flavor:?}");
 }
 
+/// A connected pair with small socket buffers whose client never reads; the server side is
+/// registered with the backend.
+fn slow_reader(h: &mut Harness) -> (TcpStream, ConnId) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&listener.local_addr().unwrap().into()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let conn = h.b.register_tcp(server).unwrap();
+    (sock.into(), conn)
+}
+
 /// A peer that never reads: sends fill the bounded queue and then fail with Full; no call
 /// blocks. When the peer goes away, the connection is reported closed.
 fn tcp_slow_reader_gets_full_without_blocking(flavor: Flavor) {
     let cfg = BackendConfig { send_queue_bytes: 64 * 1024, ..cfg() };
     let Some(mut h) = Harness::start(flavor, cfg) else { return };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&listener.local_addr().unwrap().into()).unwrap();
-    let client: TcpStream = sock.into();
-    let (server, _) = listener.accept().unwrap();
-    socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
-    server.set_nonblocking(true).unwrap();
-    let conn = h.b.register_tcp(server).unwrap();
+    let (client, conn) = slow_reader(&mut h);
 
     let chunk = pattern(3, 16 * 1024);
     let start = Instant::now();
@@ -235,15 +241,7 @@ fn tcp_slow_reader_gets_full_without_blocking(flavor: Flavor) {
 fn tcp_abort_closes_a_slow_reader_at_once(flavor: Flavor) {
     let cfg = BackendConfig { send_queue_bytes: 64 * 1024, ..cfg() };
     let Some(mut h) = Harness::start(flavor, cfg) else { return };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&listener.local_addr().unwrap().into()).unwrap();
-    let mut client: TcpStream = sock.into();
-    let (server, _) = listener.accept().unwrap();
-    socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
-    server.set_nonblocking(true).unwrap();
-    let conn = h.b.register_tcp(server).unwrap();
+    let (mut client, conn) = slow_reader(&mut h);
     let chunk = pattern(5, 16 * 1024);
     let start = Instant::now();
     loop {
