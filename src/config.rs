@@ -133,9 +133,14 @@ pub struct TcpSection {
     pub logon_timeout_ms: u64,
     /// `max_connections_per_shard`: TCP connections per shard (default 4096).
     pub max_connections_per_shard: usize,
-    /// `send_queue_bytes`: per-connection send queue; a reader that lets it fill is logged out
-    /// (default 262144 bytes).
+    /// `send_queue_bytes`: per-connection send queue; a reader that lets it fill is told
+    /// LoggedOut("send queue full") and closed, its session kept for resume (default 262144
+    /// bytes, at least 4096).
     pub send_queue_bytes: usize,
+    /// `close_linger_ms`: a connection the gateway closes (after its LoggedOut, and a slow reader
+    /// too) has this long to read what is queued and close its end; then it is aborted (default
+    /// 1000 ms).
+    pub close_linger_ms: u64,
     /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes).
     pub max_message_bytes: usize,
 }
@@ -146,6 +151,7 @@ impl Default for TcpSection {
             logon_timeout_ms: 10_000,
             max_connections_per_shard: 4096,
             send_queue_bytes: 256 * 1024,
+            close_linger_ms: 1000,
             max_message_bytes: 1024,
         }
     }
@@ -332,6 +338,9 @@ impl Config {
         if self.tcp.max_message_bytes < 128 {
             return bad("tcp.max_message_bytes must be at least 128");
         }
+        if self.tcp.send_queue_bytes < 4096 {
+            return bad("tcp.send_queue_bytes must be at least 4096");
+        }
         self.session_config().validate().map_err(|e| ConfigError(e.to_string()))
     }
 
@@ -388,6 +397,11 @@ impl Config {
             ack_delay: Duration::from_millis(self.udp.ack_delay_ms),
             detached_ttl: Duration::from_secs(self.session.detached_ttl_s),
             max_datagram: self.udp.max_datagram,
+            max_tcp_write: self
+                .tcp
+                .send_queue_bytes
+                .saturating_sub(crate::io::LAST_WORD_BYTES)
+                .min(64 * 1024),
             journal: JournalConfig {
                 messages_per_session: self.journal.messages_per_session,
                 slot_bytes: self.journal.slot_bytes,

@@ -41,6 +41,8 @@ pub struct View {
     pub resend_ns: Option<Histogram<u64>>,
     /// The acceptor's counters (handshakes by outcome).
     pub acceptor: crate::acceptor::AcceptorCounters,
+    /// The acceptor's driver: "io_uring" or "poll" ("" until it runs).
+    pub acceptor_backend: &'static str,
 }
 
 /// One shard's latest numbers.
@@ -291,11 +293,13 @@ pub fn metrics(v: &View) -> String {
             }
         }
     }
-    let shard_metrics: [ShardMetric; 8] = [
+    let shard_metrics: [ShardMetric; 10] = [
         ("handoffs_total", "counter", |s| s.handoffs),
         ("handoff_rejected_total", "counter", |s| s.handoff_rejected),
         ("udp_send_dropped_total", "counter", |s| s.udp_send_dropped),
         ("tcp_slow_reader_closed_total", "counter", |s| s.tcp_slow_closed),
+        ("tcp_slow_reader_aborted_total", "counter", |s| s.tcp_slow_aborted),
+        ("tcp_close_aborted_total", "counter", |s| s.tcp_close_aborted),
         ("histogram_saturated_total", "counter", |s| s.histogram_saturated),
         ("cycle_ns_max", "gauge", |s| s.cycle_ns_max),
         ("cycles_over_1ms_total", "counter", |s| s.cycles_over_1ms),
@@ -315,6 +319,10 @@ pub fn metrics(v: &View) -> String {
         }
     }
     let a = &v.acceptor;
+    if !v.acceptor_backend.is_empty() {
+        let _ = writeln!(out, "# TYPE fleetgate_acceptor_info gauge");
+        let _ = writeln!(out, "fleetgate_acceptor_info{{backend=\"{}\"}} 1", v.acceptor_backend);
+    }
     let _ = writeln!(out, "# TYPE fleetgate_connection_requests_total counter");
     let outcomes = [
         ("accepted", a.accepted),
@@ -322,6 +330,8 @@ pub fn metrics(v: &View) -> String {
         ("rate_limited", a.rate_limited),
         ("dropped", a.dropped),
     ];
+    let _ = writeln!(out, "# TYPE fleetgate_connection_replies_dropped_total counter");
+    let _ = writeln!(out, "fleetgate_connection_replies_dropped_total {}", a.replies_dropped);
     for (outcome, n) in outcomes {
         let _ = writeln!(out, "fleetgate_connection_requests_total{{outcome=\"{outcome}\"}} {n}");
     }

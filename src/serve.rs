@@ -175,6 +175,7 @@ impl Gateway {
         let spec = AcceptorSpec {
             udp: hs_udp,
             tcp,
+            uring: kind == io::Kind::Uring,
             handshake: HandshakeConfig {
                 shards,
                 session_port_base: g.session_port_base,
@@ -317,6 +318,7 @@ fn start_shard(
         clock,
         shutdown: shutdown.clone(),
         drain_timeout: Duration::from_millis(cfg.gateway.drain_timeout_ms),
+        close_linger: Duration::from_millis(cfg.tcp.close_linger_ms),
         spin: if cfg.gateway.idle == "spin" {
             Duration::from_micros(cfg.gateway.spin_us)
         } else {

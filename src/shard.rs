@@ -150,8 +150,14 @@ pub struct ShardCounters {
     pub handoff_rejected: u64,
     /// Datagrams the kernel refused (socket buffer full).
     pub udp_send_dropped: u64,
-    /// TCP connections closed because their send queue filled (slow reader).
+    /// TCP connections whose send queue filled (slow readers): told LoggedOut and closed.
     pub tcp_slow_closed: u64,
+    /// Of those, connections aborted because the reader did not take the LoggedOut in
+    /// `tcp.close_linger_ms`.
+    pub tcp_slow_aborted: u64,
+    /// Connections the shard closed that were aborted after `tcp.close_linger_ms` (the peer
+    /// neither read everything nor closed its end); slow readers included.
+    pub tcp_close_aborted: u64,
     /// Histogram values above the bound (saturated).
     pub histogram_saturated: u64,
     /// Longest loop pass (ns).
@@ -192,6 +198,9 @@ pub struct ShardSpec {
     pub shutdown: Arc<AtomicBool>,
     /// How long to wait for LoggedOut to go out on shutdown.
     pub drain_timeout: Duration,
+    /// How long a connection the shard closes (after its LoggedOut) has to read what is queued
+    /// and close its end before it is aborted (`tcp.close_linger_ms`).
+    pub close_linger: Duration,
     /// Spin this long before parking (zero: park at once).
     pub spin: Duration,
     /// Core to pin to.
@@ -246,6 +255,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
     let mut accepted_at = vec![Timestamp::ZERO; max_conns];
     let mut conn_peer = vec![SocketAddr::from(([0, 0, 0, 0], 0)); max_conns];
     let mut conn_who = vec![DeviceUid::default(); max_conns];
+    // Every connection the shard closes is `lingering` (with its deadline, and whether it was a
+    // slow reader) until it is closed.
+    let mut lingering: Vec<Linger> = Vec::with_capacity(max_conns);
     let mut trace = spec.trace.take();
     let shard_no = spec.index as u16;
     let wall = clock.wall_offset_ns();
@@ -313,7 +325,10 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             let until = endpoint
                 .poll_timeout()
                 .map_or(Duration::from_millis(100), |t| t.saturating_since(now));
-            let until = until.min(Duration::from_millis(100));
+            let until = lingering
+                .iter()
+                .map(|l| l.deadline.saturating_since(now))
+                .fold(until.min(Duration::from_millis(100)), Duration::min);
             match idle_since {
                 Some(s) if s.elapsed() < spec.spin => Some(Duration::ZERO),
                 _ => Some(until),
@@ -365,6 +380,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                 IoEvent::TcpClosed { conn } => {
                     endpoint.handle_tcp_closed(clock.now(), conn);
                     deframers[conn.0 as usize].reset();
+                    if let Some(k) = lingering.iter().position(|l| l.conn == conn) {
+                        lingering.swap_remove(k);
+                    }
                 }
                 IoEvent::Wake => {}
             }
@@ -382,9 +400,29 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             endpoint.handle_timeout(now);
             work += 1;
         }
+        // Closing connections whose peer did not read the rest and close in time.
+        let mut k = 0;
+        while k < lingering.len() {
+            let l = lingering[k];
+            if l.deadline <= now {
+                sc.tcp_close_aborted += 1;
+                if l.slow {
+                    sc.tcp_slow_aborted += 1;
+                }
+                backend.abort_tcp(l.conn);
+                lingering.swap_remove(k);
+                work += 1;
+            } else {
+                k += 1;
+            }
+        }
 
-        // 4. Output.
-        while let Some(t) = endpoint.poll_transmit(now, &mut buf) {
+        // 4. Output, within the room each connection's send queue has (sessions without room
+        // are parked until the next pass).
+        endpoint.unblock(now);
+        while let Some(t) =
+            endpoint.poll_transmit_within(now, &mut buf, &mut |c| backend.tcp_room(c))
+        {
             work += 1;
             match t.dest {
                 Link::Udp(to) => {
@@ -403,32 +441,49 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     }
                     let _ = backend.send_to(to, &buf[..t.len]);
                 }
-                Link::Tcp(conn) => match trace_then_send_tcp(
-                    &mut *backend,
-                    &mut trace,
-                    &mut sc,
-                    (shard_no, wall, now),
-                    conn,
-                    conn_peer[conn.0 as usize],
-                    &conn_who[conn.0 as usize],
-                    &buf[..t.len],
-                ) {
-                    Ok(()) => {}
-                    Err(SendError::Full) => {
-                        // A slow reader: close it rather than stall the shard; the session is
-                        // kept detached for resume.
-                        sc.tcp_slow_closed += 1;
-                        backend.abort_tcp(conn);
-                        endpoint.handle_tcp_closed(now, conn);
+                Link::Tcp(conn) => {
+                    let i = conn.0 as usize;
+                    let last = t.last;
+                    match trace_then_send_tcp(
+                        &mut *backend,
+                        &mut trace,
+                        &mut sc,
+                        (shard_no, wall, now, last),
+                        conn,
+                        conn_peer[i],
+                        &conn_who[i],
+                        &buf[..t.len],
+                    ) {
+                        Ok(()) if last => {
+                            // A slow reader's LoggedOut is queued and the connection closing.
+                            linger(&mut lingering, conn, now + spec.close_linger, true);
+                        }
+                        Ok(()) => {}
+                        Err(SendError::Full) if !last => {
+                            // Not session output (that stays within `tcp_room`): a reply. The
+                            // session, if any, says LoggedOut next; else close at once.
+                            if !endpoint.handle_tcp_stalled(now, conn) {
+                                sc.tcp_slow_closed += 1;
+                                backend.abort_tcp(conn);
+                                endpoint.handle_tcp_closed(now, conn);
+                            }
+                        }
+                        Err(_) => {
+                            if last {
+                                backend.abort_tcp(conn);
+                            }
+                        }
                     }
-                    Err(SendError::Closed) => {}
-                },
+                }
                 Link::None => {}
             }
         }
         while let Some(ev) = endpoint.poll_event() {
             match ev {
-                EndpointEvent::CloseConnection(conn) => backend.close_tcp(conn),
+                EndpointEvent::CloseConnection(conn) => {
+                    backend.close_tcp(conn);
+                    linger(&mut lingering, conn, now + spec.close_linger, false);
+                }
                 EndpointEvent::LoggedOn(h) => {
                     if let Some(Link::Tcp(conn)) =
                         endpoint.sessions().find(|s| s.handle == h).map(|s| s.link)
@@ -445,6 +500,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     }
                 }
                 EndpointEvent::Ended(..) => {}
+                EndpointEvent::SlowReader(_) => sc.tcp_slow_closed += 1,
                 EndpointEvent::ResendServed(d) => {
                     record(&mut local.resend_ns, d.as_nanos() as u64, &mut sc);
                 }
@@ -518,6 +574,26 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         } else if idle_since.is_none() {
             idle_since = Some(Instant::now());
         }
+    }
+}
+
+/// A connection the shard is closing: aborted at `deadline` unless closed before.
+#[derive(Clone, Copy)]
+struct Linger {
+    conn: ConnId,
+    deadline: Timestamp,
+    /// Closed as a slow reader (for the counters).
+    slow: bool,
+}
+
+/// Starts the linger of a closing connection (once: the earliest close wins).
+fn linger(lingering: &mut Vec<Linger>, conn: ConnId, deadline: Timestamp, slow: bool) {
+    if lingering.iter().any(|l| l.conn == conn) {
+        return;
+    }
+    // Bounded: one entry per open connection, within the capacity reserved at start-up.
+    if lingering.len() < lingering.capacity() {
+        lingering.push(Linger { conn, deadline, slow });
     }
 }
 
@@ -682,13 +758,14 @@ fn trace_frame(
     }
 }
 
-/// Traces the frames of a TCP chunk if its device is traced, then queues it.
+/// Traces the frames of a TCP chunk if its device is traced, then queues it (`last`: as the
+/// connection's last message, see [`Backend::send_tcp_last`]).
 #[allow(clippy::too_many_arguments)]
 fn trace_then_send_tcp(
     backend: &mut dyn Backend,
     trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
     sc: &mut ShardCounters,
-    (shard, wall, now): (u16, i64, Timestamp),
+    (shard, wall, now, last): (u16, i64, Timestamp, bool),
     conn: ConnId,
     peer: SocketAddr,
     who: &DeviceUid,
@@ -701,5 +778,5 @@ fn trace_then_send_tcp(
             rest = &rest[padded..];
         }
     }
-    backend.send_tcp(conn, bytes)
+    if last { backend.send_tcp_last(conn, bytes) } else { backend.send_tcp(conn, bytes) }
 }

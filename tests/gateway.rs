@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,11 +61,18 @@ backends! {
         uring_malformed_datagrams_dropped_and_counted;
     malformed_tcp_reject_or_logout => epoll_malformed_tcp_reject_or_logout,
         uring_malformed_tcp_reject_or_logout;
+    slow_tcp_reader_logged_out_then_resumes => epoll_slow_tcp_reader_logged_out_then_resumes,
+        uring_slow_tcp_reader_logged_out_then_resumes;
+    slow_tcp_reader_that_never_reads_is_aborted =>
+        epoll_slow_tcp_reader_that_never_reads_is_aborted,
+        uring_slow_tcp_reader_that_never_reads_is_aborted;
     forged_and_expired_cookies => epoll_forged_and_expired_cookies,
         uring_forged_and_expired_cookies;
     connection_request_size_and_version => epoll_connection_request_size_and_version,
         uring_connection_request_size_and_version;
     server_full => epoll_server_full, uring_server_full;
+    tcp_logon_deadline_and_split_first_frame => epoll_tcp_logon_deadline_and_split_first_frame,
+        uring_tcp_logon_deadline_and_split_first_frame;
     sigterm_logs_out_and_exits_0 => epoll_sigterm_logs_out_and_exits_0,
         uring_sigterm_logs_out_and_exits_0;
 }
@@ -611,7 +619,10 @@ fn raw_logon(gw: &fleetgate::serve::Gateway, user: &[u8]) -> RawTcp {
         reset_seq_num: true,
     };
     c.send(&encode(msg(1, logon)));
-    let f = c.recv(5 * SECOND).expect("LogonResponse");
+    let t0 = Instant::now();
+    let Some(f) = c.recv(5 * SECOND) else {
+        panic!("no LogonResponse: closed {} ({:?}) after {:?}", c.closed, c.error, t0.elapsed())
+    };
     let m = decode(&f);
     assert!(matches!(m.body, Body::LogonResponse { .. }), "{m:?}");
     assert_eq!(m.header.seq, 1);
@@ -672,6 +683,233 @@ fn malformed_tcp_reject_or_logout(io: &str) {
     let totals = gw.stop();
     assert_eq!(totals.counters.get(Counter::RejectsSent), 1);
     assert!(totals.counters.get(Counter::ProtocolViolations) >= 1);
+}
+
+/// Echo request `k` of the slow-reader tests: 200 bytes starting with `k` (a journal slot holds
+/// the reply).
+fn slow_body(k: u32) -> Vec<u8> {
+    let mut b = vec![(k % 251) as u8; 200];
+    b[..4].copy_from_slice(&k.to_le_bytes());
+    b
+}
+
+/// Logs `user` on, then sends echo requests (seq 2, 3, ...) without reading until the gateway
+/// counts a slow reader (`tick` keeps other clients alive meanwhile). Returns the client and
+/// how many requests it sent. The requests are paced (32 per millisecond at most), so the
+/// replies of one gateway loop pass stay well under the send queue: what fills it is the
+/// reader, not a burst. (A tiny SO_RCVBUF would be quicker, but on loopback, with its 64 KiB
+/// segments, it makes the kernel drop and back off in both directions.)
+fn stall_reader(
+    gw: &fleetgate::serve::Gateway,
+    user: &[u8],
+    tick: &mut dyn FnMut(),
+) -> (RawTcp, u32) {
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    let mut c = raw_logon(gw, user);
+    let mut n = 0u32;
+    while metric(addr, "tcp_slow_reader_closed_total") == 0 {
+        tick();
+        // 2.3 MB of replies per round: soon more than the kernel buffers and the queue hold.
+        'round: for _ in 0..10_000 / 32 {
+            for _ in 0..32 {
+                let body = slow_body(n);
+                let m = encode(msg(2 + i64::from(n), Body::App { type_id: 150, body: &body }));
+                if c.stream.write_all(&m).is_err() {
+                    break 'round; // the gateway has already given up on us
+                }
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(n <= 100_000, "no slow reader counted after {n} unread echo requests");
+        let t = Instant::now(); // snapshots are published each second
+        while t.elapsed() < Duration::from_millis(1200) {
+            tick();
+        }
+    }
+    (c, n)
+}
+
+/// Issue 3, slow readers. A TCP client that stops reading while the gateway has replies for it
+/// fills its bounded send queue (`tcp.send_queue_bytes`): the gateway queues
+/// LoggedOut("send queue full") behind what is already queued and closes, and the shard never
+/// stalls (a bystander keeps echoing). When the client reads again it gets an ordered prefix of
+/// its replies, then the LoggedOut, then the end of the stream. Its session is kept: a resume
+/// (resetSeqNum = 0) with ResendRequest recovers the reply to every processed request exactly
+/// once and in order, and live traffic goes on.
+fn slow_tcp_reader_logged_out_then_resumes(io: &str) {
+    // The journal is deeper than the replies to one loop pass of pipelined requests, so the
+    // echo application never has a reply refused for backpressure (it would drop it): every
+    // processed request has its reply, and the slow reader is found when the journal holds
+    // nothing but unsent replies.
+    let gw = start(
+        io,
+        &[
+            "tcp.send_queue_bytes=32768",
+            "tcp.close_linger_ms=20000",
+            "journal.messages_per_session=4096",
+        ],
+    );
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    let mut bystander = Tcp::new(&gw, "rt-bystander");
+    bystander.log_on();
+    let (mut c, n) = stall_reader(&gw, b"rt-slow", &mut || bystander.step());
+    bystander.echo(&bodies(0..5));
+
+    // Read it all now: replies in order, then the LoggedOut, then the end.
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut last_seq = 1; // the LogonResponse
+    let farewell = loop {
+        let f = c.recv(10 * SECOND).expect("frames, then LoggedOut, before the end");
+        let m = decode(&f);
+        match m.body {
+            Body::App { type_id: 250, body } => {
+                assert_eq!(m.header.seq, last_seq + 1, "a gap before the LoggedOut");
+                got.push(body.to_vec());
+            }
+            Body::Heartbeat { .. } => assert_eq!(m.header.seq, last_seq + 1),
+            Body::LoggedOut { reason } => break (m.header.seq, reason.to_vec()),
+            other => panic!("unexpected {other:?}"),
+        }
+        last_seq = m.header.seq;
+    };
+    assert_eq!(String::from_utf8_lossy(&farewell.1), "send queue full");
+    assert!(farewell.0 > last_seq);
+    assert!(c.wait_closed(5 * SECOND), "connection left open after the LoggedOut");
+    assert!(
+        !got.is_empty() && got.len() < n as usize,
+        "{} of {n} replies before the stall",
+        got.len()
+    );
+    for (k, b) in got.iter().enumerate() {
+        assert_eq!(*b, slow_body(k as u32), "reply {k}");
+    }
+    wait_metric(addr, "sessions_detached_total", 1, 4 * SECOND, idle);
+
+    // Resume. The LogonResponse's lastProcessedSeqNum = L says which requests the gateway
+    // processed before it gave up on the connection (2..=L; those after were discarded). This
+    // client does not re-send the rest: it continues at L + 1 with a ResendRequest for what it
+    // missed, and accepts frames in sequence only, as a device does.
+    let mut r = RawTcp::connect(gw.tcp_addr);
+    let logon = Body::LogonRequest {
+        username: Username::new(b"rt-slow").unwrap(),
+        password: Password::new(b"pw").unwrap(),
+        reset_seq_num: false,
+    };
+    r.send(&encode(msg(2 + i64::from(n), logon)));
+    let f = r.recv(5 * SECOND).expect("LogonResponse");
+    let m = decode(&f);
+    assert!(matches!(m.body, Body::LogonResponse { .. }), "{m:?}");
+    let processed = m.header.last_processed;
+    assert!((2..=1 + i64::from(n)).contains(&processed), "lastProcessedSeqNum {processed}");
+    let want = (processed - 1) as usize;
+    assert!(got.len() <= want, "{} replies for {want} processed requests", got.len());
+    let rr = Body::ResendRequest { from: last_seq + 1, to: 0 };
+    r.send(&encode(msg(processed + 1, rr)));
+    let mut expect = last_seq + 1;
+    let next_reply = |r: &mut RawTcp, expect: &mut i64, got: usize| loop {
+        let f = r.recv(10 * SECOND).unwrap_or_else(|| {
+            panic!("{got} of {want} replies after the resume (expecting seq {expect})")
+        });
+        let m = decode(&f);
+        if m.header.seq != *expect {
+            assert!(m.header.seq > *expect, "seq {} again after {expect}", m.header.seq);
+            continue; // ahead of a gap: the resend brings it again
+        }
+        match m.body {
+            Body::App { type_id: 250, body } => {
+                *expect += 1;
+                return body.to_vec();
+            }
+            Body::GapFill { new_seq_num } => *expect = new_seq_num,
+            Body::Heartbeat { .. } | Body::LogonResponse { .. } => *expect += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    while got.len() < want {
+        let b = next_reply(&mut r, &mut expect, got.len());
+        got.push(b);
+    }
+    // Live traffic goes on after the resend.
+    let body = slow_body(want as u32);
+    r.send(&encode(msg(processed + 2, Body::App { type_id: 150, body: &body })));
+    got.push(next_reply(&mut r, &mut expect, got.len()));
+    for (k, b) in got.iter().enumerate() {
+        assert_eq!(*b, slow_body(k as u32), "reply {k} after the resume");
+    }
+    bystander.echo(&bodies(5..10));
+    let totals = gw.stop();
+    assert_eq!(totals.counters.get(Counter::SessionsResumed), 1);
+    assert_eq!(totals.counters.get(Counter::ProtocolViolations), 0);
+}
+
+/// Issue 3, slow readers. A client that never reads again does not hold its connection: after
+/// `tcp.close_linger_ms` the gateway aborts it (counted), and other sessions go on.
+fn slow_tcp_reader_that_never_reads_is_aborted(io: &str) {
+    let gw = start(io, &["tcp.send_queue_bytes=32768", "tcp.close_linger_ms=200"]);
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    let mut bystander = Tcp::new(&gw, "rt-bystander-2");
+    bystander.log_on();
+    let (mut c, _) = stall_reader(&gw, b"rt-stuck", &mut || bystander.step());
+    wait_metric(addr, "tcp_slow_reader_aborted_total", 1, 4 * SECOND, idle);
+    bystander.echo(&bodies(0..5));
+    // The connection is gone: reading drains what was in flight, then ends.
+    assert!(c.wait_closed(10 * SECOND), "aborted connection still open");
+    assert_eq!(metric(addr, "tcp_slow_reader_closed_total"), 1);
+    wait_metric(addr, "sessions_detached_total", 1, 4 * SECOND, idle);
+    gw.stop();
+}
+
+/// The acceptor (on io_uring with `io = "uring"`, on poll(2) with `"epoll"`, as /metrics says):
+/// a connection that sends no LogonRequest within `tcp.logon_timeout_ms` gets
+/// LoggedOut("logon timeout") and a close, counted; one whose LogonRequest arrives in two
+/// pieces is logged on; both at once, without holding each other up.
+fn tcp_logon_deadline_and_split_first_frame(io: &str) {
+    let gw = start(io, &["tcp.logon_timeout_ms=400"]);
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    let t0 = Instant::now();
+    let mut silent = RawTcp::connect(gw.tcp_addr);
+    let mut split = RawTcp::connect(gw.tcp_addr);
+    let logon = encode(msg(
+        1,
+        Body::LogonRequest {
+            username: Username::new(b"rt-split").unwrap(),
+            password: Password::new(b"pw").unwrap(),
+            reset_seq_num: true,
+        },
+    ));
+    split.send(&logon[..10]);
+    std::thread::sleep(Duration::from_millis(100));
+    split.send(&logon[10..]);
+    let f = split.recv(5 * SECOND).expect("LogonResponse after a split LogonRequest");
+    assert!(matches!(decode(&f).body, Body::LogonResponse { .. }), "{:?}", decode(&f));
+    assert!(t0.elapsed() < Duration::from_millis(400), "held up: {:?}", t0.elapsed());
+
+    let f = silent.recv(5 * SECOND).expect("LoggedOut at the logon deadline");
+    let waited = t0.elapsed();
+    assert_eq!(decode(&f).body, Body::LoggedOut { reason: b"logon timeout" });
+    assert!(waited >= Duration::from_millis(390), "early: {waited:?}");
+    assert!(waited < 3 * SECOND, "late: {waited:?}");
+    assert!(silent.wait_closed(5 * SECOND), "left open after the logon timeout");
+
+    let driver = if io == "uring" { "io_uring" } else { "poll" };
+    let want = [
+        format!("fleetgate_acceptor_info{{backend=\"{driver}\"}} 1"),
+        "fleetgate_tcp_accepts_total{outcome=\"logon_timeout\"} 1".to_string(),
+        "fleetgate_tcp_accepts_total{outcome=\"handed_off\"} 1".to_string(),
+    ];
+    let t1 = Instant::now();
+    loop {
+        let body = http_get(addr, "/metrics");
+        if want.iter().all(|w| body.contains(w.as_str())) {
+            break;
+        }
+        assert!(t1.elapsed() < 3 * SECOND, "want {want:?} in:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let totals = gw.stop();
+    assert_eq!(totals.acceptor.logon_timeouts, 1);
+    assert_eq!(totals.acceptor.handoffs, 1);
 }
 
 /// A RegistrationRequest answered with a RegistrationReject: its reason (and the reply is no

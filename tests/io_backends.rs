@@ -37,6 +37,7 @@ per_backend!(
     tcp_close_after_queued_data_delivers_everything,
     tcp_slow_reader_gets_full_without_blocking,
     tcp_abort_closes_a_slow_reader_at_once,
+    tcp_last_word_after_full_then_graceful_close,
     wake_reports_one_event,
     poll_zero_returns_promptly,
     conn_id_reuse_delivers_no_stale_events,
@@ -236,6 +237,67 @@ fn tcp_slow_reader_gets_full_without_blocking(flavor: Flavor) {
     assert_eq!(closed(&h.events, conn), 1, "{flavor:?}");
 }
 
+/// A peer that stops reading fills the queue: `tcp_room` then says less than a chunk, and the
+/// last word (`send_tcp_last`) still fits in the room kept for it. When the peer reads again it
+/// gets every byte queued, in order, then the last word, then a clean end of stream (a FIN, not
+/// a reset, although it had sent input the backend never read: input after `close_tcp` is read
+/// and discarded, never reported). TcpClosed comes once the peer closes too.
+fn tcp_last_word_after_full_then_graceful_close(flavor: Flavor) {
+    let cfg = BackendConfig { send_queue_bytes: 64 * 1024, ..cfg() };
+    let Some(mut h) = Harness::start(flavor, cfg) else { return };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let conn = h.b.register_tcp(server).unwrap();
+    assert!(h.b.tcp_room(conn) >= 16 * 1024, "{flavor:?}: an empty queue has room");
+
+    let mut sent = Vec::new();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < WAIT, "{flavor:?}: never Full after {} bytes", sent.len());
+        let chunk = pattern(sent.len(), 16 * 1024);
+        let r = h.b.send_tcp(conn, &chunk);
+        h.b.flush().unwrap();
+        h.poll(Some(Duration::ZERO));
+        match r {
+            Ok(()) => sent.extend_from_slice(&chunk),
+            Err(e) => {
+                assert_eq!(e, SendError::Full, "{flavor:?}");
+                break;
+            }
+        }
+    }
+    assert!(h.b.tcp_room(conn) < 16 * 1024, "{flavor:?}: room reported after Full");
+    client.write_all(b"input the backend never reports").unwrap();
+    h.b.send_tcp_last(conn, b"LAST WORD").unwrap();
+    assert_eq!(h.b.tcp_room(conn), 0, "{flavor:?}");
+    assert_eq!(h.b.send_tcp(conn, b"x"), Err(SendError::Closed), "{flavor:?}");
+    h.b.flush().unwrap();
+
+    let reader = std::thread::spawn(move || {
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client.read(&mut buf)? {
+                0 => return Ok((all, client)),
+                n => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let (all, client) = h.join_while_polling(reader);
+    sent.extend_from_slice(b"LAST WORD");
+    assert_eq!(all.len(), sent.len(), "{flavor:?}");
+    assert!(all == sent, "{flavor:?}: bytes differ");
+    assert_eq!(tcp_bytes(&h.events, conn), b"", "{flavor:?}: input reported after close");
+    assert_eq!(closed(&h.events, conn), 0, "{flavor:?}: closed before the peer");
+    drop(client);
+    assert!(h.poll_until(WAIT, |ev| closed(ev, conn) > 0), "{flavor:?}: no TcpClosed");
+    h.poll_for(STEP);
+    assert_eq!(closed(&h.events, conn), 1, "{flavor:?}");
+}
+
 /// A peer that never reads fills its queue; `abort_tcp` closes the connection at once (the
 /// queued bytes are discarded), reports one TcpClosed, and the peer sees the connection end.
 fn tcp_abort_closes_a_slow_reader_at_once(flavor: Flavor) {
@@ -349,11 +411,13 @@ fn conn_id_reuse_delivers_no_stale_events(flavor: Flavor) {
     let (_extra_client, extra) = tcp_pair();
     assert!(h.b.register_tcp(extra).is_err(), "{flavor:?}: a second slot out of one");
 
-    // The old peer keeps writing while the connection closes.
+    // The old peer keeps writing while the connection closes, then closes its end (a graceful
+    // close completes when the peer's end of stream arrives).
     old_client.write_all(b"old;").unwrap();
     h.b.close_tcp(old);
     let _ = old_client.write_all(b"old;");
     h.b.flush().unwrap();
+    old_client.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(h.poll_until(WAIT, |ev| closed(ev, old) > 0), "{flavor:?}: no TcpClosed");
     let _ = old_client.write_all(b"old;");
     h.poll_for(Duration::from_millis(20));

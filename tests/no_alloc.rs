@@ -503,7 +503,7 @@ impl Harness {
                 EndpointEvent::CloseConnection(_) | EndpointEvent::Ended(..) => {
                     self.surprises += 1;
                 }
-                EndpointEvent::ResendServed(_) => {}
+                EndpointEvent::ResendServed(_) | EndpointEvent::SlowReader(_) => {}
             }
         }
         any

@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::{Backend, BackendConfig, IoEvent, SendError, from_sockaddr, to_sockaddr};
+use super::{
+    Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr, to_sockaddr,
+};
 use crate::session::ConnId;
 
 const TOKEN_UDP: u64 = u64::MAX;
@@ -18,7 +20,10 @@ const READ_CHUNK: usize = 64 * 1024;
 struct Conn {
     stream: TcpStream,
     out: VecDeque<u8>,
+    /// `close_tcp` was called: write what is queued, then half-close.
     closing: bool,
+    /// Our FIN is queued; reading and discarding until the peer's end of stream.
+    half_closed: bool,
     writable_armed: bool,
 }
 
@@ -178,8 +183,11 @@ impl Epoll {
                     break;
                 }
                 Ok(n) => {
-                    on_event(IoEvent::TcpData { conn, data: &self.scratch[..n] });
-                    reported += 1;
+                    // Input after `close_tcp` is read only to be discarded.
+                    if !c.closing {
+                        on_event(IoEvent::TcpData { conn, data: &self.scratch[..n] });
+                        reported += 1;
+                    }
                     if n < self.scratch.len() {
                         break;
                     }
@@ -214,9 +222,12 @@ impl Epoll {
         }
         let (empty, closing, armed, fd) =
             (c.out.is_empty(), c.closing, c.writable_armed, c.stream.as_raw_fd());
-        if empty && closing {
-            self.drop_conn(idx);
-            return;
+        if empty && closing && !c.half_closed {
+            // Everything queued is written: the FIN follows it. Keep reading (and discarding)
+            // until the peer closes its end, so that no unread input makes the final close a
+            // reset that would discard what is still undelivered.
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            c.half_closed = true;
         }
         if empty == armed {
             let events = if empty { libc::EPOLLIN } else { libc::EPOLLIN | libc::EPOLLOUT } as u32;
@@ -226,6 +237,39 @@ impl Epoll {
                 }
             }
         }
+    }
+
+    /// Writes or queues `data` on a connection whose queue may hold at most `cap` bytes.
+    fn queue_tcp(&mut self, conn: ConnId, data: &[u8], cap: usize) -> Result<(), SendError> {
+        let idx = conn.0 as usize;
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return Err(SendError::Closed);
+        };
+        if c.closing {
+            return Err(SendError::Closed);
+        }
+        // All or nothing, checked before any byte is written: a message cut short would corrupt
+        // the stream for whatever follows it (such as the LoggedOut to a slow reader).
+        if c.out.len() + data.len() > cap {
+            return Err(SendError::Full);
+        }
+        let mut rest = data;
+        if c.out.is_empty() {
+            match c.stream.write(data) {
+                Ok(n) => rest = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.drop_conn(idx);
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        c.out.extend(rest);
+        self.write_tcp(idx);
+        Ok(())
     }
 
     fn drop_conn(&mut self, idx: usize) {
@@ -344,41 +388,32 @@ impl Backend for Epoll {
             .pop()
             .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
         self.conns[idx as usize] =
-            Some(Conn { stream, out, closing: false, writable_armed: false });
+            Some(Conn { stream, out, closing: false, half_closed: false, writable_armed: false });
         Ok(ConnId(idx))
     }
 
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
-        let cap = self.cfg.send_queue_bytes;
-        let idx = conn.0 as usize;
-        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-            return Err(SendError::Closed);
-        };
-        if c.closing {
-            return Err(SendError::Closed);
-        }
-        let mut rest = data;
-        if c.out.is_empty() {
-            match c.stream.write(data) {
-                Ok(n) => rest = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    self.drop_conn(idx);
-                    return Err(SendError::Closed);
-                }
-            }
-        }
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if c.out.len() + rest.len() > cap {
-            return Err(SendError::Full);
-        }
-        c.out.extend(rest);
-        self.write_tcp(idx);
-        Ok(())
+        // The last LAST_WORD_BYTES are kept for `send_tcp_last`.
+        let cap = self.cfg.send_queue_bytes.saturating_sub(LAST_WORD_BYTES);
+        self.queue_tcp(conn, data, cap)
     }
 
+    fn tcp_room(&self, conn: ConnId) -> usize {
+        match self.conns.get(conn.0 as usize).and_then(Option::as_ref) {
+            Some(c) if !c.closing => self
+                .cfg
+                .send_queue_bytes
+                .saturating_sub(LAST_WORD_BYTES)
+                .saturating_sub(c.out.len()),
+            _ => 0,
+        }
+    }
+
+    fn send_tcp_last(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        self.queue_tcp(conn, data, self.cfg.send_queue_bytes)?;
+        self.close_tcp(conn);
+        Ok(())
+    }
     fn close_tcp(&mut self, conn: ConnId) {
         let idx = conn.0 as usize;
         if let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) {

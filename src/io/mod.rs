@@ -14,12 +14,22 @@
 //!    and [`IoEvent::Wake`]. Slices are valid only during the callback.
 //! 2. [`Backend::send_to`] and [`Backend::send_tcp`] queue output. They copy the bytes: the
 //!    caller's buffer is free again on return. They never block: a full queue is
-//!    [`SendError::Full`] (the caller counts it; on TCP the session is logged out).
-//! 3. [`Backend::close_tcp`] closes a connection once its queued bytes are written (or the
-//!    peer goes away), then reports [`IoEvent::TcpClosed`]; [`Backend::abort_tcp`] closes it at
-//!    once, discarding what is queued (the slow-reader case).
+//!    [`SendError::Full`]. [`Backend::tcp_room`] says how much `send_tcp` takes now; the shard
+//!    keeps session output within it (see `Endpoint::poll_transmit_within`).
+//! 3. [`Backend::close_tcp`] closes a connection gracefully: once its queued bytes are handed
+//!    to the kernel it half-closes (`shutdown(SHUT_WR)`: the FIN follows the data), then reads
+//!    and discards until the peer closes its end, and only then closes the descriptor and
+//!    reports [`IoEvent::TcpClosed`]. (Closing a socket with unread input makes the kernel send
+//!    a reset that discards what it had not yet delivered, such as the LoggedOut just queued.)
+//!    No [`IoEvent::TcpData`] is reported after `close_tcp`. [`Backend::abort_tcp`] closes at
+//!    once, discarding what is queued; the shard aborts a closing connection whose peer has not
+//!    closed after `tcp.close_linger_ms`.
 //! 4. [`Backend::flush`] hands queued sends to the kernel (one `sendmmsg` or one
 //!    `io_uring_enter` for the batch).
+//!
+//! Every TCP send queue keeps its last [`LAST_WORD_BYTES`] for the connection's last message:
+//! `send_tcp` reports `Full` before using them, and [`Backend::send_tcp_last`] may. So a reader
+//! too slow to keep up can still be told LoggedOut, behind what is queued.
 //!
 //! [`Backend::register_tcp`] adopts an accepted, connected socket (from the acceptor's
 //! handoff) and returns its `ConnId`, below `max_connections`.
@@ -74,6 +84,11 @@ pub enum SendError {
     Closed,
 }
 
+/// Room every TCP send queue keeps for the connection's last message (a LoggedOut, whose reason
+/// is at most 64 bytes: 33 + 64 bytes framed), so a slow reader can still be told why it is
+/// closed.
+pub const LAST_WORD_BYTES: usize = 128;
+
 /// Sizes a backend allocates up front.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendConfig {
@@ -83,7 +98,8 @@ pub struct BackendConfig {
     pub batch: usize,
     /// TCP connections (`tcp.max_connections_per_shard`).
     pub max_connections: usize,
-    /// Per-connection send queue (`tcp.send_queue_bytes`).
+    /// Per-connection send queue (`tcp.send_queue_bytes`), [`LAST_WORD_BYTES`] of it kept for
+    /// [`Backend::send_tcp_last`].
     pub send_queue_bytes: usize,
 }
 
@@ -109,8 +125,14 @@ pub trait Backend {
     fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId>;
     /// Queues bytes on a connection.
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError>;
-    /// Closes a connection after its queued bytes.
+    /// Bytes [`Backend::send_tcp`] takes on this connection now (0 once it is closing).
+    fn tcp_room(&self, conn: ConnId) -> usize;
+    /// Closes a connection gracefully: its queued bytes, a FIN, then (once the peer has closed
+    /// its end) the descriptor; see the module docs.
     fn close_tcp(&mut self, conn: ConnId);
+    /// Queues `data`, the connection's last message, using the room kept for it if need be
+    /// ([`LAST_WORD_BYTES`]), then closes the connection as [`Backend::close_tcp`] does.
+    fn send_tcp_last(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError>;
     /// Closes a connection at once, discarding its queued bytes (a reader too slow to keep up);
     /// [`IoEvent::TcpClosed`] follows.
     fn abort_tcp(&mut self, conn: ConnId);

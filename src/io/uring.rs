@@ -15,7 +15,8 @@
 //! | TCP receive | one multishot `RECV` per connection           | provided-buffer ring, group 1      |
 //! | TCP send    | at most one `SEND` in flight per connection   | the connection's bounded send ring |
 //! | wake        | multishot `POLL_ADD` on the eventfd           | none (the eventfd is read inline)  |
-//! | TCP close   | `shutdown(2)`, then `ASYNC_CANCEL` of its ops | none                               |
+//! | TCP close   | queue drained, `shutdown(SHUT_WR)`, multishot `RECV` (discarding) to end of stream | none |
+//! | TCP abort   | `shutdown(SHUT_RDWR)`, then `ASYNC_CANCEL` of its ops | none                       |
 //!
 //! `send_to`, `send_tcp` and `close_tcp` only fill memory and queue SQEs; [`Backend::flush`] and
 //! [`Backend::poll`] hand the whole queue to the kernel in one `io_uring_enter`. `poll` waits
@@ -52,7 +53,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, Probe, Submitter, cqueue, opcode, squeue, types};
 
-use super::{Backend, BackendConfig, IoEvent, SendError, from_sockaddr, to_sockaddr};
+pub mod accept;
+
+use super::{
+    Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr, to_sockaddr,
+};
 use crate::session::ConnId;
 
 /// Checks that io_uring can be used here: the ring sets up, the kernel has the features and
@@ -324,7 +329,7 @@ impl Uring {
                 self.on_tcp_send(token, res);
                 0
             }
-            Some(Op::Cancel) | None => 0,
+            Some(Op::Cancel | Op::Accept) | None => 0,
         }
     }
 
@@ -401,7 +406,8 @@ impl Uring {
         };
         let mut reported = 0;
         if let Some(bid) = bid {
-            if let (Ok(len @ 1..), false) = (usize::try_from(res), phase == Phase::Draining) {
+            // Input after `close_tcp` is read only to be discarded.
+            if let (Ok(len @ 1..), true) = (usize::try_from(res), phase == Phase::Open) {
                 // SAFETY: this CQE hands buffer `bid` to us; it is recycled right after the
                 // callback, the last use of `data`.
                 let data = unsafe { self.tcp_bufs.filled(bid, len) };
@@ -493,11 +499,16 @@ impl Uring {
         match phase {
             Phase::Draining => return true,
             Phase::Closing if send == Lifecycle::Idle && queued == 0 => {
-                // Everything queued is written: close now.
-                self.teardown(idx);
-                return true;
+                // Everything queued is handed to the kernel: the FIN follows it. Keep reading
+                // (and discarding) until the peer closes its end, so that no unread input makes
+                // the final close a reset that would discard what is still undelivered.
+                // SAFETY: no pointers; the descriptor is open (owned by the connection).
+                let _ = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.phase = Phase::HalfClosed;
+                }
             }
-            Phase::Open | Phase::Closing => {}
+            Phase::Open | Phase::Closing | Phase::HalfClosed => {}
         }
         if recv == Lifecycle::Idle {
             let sqe = opcode::RecvMulti::new(types::Fd(fd), TCP_BGID)
@@ -714,13 +725,38 @@ impl Backend for Uring {
             _ => return Err(SendError::Closed),
         }
         let Some(out) = self.outs[idx].as_mut() else { return Err(SendError::Closed) };
-        if data.len() > out.free() {
+        if data.len().saturating_add(LAST_WORD_BYTES) > out.free() {
             return Err(SendError::Full);
         }
         if !data.is_empty() {
             out.append(data);
             self.kick(idx);
         }
+        Ok(())
+    }
+
+    fn tcp_room(&self, conn: ConnId) -> usize {
+        let idx = conn.0 as usize;
+        match (self.conns.get(idx).and_then(Option::as_ref), self.outs.get(idx)) {
+            (Some(c), Some(Some(out))) if c.phase == Phase::Open => {
+                out.free().saturating_sub(LAST_WORD_BYTES)
+            }
+            _ => 0,
+        }
+    }
+
+    fn send_tcp_last(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        let idx = conn.0 as usize;
+        match self.conns.get(idx).and_then(Option::as_ref) {
+            Some(c) if c.phase == Phase::Open => {}
+            _ => return Err(SendError::Closed),
+        }
+        let Some(out) = self.outs[idx].as_mut() else { return Err(SendError::Closed) };
+        if data.len() > out.free() {
+            return Err(SendError::Full);
+        }
+        out.append(data);
+        self.close_tcp(conn);
         Ok(())
     }
 
@@ -813,11 +849,20 @@ enum Op {
     TcpRecv = 4,
     TcpSend = 5,
     Cancel = 6,
+    /// The acceptor's multishot accept ([`accept`]).
+    Accept = 7,
 }
 
 impl Op {
-    const VALUES: [Self; 6] =
-        [Self::UdpRecv, Self::UdpSend, Self::Wake, Self::TcpRecv, Self::TcpSend, Self::Cancel];
+    const VALUES: [Self; 7] = [
+        Self::UdpRecv,
+        Self::UdpSend,
+        Self::Wake,
+        Self::TcpRecv,
+        Self::TcpSend,
+        Self::Cancel,
+        Self::Accept,
+    ];
 
     fn from_bits(bits: u8) -> Option<Self> {
         Self::VALUES.into_iter().find(|op| *op as u8 == bits)
@@ -839,8 +884,10 @@ enum Lifecycle {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// `close_tcp` was called: send what is queued, then tear down.
+    /// `close_tcp` was called: send what is queued, then half-close.
     Closing,
+    /// Our FIN is queued; reading and discarding until the peer's end of stream.
+    HalfClosed,
     /// Shut down; waiting for the final CQEs of its ops before the slot is freed.
     Draining,
 }

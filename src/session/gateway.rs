@@ -638,6 +638,32 @@ impl GatewaySession {
         let _ = now;
     }
 
+    /// True when the journal holds only unsent messages: one more application message would be
+    /// refused (backpressure).
+    pub(crate) fn output_full(&self) -> bool {
+        self.journal.is_full() && self.journal.head() >= self.live_ord
+    }
+
+    /// The transport cannot take more output (a TCP reader too slow to keep up). Whatever is
+    /// unsent counts as sent (the journal keeps it for a resend after resume), a
+    /// LoggedOut("send queue full") is queued as the only output, and once it is sent the session
+    /// is kept detached, as after a heartbeat timeout. False, with nothing queued, when the session
+    /// is already ending.
+    pub(crate) fn stalled(&mut self, now: Timestamp, c: &mut Counters) -> bool {
+        if !self.state.is_attached() {
+            return false;
+        }
+        self.skip_unsent();
+        self.close_then(
+            now,
+            CloseReason::OutputOverflow,
+            AfterLogout::Detach,
+            b"send queue full",
+            c,
+        );
+        true
+    }
+
     /// The transport went away (TCP closed, or the endpoint gave up on it).
     pub(crate) fn transport_lost(&mut self, now: Timestamp) {
         match self.state {
@@ -990,7 +1016,7 @@ impl GatewaySession {
                 let room = buf.len().min(self.cfg.max_datagram);
                 (write_prefix(buf, self.id), room)
             }
-            Transport::Tcp => (0, buf.len()),
+            Transport::Tcp => (0, buf.len().min(self.cfg.max_tcp_write)),
         }
     }
 

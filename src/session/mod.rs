@@ -92,6 +92,10 @@ pub struct SessionConfig {
     pub detached_ttl: Duration,
     /// Largest UDP datagram sent, prefix included (`udp.max_datagram`, 1400 bytes).
     pub max_datagram: usize,
+    /// Largest TCP transmit (messages are coalesced up to this): it must fit the connection's
+    /// send queue outside the room kept for a last LoggedOut (`tcp.send_queue_bytes` − 128,
+    /// at most 64 KiB).
+    pub max_tcp_write: usize,
     /// Journal sizing (`journal.messages_per_session`, 64; `journal.slot_bytes`, 256).
     pub journal: JournalConfig,
 }
@@ -106,6 +110,7 @@ impl Default for SessionConfig {
             ack_delay: Duration::from_millis(20),
             detached_ttl: Duration::from_secs(300),
             max_datagram: 1400,
+            max_tcp_write: 64 * 1024,
             journal: JournalConfig::default(),
         }
     }
@@ -128,6 +133,9 @@ impl SessionConfig {
         }
         if self.journal.slot_bytes + crate::protocol::DATAGRAM_PREFIX_LEN > self.max_datagram {
             return Err("journal.slot_bytes must fit in udp.max_datagram minus the 8-byte prefix");
+        }
+        if self.journal.slot_bytes > self.max_tcp_write {
+            return Err("tcp.send_queue_bytes must hold journal.slot_bytes plus 128");
         }
         Ok(())
     }

@@ -562,6 +562,8 @@ impl Net {
                     }
                     EndpointEvent::Ended(..) => {}
                     EndpointEvent::ResendServed(_) => self.stats.resends_served += 1,
+                    // The simulated stream has unlimited room.
+                    EndpointEvent::SlowReader(_) => {}
                 }
             }
             for i in 0..self.devices.len() {

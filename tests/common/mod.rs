@@ -550,13 +550,15 @@ pub(crate) struct RawTcp {
     deframer: Deframer,
     /// The gateway closed the connection.
     pub(crate) closed: bool,
+    /// The read error that ended it, if it was not a clean end of stream.
+    pub(crate) error: Option<String>,
 }
 
 impl RawTcp {
     /// Connects.
     pub(crate) fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        Self { stream, deframer: Deframer::new(64 * 1024), closed: false }
+        Self { stream, deframer: Deframer::new(64 * 1024), closed: false, error: None }
     }
 
     /// Writes bytes.
@@ -588,7 +590,11 @@ impl RawTcp {
                     self.deframer.push(&buf[..n]);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => self.closed = true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.closed = true;
+                    self.error = Some(e.to_string());
+                }
             }
         }
     }
