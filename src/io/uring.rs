@@ -619,23 +619,7 @@ impl Uring {
             // SAFETY: no pointers; the descriptor is open (owned by `c`).
             let _ = unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(Token::CANCEL.0);
-        // SAFETY: no pointers.
-        let _ = unsafe { self.push(&sqe) };
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
-        while self.inflight > 0 && Instant::now() < deadline {
-            if self.enter(Some(QUIESCE_STEP)).is_err() {
-                break;
-            }
-            for cqe in self.ring.completion() {
-                if !cqueue::more(cqe.flags()) {
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-        }
-        self.inflight == 0
+        cancel_all_and_wait(&mut self.ring, &mut self.inflight)
     }
 }
 
@@ -1162,6 +1146,38 @@ impl SendRing {
         self.head = 0;
         self.len = 0;
     }
+}
+
+/// Cancels every operation on an enabled ring and waits, bounded by `QUIESCE_TIMEOUT`, for the
+/// final CQE of each of the `inflight` ones. True when none is left (the memory they used may
+/// then be freed).
+fn cancel_all_and_wait(ring: &mut IoUring, inflight: &mut usize) -> bool {
+    let sqe =
+        opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(Token::CANCEL.0);
+    for _ in 0..2 {
+        // SAFETY: no pointers.
+        if unsafe { ring.submission().push(&sqe) }.is_ok() {
+            *inflight += 1;
+            break;
+        }
+        // A full queue: hand it to the kernel, then try again.
+        let _ = ring.submit();
+    }
+    let deadline = Instant::now() + QUIESCE_TIMEOUT;
+    while *inflight > 0 && Instant::now() < deadline {
+        let ts = types::Timespec::from(QUIESCE_STEP);
+        match ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)) {
+            Ok(_) => {}
+            Err(e) if transient(&e) => {}
+            Err(_) => break,
+        }
+        for cqe in ring.completion() {
+            if !cqueue::more(cqe.flags()) {
+                *inflight = inflight.saturating_sub(1);
+            }
+        }
+    }
+    *inflight == 0
 }
 
 /// Sets up a ring with the best setup the kernel accepts, or exactly `only`.

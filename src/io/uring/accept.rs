@@ -17,13 +17,13 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
 use super::{
-    BufRing, Lifecycle, MIN_DATAGRAM_BUF, NAME_LEN, Op, QUIESCE_STEP, QUIESCE_TIMEOUT,
-    RECVMSG_OUT_LEN, Region, SendSlots, Token, UDP_BGID, setup_ring, sockaddr_from_name, transient,
+    BufRing, Lifecycle, MIN_DATAGRAM_BUF, NAME_LEN, Op, RECVMSG_OUT_LEN, Region, SendSlots, Token,
+    UDP_BGID, cancel_all_and_wait, setup_ring, sockaddr_from_name, transient,
 };
 use crate::acceptor::{Core, Step, refuse};
 use crate::shard::{HANDOFF_BYTES, Handoff};
@@ -429,27 +429,7 @@ impl Ring {
         if self.inflight == 0 || self.disabled {
             return true;
         }
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(Token::CANCEL.0);
-        // SAFETY: no pointers.
-        let _ = unsafe { self.push(&sqe) };
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
-        while self.inflight > 0 && Instant::now() < deadline {
-            let ts = types::Timespec::from(QUIESCE_STEP);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !transient(&e) {
-                    break;
-                }
-            }
-            for cqe in self.ring.completion() {
-                if !cqueue::more(cqe.flags()) {
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-        }
-        self.inflight == 0
+        cancel_all_and_wait(&mut self.ring, &mut self.inflight)
     }
 
     /// Leaves every region the kernel may still write mapped (rule 18).
