@@ -957,13 +957,8 @@ impl Endpoint {
         if !slot.in_use {
             return;
         }
-        if slot.blocked && !slot.stalled && slot.session.output_full() {
-            // Parked, and its journal holds nothing but unsent messages: a slow reader.
-            if let Link::Tcp(conn) = slot.link {
-                if self.stall(now, index, conn) {
-                    return;
-                }
-            }
+        if self.check_stalled(now, index) {
+            return; // `stall` has settled it
         }
         let slot = &mut self.sessions.slots[index as usize];
         if let Some(d) = slot.session.take_resend_done() {
@@ -1155,13 +1150,14 @@ impl Endpoint {
 
     /// A parked session that cannot journal more output is a slow reader (see
     /// [`Endpoint::poll_transmit_within`]).
-    fn check_stalled(&mut self, now: Timestamp, index: u32) {
-        let slot = &mut self.sessions.slots[index as usize];
-        if !slot.blocked || slot.stalled || !slot.session.output_full() {
-            return;
-        }
-        if let Link::Tcp(conn) = slot.link {
-            self.stall(now, index, conn);
+    /// True if it started the goodbye (and settled the session).
+    fn check_stalled(&mut self, now: Timestamp, index: u32) -> bool {
+        let slot = &self.sessions.slots[index as usize];
+        match slot.link {
+            Link::Tcp(conn) if slot.blocked && !slot.stalled && slot.session.output_full() => {
+                self.stall(now, index, conn)
+            }
+            _ => false,
         }
     }
 
