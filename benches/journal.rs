@@ -24,10 +24,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_main};
+use fleetgate::counters::Counter;
 use fleetgate::journal::{Journal, JournalConfig};
 use fleetgate::protocol::Body;
 use fleetgate::session::Transport;
-use fleetgate::stats::Counter;
 
 #[allow(dead_code, reason = "shared with the session bench, which uses other parts")]
 mod support;

@@ -32,10 +32,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_main};
+use fleetgate::counters::Counter;
 use fleetgate::journal::JournalConfig;
 use fleetgate::protocol::{Body, DATAGRAM_PREFIX_LEN, offset};
 use fleetgate::session::Transport;
-use fleetgate::stats::Counter;
 
 #[allow(dead_code, reason = "shared with the journal bench, which uses other parts")]
 mod support;

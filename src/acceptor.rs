@@ -29,7 +29,8 @@ use crate::protocol::{Body, ConnectionRejectReason, DecodeError, Header, Message
 use crate::session::handshake::{
     CookieKey, HandshakeConfig, HandshakeOutcome, answer_connection_request, shard_for,
 };
-use crate::shard::{Clock, HANDOFF_BYTES, Handoff, cookie_keys};
+use crate::shard::{HANDOFF_BYTES, Handoff, cookie_keys};
+use crate::time::Clock;
 use crate::time::Timestamp;
 
 /// Everything the acceptor needs.

@@ -14,9 +14,10 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 
+use crate::counters::{Counter, Counters};
 use crate::session::{Link, State};
-use crate::shard::{Clock, Snapshot};
-use crate::stats::{Counter, Counters};
+use crate::shard::Snapshot;
+use crate::time::Clock;
 
 /// Shard-side ends of the snapshot queues.
 pub struct ShardLink {

@@ -23,10 +23,12 @@
 pub mod acceptor;
 pub mod app;
 pub mod config;
+pub mod counters;
 pub mod credentials;
 pub mod demo;
 pub mod hist;
 pub mod housekeeping;
+pub mod ids;
 pub mod io;
 pub mod journal;
 pub mod loadgen;
@@ -34,7 +36,6 @@ pub mod protocol;
 pub mod serve;
 pub mod session;
 pub mod shard;
-pub mod stats;
 pub mod time;
 pub mod trace;
 

@@ -12,12 +12,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::{self, AcceptorCounters, AcceptorSpec};
 use crate::config::Config;
+use crate::counters::Counters;
 use crate::housekeeping::{self, ShardLink, View};
 use crate::io::{self, BackendConfig};
 use crate::session::handshake::HandshakeConfig;
 use crate::session::{Authenticator, Endpoint};
-use crate::shard::{self, Clock, ShardSpec, Snapshot};
-use crate::stats::Counters;
+use crate::shard::{self, ShardSpec, Snapshot};
+use crate::time::Clock;
 
 /// A running gateway.
 pub struct Gateway {

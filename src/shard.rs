@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::counters::{Counter, Counters};
 use crate::io::{Backend, IoEvent, SendError};
 use crate::protocol::{Body, Datagram, Deframer, DeviceUid, Header, Message};
 use crate::session::handshake::{CookieKey, CookieKeys};
 use crate::session::{
     Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, SessionInfo, State,
 };
-use crate::stats::{Counter, Counters};
-use crate::time::Timestamp;
+use crate::time::{Clock, Timestamp};
 use crate::trace::{TraceFilter, TraceRecord};
 
 /// Handoffs taken per loop pass.
@@ -45,40 +45,6 @@ pub struct Handoff {
     pub len: usize,
     /// When the acceptor accepted the connection (for the handshake-time histogram).
     pub accepted: Timestamp,
-}
-
-/// The process-wide time base: monotonic nanoseconds since start-up, plus the offset to the
-/// Unix epoch for `sendTime`.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    origin: Instant,
-    wall_offset_ns: i64,
-}
-
-impl Clock {
-    /// Starts the clock now.
-    pub fn new() -> Self {
-        let origin = Instant::now();
-        let wall =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self { origin, wall_offset_ns: wall.as_nanos() as i64 }
-    }
-
-    /// Now.
-    pub fn now(&self) -> Timestamp {
-        Timestamp::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-
-    /// Offset from [`Clock::now`] to Unix-epoch nanoseconds.
-    pub fn wall_offset_ns(&self) -> i64 {
-        self.wall_offset_ns
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Cookie keys for the rotation epoch containing `now`: derived from the start-up secret, so the

@@ -1,9 +1,11 @@
-//! Time as data: the sans-IO core never reads a clock, it is handed a [`Timestamp`].
+//! Time as data: the sans-IO core never reads a clock, it is handed a [`Timestamp`]. The
+//! runtime and the tools read the process [`Clock`] and pass what it says down.
 
 #![forbid(unsafe_code)]
 
 use core::ops::{Add, Sub};
 use core::time::Duration;
+use std::time::Instant;
 
 /// A point in time in nanoseconds since an arbitrary origin chosen by the driver (a monotonic
 /// clock in the runtime, zero in simulations).
@@ -46,5 +48,39 @@ impl Sub for Timestamp {
 
     fn sub(self, earlier: Self) -> Duration {
         self.saturating_since(earlier)
+    }
+}
+
+/// The process-wide time base: monotonic nanoseconds since start-up, plus the offset to the
+/// Unix epoch for `sendTime`. Only the drivers (runtime, tools) read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+    wall_offset_ns: i64,
+}
+
+impl Clock {
+    /// Starts the clock now.
+    pub fn new() -> Self {
+        let origin = Instant::now();
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Self { origin, wall_offset_ns: wall.as_nanos() as i64 }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    /// Offset from [`Clock::now`] to Unix-epoch nanoseconds.
+    pub fn wall_offset_ns(&self) -> i64 {
+        self.wall_offset_ns
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
     }
 }

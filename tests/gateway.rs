@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fleetgate::counters::Counter;
 use fleetgate::credentials::{Credentials, add_user};
 use fleetgate::loadgen::FeedChecker;
 use fleetgate::protocol::{Body, Password, Username};
 use fleetgate::session::{DeviceState, EndReason};
-use fleetgate::stats::Counter;
 
 const SECOND: Duration = Duration::from_secs(1);
 

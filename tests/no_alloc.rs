@@ -42,6 +42,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fleetgate::counters::{Counter, Counters};
 use fleetgate::protocol::Deframer;
 use fleetgate::session::handshake::{
     CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
@@ -50,7 +51,6 @@ use fleetgate::session::{
     Application, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, Endpoint,
     EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, State, Transport,
 };
-use fleetgate::stats::{Counter, Counters};
 use fleetgate::time::Timestamp;
 
 // ---------------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate::config::Config;
+use fleetgate::counters::Counter;
 use fleetgate::serve::Gateway;
 use fleetgate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, OpenLogon, Transport,
 };
-use fleetgate::shard::Clock;
-use fleetgate::stats::Counter;
+use fleetgate::time::Clock;
 
 struct Counting;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{
     Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr, to_sockaddr,
 };
-use crate::session::ConnId;
+use crate::ids::ConnId;
 
 const TOKEN_UDP: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;

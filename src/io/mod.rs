@@ -44,7 +44,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::session::ConnId;
+use crate::ids::ConnId;
 
 pub mod epoll;
 pub mod uring;

@@ -58,7 +58,7 @@ pub mod accept;
 use super::{
     Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr, to_sockaddr,
 };
-use crate::session::ConnId;
+use crate::ids::ConnId;
 
 /// Checks that io_uring can be used here: the ring sets up, the kernel has the features and
 /// opcodes the backend relies on, and a trial backend receives and sends a datagram on

@@ -24,7 +24,7 @@ use crate::protocol::Deframer;
 use crate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason, Transport,
 };
-use crate::shard::Clock;
+use crate::time::Clock;
 use crate::time::Timestamp;
 
 pub mod check;

@@ -10,16 +10,13 @@ use super::SessionConfig;
 use super::gateway::{Deliver, GatewaySession, SendError, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
 use super::state::{CloseReason, State};
+use crate::counters::{Counter, Counters};
+use crate::ids::{ConnId, SessionHandle};
 use crate::protocol::{
     Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, DeviceUid, Header, Message,
     RegistrationRejectReason, Username, write_prefix,
 };
-use crate::stats::{Counter, Counters};
 use crate::time::Timestamp;
-
-/// A TCP connection, numbered by the driver (an index below `max_connections`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u32);
 
 /// Where a session's output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,20 +60,6 @@ pub enum EndpointEvent {
     /// This connection's reader is too slow: its session says LoggedOut("send queue full")
     /// next ([`Transmit::last`]) and is kept detached for resume.
     SlowReader(ConnId),
-}
-
-/// A generation-checked index into the session slab.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SessionHandle {
-    index: u32,
-    generation: u32,
-}
-
-impl SessionHandle {
-    /// The slab index.
-    pub fn index(self) -> u32 {
-        self.index
-    }
 }
 
 /// Checks credentials. Implementations compare in constant time.
@@ -138,13 +121,13 @@ impl Outbox<'_> {
     ) -> Result<i64, SendError> {
         let Sessions { slots, counters, .. } = &mut *self.sessions;
         let Some(slot) = slots
-            .get_mut(session.index as usize)
-            .filter(|s| s.in_use && s.generation == session.generation)
+            .get_mut(session.index() as usize)
+            .filter(|s| s.in_use && s.generation == session.generation())
         else {
             return Err(SendError::NotActive);
         };
         let r = slot.session.send_app(self.now, type_id, body, counters);
-        self.sessions.mark_dirty(session.index);
+        self.sessions.mark_dirty(session.index());
         r
     }
 
@@ -423,7 +406,7 @@ impl Endpoint {
     /// The connections list.
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
         self.sessions.slots.iter().enumerate().filter(|(_, s)| s.in_use).map(|(i, s)| SessionInfo {
-            handle: SessionHandle { index: i as u32, generation: s.generation },
+            handle: SessionHandle::new(i as u32, s.generation),
             id: s.session.id(),
             device_uid: *s.session.device_uid(),
             username: *s.session.username(),
@@ -437,8 +420,8 @@ impl Endpoint {
 
     /// The session behind a handle.
     pub fn session(&self, h: SessionHandle) -> Option<&GatewaySession> {
-        let s = self.sessions.slots.get(h.index as usize)?;
-        (s.in_use && s.generation == h.generation).then_some(&s.session)
+        let s = self.sessions.slots.get(h.index() as usize)?;
+        (s.in_use && s.generation == h.generation()).then_some(&s.session)
     }
 
     /// Finds a session by id.
@@ -447,7 +430,7 @@ impl Endpoint {
     }
 
     fn handle(&self, index: u32) -> SessionHandle {
-        SessionHandle { index, generation: self.sessions.slots[index as usize].generation }
+        SessionHandle::new(index, self.sessions.slots[index as usize].generation)
     }
 
     /// Sends an application message on `session` from outside the application (tests, tools).
@@ -972,7 +955,7 @@ impl Endpoint {
                         *c = None;
                     }
                 }
-                let handle = SessionHandle { index, generation: slot.generation };
+                let handle = SessionHandle::new(index, slot.generation);
                 slot.link = Link::None;
                 slot.in_use = false;
                 slot.scheduled = None;

@@ -15,12 +15,12 @@ use super::SessionConfig;
 use super::control::{CONTROL_CAP, Control, ControlQueue, ReasonBuf};
 use super::state::{AfterLogout, CloseReason, Event, State, Transport};
 use super::timer::{Timer, TimerTable};
+use crate::counters::{Counter, Counters};
 use crate::journal::Journal;
 use crate::protocol::{
     Body, DATAGRAM_PREFIX_LEN, DecodeError, DeviceUid, FLAG_RESEND, HEADER_LEN, Header, Message,
     MessageType, Password, RejectReason, Username, align8, offset, write_prefix,
 };
-use crate::stats::{Counter, Counters};
 use crate::time::Timestamp;
 
 /// Why an application message could not be queued.

@@ -65,12 +65,14 @@ pub use device::{
     EndReason,
 };
 pub use endpoint::{
-    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy,
-    GroupSettings, Link, OpenLogon, Outbox, SessionHandle, SessionInfo, Transmit,
+    Application, Authenticator, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy,
+    GroupSettings, Link, OpenLogon, Outbox, SessionInfo, Transmit,
 };
 pub use gateway::{GatewaySession, SendError};
 pub use state::{AfterLogout, CloseReason, Event, InvalidTransition, State, Transport};
 pub use timer::{Timer, TimerTable};
+
+pub use crate::ids::{ConnId, SessionHandle};
 
 use crate::journal::JournalConfig;
 

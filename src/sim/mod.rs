@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::counters::Counter;
 use crate::protocol::Datagram;
 use crate::protocol::Deframer;
 use crate::session::handshake::{
@@ -21,7 +22,6 @@ use crate::session::{
     Application, Authenticator, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, Endpoint,
     EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, SessionInfo, Transport,
 };
-use crate::stats::Counter;
 use crate::time::Timestamp;
 
 #[cfg(test)]

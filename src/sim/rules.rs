@@ -12,11 +12,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
+use crate::counters::Counter;
 use crate::protocol::{
     Body, DeviceUid, FLAG_RESEND, Header, Message, MessageType, Password, Username,
 };
 use crate::session::{Authenticator, DeviceState, EndReason, SessionHandle, State};
-use crate::stats::Counter;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -15,7 +15,7 @@ use fleetgate::session::{
     Authenticator, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason,
     OpenLogon, Transport,
 };
-use fleetgate::shard::Clock;
+use fleetgate::time::Clock;
 
 /// A gateway with open logon (see [`start_with_auth`]).
 pub(crate) fn start(io: &str, extra: &[&str]) -> Gateway {
