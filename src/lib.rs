@@ -21,10 +21,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod acceptor;
-pub mod app;
+pub mod apps;
 pub mod config;
 pub mod counters;
-pub mod credentials;
 pub mod demo;
 pub mod hist;
 pub mod housekeeping;
@@ -37,6 +36,7 @@ pub mod serve;
 pub mod session;
 pub mod shard;
 pub mod time;
+pub mod tools;
 pub mod trace;
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Parser, Subcommand};
 
 use fleetgate::config::Config;
-use fleetgate::credentials::{self, Credentials};
 use fleetgate::serve::Gateway;
+use fleetgate::session::Credentials;
 use fleetgate::session::{Authenticator, OpenLogon};
+use fleetgate::tools::passwd;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -299,7 +300,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         &cfg.auth.credentials,
         cfg.auth.open_logon,
     ) {
-        (Some(p), _) => Arc::new(Credentials::load(p.as_ref())?),
+        (Some(p), _) => Arc::new(passwd::load(p.as_ref())?),
         (None, true) => {
             eprintln!("fleetgate: WARNING: open logon: any username and password is accepted");
             Arc::new(OpenLogon)
@@ -447,7 +448,7 @@ fn passwd(a: PasswdArgs) -> Result<ExitCode, String> {
     if pw.is_empty() || pw.len() > 32 {
         return Err("password must be 1..=32 characters (read from stdin)".into());
     }
-    credentials::add_user(&a.file, &a.user, pw.as_bytes())?;
+    passwd::add_user(&a.file, &a.user, pw.as_bytes())?;
     eprintln!("fleetgate: {} updated for {}", a.file.display(), a.user);
     Ok(ExitCode::SUCCESS)
 }

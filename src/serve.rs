@@ -302,7 +302,7 @@ fn start_shard(
         cores.iter().find(|c| c.id == want).copied()
     };
     let app =
-        crate::app::builtin(&cfg.gateway.app, Duration::from_millis(cfg.gateway.feed_interval_ms))
+        crate::apps::builtin(&cfg.gateway.app, Duration::from_millis(cfg.gateway.feed_interval_ms))
             .ok_or_else(|| format!("unknown gateway.app {:?}", cfg.gateway.app))?;
     let spec = ShardSpec {
         index: i,
@@ -332,7 +332,7 @@ fn start_shard(
             .group_apps()
             .iter()
             .filter_map(|n| {
-                crate::app::builtin(n, Duration::from_millis(cfg.gateway.feed_interval_ms))
+                crate::apps::builtin(n, Duration::from_millis(cfg.gateway.feed_interval_ms))
             })
             .collect(),
     };

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleetgate::counters::Counter;
-use fleetgate::credentials::{Credentials, add_user};
 use fleetgate::loadgen::FeedChecker;
 use fleetgate::protocol::{Body, Password, Username};
 use fleetgate::session::{DeviceState, EndReason};
+use fleetgate::tools::passwd::{add_user, load};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -473,7 +473,7 @@ fn bad_credentials(io: &str) {
     let path = dir.0.join("credentials");
     add_user(&path, "alice", b"right-password").unwrap();
     add_user(&path, "bob", b"bob-password").unwrap();
-    let auth = Arc::new(Credentials::load(&path).unwrap());
+    let auth = Arc::new(load(&path).unwrap());
     let cred = format!("auth.credentials=\"{}\"", path.display());
     // One shard: the failure count per source address is kept per shard.
     let gw = start_with_auth(io, &[&cred, "gateway.shards=1"], auth);

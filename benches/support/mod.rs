@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleetgate::app::Echo;
+use fleetgate::apps::Echo;
 use fleetgate::protocol::{Body, Deframer, Header, Message, write_prefix};
 use fleetgate::session::handshake::{
     CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,

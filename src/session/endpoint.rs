@@ -7,6 +7,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use super::SessionConfig;
+use super::auth::Authenticator;
 use super::gateway::{Deliver, GatewaySession, SendError, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
 use super::state::{CloseReason, State};
@@ -60,22 +61,6 @@ pub enum EndpointEvent {
     /// This connection's reader is too slow: its session says LoggedOut("send queue full")
     /// next ([`Transmit::last`]) and is kept detached for resume.
     SlowReader(ConnId),
-}
-
-/// Checks credentials. Implementations compare in constant time.
-pub trait Authenticator {
-    /// True if `password` is right for `username`.
-    fn check(&self, username: &[u8], password: &[u8]) -> bool;
-}
-
-/// Accepts every logon (only behind the operator's explicit `--open-logon`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OpenLogon;
-
-impl Authenticator for OpenLogon {
-    fn check(&self, _: &[u8], _: &[u8]) -> bool {
-        true
-    }
 }
 
 /// An application behind the gateway (DESIGN.md §1.4): gets the application messages of every
@@ -1198,8 +1183,9 @@ fn failure_slot(ip: IpAddr) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::Echo;
+    use crate::apps::Echo;
     use crate::protocol::{Password, Username};
+    use crate::session::OpenLogon;
     use crate::session::handshake::CookieKey;
 
     const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);

@@ -51,6 +51,7 @@
 
 use core::time::Duration;
 
+pub mod auth;
 mod control;
 mod device;
 mod endpoint;
@@ -59,14 +60,15 @@ pub mod handshake;
 mod state;
 mod timer;
 
+pub use auth::{Authenticator, Credentials, OpenLogon};
 pub use control::ReasonBuf;
 pub use device::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, DeviceStats, DeviceTransmit,
     EndReason,
 };
 pub use endpoint::{
-    Application, Authenticator, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy,
-    GroupSettings, Link, OpenLogon, Outbox, SessionInfo, Transmit,
+    Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,
+    SessionInfo, Transmit,
 };
 pub use gateway::{GatewaySession, SendError};
 pub use state::{AfterLogout, CloseReason, Event, InvalidTransition, State, Transport};

@@ -2191,7 +2191,7 @@ fn device_group_sets_heartbeat_and_journal_depth() {
 #[test]
 fn device_group_selects_its_application() {
     let mut net = Net::with_app(1, sim_config(), Some(Duration::from_millis(100)));
-    let silent = net.gateway.add_app(Box::new(crate::app::Silent));
+    let silent = net.gateway.add_app(Box::new(crate::apps::Silent));
     assert_eq!(silent, 1);
     net.gateway.set_groups(Box::new(move |config: &[u8]| {
         let pdt = config.split(|&b| b == b'~').nth(4) == Some(&b"PDT9090_E5"[..]);

@@ -1,0 +1,3 @@
+//! The command-line tools around the gateway.
+
+pub mod passwd;
