@@ -306,8 +306,7 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
         for p in &pending {
             fds.push(libc::pollfd { fd: p.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
-        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        let n = crate::io::sys::poll(&mut fds, 50);
         if n < 0 {
             continue;
         }

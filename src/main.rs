@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use clap::{Args, Parser, Subcommand};
 
 use fleetgate::config::Config;
+use fleetgate::io::sys::{self, Limit};
 use fleetgate::serve::Gateway;
 use fleetgate::session::Credentials;
 use fleetgate::session::{Authenticator, OpenLogon};
@@ -235,15 +236,9 @@ struct CheckArgs {
     sysctl: PathBuf,
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    raise_open_files_limit();
+    sys::raise_open_files_limit();
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Passwd(a) => passwd(a),
@@ -312,11 +307,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             Arc::new(Credentials::default())
         }
     };
-    // SAFETY: installs a handler that only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
+    sys::catch_terminate();
     let mut gw = Gateway::start(&cfg, auth)?;
     eprintln!(
         "fleetgate: serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
@@ -329,7 +320,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     );
     let flag = gw.shutdown_flag();
     std::thread::spawn(move || {
-        while !SIGNALLED.load(Ordering::Relaxed) {
+        while !sys::terminate_requested() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         eprintln!("fleetgate: shutting down");
@@ -470,22 +461,14 @@ fn check(a: CheckArgs) -> Result<ExitCode, String> {
             println!("{} io_uring unusable ({e}); the epoll backend will be used", mark(false))
         }
     }
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the live struct passed.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
-    println!("{} memlock limit {} KiB", mark(rl.rlim_cur >= 64 << 10), rl.rlim_cur >> 10);
-    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: as above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
-    let ok_nofile = nofile.rlim_cur >= 4096;
+    let memlock = sys::soft_limit(Limit::LockedMemory);
+    println!("{} memlock limit {} KiB", mark(memlock >= 64 << 10), memlock >> 10);
+    let nofile = sys::soft_limit(Limit::OpenFiles);
+    let ok_nofile = nofile >= 4096;
     if !ok_nofile {
         blockers += 1;
     }
-    println!(
-        "{} open files limit {} (TCP sessions need one each)",
-        mark(ok_nofile),
-        nofile.rlim_cur
-    );
+    println!("{} open files limit {} (TCP sessions need one each)", mark(ok_nofile), nofile);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("{} {cores} cores available (one shard per core)", mark(cores >= 1));
     match std::fs::read_to_string(&a.sysctl) {
@@ -521,18 +504,4 @@ fn check(a: CheckArgs) -> Result<ExitCode, String> {
 
 fn mark(ok: bool) -> &'static str {
     if ok { "[ok]  " } else { "[warn]" }
-}
-
-/// Raises the soft open-files limit to the hard limit: every UDP device of the load generator
-/// and every TCP session of the gateway holds a descriptor, and the default soft limit (often
-/// 1024) is far below what a fleet needs.
-fn raise_open_files_limit() {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write the live struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
 }

@@ -47,6 +47,7 @@ use std::time::Duration;
 use crate::ids::ConnId;
 
 pub mod epoll;
+pub mod sys;
 pub mod uring;
 
 /// An input reported by [`Backend::poll`].

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::io::sys::{Events, Poller};
 use crate::protocol::Deframer;
 use crate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason, Transport,
@@ -283,13 +284,7 @@ fn thread_main(
     let mut rng = crate::loadgen::Rng(
         cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
     );
-    // SAFETY: no pointer arguments; checked below.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `ep` is a fresh descriptor we own.
-    let ep = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
+    let ep = Poller::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut devs: Vec<Dev> = Vec::with_capacity(mine.len());
     for (k, &i) in mine.iter().enumerate() {
         let udp = i < cfg.udp_devices;
@@ -349,7 +344,7 @@ fn thread_main(
     let mut rr = 0usize;
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(Timestamp, usize)>> =
         std::collections::BinaryHeap::new();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut body = vec![0u8; cfg.body_bytes];
     let mut measuring = false;
@@ -516,19 +511,9 @@ fn thread_main(
         }
         // Microsecond timeouts (epoll_pwait2): a millisecond-granular wait would send late by up
         // to 1 ms and show up as latency from the intended send time.
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos().min(999_999_999) as i64 };
-        // SAFETY: `events` is a live writable array of the length passed; `ts` is a live timespec.
-        let n = unsafe {
-            libc::epoll_pwait2(
-                ep.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                &ts,
-                core::ptr::null(),
-            )
-        };
-        for e in events.iter().take(n.max(0) as usize) {
-            let k = e.u64 as usize;
+        ep.wait(&mut events, wait);
+        for token in events.tokens() {
+            let k = token as usize;
             let now = clock.now();
             read_dev(k, &mut devs, &mut buf, now, cfg, &mut r, live, measuring, &mut rng, &ep);
         }
@@ -556,17 +541,14 @@ fn thread_main(
     Ok(r)
 }
 
-fn add_fd(ep: &std::os::fd::OwnedFd, fd: i32, token: usize) -> Result<(), String> {
-    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token as u64 };
-    // SAFETY: live event struct, open descriptors.
-    let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-    if r < 0 { Err(format!("epoll_ctl: {}", std::io::Error::last_os_error())) } else { Ok(()) }
+fn add_fd(ep: &Poller, fd: i32, token: usize) -> Result<(), String> {
+    ep.add(fd, token as u64).map_err(|e| format!("epoll_ctl: {e}"))
 }
 
 fn connect(
     d: &mut Dev,
     cfg: &LoadConfig,
-    ep: &std::os::fd::OwnedFd,
+    ep: &Poller,
     k: usize,
     now: Timestamp,
     rng: &mut Rng,
@@ -620,7 +602,7 @@ fn read_dev(
     live: &Live,
     measuring: bool,
     rng: &mut Rng,
-    _ep: &std::os::fd::OwnedFd,
+    _ep: &Poller,
 ) {
     let d = &mut devs[k];
     for _ in 0..64 {
