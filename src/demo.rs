@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::loadgen::{self, LoadConfig, Scenario};
-use crate::serve::Gateway;
+use crate::ops::Server;
 use crate::session::OpenLogon;
 
 /// Settings of the demo (flags of `fleetgate demo`).
@@ -61,7 +61,7 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
             format!("observability.hist_log={:?}", hist_log.display().to_string()),
         ];
         let cfg = Config::load(None, &set).map_err(|e| e.to_string())?;
-        match Gateway::start(&cfg, Arc::new(OpenLogon)) {
+        match Server::start(&cfg, Arc::new(OpenLogon)) {
             Ok(g) => {
                 gw = Some(g);
                 break;
@@ -72,10 +72,10 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
     let gw = gw.ok_or(last_err)?;
     eprintln!(
         "demo: gateway on udp {} / tcp {} / session ports {:?}, backend {}, metrics http://{}/metrics",
-        gw.handshake_addr,
-        gw.tcp_addr,
-        gw.session_ports,
-        gw.backend,
+        gw.gateway.handshake_addr,
+        gw.gateway.tcp_addr,
+        gw.gateway.session_ports,
+        gw.gateway.backend,
         gw.metrics_addr.map_or("-".into(), |a| a.to_string())
     );
     eprintln!(
@@ -84,8 +84,8 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
     );
     let lc = LoadConfig {
         scenario: Scenario::Steady,
-        handshake: gw.handshake_addr,
-        tcp: gw.tcp_addr,
+        handshake: gw.gateway.handshake_addr,
+        tcp: gw.gateway.tcp_addr,
         udp_devices: d.udp_devices,
         tcp_devices: d.tcp_devices,
         rate: d.rate,
@@ -103,6 +103,6 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
     let totals = gw.stop();
     std::fs::write(dir.join("summary.json"), report.json() + "\n").map_err(|e| e.to_string())?;
     report.write_hlog(&dir.join("load.hlog"))?;
-    eprintln!("demo: gateway totals: {}", crate::shard::summary(&totals.counters));
+    eprintln!("demo: gateway totals: {}", crate::runtime::report::summary(&totals.counters));
     Ok((report, dir))
 }

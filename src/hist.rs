@@ -329,7 +329,7 @@ pub fn fmt_us(v: f64) -> String {
 pub fn fmt_epoch(secs: f64) -> String {
     let ms = (secs * 1000.0).round() as i64;
     let (days, ms) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (year, month, day) = crate::trace::civil_from_days(days);
+    let (year, month, day) = crate::ops::traces::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
         ms / 3_600_000,

@@ -20,24 +20,21 @@
 //! - [`time`]: the `Timestamp` newtype passed into the sans-IO core.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod acceptor;
 pub mod apps;
 pub mod config;
 pub mod counters;
 pub mod demo;
 pub mod hist;
-pub mod housekeeping;
 pub mod ids;
 pub mod io;
 pub mod journal;
 pub mod loadgen;
+pub mod ops;
 pub mod protocol;
-pub mod serve;
+pub mod runtime;
 pub mod session;
-pub mod shard;
 pub mod time;
 pub mod tools;
-pub mod trace;
 
 #[cfg(test)]
 mod sim;

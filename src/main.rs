@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use clap::{Args, Parser, Subcommand};
 
 use fleetgate::config::Config;
 use fleetgate::io::sys::{self, Limit};
-use fleetgate::serve::Gateway;
+use fleetgate::ops::Server;
+use fleetgate::runtime::signals;
 use fleetgate::session::Credentials;
 use fleetgate::session::{Authenticator, OpenLogon};
 use fleetgate::tools::passwd;
@@ -307,27 +307,20 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             Arc::new(Credentials::default())
         }
     };
-    sys::catch_terminate();
-    let mut gw = Gateway::start(&cfg, auth)?;
+    signals::catch();
+    let mut gw = Server::start(&cfg, auth)?;
     eprintln!(
         "fleetgate: serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
-        gw.handshake_addr,
-        gw.tcp_addr,
-        gw.session_ports,
+        gw.gateway.handshake_addr,
+        gw.gateway.tcp_addr,
+        gw.gateway.session_ports,
         gw.metrics_addr.map_or("off".into(), |a| a.to_string()),
-        gw.backend,
-        gw.reserved_bytes >> 20
+        gw.gateway.backend,
+        gw.gateway.reserved_bytes >> 20
     );
-    let flag = gw.shutdown_flag();
-    std::thread::spawn(move || {
-        while !sys::terminate_requested() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!("fleetgate: shutting down");
-        flag.store(true, Ordering::Relaxed);
-    });
+    signals::forward_to(gw.shutdown_flag());
     let totals = gw.wait();
-    eprintln!("fleetgate: stopped: {}", fleetgate::shard::summary(&totals.counters));
+    eprintln!("fleetgate: stopped: {}", fleetgate::runtime::report::summary(&totals.counters));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -149,7 +149,7 @@ fn device_config_timeout_esp0008(io: &str) {
     let gw = start(io, &["udp.device_config_timeout_ms=600", "udp.device_config_retry_ms=200"]);
     let raw = RawUdp::new();
     let uid = b"RT-ESP0008";
-    let (port, cookie) = raw.handshake(gw.handshake_addr, uid, 11);
+    let (port, cookie) = raw.handshake(gw.gateway.handshake_addr, uid, 11);
     let t0 = Instant::now();
     raw.send(local(port), &datagram(0, &[registration_request(uid, 11, cookie)]));
     let mut session_id = None;
@@ -368,7 +368,7 @@ fn tcp_resume(io: &str) {
     c.stream.shutdown(std::net::Shutdown::Both).unwrap();
     c.dev.transport_lost();
     wait_metric(addr, "sessions_detached_total", 1, 4 * SECOND, idle);
-    c.reconnect(gw.tcp_addr, 2, false);
+    c.reconnect(gw.gateway.tcp_addr, 2, false);
     c.run_until("resumed logon", 5 * SECOND, |c| {
         c.dev.state() == DeviceState::Active && c.seen.logged_on.len() == 2
     });
@@ -438,7 +438,7 @@ fn tcp_connection_churn(io: &str) {
                 core_affinity::set_for_current(core);
             }
             for k in 0..100u32 {
-                let mut refused = RawTcp::connect(gw.tcp_addr);
+                let mut refused = RawTcp::connect(gw.gateway.tcp_addr);
                 refused.send(&encode(msg(1, Body::Heartbeat { correlation_id: 0 })));
                 let f = refused.recv(5 * SECOND).expect("LoggedOut");
                 assert_eq!(decode(&f).body, Body::LoggedOut { reason: b"logon required" });
@@ -479,12 +479,12 @@ fn bad_credentials(io: &str) {
     let gw = start_with_auth(io, &[&cred, "gateway.shards=1"], auth);
 
     for (user, pw) in [("alice", &b"wrong"[..]), ("mallory", b"right-password")] {
-        let mut bad = Tcp::with_password(gw.tcp_addr, user, pw);
+        let mut bad = Tcp::with_password(gw.gateway.tcp_addr, user, pw);
         bad.run_until("refusal and close", 5 * SECOND, |c| c.closed);
         assert_eq!(bad.seen.logged_out(), Some("invalid credentials"), "{user}");
         assert_eq!(bad.dev.state(), DeviceState::Ended(EndReason::LoggedOut));
     }
-    let mut good = Tcp::with_password(gw.tcp_addr, "alice", b"right-password");
+    let mut good = Tcp::with_password(gw.gateway.tcp_addr, "alice", b"right-password");
     good.log_on();
     good.echo(&bodies(0..2));
 
@@ -499,11 +499,11 @@ fn bad_credentials(io: &str) {
     // Failures 4 and 5 from 127.0.0.1 reach the limit (auth.max_failures = 5): then even the
     // right password is refused.
     for _ in 0..2 {
-        let mut bad = Tcp::with_password(gw.tcp_addr, "alice", b"wrong");
+        let mut bad = Tcp::with_password(gw.gateway.tcp_addr, "alice", b"wrong");
         bad.run_until("refusal and close", 5 * SECOND, |c| c.closed);
         assert_eq!(bad.seen.logged_out(), Some("invalid credentials"));
     }
-    let mut limited = Tcp::with_password(gw.tcp_addr, "alice", b"right-password");
+    let mut limited = Tcp::with_password(gw.gateway.tcp_addr, "alice", b"right-password");
     limited.run_until("refusal and close", 5 * SECOND, |c| c.closed);
     assert_eq!(limited.seen.logged_out(), Some("too many failed logons"));
     // The sessions already logged on are unaffected.
@@ -545,7 +545,7 @@ fn malformed_datagrams_dropped_and_counted(io: &str) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut sent = 0u64;
     let to_ports = |bytes: &[u8], sent: &mut u64| {
-        for &p in &gw.session_ports {
+        for &p in &gw.gateway.session_ports {
             atk.send(local(p), bytes);
             *sent += 1;
         }
@@ -576,8 +576,8 @@ fn malformed_datagrams_dropped_and_counted(io: &str) {
     good.sock.send_to(&app[..app.len() - 12], local(port)).unwrap();
     sent += 1;
     // Garbage on the handshake port is not answered either.
-    atk.send(gw.handshake_addr, &garbage(&mut rng, 200));
-    atk.send(gw.handshake_addr, &reg[..reg.len() - 20]);
+    atk.send(gw.gateway.handshake_addr, &garbage(&mut rng, 200));
+    atk.send(gw.gateway.handshake_addr, &reg[..reg.len() - 20]);
 
     assert_eq!(atk.recv(Duration::from_millis(300)), None, "garbage was answered");
     good.echo(&bodies(5..25));
@@ -611,8 +611,8 @@ fn malformed_datagrams_dropped_and_counted(io: &str) {
 }
 
 /// A raw TCP client logged on as `user` (LogonRequest seq 1, resetSeqNum = 1).
-fn raw_logon(gw: &fleetgate::serve::Gateway, user: &[u8]) -> RawTcp {
-    let mut c = RawTcp::connect(gw.tcp_addr);
+fn raw_logon(gw: &fleetgate::ops::Server, user: &[u8]) -> RawTcp {
+    let mut c = RawTcp::connect(gw.gateway.tcp_addr);
     let logon = Body::LogonRequest {
         username: Username::new(user).unwrap(),
         password: Password::new(b"pw").unwrap(),
@@ -663,7 +663,7 @@ fn malformed_tcp_reject_or_logout(io: &str) {
     assert!(matches!(decode(&f).body, Body::LoggedOut { .. }), "{:?}", decode(&f));
     assert!(c2.wait_closed(5 * SECOND), "connection left open after a framing error");
 
-    let mut c4 = RawTcp::connect(gw.tcp_addr);
+    let mut c4 = RawTcp::connect(gw.gateway.tcp_addr);
     let logon = Body::LogonRequest {
         username: Username::new(b"rt-raw-4").unwrap(),
         password: Password::new(b"pw").unwrap(),
@@ -699,11 +699,7 @@ fn slow_body(k: u32) -> Vec<u8> {
 /// replies of one gateway loop pass stay well under the send queue: what fills it is the
 /// reader, not a burst. (A tiny SO_RCVBUF would be quicker, but on loopback, with its 64 KiB
 /// segments, it makes the kernel drop and back off in both directions.)
-fn stall_reader(
-    gw: &fleetgate::serve::Gateway,
-    user: &[u8],
-    tick: &mut dyn FnMut(),
-) -> (RawTcp, u32) {
+fn stall_reader(gw: &fleetgate::ops::Server, user: &[u8], tick: &mut dyn FnMut()) -> (RawTcp, u32) {
     let addr = gw.metrics_addr.expect("metrics enabled");
     let mut c = raw_logon(gw, user);
     let mut n = 0u32;
@@ -790,7 +786,7 @@ fn slow_tcp_reader_logged_out_then_resumes(io: &str) {
     // processed before it gave up on the connection (2..=L; those after were discarded). This
     // client does not re-send the rest: it continues at L + 1 with a ResendRequest for what it
     // missed, and accepts frames in sequence only, as a device does.
-    let mut r = RawTcp::connect(gw.tcp_addr);
+    let mut r = RawTcp::connect(gw.gateway.tcp_addr);
     let logon = Body::LogonRequest {
         username: Username::new(b"rt-slow").unwrap(),
         password: Password::new(b"pw").unwrap(),
@@ -868,8 +864,8 @@ fn tcp_logon_deadline_and_split_first_frame(io: &str) {
     let gw = start(io, &["tcp.logon_timeout_ms=400"]);
     let addr = gw.metrics_addr.expect("metrics enabled");
     let t0 = Instant::now();
-    let mut silent = RawTcp::connect(gw.tcp_addr);
-    let mut split = RawTcp::connect(gw.tcp_addr);
+    let mut silent = RawTcp::connect(gw.gateway.tcp_addr);
+    let mut split = RawTcp::connect(gw.gateway.tcp_addr);
     let logon = encode(msg(
         1,
         Body::LogonRequest {
@@ -932,7 +928,7 @@ fn forged_and_expired_cookies(io: &str) {
     let gw = start(io, &["udp.cookie_ttl_ms=100"]);
     let raw = RawUdp::new();
     let uid = b"RT-COOKIE-1";
-    let (port, cookie) = raw.handshake(gw.handshake_addr, uid, 5);
+    let (port, cookie) = raw.handshake(gw.gateway.handshake_addr, uid, 5);
     let mut tag = cookie;
     tag[20] ^= 0x01;
     let req = datagram(0, &[registration_request(uid, 5, tag)]);
@@ -961,16 +957,16 @@ fn connection_request_size_and_version(io: &str) {
     let full = datagram(0, &[connection_request(b"RT-SHORT-1", 3, 1)]);
     assert_eq!(full.len(), 8 + 128);
     for cut in [1, 8, 9, 40, 100, 120, 135] {
-        raw.send(gw.handshake_addr, &full[..cut]);
+        raw.send(gw.gateway.handshake_addr, &full[..cut]);
     }
     // A whole datagram whose message claims 120 bytes.
     let mut short = full[..8 + 120].to_vec();
     short[8 + 2..8 + 4].copy_from_slice(&120u16.to_le_bytes());
-    raw.send(gw.handshake_addr, &short);
+    raw.send(gw.gateway.handshake_addr, &short);
     assert_eq!(raw.recv(Duration::from_millis(300)), None, "a short request was answered");
 
     let v2 = datagram(0, &[connection_request(b"RT-SHORT-1", 3, 2)]);
-    raw.send(gw.handshake_addr, &v2);
+    raw.send(gw.gateway.handshake_addr, &v2);
     let dg = raw.recv(2 * SECOND).expect("ConnectionReject");
     assert!(dg.len() <= v2.len(), "reply of {} bytes to {}", dg.len(), v2.len());
     let (sid, frames) = split(&dg);
@@ -980,8 +976,8 @@ fn connection_request_size_and_version(io: &str) {
         other => panic!("expected ConnectionReject, got {other:?}"),
     }
     // The port still answers a proper request.
-    let (port, _) = raw.handshake(gw.handshake_addr, b"RT-SHORT-1", 4);
-    assert!(gw.session_ports.contains(&port));
+    let (port, _) = raw.handshake(gw.gateway.handshake_addr, b"RT-SHORT-1", 4);
+    assert!(gw.gateway.session_ports.contains(&port));
     assert_eq!(raw.recv(Duration::from_millis(100)), None);
     let totals = gw.stop();
     assert_eq!(totals.acceptor.rejected, 1);
@@ -1114,7 +1110,7 @@ fn failed_start_releases_what_it_started() {
         "observability.metrics_addr=\"\"".into(),
     ];
     let cfg = fleetgate::config::Config::load(None, &set).unwrap();
-    let Err(e) = fleetgate::serve::Gateway::start(&cfg, Arc::new(fleetgate::session::OpenLogon))
+    let Err(e) = fleetgate::ops::Server::start(&cfg, Arc::new(fleetgate::session::OpenLogon))
     else {
         // The port below ours happened to be taken too: nothing to prove here.
         return;

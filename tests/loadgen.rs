@@ -12,8 +12,8 @@ fn run(scenario: Scenario, extra: &[&str], tweak: impl FnOnce(&mut LoadConfig)) 
     let gw = common::start("epoll", extra);
     let mut cfg = LoadConfig {
         scenario,
-        handshake: gw.handshake_addr,
-        tcp: gw.tcp_addr,
+        handshake: gw.gateway.handshake_addr,
+        tcp: gw.gateway.tcp_addr,
         udp_devices: 40,
         tcp_devices: 4,
         rate: 400.0,

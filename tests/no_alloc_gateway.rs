@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fleetgate::config::Config;
 use fleetgate::counters::Counter;
-use fleetgate::serve::Gateway;
+use fleetgate::ops::Server;
 use fleetgate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, OpenLogon, Transport,
 };
@@ -55,7 +55,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn start(io: &str) -> Gateway {
+fn start(io: &str) -> Server {
     let pid = std::process::id();
     for attempt in 0..20u32 {
         let base =
@@ -71,7 +71,7 @@ fn start(io: &str) -> Gateway {
             "observability.metrics_addr=\"\"".into(),
         ];
         let cfg = Config::load(None, &set).expect("config");
-        match Gateway::start(&cfg, Arc::new(OpenLogon)) {
+        match Server::start(&cfg, Arc::new(OpenLogon)) {
             Ok(g) => return g,
             Err(e) if e.contains("session port") => continue,
             Err(e) => panic!("{e}"),
@@ -149,19 +149,19 @@ fn steady_echo_allocates_nothing(io: &str) {
     let t0 = Instant::now();
     while devs.iter().any(|d| d.dev.state() != DeviceState::Active) {
         assert!(t0.elapsed() < Duration::from_secs(5), "devices did not log on");
-        pump(&mut devs, &clock, gw.handshake_addr, false);
+        pump(&mut devs, &clock, gw.gateway.handshake_addr, false);
         std::thread::sleep(Duration::from_micros(200));
     }
     // Warm-up: journals wrap, queues and histograms reach their working size.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(2500) {
-        pump(&mut devs, &clock, gw.handshake_addr, true);
+        pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
     }
     let before: u64 = devs.iter().map(|d| d.replies).sum();
     ARMED.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(2500) {
-        pump(&mut devs, &clock, gw.handshake_addr, true);
+        pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
     }
     ARMED.store(false, Ordering::SeqCst);
     let during: u64 = devs.iter().map(|d| d.replies).sum::<u64>() - before;

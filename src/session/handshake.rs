@@ -104,6 +104,19 @@ pub fn verify_cookie(
     Ok(())
 }
 
+/// Cookie keys for the rotation epoch containing `now`: derived from the start-up secret, so the
+/// acceptor and every shard agree without talking to each other.
+pub fn cookie_keys(master: &[u8; 32], now: Timestamp, rotate: Duration) -> CookieKeys {
+    let epoch = now.as_nanos() / rotate.as_nanos().max(1) as u64;
+    let key = |e: u64| {
+        let mut material = [0u8; 40];
+        material[..32].copy_from_slice(master);
+        material[32..].copy_from_slice(&e.to_le_bytes());
+        CookieKey(blake3::derive_key("fleetgate cookie key v1", &material))
+    };
+    CookieKeys { current: key(epoch), previous: epoch.checked_sub(1).map(key) }
+}
+
 fn tag(key: &CookieKey, expiry: u64, input: &CookieInput<'_>) -> [u8; 32] {
     let ip = match input.peer.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate::config::Config;
+use fleetgate::ops::Server;
 use fleetgate::protocol::{Body, Datagram, Deframer, DeviceUid, Header, Message, write_prefix};
-use fleetgate::serve::Gateway;
 use fleetgate::session::{
     Authenticator, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason,
     OpenLogon, Transport,
@@ -18,7 +18,7 @@ use fleetgate::session::{
 use fleetgate::time::Clock;
 
 /// A gateway with open logon (see [`start_with_auth`]).
-pub(crate) fn start(io: &str, extra: &[&str]) -> Gateway {
+pub(crate) fn start(io: &str, extra: &[&str]) -> Server {
     start_with_auth(io, extra, Arc::new(OpenLogon))
 }
 
@@ -30,7 +30,7 @@ pub(crate) fn start_with_auth(
     io: &str,
     extra: &[&str],
     auth: Arc<dyn Authenticator + Send + Sync>,
-) -> Gateway {
+) -> Server {
     let pid = std::process::id();
     for _ in 0..40 {
         let k = NEXT_BASE.fetch_add(1, Ordering::Relaxed);
@@ -48,7 +48,7 @@ pub(crate) fn start_with_auth(
         ];
         set.extend(extra.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, &set).expect("config");
-        match Gateway::start(&cfg, auth.clone()) {
+        match Server::start(&cfg, auth.clone()) {
             Ok(g) => return g,
             Err(e) if e.contains("session port") => continue,
             Err(e) => panic!("{e}"),
@@ -189,13 +189,13 @@ fn udp_socket() -> UdpSocket {
 
 impl Udp {
     /// A device `uid` logging on as user/pw.
-    pub(crate) fn new(gw: &Gateway, uid: &str) -> Self {
-        Self::at(gw.handshake_addr, uid, b"user", b"pw")
+    pub(crate) fn new(gw: &Server, uid: &str) -> Self {
+        Self::at(gw.gateway.handshake_addr, uid, b"user", b"pw")
     }
 
     /// A device with its own username and password.
-    pub(crate) fn with_login(gw: &Gateway, uid: &str, user: &[u8], password: &[u8]) -> Self {
-        Self::at(gw.handshake_addr, uid, user, password)
+    pub(crate) fn with_login(gw: &Server, uid: &str, user: &[u8], password: &[u8]) -> Self {
+        Self::at(gw.gateway.handshake_addr, uid, user, password)
     }
 
     /// A device for the gateway whose handshake port is `handshake`.
@@ -318,8 +318,8 @@ pub(crate) struct Tcp {
 
 impl Tcp {
     /// A client logging on as `user` with password "pw" (resetSeqNum = 1).
-    pub(crate) fn new(gw: &Gateway, user: &str) -> Self {
-        Self::with_password(gw.tcp_addr, user, b"pw")
+    pub(crate) fn new(gw: &Server, user: &str) -> Self {
+        Self::with_password(gw.gateway.tcp_addr, user, b"pw")
     }
 
     /// A client logging on as `user` with `password`.

@@ -1,100 +1,17 @@
-//! Per-device protocol traces, in the spirit of the StayLinked handler log: for the deviceUids
-//! (or TCP usernames) and source address ranges an operator names, one line per packet event,
-//! written by the housekeeping thread to `{trace_dir}/fleetgate.{uid-or-address}.log`:
+//! Per-device protocol traces, in the spirit of the StayLinked handler log: the records the shards'
+//! taps push (`runtime::shard::tap`) are written by the housekeeping thread, one line per
+//! packet event, to `{trace_dir}/fleetgate.{uid-or-address}.log`:
 //!
 //! ```text
 //! 2026-11-21 06:15:22.123456 shard 0 in  127.0.0.1:3771 session 1a2b3c4d5e6f7081 DEV000001 LogonRequest seq 1 ack 0 len 81
 //! ```
-//!
-//! Shards push fixed-size [`TraceRecord`]s over an SPSC queue; when the writer falls behind the
-//! record is dropped and counted (`fleetgate_trace_dropped_total`), never waited for.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::protocol::{DeviceUid, Header, MessageType};
-
-/// One packet event.
-#[derive(Clone, Copy, Debug)]
-pub struct TraceRecord {
-    /// Unix-epoch nanoseconds.
-    pub at_ns: i64,
-    /// Shard index.
-    pub shard: u16,
-    /// True for output.
-    pub outbound: bool,
-    /// The device's address.
-    pub peer: SocketAddr,
-    /// Session id (0 during the handshake).
-    pub session_id: u64,
-    /// deviceUid or TCP username.
-    pub who: DeviceUid,
-    /// The message header.
-    pub header: Header,
-}
-
-/// Which devices to trace.
-#[derive(Clone, Debug, Default)]
-pub struct TraceFilter {
-    names: Vec<DeviceUid>,
-    nets: Vec<(IpAddr, u8)>,
-}
-
-impl TraceFilter {
-    /// From `observability.trace_devices` and `observability.trace_addrs` (CIDR or single
-    /// addresses). Returns an error naming a bad entry.
-    pub fn new(devices: &[String], addrs: &[String]) -> Result<Self, String> {
-        let mut f = Self::default();
-        for d in devices {
-            f.names.push(
-                DeviceUid::new(d.as_bytes())
-                    .ok_or_else(|| format!("trace device {d:?}: 1..=16 printable characters"))?,
-            );
-        }
-        for a in addrs {
-            let (ip, bits) = match a.split_once('/') {
-                Some((ip, bits)) => (
-                    ip,
-                    bits.parse::<u8>()
-                        .map_err(|_| format!("trace address {a:?}: bad prefix length"))?,
-                ),
-                None => (a.as_str(), if a.contains(':') { 128 } else { 32 }),
-            };
-            let ip: IpAddr = ip.parse().map_err(|_| format!("trace address {a:?}: bad address"))?;
-            f.nets.push((ip, bits));
-        }
-        Ok(f)
-    }
-
-    /// True if nothing is traced.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty() && self.nets.is_empty()
-    }
-
-    /// True if the device `who` at `ip` is traced.
-    pub fn matches(&self, who: &DeviceUid, ip: IpAddr) -> bool {
-        (!who.is_empty() && self.names.iter().any(|n| n == who))
-            || self.nets.iter().any(|&(net, bits)| in_net(ip, net, bits))
-    }
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let bits = u32::from(bits.min(32));
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-            u32::from(a) & mask == u32::from(b) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let bits = u32::from(bits.min(128));
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
-            u128::from(a) & mask == u128::from(b) & mask
-        }
-        _ => false,
-    }
-}
+use crate::protocol::MessageType;
+use crate::runtime::shard::tap::TraceRecord;
 
 /// Writes trace records to one file per device, off the hot path.
 pub struct TraceWriter {
@@ -188,19 +105,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filter_matches_names_and_ranges() {
-        let f = TraceFilter::new(&["DEV1".into()], &["10.10.0.0/16".into(), "127.0.0.9".into()])
-            .unwrap();
-        let dev1 = DeviceUid::new(b"DEV1").unwrap();
-        let dev2 = DeviceUid::new(b"DEV2").unwrap();
-        assert!(f.matches(&dev1, "192.168.1.1".parse().unwrap()));
-        assert!(f.matches(&dev2, "10.10.225.150".parse().unwrap()));
-        assert!(f.matches(&dev2, "127.0.0.9".parse().unwrap()));
-        assert!(!f.matches(&dev2, "127.0.0.8".parse().unwrap()));
-        assert!(TraceFilter::new(&[], &["10.0.0.0/x".into()]).is_err());
-    }
+    use crate::protocol::{DeviceUid, Header};
 
     #[test]
     fn time_format_is_civil_utc() {

@@ -1,5 +1,7 @@
-//! Starting and stopping a whole gateway: sockets, shard threads, the acceptor, housekeeping and
-//! the HTTP endpoints. Used by `fleetgate serve`, `fleetgate demo` and the integration tests.
+//! Starting and stopping the gateway's data plane: sockets, shard threads (one per core,
+//! pinned) and the acceptor. What it publishes ([`Published`]) is handed to the caller, which
+//! runs the operator side over it (`ops::Server` does, for `fleetgate serve`, `fleetgate demo`
+//! and the integration tests).
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -10,17 +12,19 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::acceptor::{self, AcceptorCounters, AcceptorSpec};
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::housekeeping::{self, ShardLink, View};
 use crate::io::{self, BackendConfig};
+use crate::runtime::acceptor::{self, AcceptorSpec};
+use crate::runtime::handoff::Handoff;
+use crate::runtime::report::{AcceptorCounters, AcceptorReport, Published, ShardLink, Snapshot};
+use crate::runtime::shard::tap::{TraceFilter, TraceRecord};
+use crate::runtime::shard::{self, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
 use crate::session::{Authenticator, Endpoint};
-use crate::shard::{self, ShardSpec, Snapshot};
 use crate::time::Clock;
 
-/// A running gateway.
+/// A running gateway's data plane.
 pub struct Gateway {
     /// The UDP handshake port as bound.
     pub handshake_addr: SocketAddr,
@@ -28,20 +32,13 @@ pub struct Gateway {
     pub tcp_addr: SocketAddr,
     /// Each shard's UDP session port.
     pub session_ports: Vec<u16>,
-    /// The HTTP endpoint as bound, if enabled.
-    pub metrics_addr: Option<SocketAddr>,
     /// Backend chosen for the shards and why.
     pub backend: String,
     /// Bytes reserved for session slabs and journals, all shards.
     pub reserved_bytes: usize,
-    /// The merged view behind /metrics.
-    pub view: Arc<Mutex<View>>,
     shutdown: Arc<AtomicBool>,
-    stop_housekeeping: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
     acceptor: Option<JoinHandle<AcceptorCounters>>,
-    housekeeping: Option<JoinHandle<()>>,
-    http: Option<JoinHandle<()>>,
 }
 
 /// What a stopped gateway counted.
@@ -70,14 +67,17 @@ fn random_secret() -> std::io::Result<[u8; 32]> {
 }
 
 impl Gateway {
-    /// Binds every socket and starts every thread.
-    pub fn start(cfg: &Config, auth: Arc<dyn Authenticator + Send + Sync>) -> Result<Self, String> {
+    /// Binds every socket and starts the shards and the acceptor. Returns the running gateway
+    /// and the reading ends of what it publishes.
+    pub fn start(
+        cfg: &Config,
+        auth: Arc<dyn Authenticator + Send + Sync>,
+    ) -> Result<(Self, Published), String> {
         let shards = cfg.shard_count();
         let clock = Clock::new();
         let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let view = Arc::new(Mutex::new(View::default()));
-        let stop_hk = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(AcceptorReport::default()));
         let g = &cfg.gateway;
         let hs_udp = bind_udp(g.handshake_addr)
             .map_err(|e| format!("cannot bind UDP {}: {e}", g.handshake_addr))?;
@@ -101,7 +101,7 @@ impl Gateway {
         let mut links = Vec::new();
         let mut backend_name = why.clone();
         let obs = &cfg.observability;
-        let filter = crate::trace::TraceFilter::new(&obs.trace_devices, &obs.trace_addrs)?;
+        let filter = TraceFilter::new(&obs.trace_devices, &obs.trace_addrs)?;
         let mut trace_rx = Vec::new();
         for i in 0..shards {
             let port =
@@ -149,30 +149,6 @@ impl Gateway {
                 &mut trace_rx,
             )?;
         }
-        let hk = {
-            let (view, stop, log) =
-                (view.clone(), stop_hk.clone(), cfg.observability.hist_log.clone().map(Into::into));
-            let max = cfg.observability.latency_ns_max;
-            let traces = (trace_rx, std::path::PathBuf::from(&cfg.observability.trace_dir));
-            std::thread::Builder::new()
-                .name("fleetgate-housekeeping".into())
-                .spawn(move || housekeeping::run(links, view, log, clock, stop, max, traces))
-                .map_err(|e| e.to_string())?
-        };
-        let (metrics_addr, http) = if cfg.observability.metrics_addr.is_empty() {
-            (None, None)
-        } else {
-            let l = TcpListener::bind(&cfg.observability.metrics_addr).map_err(|e| {
-                format!("cannot bind metrics {}: {e}", cfg.observability.metrics_addr)
-            })?;
-            let addr = l.local_addr().ok();
-            let (view, stop) = (view.clone(), stop_hk.clone());
-            let h = std::thread::Builder::new()
-                .name("fleetgate-http".into())
-                .spawn(move || housekeeping::serve_http(l, view, stop))
-                .map_err(|e| e.to_string())?;
-            (addr, Some(h))
-        };
         let spec = AcceptorSpec {
             udp: hs_udp,
             tcp,
@@ -192,28 +168,25 @@ impl Gateway {
             rate_per_s: cfg.udp.handshake_rate_per_s,
             burst: cfg.udp.handshake_burst,
             max_pending: 1024,
-            view: view.clone(),
+            report: report.clone(),
         };
         let acceptor = std::thread::Builder::new()
             .name("fleetgate-acceptor".into())
             .spawn(move || acceptor::run(spec))
             .map_err(|e| e.to_string())?;
         let reserved_bytes = shards * Endpoint::reserved_bytes(&cfg.endpoint_config(0));
-        Ok(Self {
+        let gateway = Self {
             handshake_addr,
             tcp_addr,
             session_ports,
-            metrics_addr,
             backend: backend_name,
             reserved_bytes,
-            view,
             shutdown,
-            stop_housekeeping: stop_hk,
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),
-            housekeeping: Some(hk),
-            http,
-        })
+        };
+        let published = Published { shards: links, traces: trace_rx, acceptor: report, clock };
+        Ok((gateway, published))
     }
 
     /// The flag that stops the gateway (for signal handlers).
@@ -241,13 +214,6 @@ impl Gateway {
                 t.counters.merge(&c);
             }
         }
-        self.stop_housekeeping.store(true, Ordering::Relaxed);
-        if let Some(h) = self.housekeeping.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = self.http.take() {
-            let _ = h.join();
-        }
         t
     }
 }
@@ -266,7 +232,7 @@ fn start_shard(
     i: usize,
     cfg: &Config,
     backend: Box<dyn io::Backend + Send>,
-    producers: &mut Vec<rtrb::Producer<shard::Handoff>>,
+    producers: &mut Vec<rtrb::Producer<Handoff>>,
     links: &mut Vec<ShardLink>,
     handles: &mut Vec<JoinHandle<Counters>>,
     auth: &Arc<dyn Authenticator + Send + Sync>,
@@ -274,8 +240,8 @@ fn start_shard(
     clock: Clock,
     shutdown: &Arc<AtomicBool>,
     cores: &[core_affinity::CoreId],
-    filter: &crate::trace::TraceFilter,
-    trace_rx: &mut Vec<rtrb::Consumer<crate::trace::TraceRecord>>,
+    filter: &TraceFilter,
+    trace_rx: &mut Vec<rtrb::Consumer<TraceRecord>>,
 ) -> Result<(), String> {
     let trace = if filter.is_empty() {
         None

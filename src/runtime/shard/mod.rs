@@ -9,130 +9,28 @@
 //! the kernel with a timeout equal to the next session deadline, or spins first for
 //! `gateway.spin_us` with `idle = "spin"`.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::counters::{Counter, Counters};
+use crate::counters::Counters;
 use crate::io::{Backend, IoEvent, SendError};
-use crate::protocol::{Body, Datagram, Deframer, DeviceUid, Header, Message};
-use crate::session::handshake::{CookieKey, CookieKeys};
-use crate::session::{
-    Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, SessionInfo, State,
-};
+use crate::protocol::{Body, Deframer, DeviceUid, Message};
+use crate::runtime::handoff::Handoff;
+use crate::runtime::report::{ShardCounters, Snapshot};
+use crate::session::handshake::cookie_keys;
+use crate::session::{Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, State};
 use crate::time::{Clock, Timestamp};
-use crate::trace::{TraceFilter, TraceRecord};
+
+pub mod tap;
+
+use tap::{TraceFilter, TraceRecord, trace_datagram, trace_frame, trace_then_send_tcp};
 
 /// Handoffs taken per loop pass.
 pub const MAX_HANDOFFS: usize = 64;
-/// Bytes of a TCP connection the acceptor read before handing it over (the LogonRequest and
-/// anything after it).
-pub const HANDOFF_BYTES: usize = 512;
-
-/// A TCP connection handed from the acceptor to its shard.
-#[derive(Debug)]
-pub struct Handoff {
-    /// The connected socket.
-    pub stream: TcpStream,
-    /// The peer.
-    pub peer: SocketAddr,
-    /// Bytes already read, starting with the LogonRequest frame.
-    pub initial: [u8; HANDOFF_BYTES],
-    /// How many of `initial` are valid.
-    pub len: usize,
-    /// When the acceptor accepted the connection (for the handshake-time histogram).
-    pub accepted: Timestamp,
-}
-
-/// Cookie keys for the rotation epoch containing `now`: derived from the start-up secret, so the
-/// acceptor and every shard agree without talking to each other.
-pub fn cookie_keys(master: &[u8; 32], now: Timestamp, rotate: Duration) -> CookieKeys {
-    let epoch = now.as_nanos() / rotate.as_nanos().max(1) as u64;
-    let key = |e: u64| {
-        let mut material = [0u8; 40];
-        material[..32].copy_from_slice(master);
-        material[32..].copy_from_slice(&e.to_le_bytes());
-        CookieKey(blake3::derive_key("fleetgate cookie key v1", &material))
-    };
-    CookieKeys { current: key(epoch), previous: epoch.checked_sub(1).map(key) }
-}
-
-/// What a shard publishes once a second.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Shard index.
-    pub shard: usize,
-    /// Backend name.
-    pub backend: &'static str,
-    /// Counters since start.
-    pub counters: Counters,
-    /// Extra shard counters since start.
-    pub shard_counters: ShardCounters,
-    /// The connections list.
-    pub sessions: Vec<SessionInfo>,
-    /// Time from reading a datagram or TCP chunk to handing its answers to the kernel, this
-    /// interval (ns).
-    pub service_ns: Histogram<u64>,
-    /// Loop pass time, this interval (ns).
-    pub cycle_ns: Histogram<u64>,
-    /// TCP accept to LogonResponse handed to the kernel, this interval (ns).
-    pub handshake_ns: Histogram<u64>,
-    /// ResendRequest to its last message handed to the transport, this interval (ns).
-    pub resend_ns: Histogram<u64>,
-    /// Taken at.
-    pub at: Timestamp,
-}
-
-impl Snapshot {
-    /// An empty snapshot with room for `max_sessions` rows.
-    pub fn new(max_sessions: usize, latency_ns_max: u64) -> Self {
-        let h = || {
-            Histogram::new_with_bounds(1, latency_ns_max.max(2), 3).expect("valid histogram bounds")
-        };
-        Self {
-            shard: 0,
-            backend: "",
-            counters: Counters::default(),
-            shard_counters: ShardCounters::default(),
-            sessions: Vec::with_capacity(max_sessions),
-            service_ns: h(),
-            cycle_ns: h(),
-            handshake_ns: h(),
-            resend_ns: h(),
-            at: Timestamp::ZERO,
-        }
-    }
-}
-
-/// Counters kept by the shard loop itself.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ShardCounters {
-    /// Handoffs taken.
-    pub handoffs: u64,
-    /// Handoffs whose connection could not be adopted (no slot).
-    pub handoff_rejected: u64,
-    /// Datagrams the kernel refused (socket buffer full).
-    pub udp_send_dropped: u64,
-    /// TCP connections whose send queue filled (slow readers): told LoggedOut and closed.
-    pub tcp_slow_closed: u64,
-    /// Of those, connections aborted because the reader did not take the LoggedOut in
-    /// `tcp.close_linger_ms`.
-    pub tcp_slow_aborted: u64,
-    /// Connections the shard closed that were aborted after `tcp.close_linger_ms` (the peer
-    /// neither read everything nor closed its end); slow readers included.
-    pub tcp_close_aborted: u64,
-    /// Histogram values above the bound (saturated).
-    pub histogram_saturated: u64,
-    /// Longest loop pass (ns).
-    pub cycle_ns_max: u64,
-    /// Loop passes over 1 ms.
-    pub cycles_over_1ms: u64,
-    /// Trace records dropped because the writer fell behind.
-    pub trace_dropped: u64,
-}
 
 /// Everything a shard thread needs.
 pub struct ShardSpec {
@@ -643,106 +541,4 @@ fn publish(
         src.reset();
     }
     let _ = out.push(snap);
-}
-
-/// Counter totals by name, for logs.
-pub fn summary(c: &Counters) -> String {
-    let pick = [
-        Counter::LogonsAccepted,
-        Counter::MessagesReceived,
-        Counter::MessagesSent,
-        Counter::MessagesResent,
-        Counter::SessionsDetached,
-    ];
-    pick.iter().map(|&k| format!("{}={}", k.name(), c.get(k))).collect::<Vec<_>>().join(" ")
-}
-
-/// Traces the messages of a datagram if its device is traced.
-#[allow(clippy::too_many_arguments)]
-fn trace_datagram(
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
-    endpoint: &Endpoint,
-    shard: u16,
-    wall: i64,
-    now: Timestamp,
-    outbound: bool,
-    peer: SocketAddr,
-    data: &[u8],
-) {
-    let Ok(dg) = Datagram::parse(data) else { return };
-    let lookup = |id: u64| {
-        endpoint.handle_by_id(id).and_then(|h| endpoint.session(h)).map(|s| *s.device_uid())
-    };
-    let mut session_id = dg.session_id;
-    let who = if session_id != 0 {
-        lookup(session_id).unwrap_or_default()
-    } else {
-        match dg
-            .frames()
-            .next()
-            .and_then(Result::ok)
-            .and_then(|f| Message::decode_frame(f).ok())
-            .map(|m| m.body)
-        {
-            Some(Body::RegistrationRequest { device_uid, .. }) => device_uid,
-            Some(Body::RegistrationAccept { session_id: id, .. }) => {
-                session_id = id;
-                lookup(id).unwrap_or_default()
-            }
-            _ => DeviceUid::default(),
-        }
-    };
-    for f in dg.frames().flatten() {
-        trace_frame(trace, sc, shard, wall, now, outbound, peer, session_id, &who, f);
-    }
-}
-
-/// Pushes one trace record if the device is traced; drops and counts it if the writer is behind.
-#[allow(clippy::too_many_arguments)]
-fn trace_frame(
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
-    shard: u16,
-    wall: i64,
-    now: Timestamp,
-    outbound: bool,
-    peer: SocketAddr,
-    session_id: u64,
-    who: &DeviceUid,
-    frame: &[u8],
-) {
-    let Some((filter, tx)) = trace.as_mut() else { return };
-    if !filter.matches(who, peer.ip()) {
-        return;
-    }
-    let Ok(header) = Header::decode(frame) else { return };
-    let at_ns = (now.as_nanos() as i64).wrapping_add(wall);
-    let r = TraceRecord { at_ns, shard, outbound, peer, session_id, who: *who, header };
-    if tx.push(r).is_err() {
-        sc.trace_dropped += 1;
-    }
-}
-
-/// Traces the frames of a TCP chunk if its device is traced, then queues it (`last`: as the
-/// connection's last message, see [`Backend::send_tcp_last`]).
-#[allow(clippy::too_many_arguments)]
-fn trace_then_send_tcp(
-    backend: &mut dyn Backend,
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
-    (shard, wall, now, last): (u16, i64, Timestamp, bool),
-    conn: ConnId,
-    peer: SocketAddr,
-    who: &DeviceUid,
-    bytes: &[u8],
-) -> Result<(), SendError> {
-    if trace.is_some() {
-        let mut rest = bytes;
-        while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
-            trace_frame(trace, sc, shard, wall, now, true, peer, 0, who, f);
-            rest = &rest[padded..];
-        }
-    }
-    if last { backend.send_tcp_last(conn, bytes) } else { backend.send_tcp(conn, bytes) }
 }

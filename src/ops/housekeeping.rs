@@ -1,0 +1,162 @@
+//! The housekeeping thread (DESIGN.md §3), never on the hot path: collects each shard's
+//! once-a-second [`Snapshot`](crate::runtime::report::Snapshot), returns the buffer for reuse, merges counters and histograms into
+//! the [`View`] the HTTP endpoints read (`super::http`), writes HdrHistogram interval logs, and
+//! drains the protocol trace queues into their files (`super::traces`).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+
+use super::metrics::session_rows;
+use super::traces::TraceWriter;
+use crate::counters::Counters;
+use crate::runtime::report::{Published, ShardCounters};
+
+/// The merged view the HTTP endpoints read.
+#[derive(Default)]
+pub struct View {
+    /// Latest snapshot per shard.
+    pub shards: Vec<Option<ShardView>>,
+    /// Histograms since start, merged over shards.
+    pub service_ns: Option<Histogram<u64>>,
+    /// Loop cycle time since start.
+    pub cycle_ns: Option<Histogram<u64>>,
+    /// TCP handshake time since start.
+    pub handshake_ns: Option<Histogram<u64>>,
+    /// Resend service time since start.
+    pub resend_ns: Option<Histogram<u64>>,
+}
+
+/// One shard's latest numbers.
+pub struct ShardView {
+    /// Backend name.
+    pub backend: &'static str,
+    /// Counters.
+    pub counters: Counters,
+    /// Shard loop counters.
+    pub shard: ShardCounters,
+    /// JSON rows of the connections list.
+    pub sessions_json: String,
+    /// Sessions by state.
+    pub by_state: [u64; 6],
+}
+
+/// Runs until `stop`: collects snapshots every 100 ms, writes the interval log each second.
+pub fn run(
+    published: Published,
+    view: Arc<Mutex<View>>,
+    hist_log: Option<std::path::PathBuf>,
+    trace_dir: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    latency_ns_max: u64,
+) {
+    let Published { shards: mut links, mut traces, clock, .. } = published;
+    let mut trace_writer = TraceWriter::new(trace_dir);
+    let mut log_file = hist_log.and_then(|p| match std::fs::File::create(&p) {
+        Ok(f) => Some(std::io::BufWriter::new(f)),
+        Err(e) => {
+            eprintln!("fleetgate: cannot create histogram log {}: {e}", p.display());
+            None
+        }
+    });
+    let mut serializer = V2DeflateSerializer::new();
+    let start = std::time::SystemTime::now();
+    let mut writer = log_file.as_mut().and_then(|f| {
+        IntervalLogWriterBuilder::new()
+            .add_comment("fleetgate gateway histograms (ns): service, cycle, handshake, resend")
+            .with_start_time(start)
+            .with_base_time(start)
+            .with_max_value_divisor(1.0)
+            .begin_log_with(f, &mut serializer)
+            .ok()
+    });
+    let h =
+        || Histogram::<u64>::new_with_bounds(1, latency_ns_max.max(2), 3).expect("valid bounds");
+    let (mut i_service, mut i_cycle, mut i_handshake, mut i_resend) = (h(), h(), h(), h());
+    let mut interval_start = clock.now();
+    {
+        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+        v.shards = (0..links.len()).map(|_| None).collect();
+        v.service_ns = Some(h());
+        v.cycle_ns = Some(h());
+        v.handshake_ns = Some(h());
+        v.resend_ns = Some(h());
+    }
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        for t in &mut traces {
+            while let Ok(r) = t.pop() {
+                trace_writer.write(&r);
+            }
+        }
+        trace_writer.flush();
+        for link in &mut links {
+            while let Ok(snap) = link.snapshots.pop() {
+                let _ = i_service.add(&snap.service_ns);
+                let _ = i_cycle.add(&snap.cycle_ns);
+                let _ = i_handshake.add(&snap.handshake_ns);
+                let _ = i_resend.add(&snap.resend_ns);
+                let (json, by_state) = session_rows(&snap);
+                let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = v.shards.get_mut(snap.shard) {
+                    *slot = Some(ShardView {
+                        backend: snap.backend,
+                        counters: snap.counters.clone(),
+                        shard: snap.shard_counters,
+                        sessions_json: json,
+                        by_state,
+                    });
+                }
+                drop(v);
+                let _ = link.recycle.push(snap);
+            }
+        }
+        let now = clock.now();
+        if now.saturating_since(interval_start) >= Duration::from_secs(1) || stopping {
+            let begin = interval_start.saturating_since(crate::time::Timestamp::ZERO);
+            let len = now.saturating_since(interval_start);
+            if let Some(w) = writer.as_mut() {
+                let tags = [
+                    ("service", &i_service),
+                    ("cycle", &i_cycle),
+                    ("handshake", &i_handshake),
+                    ("resend", &i_resend),
+                ];
+                for (tag, hist) in tags {
+                    let _ = w.write_histogram(hist, begin, len, Tag::new(tag));
+                }
+            }
+            let mut guard = view.lock().unwrap_or_else(|e| e.into_inner());
+            let v = &mut *guard;
+            for (dst, src) in [
+                (&mut v.service_ns, &i_service),
+                (&mut v.cycle_ns, &i_cycle),
+                (&mut v.handshake_ns, &i_handshake),
+                (&mut v.resend_ns, &i_resend),
+            ] {
+                if let Some(d) = dst.as_mut() {
+                    let _ = d.add(src);
+                }
+            }
+            drop(guard);
+            i_service.reset();
+            i_cycle.reset();
+            i_handshake.reset();
+            i_resend.reset();
+            interval_start = now;
+        }
+        if stopping {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(writer);
+    if let Some(mut f) = log_file {
+        let _ = f.flush();
+    }
+}

@@ -1,0 +1,108 @@
+//! The acceptor's portable driver: `poll(2)` over non-blocking sockets.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use super::{Core, Step, refuse};
+use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
+use crate::time::Timestamp;
+
+struct Pending {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: [u8; HANDOFF_BYTES],
+    len: usize,
+    deadline: Timestamp,
+    accepted: Timestamp,
+}
+
+/// The portable driver: `poll(2)` over non-blocking sockets.
+pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
+    eprintln!("fleetgate: acceptor running on poll(2)");
+    let _ = udp.set_nonblocking(true);
+    let _ = tcp.set_nonblocking(true);
+    let mut pending: Vec<Pending> = Vec::with_capacity(core.max_pending);
+    let mut rx = [0u8; 2048];
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(core.max_pending + 2);
+    while !core.stopping() {
+        core.publish(Some(core.clock.now()), "poll");
+        fds.clear();
+        fds.push(libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for p in &pending {
+            fds.push(libc::pollfd { fd: p.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let n = crate::io::sys::poll(&mut fds, 50);
+        if n < 0 {
+            continue;
+        }
+        let now = core.clock.now();
+        if fds[0].revents != 0 {
+            for _ in 0..256 {
+                let Ok((len, from)) = udp.recv_from(&mut rx) else { break };
+                if let Some(reply) = core.datagram(now, from, &rx[..len]) {
+                    if udp.send_to(reply, from).is_err() {
+                        core.counters.replies_dropped += 1;
+                    }
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            for _ in 0..256 {
+                let Ok((stream, peer)) = tcp.accept() else { break };
+                if pending.len() >= core.max_pending {
+                    let why = core.busy();
+                    refuse(stream, why);
+                    continue;
+                }
+                let _ = stream.set_nonblocking(true);
+                pending.push(Pending {
+                    stream,
+                    peer,
+                    buf: [0; HANDOFF_BYTES],
+                    len: 0,
+                    deadline: now + core.logon_timeout,
+                    accepted: now,
+                });
+            }
+        }
+        // Pending connections: read, hand off, or time out. Iterate backwards so swap_remove is
+        // safe; `fds[2 + i]` matches `pending[i]` as built above.
+        let polled = fds.len() - 2;
+        let mut i = pending.len();
+        while i > 0 {
+            i -= 1;
+            if i < polled && fds[2 + i].revents != 0 {
+                let p = &mut pending[i];
+                let closed = match std::io::Read::read(&mut p.stream, &mut p.buf[p.len..]) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        p.len += n;
+                        false
+                    }
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                if closed {
+                    pending.swap_remove(i);
+                    continue;
+                }
+            }
+            let p = &pending[i];
+            match core.first_frame(now, &p.buf[..p.len], p.deadline) {
+                Step::NeedMore => {}
+                Step::HandOff(shard) => {
+                    let p = pending.swap_remove(i);
+                    let h = Handoff {
+                        stream: p.stream,
+                        peer: p.peer,
+                        initial: p.buf,
+                        len: p.len,
+                        accepted: p.accepted,
+                    };
+                    core.hand_off(shard, h);
+                }
+                Step::Refuse(why) => refuse(pending.swap_remove(i).stream, why),
+            }
+        }
+    }
+}

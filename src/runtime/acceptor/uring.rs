@@ -1,0 +1,216 @@
+//! The acceptor's io_uring driver: runs [`Core`]'s decisions over the ring of
+//! [`crate::io::uring::accept`], which owns the memory the kernel touches (see its module docs
+//! for the operations).
+//!
+//! A pending connection holds one ring slot of [`HANDOFF_BYTES`] and has one `RECV` in flight at
+//! a time; it is handed to its shard (or closed) only when that receive has completed, so the
+//! shard's ring is the only one to touch the socket after. A connection past its deadline has
+//! its receive cancelled, and is refused when the cancelled receive ends. The ring waits at most
+//! 50 ms, so shutdown is noticed.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use super::{Core, Step, refuse};
+use crate::io::uring::accept::{AcceptRing, Completion, Inbound};
+use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
+use crate::time::Timestamp;
+
+/// Longest wait in the kernel: shutdown is checked at least this often.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// A connection waiting for its LogonRequest, in its ring slot.
+struct Pending {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes of the slot filled.
+    len: usize,
+    deadline: Timestamp,
+    accepted: Timestamp,
+    /// Its deadline passed and its receive is being cancelled.
+    expired: bool,
+}
+
+/// Runs the acceptor on io_uring until shutdown. An error before anything was served (no
+/// io_uring, or it refuses an operation) lets the caller fall back to `poll(2)`.
+pub fn run(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) -> std::io::Result<()> {
+    let mut d = Driver {
+        ring: AcceptRing::new(core.max_pending, HANDOFF_BYTES)?,
+        pending: (0..core.max_pending.max(1)).map(|_| None).collect(),
+    };
+    // Pending connections are closed (dropped) with the driver; the ring cancels and drains
+    // what is in flight when it is dropped.
+    d.serve(core, udp, tcp)
+}
+
+struct Driver {
+    ring: AcceptRing,
+    /// Indexed by ring slot.
+    pending: Vec<Option<Pending>>,
+}
+
+impl Driver {
+    fn serve(
+        &mut self,
+        core: &mut Core,
+        udp: &UdpSocket,
+        tcp: &TcpListener,
+    ) -> std::io::Result<()> {
+        self.ring.start()?;
+        eprintln!("fleetgate: acceptor running on io_uring");
+        while !core.stopping() {
+            let now = core.clock.now();
+            core.publish(Some(now), "io_uring");
+            self.ring.arm(udp, tcp);
+            let wait = self.next_deadline().map_or(MAX_WAIT, |d| d.saturating_since(now));
+            self.ring.wait(wait.clamp(Duration::from_millis(1), MAX_WAIT))?;
+            let now = core.clock.now();
+            while let Some(c) = self.ring.poll_completion() {
+                self.dispatch(core, udp, now, c)?;
+            }
+            self.expire(core, now);
+        }
+        Ok(())
+    }
+
+    fn dispatch(
+        &mut self,
+        core: &mut Core,
+        udp: &UdpSocket,
+        now: Timestamp,
+        c: Completion,
+    ) -> std::io::Result<()> {
+        match c {
+            Completion::Datagram(buf) => {
+                match self.ring.datagram(&buf) {
+                    Inbound::Datagram(from, data) => {
+                        if let Some(reply) = core.datagram(now, from, data) {
+                            if !self.ring.send_to(udp, from, reply) {
+                                core.counters.replies_dropped += 1;
+                            }
+                        }
+                    }
+                    Inbound::Truncated => core.counters.dropped += 1,
+                    Inbound::Invalid => {}
+                }
+                self.ring.recycle(buf);
+            }
+            Completion::SendFailed => core.counters.replies_dropped += 1,
+            // Multishot accept refused (before Linux 5.19): let the caller fall back.
+            Completion::AcceptUnsupported(e) => return Err(e),
+            Completion::Accepted(stream) => self.on_accept(core, now, stream),
+            Completion::Received { slot, result } => self.on_received(core, now, slot, result),
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, core: &mut Core, now: Timestamp, stream: TcpStream) {
+        let Ok(peer) = stream.peer_addr() else { return }; // already gone
+        let Some(slot) = self.ring.claim() else {
+            let why = core.busy();
+            refuse(stream, why);
+            return;
+        };
+        self.pending[slot] = Some(Pending {
+            stream,
+            peer,
+            len: 0,
+            deadline: now + core.logon_timeout,
+            accepted: now,
+            expired: false,
+        });
+        self.read_more(core, slot);
+    }
+
+    /// Queues the next `RECV` of pending connection `slot` into the rest of its buffer.
+    fn read_more(&mut self, core: &mut Core, slot: usize) {
+        let Some(p) = self.pending[slot].as_ref() else { return };
+        if !self.ring.recv(slot, &p.stream, p.len) {
+            if let Some(p) = self.take(slot) {
+                // No room in the ring even after a submit: refuse rather than wait.
+                refuse(p.stream, core.busy());
+            }
+        }
+    }
+
+    fn on_received(
+        &mut self,
+        core: &mut Core,
+        now: Timestamp,
+        slot: usize,
+        result: std::io::Result<usize>,
+    ) {
+        let Some(p) = self.pending.get_mut(slot).and_then(Option::as_mut) else { return };
+        if p.expired {
+            // Its deadline passed (counted then); this is the cancelled receive's end.
+            if let Some(p) = self.take(slot) {
+                refuse(p.stream, "logon timeout");
+            }
+            return;
+        }
+        match result {
+            Ok(n @ 1..) => p.len = (p.len + n).min(HANDOFF_BYTES),
+            _ => {
+                // End of stream or an error before a LogonRequest: just close.
+                drop(self.take(slot));
+                return;
+            }
+        }
+        let (len, deadline) = (p.len, p.deadline);
+        // The receive that wrote these bytes has completed and none is in flight.
+        let Some(bytes) = self.ring.slot_bytes(slot, len) else { return };
+        match core.first_frame(now, bytes, deadline) {
+            Step::NeedMore => self.read_more(core, slot),
+            Step::HandOff(shard) => {
+                let mut initial = [0u8; HANDOFF_BYTES];
+                initial[..len].copy_from_slice(bytes);
+                if let Some(p) = self.take(slot) {
+                    let h = Handoff {
+                        stream: p.stream,
+                        peer: p.peer,
+                        initial,
+                        len,
+                        accepted: p.accepted,
+                    };
+                    core.hand_off(shard, h);
+                }
+            }
+            Step::Refuse(why) => {
+                if let Some(p) = self.take(slot) {
+                    refuse(p.stream, why);
+                }
+            }
+        }
+    }
+
+    /// Takes pending connection `slot` out and gives its ring slot back.
+    fn take(&mut self, slot: usize) -> Option<Pending> {
+        let p = self.pending.get_mut(slot)?.take()?;
+        self.ring.release(slot);
+        Some(p)
+    }
+
+    /// The earliest deadline of a pending connection still waiting.
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.pending.iter().flatten().filter(|p| !p.expired).map(|p| p.deadline).min()
+    }
+
+    /// Cancels the receive of every pending connection past its deadline; its completion
+    /// closes it.
+    fn expire(&mut self, core: &mut Core, now: Timestamp) {
+        for slot in 0..self.pending.len() {
+            let Some(p) = self.pending[slot].as_mut() else { continue };
+            if p.expired || now < p.deadline {
+                continue;
+            }
+            p.expired = true;
+            let _ = core.timed_out();
+            if !self.ring.cancel_recv(slot) {
+                // The receive is still ours to wait for: shutting the socket down ends it.
+                if let Some(p) = self.pending[slot].as_ref() {
+                    let _ = p.stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+}
