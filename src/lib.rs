@@ -23,12 +23,9 @@
 pub mod apps;
 pub mod config;
 pub mod counters;
-pub mod demo;
-pub mod hist;
 pub mod ids;
 pub mod io;
 pub mod journal;
-pub mod loadgen;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleetgate::counters::Counter;
-use fleetgate::loadgen::FeedChecker;
 use fleetgate::protocol::{Body, Password, Username};
 use fleetgate::session::{DeviceState, EndReason};
+use fleetgate::tools::loadgen::FeedChecker;
 use fleetgate::tools::passwd::{add_user, load};
 
 const SECOND: Duration = Duration::from_secs(1);

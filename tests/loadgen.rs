@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use fleetgate::loadgen::{self, LoadConfig, Scenario};
+use fleetgate::tools::loadgen::{self, LoadConfig, Scenario};
 
 fn run(scenario: Scenario, extra: &[&str], tweak: impl FnOnce(&mut LoadConfig)) -> String {
     let gw = common::start("epoll", extra);

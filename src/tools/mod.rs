@@ -1,3 +1,15 @@
-//! The command-line tools around the gateway.
+//! The tools around the gateway, and the command line that runs them (`clap` lives only here):
+//!
+//! - [`cli`]: the `fleetgate` command line and its dispatch;
+//! - [`loadgen`]: `fleetgate load`, the open-loop load generator;
+//! - [`demo`]: `fleetgate demo`, a gateway and a fleet in one process;
+//! - [`hist`]: `fleetgate hist`, HdrHistogram interval logs shown, compared and plotted;
+//! - [`check`]: `fleetgate check`, host readiness;
+//! - [`passwd`]: `fleetgate passwd` and the credentials file on disk.
 
+pub mod check;
+pub mod cli;
+pub mod demo;
+pub mod hist;
+pub mod loadgen;
 pub mod passwd;

@@ -4,8 +4,22 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 
 use crate::session::auth::{Credentials, entry_line};
+
+/// `fleetgate passwd`: reads the password from stdin and adds (or replaces) `user` in `file`.
+pub fn run(file: &Path, user: &str) -> Result<ExitCode, String> {
+    let mut pw = String::new();
+    std::io::stdin().read_line(&mut pw).map_err(|e| e.to_string())?;
+    let pw = pw.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() || pw.len() > 32 {
+        return Err("password must be 1..=32 characters (read from stdin)".into());
+    }
+    add_user(file, user, pw.as_bytes())?;
+    eprintln!("fleetgate: {} updated for {user}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Reads and parses a credentials file.
 pub fn load(path: &Path) -> Result<Credentials, String> {

@@ -281,9 +281,7 @@ fn thread_main(
             .position(|&i| i == dev)
             .map(|k| (k, at, dark, Forced { device: dev, ..Forced::default() }))
     });
-    let mut rng = crate::loadgen::Rng(
-        cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
-    );
+    let mut rng = Rng(cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let ep = Poller::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut devs: Vec<Dev> = Vec::with_capacity(mine.len());
     for (k, &i) in mine.iter().enumerate() {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::loadgen::{self, LoadConfig, Scenario};
 use crate::ops::Server;
 use crate::session::OpenLogon;
+use crate::tools::loadgen::{self, LoadConfig, Scenario};
 
 /// Settings of the demo (flags of `fleetgate demo`).
 #[derive(Clone, Debug)]

@@ -1,0 +1,424 @@
+//! The `fleetgate` command line (clap lives only here): parse, then dispatch to the tools and
+//! the gateway. `src/main.rs` calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::io::sys;
+use crate::ops::Server;
+use crate::runtime::signals;
+use crate::session::{Authenticator, Credentials, OpenLogon};
+use crate::tools::{check, passwd};
+
+/// fleetgate: a thread-per-core session gateway for large device fleets.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (UDP handshake port, TCP port, one shard per core).
+    Serve(ServeArgs),
+    /// Add or replace a user in a credentials file (password read from stdin).
+    Passwd(PasswdArgs),
+    /// Check host readiness: kernel, io_uring, memlock, cores, sysctls.
+    Check(CheckArgs),
+    /// Run a load scenario against a running gateway.
+    Load(LoadArgs),
+    /// A gateway and a simulated fleet in one process, ending in a latency histogram.
+    Demo(DemoArgs),
+    /// Summarize, compare and plot HdrHistogram interval logs (.hlog).
+    Hist(HistArgs),
+}
+
+#[derive(Args, Debug)]
+struct HistArgs {
+    /// Unit of the values recorded in the logs (fleetgate records ns); output is in µs.
+    #[arg(long, value_enum, default_value = "ns", global = true)]
+    unit: crate::tools::hist::Unit,
+    #[command(subcommand)]
+    command: HistCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum HistCommand {
+    /// Per tag, all intervals merged: count, p50, p90, p99, p99.9, p99.99, max (µs), time span.
+    Show {
+        /// The interval log.
+        file: PathBuf,
+    },
+    /// Two logs side by side, per tag present in both, with the ratio B/A.
+    Compare {
+        /// Baseline log.
+        a: PathBuf,
+        /// Log compared with the baseline.
+        b: PathBuf,
+    },
+    /// Percentile distribution plot, one line per (file, tag): SVG or PNG by the extension.
+    Plot {
+        /// Interval logs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output file, .svg or .png.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Plot only this tag (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Title.
+        #[arg(long, default_value = "Latency by Percentile Distribution")]
+        title: String,
+        /// Width in pixels.
+        #[arg(long, default_value_t = 960)]
+        width: u32,
+        /// Height in pixels.
+        #[arg(long, default_value_t = 600)]
+        height: u32,
+        /// Log scale for the latency axis too.
+        #[arg(long)]
+        log_y: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Scenario.
+    #[arg(value_enum)]
+    scenario: crate::tools::loadgen::Scenario,
+    /// Gateway UDP handshake address.
+    #[arg(long, default_value = "127.0.0.1:3006")]
+    handshake: std::net::SocketAddr,
+    /// Gateway TCP address.
+    #[arg(long, default_value = "127.0.0.1:4210")]
+    tcp: std::net::SocketAddr,
+    /// UDP devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// TCP clients.
+    #[arg(long, default_value_t = 0)]
+    tcp_clients: usize,
+    /// steady/resend/churn: echo requests per second over all sessions; storm: logons per second
+    /// (0 = all at once).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// resend: share of received datagrams to drop.
+    #[arg(long, default_value_t = 0.05)]
+    drop: f64,
+    /// resend: reconnect + resume period; churn: session lifetime (seconds).
+    #[arg(long, default_value_t = 3.0)]
+    reconnect_every: f64,
+    /// Loopback source addresses to spread devices over (127.0.0.1 ..).
+    #[arg(long, default_value_t = 200)]
+    source_ips: u32,
+    /// Username prefix.
+    #[arg(long, default_value = "dev")]
+    user_prefix: String,
+    /// Password.
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// Echo body bytes (8..=200).
+    #[arg(long, default_value_t = 16)]
+    body_bytes: usize,
+    /// Fail (exit 1) when errors exceed this share of attempts.
+    #[arg(long, default_value_t = 0.001)]
+    max_error_share: f64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the latency histograms as an HdrHistogram log.
+    #[arg(long)]
+    hist_log: Option<PathBuf>,
+    /// With idle: report this gateway process's RSS and CPU from /proc.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// UDP devices.
+    #[arg(long, default_value_t = 2000)]
+    devices: usize,
+    /// TCP clients.
+    #[arg(long, default_value_t = 50)]
+    tcp_clients: usize,
+    /// Echo requests per second over all sessions.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Results folder.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// I/O backend: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Gateway shards (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file (profiles in tuning/).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Override any config key: --set section.key=value (repeatable), e.g. --set udp.max_datagram=1200.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Shard threads (gateway.shards; 0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// I/O backend: auto, uring or epoll (gateway.io).
+    #[arg(long)]
+    io: Option<String>,
+    /// Application: echo, feed or none (gateway.app).
+    #[arg(long)]
+    app: Option<String>,
+    /// UDP handshake address (gateway.handshake_addr, default 0.0.0.0:3006).
+    #[arg(long)]
+    handshake_addr: Option<String>,
+    /// TCP address (gateway.tcp_addr, default 0.0.0.0:4210).
+    #[arg(long)]
+    tcp_addr: Option<String>,
+    /// First UDP session port (gateway.session_port_base, default 5000).
+    #[arg(long)]
+    session_port_base: Option<u16>,
+    /// Credentials file (auth.credentials).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// Accept any username and password. Without this or --credentials, logons are refused.
+    #[arg(long)]
+    open_logon: bool,
+    /// HdrHistogram interval log file (observability.hist_log).
+    #[arg(long)]
+    hist_log: Option<PathBuf>,
+    /// HTTP address for /metrics, /sessions, /healthz (observability.metrics_addr; "" disables).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PasswdArgs {
+    /// The credentials file (created if missing).
+    #[arg(long)]
+    file: PathBuf,
+    /// Username (1..=16 printable characters).
+    user: String,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// sysctl file to compare with (default tuning/sysctl.conf).
+    #[arg(long, default_value = "tuning/sysctl.conf")]
+    sysctl: PathBuf,
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sys::raise_open_files_limit();
+    let r = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Passwd(a) => passwd::run(&a.file, &a.user),
+        Command::Check(a) => check::run(&a.sysctl),
+        Command::Load(a) => load(a),
+        Command::Demo(a) => demo(a),
+        Command::Hist(a) => hist(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleetgate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+    let mut set = Vec::new();
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    if let Some(v) = a.shards {
+        set.push(format!("gateway.shards={v}"));
+    }
+    if let Some(v) = &a.io {
+        set.push(format!("gateway.io={}", q(v)));
+    }
+    if let Some(v) = &a.app {
+        set.push(format!("gateway.app={}", q(v)));
+    }
+    if let Some(v) = &a.handshake_addr {
+        set.push(format!("gateway.handshake_addr={}", q(v)));
+    }
+    if let Some(v) = &a.tcp_addr {
+        set.push(format!("gateway.tcp_addr={}", q(v)));
+    }
+    if let Some(v) = a.session_port_base {
+        set.push(format!("gateway.session_port_base={v}"));
+    }
+    if let Some(v) = &a.credentials {
+        set.push(format!("auth.credentials={}", q(&v.display().to_string())));
+    }
+    if a.open_logon {
+        set.push("auth.open_logon=true".into());
+    }
+    if let Some(v) = &a.hist_log {
+        set.push(format!("observability.hist_log={}", q(&v.display().to_string())));
+    }
+    if let Some(v) = &a.metrics_addr {
+        set.push(format!("observability.metrics_addr={}", q(v)));
+    }
+    set.extend(a.set);
+    let cfg = Config::load(a.config.as_deref(), &set).map_err(|e| e.to_string())?;
+    let auth: Arc<dyn Authenticator + Send + Sync> = match (
+        &cfg.auth.credentials,
+        cfg.auth.open_logon,
+    ) {
+        (Some(p), _) => Arc::new(passwd::load(p.as_ref())?),
+        (None, true) => {
+            eprintln!("fleetgate: WARNING: open logon: any username and password is accepted");
+            Arc::new(OpenLogon)
+        }
+        (None, false) => {
+            eprintln!(
+                "fleetgate: no credentials file and no --open-logon: every logon will be refused"
+            );
+            Arc::new(Credentials::default())
+        }
+    };
+    signals::catch();
+    let mut gw = Server::start(&cfg, auth)?;
+    eprintln!(
+        "fleetgate: serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
+        gw.gateway.handshake_addr,
+        gw.gateway.tcp_addr,
+        gw.gateway.session_ports,
+        gw.metrics_addr.map_or("off".into(), |a| a.to_string()),
+        gw.gateway.backend,
+        gw.gateway.reserved_bytes >> 20
+    );
+    signals::forward_to(gw.shutdown_flag());
+    let totals = gw.wait();
+    eprintln!("fleetgate: stopped: {}", crate::runtime::report::summary(&totals.counters));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(a: LoadArgs) -> Result<ExitCode, String> {
+    let before = a.gateway_pid.and_then(proc_stat);
+    let cfg = crate::tools::loadgen::LoadConfig {
+        scenario: a.scenario,
+        handshake: a.handshake,
+        tcp: a.tcp,
+        udp_devices: a.devices,
+        tcp_devices: a.tcp_clients,
+        rate: a.rate,
+        warmup: std::time::Duration::from_secs_f64(a.warmup),
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        seed: a.seed,
+        threads: a.threads,
+        drop_share: a.drop,
+        reconnect_every: std::time::Duration::from_secs_f64(a.reconnect_every),
+        source_ips: a.source_ips,
+        user_prefix: a.user_prefix,
+        password: a.password,
+        body_bytes: a.body_bytes,
+        max_error_share: a.max_error_share,
+        progress: !a.json,
+        forced_resume: None,
+    };
+    let report = crate::tools::loadgen::run(&cfg)?;
+    if let Some(p) = &a.hist_log {
+        report.write_hlog(p)?;
+    }
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if let (Some(pid), Some((cpu0, _))) = (a.gateway_pid, before) {
+        if let Some((cpu1, rss)) = proc_stat(pid) {
+            let secs = cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64();
+            eprintln!(
+                "gateway pid {pid}: RSS {} MiB, CPU {:.1}% of one core over the run",
+                rss >> 20,
+                100.0 * (cpu1 - cpu0) / secs
+            );
+        }
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// (CPU seconds, RSS bytes) of a process, from /proc.
+fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    Some((cpu, rss_pages * 4096))
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode, String> {
+    let d = crate::tools::demo::DemoConfig {
+        udp_devices: a.devices,
+        tcp_devices: a.tcp_clients,
+        rate: a.rate,
+        seconds: a.seconds,
+        out: a.out,
+        io: a.io,
+        shards: a.shards,
+    };
+    let (report, dir) = crate::tools::demo::run(&d)?;
+    println!();
+    print!("{}", report.table());
+    println!();
+    print!("{}", report.histogram_text());
+    println!();
+    println!(
+        "files: {}/summary.json (summary), {}/load.hlog (echo and logon latency), {}/gateway.hlog (gateway service, cycle and handshake time)",
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn hist(a: HistArgs) -> Result<ExitCode, String> {
+    use crate::tools::hist;
+    let read = |p: &PathBuf| hist::read_log(p, a.unit).map_err(|e| e.to_string());
+    match &a.command {
+        HistCommand::Show { file } => print!("{}", hist::show(&read(file)?)),
+        HistCommand::Compare { a: fa, b: fb } => {
+            print!("{}", hist::compare(&read(fa)?, &read(fb)?)?)
+        }
+        HistCommand::Plot { files, output, tag, title, width, height, log_y } => {
+            let opt = hist::PlotOptions {
+                title: title.clone(),
+                width: *width,
+                height: *height,
+                log_y: *log_y,
+            };
+            eprintln!("fleetgate: {}", hist::plot(files, a.unit, tag, &opt, output)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
