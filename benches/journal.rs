@@ -28,11 +28,7 @@ use fleetgate::counters::Counter;
 use fleetgate::journal::{Journal, JournalConfig};
 use fleetgate::protocol::Body;
 use fleetgate::session::Transport;
-
-#[allow(dead_code, reason = "shared with the session bench, which uses other parts")]
-mod support;
-
-use support::Pair;
+use fleetgate::sim::Pair;
 
 /// Slots in the append bench's ring.
 const RING: usize = 1024;
@@ -68,7 +64,7 @@ fn resend(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RESEND as u64));
     let body = [0x5au8; 64];
     for transport in [Transport::Udp, Transport::Tcp] {
-        let mut pair = Pair::new(transport, 2048);
+        let mut pair = Pair::logged_on(transport, 2048);
         // 1,000 consecutive application messages, delivered once.
         let h = pair.handle();
         let from = pair.ep.send(pair.now, h, 300, &body).expect("send");
@@ -78,10 +74,10 @@ fn resend(c: &mut Criterion) {
         }
         assert_eq!(to - from + 1, RESEND, "no session message in the range");
         pair.advance(Duration::from_millis(1));
-        assert_eq!(pair.received, RESEND as u64);
+        assert_eq!(pair.received(), RESEND as u64);
 
         // From here on the bench stands in for the device.
-        let mut seq = pair.dev.next_out();
+        let mut seq = pair.dev().next_out();
         let mut input = [0u8; 128];
         let resent = pair.ep.counters().get(Counter::MessagesResent);
         let mut requests = 0u64;

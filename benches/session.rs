@@ -36,11 +36,7 @@ use fleetgate::counters::Counter;
 use fleetgate::journal::JournalConfig;
 use fleetgate::protocol::{Body, DATAGRAM_PREFIX_LEN, offset};
 use fleetgate::session::Transport;
-
-#[allow(dead_code, reason = "shared with the journal bench, which uses other parts")]
-mod support;
-
-use support::Pair;
+use fleetgate::sim::Pair;
 
 /// Virtual time per round.
 const STEP: Duration = Duration::from_micros(1);
@@ -59,11 +55,11 @@ fn round_trip(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let body = [0x5au8; BODY];
     for transport in [Transport::Udp, Transport::Tcp] {
-        let mut pair = Pair::new(transport, JournalConfig::default().messages_per_session);
+        let mut pair = Pair::logged_on(transport, JournalConfig::default().messages_per_session);
         for _ in 0..10_000 {
             pair.round_trip(STEP, &body);
         }
-        let received = pair.received;
+        let received = pair.received();
         let mut rounds = 0u64;
         g.bench_function(name(transport), |b| {
             b.iter(|| {
@@ -72,8 +68,8 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         // Every round trip really delivered its echo.
-        assert_eq!(pair.received - received, rounds, "echoes delivered");
-        assert_eq!(pair.dev.unacked(), 0);
+        assert_eq!(pair.received() - received, rounds, "echoes delivered");
+        assert_eq!(pair.dev().unacked(), 0);
     }
     g.finish();
 }
@@ -83,9 +79,9 @@ fn gateway_only(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let body = [0x5au8; BODY];
     for transport in [Transport::Udp, Transport::Tcp] {
-        let mut pair = Pair::new(transport, JournalConfig::default().messages_per_session);
+        let mut pair = Pair::logged_on(transport, JournalConfig::default().messages_per_session);
         // From here on the bench stands in for the device.
-        let mut seq = pair.dev.next_out();
+        let mut seq = pair.dev().next_out();
         let mut input = [0u8; 256];
         let len = pair.encode_up(seq, Body::App { type_id: 101, body: &body }, &mut input);
         let seq_at = match transport {

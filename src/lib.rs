@@ -28,10 +28,11 @@ pub mod io;
 pub mod journal;
 pub mod ops;
 pub mod protocol;
+pub mod rng;
 pub mod runtime;
 pub mod session;
 pub mod time;
 pub mod tools;
 
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;

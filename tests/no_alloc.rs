@@ -1,11 +1,12 @@
 //! The hot path allocates nothing (DESIGN.md §3: "everything on the hot path is allocated at
 //! start-up"; "appending and resending allocate nothing").
 //!
-//! A counting `#[global_allocator]` wraps [`System`] and counts `alloc`, `alloc_zeroed` and
-//! `realloc` calls made by this thread while a thread-local flag is armed. The test drives one
-//! gateway [`Endpoint`] (with an echo [`Application`]) and two [`Device`]s, one over UDP and
-//! one over TCP (stream bytes split by [`Deframer`]s on both ends), directly over buffers
-//! allocated up front: no simulator, no sockets, virtual time from [`Timestamp::from_nanos`].
+//! The counting `#[global_allocator]` ([`CountingAlloc`], `fleetgate::sim::alloc`) forwards to
+//! the system allocator and counts `alloc`, `alloc_zeroed` and `realloc` calls made by this
+//! thread while it is armed. The test drives one gateway `Endpoint` (with an echo
+//! [`Application`]) and two `Device`s, one over UDP and one over TCP (stream bytes split by
+//! `Deframer`s on both ends), through [`Pair`], the simulator's in-memory harness: buffers
+//! allocated up front, no network model, no sockets, virtual time from [`Timestamp`].
 //!
 //! 1. Warm-up: UDP handshake (`answer_connection_request`, RegistrationRequest,
 //!    GetDeviceConfig, DeviceConfig, logon) and TCP logon; then every phase below at a smaller
@@ -35,110 +36,26 @@
 //! NO_ALLOC_BACKTRACES=5 cargo test --test no_alloc -- --nocapture
 //! ```
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleetgate::counters::{Counter, Counters};
-use fleetgate::protocol::Deframer;
-use fleetgate::session::handshake::{
-    CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
-};
 use fleetgate::session::{
-    Application, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, Endpoint,
-    EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, State, Transport,
+    Application, DeviceConfig, DeviceEvent, DeviceState, EndpointConfig, Outbox, SessionHandle,
+    State, Transport,
 };
+use fleetgate::sim::alloc::{self, CountingAlloc};
+use fleetgate::sim::{Pair, SIM_DEVICE_CONFIG, Watch};
 use fleetgate::time::Timestamp;
-
-// ---------------------------------------------------------------------------------------------
-// Counting allocator
-// ---------------------------------------------------------------------------------------------
-
-/// Forwards to [`System`]; counts calls made while [`ARMED`] is set on the calling thread.
-struct CountingAlloc;
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-/// `alloc` + `alloc_zeroed` calls while armed.
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-/// `realloc` calls while armed.
-static REALLOCS: AtomicU64 = AtomicU64::new(0);
-/// `dealloc` calls while armed (reported, not asserted: freeing is not growing).
-static DEALLOCS: AtomicU64 = AtomicU64::new(0);
-/// Backtraces still to print for armed allocations (`NO_ALLOC_BACKTRACES`).
-static BACKTRACES: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    // `const` and no destructor: reading it never allocates, so the allocator may use it.
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn armed() -> bool {
-    ARMED.try_with(Cell::get).unwrap_or(false)
-}
-
-fn set_armed(on: bool) {
-    ARMED.with(|a| a.set(on));
-}
-
-/// Counts one armed allocation; prints its backtrace while any are left to print.
-fn record(counter: &AtomicU64, what: &str, size: usize) {
-    if !armed() {
-        return;
-    }
-    counter.fetch_add(1, Ordering::Relaxed);
-    let print =
-        BACKTRACES.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
-    if print {
-        // Disarmed while printing: the backtrace and the formatting allocate themselves.
-        set_armed(false);
-        let bt = std::backtrace::Backtrace::force_capture();
-        eprintln!("armed {what} of {size} bytes:\n{bt}");
-        set_armed(true);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract holds exactly as it does for `System`; the counting touches only
-// atomics and a const thread-local and never unwinds.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(&ALLOCS, "alloc", layout.size());
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record(&ALLOCS, "alloc_zeroed", layout.size());
-        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract for `layout`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(&REALLOCS, "realloc", new_size);
-        // SAFETY: `ptr` was allocated by this allocator (hence by `System`) with `layout`, as
-        // the caller guarantees; `new_size` is valid by the same contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if armed() {
-            DEALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `ptr` was allocated by this allocator (hence by `System`) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Sizes and addresses
+// Sizes
 // ---------------------------------------------------------------------------------------------
 
-const START_NS: u64 = 1_000_000_000;
 /// Virtual time between traffic rounds.
 const ROUND_STEP: Duration = Duration::from_micros(50);
 /// Virtual time step while idle (heartbeats).
@@ -158,12 +75,9 @@ const IDLE_EVERY: u64 = 25_000;
 /// The gateway pushes one type-300 message every this many rounds.
 const PUSH_EVERY_ROUNDS: u64 = 2;
 
-const SESSION_PORT: u16 = 5000;
-const UDP_PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 3771);
-const TCP_PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)), 40_000);
-const DEVICE_CONFIG: &[u8] = b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~";
+/// The devices' indexes in the pair.
+const UDP: usize = 0;
+const TCP: usize = 1;
 
 /// Largest application body used (8..=88 bytes, so a few dozen messages per datagram).
 const BODY_MAX: usize = 88;
@@ -231,7 +145,7 @@ struct Seen {
     errors: u64,
 }
 
-impl Seen {
+impl Watch for Seen {
     fn on_event(&mut self, e: DeviceEvent<'_>) {
         match e {
             DeviceEvent::App { seq, type_id, body, resent, .. } => {
@@ -268,67 +182,16 @@ impl Seen {
 // The driver
 // ---------------------------------------------------------------------------------------------
 
-/// Splits `bytes` into frames through `d`, calling `on_frame` for each whole one.
-fn feed(d: &mut Deframer, mut bytes: &[u8], mut on_frame: impl FnMut(&[u8])) {
-    loop {
-        let n = d.push(bytes);
-        bytes = &bytes[n..];
-        let mut frames = 0;
-        while let Some(frame) = d.next_frame().expect("stream framing") {
-            on_frame(frame);
-            frames += 1;
-        }
-        if bytes.is_empty() {
-            return;
-        }
-        assert!(n > 0 || frames > 0, "deframer stuck");
-    }
-}
-
-/// One endpoint, one UDP device and one TCP device, wired together through preallocated buffers.
+/// One endpoint, one UDP device and one TCP device ([`Pair`]), and the traffic each is sent.
 struct Harness {
-    now: Timestamp,
-    ep: Endpoint,
-    hs: HandshakeConfig,
-    key: CookieKey,
-    next_nonce: u64,
-
-    udp: Device,
-    udp_seen: Seen,
-    udp_handle: Option<SessionHandle>,
+    pair: Pair<Seen>,
     /// Sent by the UDP device (type 101), i.e. the counter of its next message.
     udp_sent: u64,
     /// Pushed by the gateway to the UDP session (type 300).
     udp_pushed: u64,
-    /// Drop every gateway datagram to the UDP device.
-    drop_udp: bool,
-    /// Drop every UDP device datagram to the session port.
-    drop_udp_up: bool,
-
-    tcp: Device,
-    tcp_seen: Seen,
-    tcp_handle: Option<SessionHandle>,
     tcp_sent: u64,
     tcp_pushed: u64,
-    /// Drop every gateway chunk on the TCP connection (lost with the connection).
-    drop_tcp: bool,
-    conn: ConnId,
-    /// Gateway side of the stream.
-    gw_deframer: Deframer,
-    /// The LogonRequest (first frame) has been handed to `handle_tcp_logon`.
-    gw_started: bool,
-    /// Device side of the stream.
-    dev_deframer: Deframer,
-
-    /// Gateway buffers dropped on purpose.
-    dropped: u64,
-    /// Gateway output with an unexpected destination, CloseConnection and Ended events.
-    surprises: u64,
     rounds: u64,
-
-    gw_buf: Box<[u8]>,
-    dev_buf: Box<[u8]>,
-    hs_buf: Box<[u8]>,
     scratch: [u8; BODY_MAX],
 }
 
@@ -338,203 +201,56 @@ impl Harness {
             EndpointConfig { max_sessions: 4, max_connections: 16, ..EndpointConfig::default() };
         cfg.session.journal.messages_per_session = JOURNAL_MESSAGES;
         cfg.session.validate().expect("session config");
-        let key = CookieKey([0x5a; 32]);
-        let keys = CookieKeys { current: key, previous: None };
-        let app = Echo { echoed, refused };
-        let ep = Endpoint::new(cfg, keys, [9; 32], Box::new(OpenLogon), Box::new(app));
-
-        let mut udp = Device::new(DeviceConfig::new(
-            Transport::Udp,
-            b"PDT9090-0001",
-            b"udp-device",
-            b"secret",
-        ));
-        udp.set_device_config(DEVICE_CONFIG);
-        let tcp = Device::new(DeviceConfig::new(Transport::Tcp, b"", b"tcp-device", b"secret"));
+        let mut pair = Pair::new(cfg, Box::new(Echo { echoed, refused }));
+        let udp = DeviceConfig::new(Transport::Udp, b"PDT9090-0001", b"udp-device", b"secret");
+        assert_eq!(pair.add(udp, Seen::default()), UDP);
+        let tcp = DeviceConfig::new(Transport::Tcp, b"", b"tcp-device", b"secret");
+        assert_eq!(pair.add(tcp, Seen::default()), TCP);
         Self {
-            now: Timestamp::from_nanos(START_NS),
-            ep,
-            hs: HandshakeConfig {
-                shards: 1,
-                session_port_base: SESSION_PORT,
-                cookie_ttl: Duration::from_secs(5),
-            },
-            key,
-            next_nonce: 1,
-            udp,
-            udp_seen: Seen::default(),
-            udp_handle: None,
+            pair,
             udp_sent: 0,
             udp_pushed: 0,
-            drop_udp: false,
-            drop_udp_up: false,
-            tcp,
-            tcp_seen: Seen::default(),
-            tcp_handle: None,
             tcp_sent: 0,
             tcp_pushed: 0,
-            drop_tcp: false,
-            conn: ConnId(0),
-            gw_deframer: Deframer::new(64 * 1024),
-            gw_started: false,
-            dev_deframer: Deframer::new(64 * 1024),
-            dropped: 0,
-            surprises: 0,
             rounds: 0,
-            gw_buf: vec![0; 16 * 1024].into_boxed_slice(),
-            dev_buf: vec![0; 16 * 1024].into_boxed_slice(),
-            hs_buf: vec![0; 2048].into_boxed_slice(),
             scratch: [0; BODY_MAX],
         }
     }
 
-    fn nonce(&mut self) -> u64 {
-        self.next_nonce += 1;
-        self.next_nonce
+    fn udp_seen(&self) -> &Seen {
+        &self.pair.peers[UDP].watch
+    }
+
+    fn tcp_seen(&self) -> &Seen {
+        &self.pair.peers[TCP].watch
+    }
+
+    fn udp_handle(&self) -> SessionHandle {
+        self.pair.peers[UDP].handle.expect("udp handle")
+    }
+
+    fn tcp_handle(&self) -> SessionHandle {
+        self.pair.peers[TCP].handle.expect("tcp handle")
     }
 
     /// Handshake (UDP) and logon (both).
     fn connect(&mut self) {
-        let (a, b) = (self.nonce(), self.nonce());
-        self.udp.connect(self.now, a, true);
-        self.tcp.connect(self.now, b, true);
-        self.pump();
-        assert_eq!(self.udp.state(), DeviceState::Active);
-        assert_eq!(self.tcp.state(), DeviceState::Active);
-        assert!(self.udp_handle.is_some() && self.tcp_handle.is_some());
-        assert_eq!(self.udp_seen.registered, 1);
-        let udp = self.ep.session(self.udp_handle.unwrap()).expect("udp session");
-        assert_eq!(udp.device_config(), DEVICE_CONFIG);
-    }
-
-    /// Moves everything every party wants to send until nobody wants to send anything.
-    fn pump(&mut self) {
-        for _ in 0..100_000 {
-            if !self.step() {
-                return;
-            }
-        }
-        panic!("no quiescence");
-    }
-
-    fn step(&mut self) -> bool {
-        let now = self.now;
-        let mut any = false;
-
-        // UDP device → handshake port / session port.
-        while let Some(t) = self.udp.poll_transmit(now, &mut self.dev_buf) {
-            any = true;
-            let data = &self.dev_buf[..t.len];
-            match t.dest {
-                DeviceDest::Handshake => {
-                    let out = answer_connection_request(
-                        &self.hs,
-                        &self.key,
-                        now,
-                        UDP_PEER,
-                        data,
-                        None,
-                        &mut self.hs_buf,
-                    );
-                    if let HandshakeOutcome::Accepted { len, .. }
-                    | HandshakeOutcome::Rejected { len, .. } = out
-                    {
-                        let seen = &mut self.udp_seen;
-                        self.udp
-                            .handle_datagram(now, &self.hs_buf[..len], &mut |e| seen.on_event(e));
-                    }
-                }
-                DeviceDest::SessionPort(SESSION_PORT) if self.drop_udp_up => self.dropped += 1,
-                DeviceDest::SessionPort(SESSION_PORT) => {
-                    self.ep.handle_datagram(now, UDP_PEER, data);
-                }
-                DeviceDest::SessionPort(_) | DeviceDest::Stream => self.surprises += 1,
-            }
-        }
-
-        // TCP device → stream → gateway deframer → endpoint.
-        while let Some(t) = self.tcp.poll_transmit(now, &mut self.dev_buf) {
-            any = true;
-            let (ep, started, conn) = (&mut self.ep, &mut self.gw_started, self.conn);
-            feed(&mut self.gw_deframer, &self.dev_buf[..t.len], |frame| {
-                if *started {
-                    ep.handle_tcp_frame(now, conn, frame);
-                } else {
-                    *started = true;
-                    ep.handle_tcp_logon(now, conn, TCP_PEER, frame);
-                }
-            });
-        }
-
-        // Gateway → devices.
-        while let Some(t) = self.ep.poll_transmit(now, &mut self.gw_buf) {
-            any = true;
-            let data = &self.gw_buf[..t.len];
-            match t.dest {
-                Link::Udp(to) if to == UDP_PEER => {
-                    if self.drop_udp {
-                        self.dropped += 1;
-                    } else {
-                        let seen = &mut self.udp_seen;
-                        self.udp.handle_datagram(now, data, &mut |e| seen.on_event(e));
-                    }
-                }
-                Link::Tcp(c) if c == self.conn => {
-                    if self.drop_tcp {
-                        self.dropped += 1;
-                    } else {
-                        let (dev, seen) = (&mut self.tcp, &mut self.tcp_seen);
-                        feed(&mut self.dev_deframer, data, |frame| {
-                            dev.handle_frame(now, frame, &mut |e| seen.on_event(e));
-                        });
-                    }
-                }
-                _ => self.surprises += 1,
-            }
-        }
-
-        while let Some(ev) = self.ep.poll_event() {
-            match ev {
-                EndpointEvent::LoggedOn(h) => match self.ep.session(h).map(|s| s.transport()) {
-                    Some(Transport::Udp) => self.udp_handle = Some(h),
-                    Some(Transport::Tcp) => self.tcp_handle = Some(h),
-                    None => self.surprises += 1,
-                },
-                EndpointEvent::CloseConnection(_) | EndpointEvent::Ended(..) => {
-                    self.surprises += 1;
-                }
-                EndpointEvent::ResendServed(_) | EndpointEvent::SlowReader(_) => {}
-            }
-        }
-        any
-    }
-
-    /// Fires every due timer (gateway and devices).
-    fn fire_timers(&mut self) {
-        let now = self.now;
-        if self.ep.poll_timeout().is_some_and(|t| t <= now) {
-            self.ep.handle_timeout(now);
-        }
-        if self.udp.poll_timeout().is_some_and(|t| t <= now) {
-            let seen = &mut self.udp_seen;
-            self.udp.handle_timeout(now, &mut |e| seen.on_event(e));
-        }
-        if self.tcp.poll_timeout().is_some_and(|t| t <= now) {
-            let seen = &mut self.tcp_seen;
-            self.tcp.handle_timeout(now, &mut |e| seen.on_event(e));
-        }
+        self.pair.connect_all();
+        assert_eq!(self.pair.peers[UDP].dev.state(), DeviceState::Active);
+        assert_eq!(self.pair.peers[TCP].dev.state(), DeviceState::Active);
+        assert_eq!(self.udp_seen().registered, 1);
+        let udp = self.pair.ep.session(self.udp_handle()).expect("udp session");
+        assert_eq!(udp.device_config(), SIM_DEVICE_CONFIG);
     }
 
     fn advance(&mut self, d: Duration) {
-        self.now = self.now + d;
-        self.fire_timers();
-        self.pump();
+        self.pair.advance(d);
     }
 
     /// Nothing to send for `d`: only timers (heartbeats, acknowledgements) run.
     fn idle(&mut self, d: Duration) {
-        let until = self.now + d;
-        while self.now < until {
+        let until = self.pair.now + d;
+        while self.pair.now < until {
             self.advance(IDLE_STEP);
         }
     }
@@ -550,7 +266,8 @@ impl Harness {
             self.udp_send(k, false);
             for _ in 0..k {
                 let b = body(self.tcp_sent, &mut self.scratch);
-                self.tcp.send_app(self.now, 101, b, false).expect("tcp device send");
+                let now = self.pair.now;
+                self.pair.peers[TCP].dev.send_app(now, 101, b, false).expect("tcp device send");
                 self.tcp_sent += 1;
             }
             if self.rounds % PUSH_EVERY_ROUNDS == 0 {
@@ -558,7 +275,7 @@ impl Harness {
                 self.push_tcp();
             }
             self.rounds += 1;
-            self.pump();
+            self.pair.pump();
             self.advance(ROUND_STEP);
             since_idle += k;
             if since_idle >= IDLE_EVERY {
@@ -572,7 +289,8 @@ impl Harness {
     fn udp_send(&mut self, k: u64, expect_reply: bool) {
         for _ in 0..k {
             let b = body(self.udp_sent, &mut self.scratch);
-            self.udp.send_app(self.now, 101, b, expect_reply).expect("udp device send");
+            let now = self.pair.now;
+            self.pair.peers[UDP].dev.send_app(now, 101, b, expect_reply).expect("udp device send");
             self.udp_sent += 1;
         }
     }
@@ -583,97 +301,93 @@ impl Harness {
     /// TestRequest.
     fn udp_upstream_loss(&mut self, times: u64) {
         for _ in 0..times {
-            self.drop_udp_up = true;
+            self.pair.peers[UDP].drop_up = true;
             self.udp_send(3, true);
-            self.pump();
-            self.drop_udp_up = false;
+            self.pair.pump();
+            self.pair.peers[UDP].drop_up = false;
             self.udp_send(2, true);
-            self.pump();
+            self.pair.pump();
             self.idle(Duration::from_millis(500));
         }
     }
 
     fn push_udp(&mut self) {
+        let h = self.udp_handle();
         let b = body(self.udp_pushed, &mut self.scratch);
-        let h = self.udp_handle.expect("udp handle");
-        self.ep.send(self.now, h, 300, b).expect("gateway push (udp)");
+        self.pair.ep.send(self.pair.now, h, 300, b).expect("gateway push (udp)");
         self.udp_pushed += 1;
     }
 
     fn push_tcp(&mut self) {
+        let h = self.tcp_handle();
         let b = body(self.tcp_pushed, &mut self.scratch);
-        let h = self.tcp_handle.expect("tcp handle");
-        self.ep.send(self.now, h, 300, b).expect("gateway push (tcp)");
+        self.pair.ep.send(self.pair.now, h, 300, b).expect("gateway push (tcp)");
         self.tcp_pushed += 1;
     }
 
     /// UDP: `lost` gateway messages never arrive; the next one reveals the gap and the device's
     /// ResendRequest is served from the journal.
     fn udp_resend(&mut self, lost: u64) {
-        self.drop_udp = true;
+        self.pair.peers[UDP].drop_down = true;
         for i in 0..lost {
             self.push_udp();
             if i % 64 == 63 {
-                self.pump();
+                self.pair.pump();
             }
         }
-        self.pump();
-        self.drop_udp = false;
-        let requests = self.udp.stats().resend_requests;
+        self.pair.pump();
+        self.pair.peers[UDP].drop_down = false;
+        let requests = self.pair.peers[UDP].dev.stats().resend_requests;
         self.advance(ROUND_STEP);
         self.push_udp();
-        self.pump();
-        assert_eq!(self.udp.stats().resend_requests, requests + 1, "udp device asked once");
+        self.pair.pump();
+        let asked = self.pair.peers[UDP].dev.stats().resend_requests;
+        assert_eq!(asked, requests + 1, "udp device asked once");
         self.advance(ROUND_STEP);
     }
 
     /// TCP: `lost` gateway messages die with the connection; the device reconnects, resumes,
     /// and asks for what it missed.
     fn tcp_resend(&mut self, lost: u64) {
-        self.drop_tcp = true;
+        self.pair.peers[TCP].drop_down = true;
         for i in 0..lost {
             self.push_tcp();
             if i % 64 == 63 {
-                self.pump();
+                self.pair.pump();
             }
         }
-        self.pump();
-        self.drop_tcp = false;
+        self.pair.pump();
+        self.pair.peers[TCP].drop_down = false;
         self.advance(ROUND_STEP);
 
-        self.ep.handle_tcp_closed(self.now, self.conn);
-        self.tcp.transport_lost();
-        self.pump();
-        let h = self.tcp_handle.expect("tcp handle");
-        assert_eq!(self.ep.session(h).map(|s| s.state()), Some(State::Detached));
+        self.pair.cut(TCP);
+        self.pair.pump();
+        let h = self.tcp_handle();
+        assert_eq!(self.pair.ep.session(h).map(|s| s.state()), Some(State::Detached));
 
-        self.conn = ConnId(self.conn.0 + 1);
-        self.gw_deframer.reset();
-        self.gw_started = false;
-        self.dev_deframer.reset();
-        let requests = self.tcp.stats().resend_requests;
-        let nonce = self.nonce();
-        self.tcp.connect(self.now, nonce, false);
-        self.pump();
-        assert_eq!(self.tcp.state(), DeviceState::Active);
-        assert_eq!(self.tcp.stats().resend_requests, requests + 1, "tcp device asked once");
+        let requests = self.pair.peers[TCP].dev.stats().resend_requests;
+        self.pair.connect(TCP, false);
+        self.pair.pump();
+        let tcp = &self.pair.peers[TCP].dev;
+        assert_eq!(tcp.state(), DeviceState::Active);
+        assert_eq!(tcp.stats().resend_requests, requests + 1, "tcp device asked once");
         self.advance(ROUND_STEP);
     }
 
     /// Every message each device was sent arrived, in order, exactly once; nothing odd happened.
     fn check_delivery(&self) {
         for (name, seen, sent, pushed) in [
-            ("udp", &self.udp_seen, self.udp_sent, self.udp_pushed),
-            ("tcp", &self.tcp_seen, self.tcp_sent, self.tcp_pushed),
+            ("udp", self.udp_seen(), self.udp_sent, self.udp_pushed),
+            ("tcp", self.tcp_seen(), self.tcp_sent, self.tcp_pushed),
         ] {
             assert_eq!(seen.errors, 0, "{name}: unexpected events: {seen:?}");
             assert_eq!(seen.echo_next, sent, "{name}: echoes received");
             assert_eq!(seen.push_next, pushed, "{name}: pushes received");
             assert_eq!(seen.app, sent + pushed, "{name}: application messages received");
         }
-        assert_eq!(self.surprises, 0, "unexpected destinations or endpoint events");
-        assert_eq!(self.udp.unacked(), 0);
-        assert_eq!(self.tcp.unacked(), 0);
+        assert_eq!(self.pair.surprises, 0, "unexpected destinations or endpoint events");
+        assert_eq!(self.pair.peers[UDP].dev.unacked(), 0);
+        assert_eq!(self.pair.peers[TCP].dev.unacked(), 0);
     }
 }
 
@@ -684,55 +398,60 @@ fn delta(after: &Counters, before: &Counters, c: Counter) -> u64 {
 #[test]
 fn hot_path_allocates_nothing() {
     if let Some(n) = std::env::var("NO_ALLOC_BACKTRACES").ok().and_then(|v| v.parse().ok()) {
-        BACKTRACES.store(n, Ordering::Relaxed);
+        alloc::print_backtraces(n);
     }
+    // The detector itself must see an allocation on this thread, or a zero below would prove
+    // nothing.
+    alloc::take();
+    alloc::arm_this_thread(true);
+    std::hint::black_box(vec![1u8; 64]);
+    alloc::arm_this_thread(false);
+    assert!(alloc::take().growth() > 0, "the counting allocator does not see this thread");
+
     let echoed = Rc::new(Cell::new(0u64));
     let refused = Rc::new(Cell::new(0u64));
     let mut h = Harness::new(echoed.clone(), refused.clone());
 
     // Connect, then every phase once at a smaller scale. Counted for the report, not asserted:
     // growing here (at start-up or on first use) would be allowed.
-    set_armed(true);
+    alloc::arm_this_thread(true);
     h.connect();
     h.traffic(WARMUP_MESSAGES);
     h.udp_upstream_loss(10);
     h.udp_resend(WARMUP_RESEND);
     h.tcp_resend(WARMUP_RESEND);
     h.traffic(1_000);
-    set_armed(false);
-    let warmup_allocs = ALLOCS.swap(0, Ordering::Relaxed) + REALLOCS.swap(0, Ordering::Relaxed);
-    DEALLOCS.store(0, Ordering::Relaxed);
+    alloc::arm_this_thread(false);
+    let warmup_allocs = alloc::take().growth();
     h.check_delivery();
-    let warm_udp_out = h.ep.session(h.udp_handle.unwrap()).unwrap().next_out();
+    let warm_udp_out = h.pair.ep.session(h.udp_handle()).unwrap().next_out();
     assert!(
         warm_udp_out > JOURNAL_MESSAGES as i64 + 1_000,
         "warm-up must wrap the gateway journal (next_out {warm_udp_out})"
     );
 
-    let before = h.ep.counters().clone();
-    let (udp0, tcp0) = (h.udp_seen.resent, h.tcp_seen.resent);
+    let before = h.pair.ep.counters().clone();
+    let (udp0, tcp0) = (h.udp_seen().resent, h.tcp_seen().resent);
     let (udp_sent0, tcp_sent0) = (h.udp_sent, h.tcp_sent);
-    let (udp_app0, tcp_app0) = (h.udp_seen.app, h.tcp_seen.app);
-    let (udp_stats0, tcp_stats0) = (h.udp.stats(), h.tcp.stats());
-    let dropped0 = h.dropped;
-    let t0 = h.now;
+    let (udp_app0, tcp_app0) = (h.udp_seen().app, h.tcp_seen().app);
+    let (udp_stats0, tcp_stats0) = (h.pair.peers[UDP].dev.stats(), h.pair.peers[TCP].dev.stats());
+    let dropped0 = h.pair.dropped;
+    let t0 = h.pair.now;
 
-    set_armed(true);
+    alloc::arm_this_thread(true);
     h.traffic(MEASURED_MESSAGES);
     h.udp_upstream_loss(UPSTREAM_LOSSES);
     h.udp_resend(MEASURED_RESEND);
     h.tcp_resend(MEASURED_RESEND);
     h.traffic(AFTER_RESEND_MESSAGES);
-    set_armed(false);
+    alloc::arm_this_thread(false);
 
-    let allocs = ALLOCS.load(Ordering::Relaxed);
-    let reallocs = REALLOCS.load(Ordering::Relaxed);
-    let deallocs = DEALLOCS.load(Ordering::Relaxed);
-    let after = h.ep.counters().clone();
+    let alloc::Counts { allocs, reallocs, deallocs } = alloc::counts();
+    let after = h.pair.ep.counters().clone();
     let d = |c| delta(&after, &before, c);
-    let udp_resent = h.udp_seen.resent - udp0;
-    let tcp_resent = h.tcp_seen.resent - tcp0;
-    let (udp_stats, tcp_stats) = (h.udp.stats(), h.tcp.stats());
+    let udp_resent = h.udp_seen().resent - udp0;
+    let tcp_resent = h.tcp_seen().resent - tcp0;
+    let (udp_stats, tcp_stats) = (h.pair.peers[UDP].dev.stats(), h.pair.peers[TCP].dev.stats());
     println!(
         "handshake, logons and warm-up (not asserted): {warmup_allocs} allocs + reallocs\n\
          armed section: {allocs} allocs, {reallocs} reallocs, {deallocs} deallocs; \
@@ -743,7 +462,7 @@ fn hot_path_allocates_nothing() {
          udp device: sent {}, received {} (resent {udp_resent}), retransmits {}, \
          resend requests {}, datagrams dropped by the driver (both ways) {}\n\
          tcp device: sent {}, received {} (resent {tcp_resent}), resend requests {}",
-        h.now.saturating_since(t0).as_secs_f64(),
+        h.pair.now.saturating_since(t0).as_secs_f64(),
         h.rounds,
         d(Counter::AppMessagesReceived),
         d(Counter::AppMessagesSent),
@@ -758,12 +477,12 @@ fn hot_path_allocates_nothing() {
         d(Counter::DatagramsSent),
         d(Counter::SessionsResumed),
         h.udp_sent - udp_sent0,
-        h.udp_seen.app - udp_app0,
+        h.udp_seen().app - udp_app0,
         udp_stats.retransmits - udp_stats0.retransmits,
         udp_stats.resend_requests - udp_stats0.resend_requests,
-        h.dropped - dropped0,
+        h.pair.dropped - dropped0,
         h.tcp_sent - tcp_sent0,
-        h.tcp_seen.app - tcp_app0,
+        h.tcp_seen().app - tcp_app0,
         tcp_stats.resend_requests - tcp_stats0.resend_requests,
     );
 
@@ -783,8 +502,8 @@ fn hot_path_allocates_nothing() {
     assert!(d(Counter::HeartbeatsSent) > 0, "idle stretches heartbeat");
     assert_eq!(refused.get(), 0, "echo refused");
     assert!(echoed.get() >= 2 * (WARMUP_MESSAGES + measured));
-    assert!(h.udp_seen.app - udp_app0 >= measured + MEASURED_RESEND);
-    assert!(h.tcp_seen.app - tcp_app0 >= measured + MEASURED_RESEND);
+    assert!(h.udp_seen().app - udp_app0 >= measured + MEASURED_RESEND);
+    assert!(h.tcp_seen().app - tcp_app0 >= measured + MEASURED_RESEND);
     assert!(d(Counter::MessagesResent) >= 2 * MEASURED_RESEND, "resent from the journal");
     assert!(udp_resent >= MEASURED_RESEND && tcp_resent >= MEASURED_RESEND);
     assert_eq!(d(Counter::ResendRequests), 2);
@@ -792,7 +511,7 @@ fn hot_path_allocates_nothing() {
     assert_eq!(d(Counter::SessionsResumed), 1, "tcp resume");
     assert_eq!(d(Counter::LogonsAccepted), 1, "tcp resume");
     assert_eq!(d(Counter::OutputOverflow) + d(Counter::SendBackpressure), 0);
-    assert!(h.dropped - dropped0 > 0);
+    assert!(h.pair.dropped - dropped0 > 0);
 
     // And allocated nothing doing it.
     assert_eq!(

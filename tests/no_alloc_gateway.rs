@@ -2,10 +2,8 @@
 //! allocation made on a shard thread (the OS thread name starts with "fleetgate-shard") while
 //! armed, during steady echo traffic over real sockets after a warm-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate::config::Config;
@@ -14,46 +12,14 @@ use fleetgate::ops::Server;
 use fleetgate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, OpenLogon, Transport,
 };
+use fleetgate::sim::alloc::{self, CountingAlloc};
 use fleetgate::time::Clock;
 
-struct Counting;
-
-static ARMED: AtomicBool = AtomicBool::new(false);
-static SHARD_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-fn on_shard_thread() -> bool {
-    let mut name = [0u8; 16];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer passed; it does not allocate.
-    let r = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
-    r == 0 && name.starts_with(b"fleetgate-shard")
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) && on_shard_thread() {
-            SHARD_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) && on_shard_thread() {
-            SHARD_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Counts the allocations of the gateway's shard threads (named `fleetgate-shard-{i}`).
+const SHARD_THREADS: &str = "fleetgate-shard";
 
 fn start(io: &str) -> Server {
     let pid = std::process::id();
@@ -117,18 +83,16 @@ fn pump(devs: &mut [Dev], clock: &Clock, hs: SocketAddr, send: bool) {
 /// The detector itself must see an allocation on a thread named like a shard, or a zero below
 /// would prove nothing.
 fn detector_sees_shard_allocations() {
-    ARMED.store(true, Ordering::SeqCst);
+    alloc::take();
+    alloc::arm_threads_named(SHARD_THREADS);
     std::thread::Builder::new()
         .name("fleetgate-shard-probe".into())
         .spawn(|| std::hint::black_box(vec![1u8; 64]).len())
         .unwrap()
         .join()
         .unwrap();
-    ARMED.store(false, Ordering::SeqCst);
-    assert!(
-        SHARD_ALLOCS.swap(0, Ordering::SeqCst) > 0,
-        "the counting allocator does not see shard threads"
-    );
+    alloc::arm_threads_named("");
+    assert!(alloc::take().growth() > 0, "the counting allocator does not see shard threads");
 }
 
 fn steady_echo_allocates_nothing(io: &str) {
@@ -158,14 +122,15 @@ fn steady_echo_allocates_nothing(io: &str) {
         pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
     }
     let before: u64 = devs.iter().map(|d| d.replies).sum();
-    ARMED.store(true, Ordering::SeqCst);
+    alloc::take();
+    alloc::arm_threads_named(SHARD_THREADS);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(2500) {
         pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
     }
-    ARMED.store(false, Ordering::SeqCst);
+    alloc::arm_threads_named("");
     let during: u64 = devs.iter().map(|d| d.replies).sum::<u64>() - before;
-    let allocs = SHARD_ALLOCS.load(Ordering::SeqCst);
+    let allocs = alloc::take().growth();
     let totals = gw.stop();
     assert!(during > 5_000, "too little traffic to prove anything: {during} replies");
     assert!(totals.counters.get(Counter::AppMessagesReceived) > during);

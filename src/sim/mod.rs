@@ -24,37 +24,15 @@ use crate::session::{
 };
 use crate::time::Timestamp;
 
+pub mod alloc;
+mod pair;
 #[cfg(test)]
 mod rules;
+#[cfg(test)]
 mod scenarios;
 
-/// SplitMix64: small, seedable, good enough for fault injection.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use crate::rng::Rng;
+pub use pair::{Pair, Peer, Watch, feed};
 
 /// Faults applied to each UDP datagram, per direction.
 #[derive(Clone, Copy, Debug)]

@@ -22,6 +22,7 @@ use hdrhistogram::Histogram;
 
 use crate::io::sys::{Events, Poller};
 use crate::protocol::Deframer;
+use crate::rng::Rng;
 use crate::session::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason, Transport,
 };
@@ -281,7 +282,8 @@ fn thread_main(
             .position(|&i| i == dev)
             .map(|k| (k, at, dark, Forced { device: dev, ..Forced::default() }))
     });
-    let mut rng = Rng(cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng =
+        Rng::new(cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let ep = Poller::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut devs: Vec<Dev> = Vec::with_capacity(mine.len());
     for (k, &i) in mine.iter().enumerate() {
@@ -733,24 +735,5 @@ fn handle_events(
         if cfg.scenario == Scenario::Churn && d.reconnect_at.is_none() {
             d.reconnect_at = Some(now + Duration::from_millis(100));
         }
-    }
-}
-
-/// xorshift64*: seeds nonces, drops and jitter.
-#[derive(Clone, Copy, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
