@@ -39,6 +39,10 @@
 //! `"auto"`, which probes io_uring and the opcodes we use and falls back to epoll when io_uring
 //! is missing or refused (as in many containers). `FLEETGATE_IO=epoll` in the environment
 //! forces the fallback whatever the config says.
+//!
+//! Every `unsafe` block of the product lives under this module: the backends, the acceptor's
+//! ring ([`uring::accept`]) and [`sys`], the safe wrappers of the other system calls the crate
+//! makes.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;

@@ -5,6 +5,10 @@
 //!
 //! UDP datagrams go through the faults. TCP is modelled as what TCP gives the application: an
 //! in-order byte stream with delay, which a fault can only cut (both ends see the close).
+//!
+//! Also here, for the integration tests and the benches (the `sim` feature makes the module
+//! public): [`Pair`], an allocation-free in-memory harness of one endpoint and a few devices,
+//! and [`alloc`], the counting allocator of the no-allocation proofs.
 
 #![allow(missing_docs, unreachable_pub)]
 

@@ -1,4 +1,6 @@
 //! The io_uring backend. See [`super`] for the contract; this module only says how it is met.
+//! The pieces shared with the acceptor's ring ([`accept`]: tokens, lifecycles, regions,
+//! provided-buffer rings, send slots, setup, cancel-and-drain) live in `ring.rs`.
 //!
 //! # Design
 //!

@@ -18,6 +18,8 @@
 //!   ring cannot be set up.
 //!
 //! The driver in use is logged and shown in `/metrics` as `fleetgate_acceptor_info{backend}`.
+//!
+//! [`answer_connection_request`]: crate::session::handshake::answer_connection_request
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
