@@ -185,12 +185,10 @@ impl Watch for Seen {
 /// One endpoint, one UDP device and one TCP device ([`Pair`]), and the traffic each is sent.
 struct Harness {
     pair: Pair<Seen>,
-    /// Sent by the UDP device (type 101), i.e. the counter of its next message.
-    udp_sent: u64,
-    /// Pushed by the gateway to the UDP session (type 300).
-    udp_pushed: u64,
-    tcp_sent: u64,
-    tcp_pushed: u64,
+    /// Per device: sent by it (type 101), i.e. the counter of its next message.
+    sent: [u64; 2],
+    /// Per device: pushed by the gateway to its session (type 300).
+    pushed: [u64; 2],
     rounds: u64,
     scratch: [u8; BODY_MAX],
 }
@@ -206,15 +204,7 @@ impl Harness {
         assert_eq!(pair.add(udp, Seen::default()), UDP);
         let tcp = DeviceConfig::new(Transport::Tcp, b"", b"tcp-device", b"secret");
         assert_eq!(pair.add(tcp, Seen::default()), TCP);
-        Self {
-            pair,
-            udp_sent: 0,
-            udp_pushed: 0,
-            tcp_sent: 0,
-            tcp_pushed: 0,
-            rounds: 0,
-            scratch: [0; BODY_MAX],
-        }
+        Self { pair, sent: [0; 2], pushed: [0; 2], rounds: 0, scratch: [0; BODY_MAX] }
     }
 
     fn udp_seen(&self) -> &Seen {
@@ -225,12 +215,8 @@ impl Harness {
         &self.pair.peers[TCP].watch
     }
 
-    fn udp_handle(&self) -> SessionHandle {
-        self.pair.peers[UDP].handle.expect("udp handle")
-    }
-
-    fn tcp_handle(&self) -> SessionHandle {
-        self.pair.peers[TCP].handle.expect("tcp handle")
+    fn handle(&self, i: usize) -> SessionHandle {
+        self.pair.peers[i].handle.expect("logged on")
     }
 
     /// Handshake (UDP) and logon (both).
@@ -239,7 +225,7 @@ impl Harness {
         assert_eq!(self.pair.peers[UDP].dev.state(), DeviceState::Active);
         assert_eq!(self.pair.peers[TCP].dev.state(), DeviceState::Active);
         assert_eq!(self.udp_seen().registered, 1);
-        let udp = self.pair.ep.session(self.udp_handle()).expect("udp session");
+        let udp = self.pair.ep.session(self.handle(UDP)).expect("udp session");
         assert_eq!(udp.device_config(), SIM_DEVICE_CONFIG);
     }
 
@@ -259,20 +245,15 @@ impl Harness {
     /// queue 1..=8 messages (so datagrams and stream chunks carry several), the gateway echoes
     /// them and pushes one of its own every [`PUSH_EVERY_ROUNDS`] rounds.
     fn traffic(&mut self, n: u64) {
-        let target = self.udp_sent + n;
+        let target = self.sent[UDP] + n;
         let mut since_idle = 0;
-        while self.udp_sent < target {
-            let k = (self.rounds % 8 + 1).min(target - self.udp_sent);
-            self.udp_send(k, false);
-            for _ in 0..k {
-                let b = body(self.tcp_sent, &mut self.scratch);
-                let now = self.pair.now;
-                self.pair.peers[TCP].dev.send_app(now, 101, b, false).expect("tcp device send");
-                self.tcp_sent += 1;
-            }
+        while self.sent[UDP] < target {
+            let k = (self.rounds % 8 + 1).min(target - self.sent[UDP]);
+            self.send(UDP, k, false);
+            self.send(TCP, k, false);
             if self.rounds % PUSH_EVERY_ROUNDS == 0 {
-                self.push_udp();
-                self.push_tcp();
+                self.push(UDP);
+                self.push(TCP);
             }
             self.rounds += 1;
             self.pair.pump();
@@ -286,12 +267,13 @@ impl Harness {
         }
     }
 
-    fn udp_send(&mut self, k: u64, expect_reply: bool) {
+    /// Device `i` sends `k` messages (type 101).
+    fn send(&mut self, i: usize, k: u64, expect_reply: bool) {
         for _ in 0..k {
-            let b = body(self.udp_sent, &mut self.scratch);
+            let b = body(self.sent[i], &mut self.scratch);
             let now = self.pair.now;
-            self.pair.peers[UDP].dev.send_app(now, 101, b, expect_reply).expect("udp device send");
-            self.udp_sent += 1;
+            self.pair.peers[i].dev.send_app(now, 101, b, expect_reply).expect("device send");
+            self.sent[i] += 1;
         }
     }
 
@@ -302,44 +284,43 @@ impl Harness {
     fn udp_upstream_loss(&mut self, times: u64) {
         for _ in 0..times {
             self.pair.peers[UDP].drop_up = true;
-            self.udp_send(3, true);
+            self.send(UDP, 3, true);
             self.pair.pump();
             self.pair.peers[UDP].drop_up = false;
-            self.udp_send(2, true);
+            self.send(UDP, 2, true);
             self.pair.pump();
             self.idle(Duration::from_millis(500));
         }
     }
 
-    fn push_udp(&mut self) {
-        let h = self.udp_handle();
-        let b = body(self.udp_pushed, &mut self.scratch);
-        self.pair.ep.send(self.pair.now, h, 300, b).expect("gateway push (udp)");
-        self.udp_pushed += 1;
+    /// The gateway pushes one message (type 300) to device `i`'s session.
+    fn push(&mut self, i: usize) {
+        let h = self.handle(i);
+        let b = body(self.pushed[i], &mut self.scratch);
+        self.pair.ep.send(self.pair.now, h, 300, b).expect("gateway push");
+        self.pushed[i] += 1;
     }
 
-    fn push_tcp(&mut self) {
-        let h = self.tcp_handle();
-        let b = body(self.tcp_pushed, &mut self.scratch);
-        self.pair.ep.send(self.pair.now, h, 300, b).expect("gateway push (tcp)");
-        self.tcp_pushed += 1;
+    /// The gateway pushes `lost` messages to device `i`, all dropped on the way.
+    fn lose_pushes(&mut self, i: usize, lost: u64) {
+        self.pair.peers[i].drop_down = true;
+        for n in 0..lost {
+            self.push(i);
+            if n % 64 == 63 {
+                self.pair.pump();
+            }
+        }
+        self.pair.pump();
+        self.pair.peers[i].drop_down = false;
     }
 
     /// UDP: `lost` gateway messages never arrive; the next one reveals the gap and the device's
     /// ResendRequest is served from the journal.
     fn udp_resend(&mut self, lost: u64) {
-        self.pair.peers[UDP].drop_down = true;
-        for i in 0..lost {
-            self.push_udp();
-            if i % 64 == 63 {
-                self.pair.pump();
-            }
-        }
-        self.pair.pump();
-        self.pair.peers[UDP].drop_down = false;
+        self.lose_pushes(UDP, lost);
         let requests = self.pair.peers[UDP].dev.stats().resend_requests;
         self.advance(ROUND_STEP);
-        self.push_udp();
+        self.push(UDP);
         self.pair.pump();
         let asked = self.pair.peers[UDP].dev.stats().resend_requests;
         assert_eq!(asked, requests + 1, "udp device asked once");
@@ -349,20 +330,12 @@ impl Harness {
     /// TCP: `lost` gateway messages die with the connection; the device reconnects, resumes,
     /// and asks for what it missed.
     fn tcp_resend(&mut self, lost: u64) {
-        self.pair.peers[TCP].drop_down = true;
-        for i in 0..lost {
-            self.push_tcp();
-            if i % 64 == 63 {
-                self.pair.pump();
-            }
-        }
-        self.pair.pump();
-        self.pair.peers[TCP].drop_down = false;
+        self.lose_pushes(TCP, lost);
         self.advance(ROUND_STEP);
 
         self.pair.cut(TCP);
         self.pair.pump();
-        let h = self.tcp_handle();
+        let h = self.handle(TCP);
         assert_eq!(self.pair.ep.session(h).map(|s| s.state()), Some(State::Detached));
 
         let requests = self.pair.peers[TCP].dev.stats().resend_requests;
@@ -377,8 +350,8 @@ impl Harness {
     /// Every message each device was sent arrived, in order, exactly once; nothing odd happened.
     fn check_delivery(&self) {
         for (name, seen, sent, pushed) in [
-            ("udp", self.udp_seen(), self.udp_sent, self.udp_pushed),
-            ("tcp", self.tcp_seen(), self.tcp_sent, self.tcp_pushed),
+            ("udp", self.udp_seen(), self.sent[UDP], self.pushed[UDP]),
+            ("tcp", self.tcp_seen(), self.sent[TCP], self.pushed[TCP]),
         ] {
             assert_eq!(seen.errors, 0, "{name}: unexpected events: {seen:?}");
             assert_eq!(seen.echo_next, sent, "{name}: echoes received");
@@ -424,7 +397,7 @@ fn hot_path_allocates_nothing() {
     alloc::arm_this_thread(false);
     let warmup_allocs = alloc::take().growth();
     h.check_delivery();
-    let warm_udp_out = h.pair.ep.session(h.udp_handle()).unwrap().next_out();
+    let warm_udp_out = h.pair.ep.session(h.handle(UDP)).unwrap().next_out();
     assert!(
         warm_udp_out > JOURNAL_MESSAGES as i64 + 1_000,
         "warm-up must wrap the gateway journal (next_out {warm_udp_out})"
@@ -432,7 +405,7 @@ fn hot_path_allocates_nothing() {
 
     let before = h.pair.ep.counters().clone();
     let (udp0, tcp0) = (h.udp_seen().resent, h.tcp_seen().resent);
-    let (udp_sent0, tcp_sent0) = (h.udp_sent, h.tcp_sent);
+    let (udp_sent0, tcp_sent0) = (h.sent[UDP], h.sent[TCP]);
     let (udp_app0, tcp_app0) = (h.udp_seen().app, h.tcp_seen().app);
     let (udp_stats0, tcp_stats0) = (h.pair.peers[UDP].dev.stats(), h.pair.peers[TCP].dev.stats());
     let dropped0 = h.pair.dropped;
@@ -476,12 +449,12 @@ fn hot_path_allocates_nothing() {
         d(Counter::DatagramsReceived),
         d(Counter::DatagramsSent),
         d(Counter::SessionsResumed),
-        h.udp_sent - udp_sent0,
+        h.sent[UDP] - udp_sent0,
         h.udp_seen().app - udp_app0,
         udp_stats.retransmits - udp_stats0.retransmits,
         udp_stats.resend_requests - udp_stats0.resend_requests,
         h.pair.dropped - dropped0,
-        h.tcp_sent - tcp_sent0,
+        h.sent[TCP] - tcp_sent0,
         h.tcp_seen().app - tcp_app0,
         tcp_stats.resend_requests - tcp_stats0.resend_requests,
     );
@@ -489,8 +462,8 @@ fn hot_path_allocates_nothing() {
     // The traffic really happened.
     h.check_delivery();
     let measured = MEASURED_MESSAGES + AFTER_RESEND_MESSAGES;
-    assert_eq!(h.udp_sent - udp_sent0, measured + 5 * UPSTREAM_LOSSES);
-    assert_eq!(h.tcp_sent - tcp_sent0, measured);
+    assert_eq!(h.sent[UDP] - udp_sent0, measured + 5 * UPSTREAM_LOSSES);
+    assert_eq!(h.sent[TCP] - tcp_sent0, measured);
     assert_eq!(
         d(Counter::AppMessagesReceived),
         2 * measured + 5 * UPSTREAM_LOSSES,
