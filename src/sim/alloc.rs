@@ -1,7 +1,7 @@
 //! The counting allocator of the no-allocation proofs (`tests/no_alloc*.rs`). Each test binary
 //! declares it as its global allocator:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static GLOBAL: fleetgate::sim::alloc::CountingAlloc = fleetgate::sim::alloc::CountingAlloc;
 //! ```
