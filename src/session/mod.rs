@@ -6,7 +6,10 @@
 //!   deviceUid and username, a deadline heap, the application and the credentials check.
 //! - [`GatewaySession`]: one session on the gateway side.
 //! - [`Device`]: the device side, used by the load generator and the simulations.
-//! - [`handshake`]: the stateless handshake port (cookies, ConnectionAccept).
+//! - [`handshake`]: the stateless handshake port (cookies and their keys, ConnectionAccept).
+//! - [`auth`]: the [`Authenticator`] the endpoint asks, and the credentials format (pure: the
+//!   file is read and written by the caller).
+//! - [`ConnId`] and [`SessionHandle`] are the leaf handles of `crate::ids`, re-exported.
 //!
 //! # Driving an [`Endpoint`]
 //!
