@@ -1,7 +1,9 @@
 //! The housekeeping thread (DESIGN.md §3), never on the hot path: collects each shard's
-//! once-a-second [`Snapshot`](crate::runtime::report::Snapshot), returns the buffer for reuse, merges counters and histograms into
+//! once-a-second [`Snapshot`], returns the buffer for reuse, merges counters and histograms into
 //! the [`View`] the HTTP endpoints read (`super::http`), writes HdrHistogram interval logs, and
 //! drains the protocol trace queues into their files (`super::traces`).
+//!
+//! [`Snapshot`]: crate::runtime::report::Snapshot
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
