@@ -525,7 +525,7 @@ impl Endpoint {
             Some(index) => {
                 let slot = &mut self.sessions.slots[index as usize];
                 let attached = slot.session.state().is_attached();
-                if attached && slot.session.reg_nonce() == client_nonce {
+                if attached && slot.session.reg_nonce() == Some(client_nonce) {
                     // Idempotent: same answer, same session id, state untouched.
                     c.incr(Counter::HandshakesRepeated);
                     slot.link = Link::Udp(from);

@@ -47,6 +47,54 @@ pub(crate) enum Deliver<'a> {
     Config,
 }
 
+/// The UDP registration of the current attach (DESIGN.md §2 rules 1 and 2): present for a UDP
+/// attach, absent for TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Registration {
+    /// The RegistrationRequest's clientNonce: a repeat with it gets the same answer.
+    nonce: u64,
+    /// The answer says resumed = 1.
+    resumed: bool,
+    /// A RegistrationAccept is owed: the first, or the answer to a repeated request. It travels
+    /// alone, with prefix 0, before anything else.
+    accept_owed: bool,
+    /// Where the Get Device Config exchange stands.
+    config: ConfigRequest,
+}
+
+/// The Get Device Config exchange of a UDP attach (DESIGN.md §2 rule 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConfigRequest {
+    /// GetDeviceConfig(corr) is to be sent: the first, or the re-send every second.
+    Owed { corr: i64 },
+    /// Sent; waiting for DeviceConfig(corr) until the deadline.
+    Sent { corr: i64 },
+    /// DeviceConfig arrived.
+    Received,
+}
+
+impl ConfigRequest {
+    fn corr(self) -> Option<i64> {
+        match self {
+            Self::Owed { corr } | Self::Sent { corr } => Some(corr),
+            Self::Received => None,
+        }
+    }
+}
+
+/// The LogonResponse of the current stream, kept to answer a repeated LogonRequest (see the
+/// module docs of [`super`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogonReply {
+    /// No logon on this stream yet.
+    None,
+    /// Numbered `seq`, announcing `hb` seconds.
+    Sent { seq: i64, hb: i32 },
+    /// The device repeated its LogonRequest: send the response again (resend flag, same
+    /// number) once its number has gone out.
+    RepeatOwed { seq: i64, hb: i32 },
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Resend {
     next: i64,
@@ -65,11 +113,9 @@ pub struct GatewaySession {
     username: Username,
     has_stream: bool,
     // Registration (UDP).
-    reg_nonce: u64,
-    reg_resumed: bool,
-    reg_accept_pending: bool,
-    get_config_pending: bool,
-    config_corr: i64,
+    registration: Option<Registration>,
+    /// Attaches so far: the correlation id of the attach's GetDeviceConfig.
+    attaches: i64,
     config: [u8; 255],
     config_len: u8,
     // Inbound.
@@ -83,8 +129,7 @@ pub struct GatewaySession {
     control: ControlQueue,
     journal: Journal,
     resend: Option<Resend>,
-    logon_response: Option<(i64, i32)>,
-    logon_response_pending: bool,
+    logon_reply: LogonReply,
     last_sent: Timestamp,
     heartbeat: Duration,
     group_heartbeat: Option<Duration>,
@@ -107,11 +152,8 @@ impl GatewaySession {
             device_uid: DeviceUid::default(),
             username: Username::default(),
             has_stream: false,
-            reg_nonce: 0,
-            reg_resumed: false,
-            reg_accept_pending: false,
-            get_config_pending: false,
-            config_corr: 0,
+            registration: None,
+            attaches: 0,
             config: [0; 255],
             config_len: 0,
             expected_in: 1,
@@ -123,8 +165,7 @@ impl GatewaySession {
             control: ControlQueue::new(),
             journal: Journal::new(cfg.journal),
             resend: None,
-            logon_response: None,
-            logon_response_pending: false,
+            logon_reply: LogonReply::None,
             last_sent: Timestamp::ZERO,
             heartbeat: cfg.heartbeat_interval,
             group_heartbeat: None,
@@ -144,14 +185,14 @@ impl GatewaySession {
         self.device_uid = DeviceUid::default();
         self.username = Username::default();
         self.has_stream = false;
-        self.reg_nonce = 0;
+        self.registration = None;
         self.config_len = 0;
         self.group_heartbeat = None;
         self.app = 0;
         self.journal.set_limit(usize::MAX);
         self.wall_offset_ns = wall_offset_ns;
         self.reset_streams();
-        self.state = State::Detached;
+        self.transition(Event::Open);
     }
 
     fn reset_streams(&mut self) {
@@ -163,8 +204,7 @@ impl GatewaySession {
         self.sent_through = 0;
         self.live_ord = 0;
         self.ack_owed = false;
-        self.logon_response = None;
-        self.logon_response_pending = false;
+        self.logon_reply = LogonReply::None;
     }
 
     /// The session id (UDP datagram prefix; also set for TCP sessions).
@@ -217,9 +257,9 @@ impl GatewaySession {
         self.resend.is_some()
     }
 
-    /// The registration nonce of the current UDP attach.
-    pub(crate) fn reg_nonce(&self) -> u64 {
-        self.reg_nonce
+    /// The registration nonce of the current attach (UDP).
+    pub(crate) fn reg_nonce(&self) -> Option<u64> {
+        self.registration.map(|r| r.nonce)
     }
 
     /// The earliest deadline.
@@ -240,11 +280,9 @@ impl GatewaySession {
     pub(crate) fn attach_udp(&mut self, now: Timestamp, uid: DeviceUid, nonce: u64, resumed: bool) {
         self.transport = Transport::Udp;
         self.device_uid = uid;
-        self.reg_nonce = nonce;
-        self.reg_resumed = resumed;
-        self.reg_accept_pending = true;
-        self.get_config_pending = true;
-        self.config_corr += 1;
+        self.attaches += 1;
+        let config = ConfigRequest::Owed { corr: self.attaches };
+        self.registration = Some(Registration { nonce, resumed, accept_owed: true, config });
         self.begin_attach(now, Transport::Udp);
         self.timers.set(Timer::Retry, now + self.cfg.device_config_retry);
         self.timers.set(Timer::Deadline, now + self.cfg.device_config_timeout);
@@ -253,6 +291,7 @@ impl GatewaySession {
     /// Attaches a TCP connection whose LogonRequest has been authenticated.
     pub(crate) fn attach_tcp(&mut self, now: Timestamp) {
         self.transport = Transport::Tcp;
+        self.registration = None;
         self.begin_attach(now, Transport::Tcp);
         self.timers.set(Timer::Deadline, now + self.cfg.logon_timeout);
     }
@@ -262,7 +301,10 @@ impl GatewaySession {
         self.timers.stop_all();
         self.last_heard = now;
         self.last_sent = now;
-        self.logon_response_pending = false;
+        if let LogonReply::RepeatOwed { seq, hb } = self.logon_reply {
+            // Owed to the old transport: the new one logs on again.
+            self.logon_reply = LogonReply::Sent { seq, hb };
+        }
         self.transition(Event::Attach(t));
     }
 
@@ -277,7 +319,9 @@ impl GatewaySession {
 
     /// Re-sends the RegistrationAccept for a repeated RegistrationRequest.
     pub(crate) fn repeat_registration(&mut self) {
-        self.reg_accept_pending = true;
+        if let Some(r) = &mut self.registration {
+            r.accept_owed = true;
+        }
     }
 
     /// Numbers and encodes a LoggedOut for the *old* transport before a displacement; returns
@@ -403,11 +447,14 @@ impl GatewaySession {
     ) -> Option<Deliver<'a>> {
         match (self.transport, msg.body) {
             (Transport::Udp, Body::DeviceConfig { correlation_id, config }) => {
-                if self.state == State::AwaitingConfig && correlation_id == self.config_corr {
+                let awaited = self.registration.and_then(|r| r.config.corr());
+                if self.state == State::AwaitingConfig && awaited == Some(correlation_id) {
                     let n = config.len().min(self.config.len());
                     self.config[..n].copy_from_slice(&config[..n]);
                     self.config_len = n as u8;
-                    self.get_config_pending = false;
+                    if let Some(r) = &mut self.registration {
+                        r.config = ConfigRequest::Received;
+                    }
                     self.timers.stop(Timer::Retry);
                     self.timers.stop(Timer::Deadline);
                     self.transition(Event::ConfigReceived);
@@ -457,9 +504,11 @@ impl GatewaySession {
         c: &mut Counters,
     ) -> Option<Deliver<'a>> {
         if let Body::LogonRequest { .. } = body {
-            if h.is_resend() && self.logon_response.is_some() {
+            if let (true, LogonReply::Sent { seq, hb } | LogonReply::RepeatOwed { seq, hb }) =
+                (h.is_resend(), self.logon_reply)
+            {
                 // The device did not get our LogonResponse: send it again (see module docs).
-                self.logon_response_pending = true;
+                self.logon_reply = LogonReply::RepeatOwed { seq, hb };
                 c.incr(Counter::DropDuplicate);
                 return None;
             }
@@ -597,7 +646,7 @@ impl GatewaySession {
         self.timers.set(Timer::Heartbeat, now + heartbeat);
         let hb = i32::try_from(heartbeat.as_secs()).unwrap_or(i32::MAX);
         let seq = self.next_out;
-        self.logon_response = Some((seq, hb));
+        self.logon_reply = LogonReply::Sent { seq, hb };
         self.push_control(now, Control::LogonResponse { heartbeat_interval_s: hb }, c);
         c.incr(Counter::LogonsAccepted);
     }
@@ -898,7 +947,11 @@ impl GatewaySession {
             return;
         }
         if self.timers.take_expired(Timer::Retry, now) && self.state == State::AwaitingConfig {
-            self.get_config_pending = true;
+            if let Some(r) = &mut self.registration {
+                if let ConfigRequest::Sent { corr } = r.config {
+                    r.config = ConfigRequest::Owed { corr };
+                }
+            }
             self.timers.set(Timer::Retry, now + self.cfg.device_config_retry);
         }
         if !self.state.is_active() {
@@ -934,9 +987,9 @@ impl GatewaySession {
 
     /// True if [`Self::poll_transmit`] would produce something.
     pub fn wants_transmit(&self) -> bool {
-        self.reg_accept_pending
-            || self.get_config_pending
-            || self.logon_response_pending
+        self.registration
+            .is_some_and(|r| r.accept_owed || matches!(r.config, ConfigRequest::Owed { .. }))
+            || matches!(self.logon_reply, LogonReply::RepeatOwed { .. })
             || self.resend.is_some()
             || self.sent_through + 1 < self.next_out
     }
@@ -960,12 +1013,12 @@ impl GatewaySession {
         {
             return None;
         }
-        if self.reg_accept_pending {
+        if let Some(r) = self.registration.filter(|r| r.accept_owed) {
             // Messages 50-55 travel alone, with prefix 0 (DESIGN.md §1.5).
             let start = write_prefix(buf, 0);
-            let body = Body::RegistrationAccept { session_id: self.id, resumed: self.reg_resumed };
+            let body = Body::RegistrationAccept { session_id: self.id, resumed: r.resumed };
             let n = self.write(now, &mut buf[start..], 0, 0, body)?;
-            self.reg_accept_pending = false;
+            self.registration = Some(Registration { accept_owed: false, ..r });
             c.incr(Counter::DatagramsSent);
             c.add(Counter::BytesSent, (start + n) as u64);
             return Some(start + n);
@@ -1049,35 +1102,29 @@ impl GatewaySession {
             Some(len) => Item::Wrote { len, fresh },
             None => Item::NoRoom,
         };
-        if self.get_config_pending {
-            let r = self.write(
-                now,
-                out,
-                0,
-                0,
-                Body::GetDeviceConfig { correlation_id: self.config_corr },
-            );
+        if let Some(reg @ Registration { config: ConfigRequest::Owed { corr }, .. }) =
+            self.registration
+        {
+            let r = self.write(now, out, 0, 0, Body::GetDeviceConfig { correlation_id: corr });
             if r.is_some() {
-                self.get_config_pending = false;
+                let config = ConfigRequest::Sent { corr };
+                self.registration = Some(Registration { config, ..reg });
                 c.incr(Counter::DeviceConfigRequestsSent);
             }
             return wrote(r, false);
         }
-        if self.logon_response_pending {
-            if let Some((seq, hb)) =
-                self.logon_response.filter(|&(seq, _)| seq <= self.sent_through)
-            {
-                let r = self.write(
-                    now,
-                    out,
-                    seq,
-                    FLAG_RESEND,
-                    Body::LogonResponse { heartbeat_interval_s: hb },
-                );
-                self.logon_response_pending &= r.is_none();
+        if let LogonReply::RepeatOwed { seq, hb } = self.logon_reply {
+            let sent = LogonReply::Sent { seq, hb };
+            if seq <= self.sent_through {
+                let body = Body::LogonResponse { heartbeat_interval_s: hb };
+                let r = self.write(now, out, seq, FLAG_RESEND, body);
+                if r.is_some() {
+                    self.logon_reply = sent;
+                }
                 return wrote(r, true);
             }
-            self.logon_response_pending = false;
+            // Not yet sent at all: it goes out live, in its turn.
+            self.logon_reply = sent;
         }
         if let Some(r) = self.resend {
             return self.next_resend_item(now, r, out, c);

@@ -88,6 +88,8 @@ pub enum State {
 /// An input to the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A released slot becomes a new session, with no transport until its first attach.
+    Open,
     /// A transport attaches (new, resume or displacement).
     Attach(Transport),
     /// DeviceConfig arrived.
@@ -170,6 +172,7 @@ impl State {
                 E::Release(r),
             ) => Self::Closed(r),
             (Self::LoggingOut(..), E::Release(r)) => Self::Closed(r),
+            (Self::Closed(_), E::Open) => Self::Detached,
             (current, event) => return Err(InvalidTransition { current, event }),
         };
         Ok(next)
@@ -191,6 +194,7 @@ mod tests {
     ];
 
     const EVENTS: &[Event] = &[
+        Event::Open,
         Event::Attach(Transport::Udp),
         Event::Attach(Transport::Tcp),
         Event::ConfigReceived,
