@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::SessionConfig;
 use super::auth::Authenticator;
-use super::gateway::{Deliver, GatewaySession, SendError, count_decode_error};
+use super::error::{LocalClose, Refusal, SendError, Violation};
+use super::gateway::{Deliver, GatewaySession, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
 use super::state::{CloseReason, State};
 use crate::counters::{Counter, Counters};
@@ -680,8 +681,8 @@ impl Endpoint {
             self.refuse_tcp(conn, b"gateway shutting down");
             return;
         }
-        if let Err(why) = self.authenticate(now, peer.ip(), &username, &msg) {
-            self.refuse_tcp(conn, why);
+        if let Err(refusal) = self.authenticate(now, peer.ip(), &username, &msg) {
+            self.refuse_tcp(conn, refusal.text());
             return;
         }
         if let Some(index) = self.by_user.get(&username).copied() {
@@ -740,13 +741,13 @@ impl Endpoint {
         ip: IpAddr,
         username: &Username,
         msg: &Message<'_>,
-    ) -> Result<(), &'static [u8]> {
+    ) -> Result<(), Refusal> {
         if self.is_limited(now, ip) {
             self.sessions.counters.incr(Counter::LogonsRateLimited);
-            return Err(b"too many failed logons");
+            return Err(Refusal::RateLimited);
         }
         let Body::LogonRequest { password, .. } = msg.body else {
-            return Err(b"invalid credentials");
+            return Err(Refusal::InvalidCredentials);
         };
         if self.auth.check(username.as_bytes(), password.as_bytes()) {
             return Ok(());
@@ -758,7 +759,7 @@ impl Endpoint {
             *f = Failures { ip: Some(ip), count: 0, since: now };
         }
         f.count += 1;
-        Err(b"invalid credentials")
+        Err(Refusal::InvalidCredentials)
     }
 
     fn is_limited(&self, now: Timestamp, ip: IpAddr) -> bool {
@@ -787,12 +788,8 @@ impl Endpoint {
             return;
         };
         let c = &mut self.sessions.counters;
-        self.sessions.slots[index as usize].session.close(
-            now,
-            CloseReason::ProtocolViolation,
-            e.as_str().as_bytes(),
-            c,
-        );
+        let reason = CloseReason::PeerMisbehaved(Violation::Malformed(e));
+        self.sessions.slots[index as usize].session.close(now, reason, e.as_str().as_bytes(), c);
         self.settle(now, index);
     }
 
@@ -854,12 +851,12 @@ impl Endpoint {
                     body: Body::LogonRequest { username, password, reset_seq_num: reset },
                 };
                 let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-                if let Err(why) = self.authenticate(now, ip, &username, &msg) {
+                if let Err(refusal) = self.authenticate(now, ip, &username, &msg) {
                     let c = &mut self.sessions.counters;
                     self.sessions.slots[index as usize].session.close(
                         now,
-                        CloseReason::InvalidCredentials,
-                        why,
+                        CloseReason::PeerIncompatible(refusal),
+                        refusal.text(),
                         c,
                     );
                     return;
@@ -1154,7 +1151,7 @@ impl Endpoint {
             if slot.in_use && slot.session.state().is_attached() {
                 slot.session.close(
                     now,
-                    CloseReason::Shutdown,
+                    CloseReason::LocalClose(LocalClose::Shutdown),
                     b"gateway shutting down",
                     &mut self.sessions.counters,
                 );

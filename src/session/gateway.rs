@@ -13,6 +13,7 @@ use core::time::Duration;
 
 use super::SessionConfig;
 use super::control::{CONTROL_CAP, Control, ControlQueue, ReasonBuf};
+use super::error::{Deadline, Misuse, Overflow, PeerClose, Refusal, SendError, Violation};
 use super::state::{AfterLogout, CloseReason, Event, State, Transport};
 use super::timer::{Timer, TimerTable};
 use crate::counters::{Counter, Counters};
@@ -22,19 +23,6 @@ use crate::protocol::{
     MessageType, Password, RejectReason, Username, align8, offset, write_prefix,
 };
 use crate::time::Timestamp;
-
-/// Why an application message could not be queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendError {
-    /// The session is not logged on (or the handle is stale).
-    NotActive,
-    /// The padded message is larger than a journal slot.
-    TooLarge,
-    /// Every journal slot holds a message not yet sent: try later.
-    Backpressure,
-    /// Type ids below 100 are not application messages.
-    InvalidType,
-}
 
 /// What a frame asks of the endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -147,7 +135,7 @@ impl GatewaySession {
         Self {
             cfg,
             id: 0,
-            state: State::Closed(CloseReason::Logout),
+            state: State::Closed(CloseReason::LOGOUT),
             transport: Transport::Udp,
             device_uid: DeviceUid::default(),
             username: Username::default(),
@@ -491,7 +479,12 @@ impl GatewaySession {
             Transport::Udp => c.incr(Counter::DropNotAllowed),
             Transport::Tcp => {
                 c.incr(Counter::ProtocolViolations);
-                self.close(now, CloseReason::ProtocolViolation, b"logon required", c);
+                self.close(
+                    now,
+                    CloseReason::PeerMisbehaved(Violation::LogonRequired),
+                    b"logon required",
+                    c,
+                );
             }
         }
     }
@@ -528,7 +521,7 @@ impl GatewaySession {
             }
             Body::LogoutRequest { .. } => {
                 c.incr(Counter::Logouts);
-                self.close(now, CloseReason::Logout, b"logout", c);
+                self.close(now, CloseReason::LOGOUT, b"logout", c);
                 None
             }
             Body::App { type_id, body } => {
@@ -558,7 +551,12 @@ impl GatewaySession {
                     "sequence error: expected {} got {}",
                     self.expected_in, h.seq
                 ));
-                self.close(now, CloseReason::ProtocolViolation, reason.as_bytes(), c);
+                self.close(
+                    now,
+                    CloseReason::PeerMisbehaved(Violation::Sequence),
+                    reason.as_bytes(),
+                    c,
+                );
                 return false;
             }
             (Transport::Udp, true) => {
@@ -595,7 +593,8 @@ impl GatewaySession {
         );
         if framing || !self.state.is_active() {
             c.incr(Counter::ProtocolViolations);
-            self.close(now, CloseReason::ProtocolViolation, e.as_str().as_bytes(), c);
+            let reason = CloseReason::PeerMisbehaved(Violation::Malformed(e));
+            self.close(now, reason, e.as_str().as_bytes(), c);
             return;
         }
         // The frame is intact but its body is bad: it consumes its number and gets a Reject.
@@ -626,9 +625,9 @@ impl GatewaySession {
                 let why: &[u8] =
                     if reset { b"first sequence number must be 1" } else { b"nothing to resume" };
                 let reason = if reset {
-                    CloseReason::ProtocolViolation
+                    CloseReason::PeerMisbehaved(Violation::FirstSequence)
                 } else {
-                    CloseReason::NothingToResume
+                    CloseReason::PeerIncompatible(Refusal::NothingToResume)
                 };
                 self.close(now, reason, why, c);
                 return;
@@ -705,7 +704,7 @@ impl GatewaySession {
         self.skip_unsent();
         self.close_then(
             now,
-            CloseReason::OutputOverflow,
+            CloseReason::Backpressure(Overflow::SendQueue),
             AfterLogout::Detach,
             b"send queue full",
             c,
@@ -717,7 +716,9 @@ impl GatewaySession {
     pub(crate) fn transport_lost(&mut self, now: Timestamp) {
         match self.state {
             State::AwaitingConfig | State::AwaitingLogon if !self.has_stream => {
-                self.transition(Event::Release(CloseReason::TransportClosed));
+                self.transition(Event::Release(CloseReason::PeerClosed(
+                    PeerClose::TransportClosed,
+                )));
             }
             State::AwaitingConfig
             | State::AwaitingLogon
@@ -756,7 +757,7 @@ impl GatewaySession {
         c: &mut Counters,
     ) -> Result<i64, SendError> {
         if type_id < crate::protocol::APP_TYPE_MIN {
-            return Err(SendError::InvalidType);
+            return Err(SendError::ApiMisuse(Misuse::InvalidType));
         }
         // A session away from its device (detached, or re-attaching before its resume logon)
         // still journals: the device recovers these messages by resend after it resumes, which
@@ -767,7 +768,7 @@ impl GatewaySession {
         }
         let len = align8(HEADER_LEN + body.len());
         if len > self.journal.slot_bytes() {
-            return Err(SendError::TooLarge);
+            return Err(SendError::ApiMisuse(Misuse::TooLarge));
         }
         if self.journal.is_full() {
             let head = self.journal.head();
@@ -777,7 +778,7 @@ impl GatewaySession {
                     c.incr(Counter::OutputOverflow);
                     self.close(
                         now,
-                        CloseReason::OutputOverflow,
+                        CloseReason::Backpressure(Overflow::OutputQueue),
                         b"output queue overflow during resend",
                         c,
                     );
@@ -788,7 +789,7 @@ impl GatewaySession {
                 c.incr(Counter::OutputOverflow);
                 self.close(
                     now,
-                    CloseReason::OutputOverflow,
+                    CloseReason::Backpressure(Overflow::OutputQueue),
                     b"output queue overflow during resend",
                     c,
                 );
@@ -802,7 +803,7 @@ impl GatewaySession {
             let _ = msg.encode(dst);
         });
         if appended.is_err() {
-            return Err(SendError::TooLarge);
+            return Err(SendError::ApiMisuse(Misuse::TooLarge));
         }
         self.next_out += 1;
         if away {
@@ -865,7 +866,12 @@ impl GatewaySession {
             self.next_out += 1;
         } else {
             c.incr(Counter::OutputOverflow);
-            self.close(now, CloseReason::OutputOverflow, b"output queue overflow", c);
+            self.close(
+                now,
+                CloseReason::Backpressure(Overflow::OutputQueue),
+                b"output queue overflow",
+                c,
+            );
         }
     }
 
@@ -906,7 +912,8 @@ impl GatewaySession {
         let oldest = self.journal.evicted_through() + 1;
         let why =
             ReasonBuf::format(format_args!("resend window exceeded: oldest retained {oldest}"));
-        self.close(now, CloseReason::ResendWindowExceeded, why.as_bytes(), c);
+        let reason = CloseReason::PeerIncompatible(Refusal::ResendWindowExceeded);
+        self.close(now, reason, why.as_bytes(), c);
     }
 
     /// Fires every expired timer; a no-op when called early.
@@ -924,7 +931,7 @@ impl GatewaySession {
     fn fire_timers(&mut self, now: Timestamp, c: &mut Counters) {
         if self.timers.take_expired(Timer::DetachExpiry, now) {
             c.incr(Counter::SessionsExpired);
-            self.release(CloseReason::Expired);
+            self.release(CloseReason::Timeout(Deadline::Detached));
             return;
         }
         if self.timers.take_expired(Timer::Deadline, now) {
@@ -933,14 +940,14 @@ impl GatewaySession {
                     c.incr(Counter::DeviceConfigTimeouts);
                     self.close(
                         now,
-                        CloseReason::DeviceConfigTimeout,
+                        CloseReason::Timeout(Deadline::DeviceConfig),
                         b"eSP0008 could not get device config",
                         c,
                     );
                 }
                 State::AwaitingLogon => {
                     c.incr(Counter::LogonTimeouts);
-                    self.close(now, CloseReason::LogonTimeout, b"logon timeout", c);
+                    self.close(now, CloseReason::Timeout(Deadline::Logon), b"logon timeout", c);
                 }
                 _ => {}
             }
@@ -961,7 +968,7 @@ impl GatewaySession {
             c.incr(Counter::SessionsLost);
             self.close_then(
                 now,
-                CloseReason::Expired,
+                CloseReason::Timeout(Deadline::Heartbeat),
                 AfterLogout::Detach,
                 b"heartbeat timeout",
                 c,

@@ -7,6 +7,8 @@
 //! - [`GatewaySession`]: one session on the gateway side.
 //! - [`Device`]: the device side, used by the load generator and the simulations.
 //! - [`handshake`]: the stateless handshake port (cookies and their keys, ConnectionAccept).
+//! - [`error`]: [`CloseReason`] and [`SendError`], sorted by who is at fault (peer closed,
+//!   peer misbehaved, peer incompatible, timeout, local close, backpressure; API misuse).
 //! - [`auth`]: the [`Authenticator`] the endpoint asks, and the credentials format (pure: the
 //!   file is read and written by the caller).
 //! - [`ConnId`] and [`SessionHandle`] are the leaf handles of `crate::ids`, re-exported.
@@ -58,6 +60,7 @@ pub mod auth;
 mod control;
 mod device;
 mod endpoint;
+pub mod error;
 mod gateway;
 pub mod handshake;
 mod state;
@@ -73,8 +76,9 @@ pub use endpoint::{
     Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,
     SessionInfo, Transmit,
 };
-pub use gateway::{GatewaySession, SendError};
-pub use state::{AfterLogout, CloseReason, Event, InvalidTransition, State, Transport};
+pub use error::{CloseReason, SendError};
+pub use gateway::GatewaySession;
+pub use state::{AfterLogout, Event, InvalidTransition, State, Transport};
 pub use timer::{Timer, TimerTable};
 
 pub use crate::ids::{ConnId, SessionHandle};

@@ -4,51 +4,7 @@
 
 use core::fmt;
 
-/// Why a session ended or is ending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The device sent LogoutRequest.
-    Logout,
-    /// DeviceConfig did not arrive in time (eSP0008).
-    DeviceConfigTimeout,
-    /// TCP LogonRequest did not arrive in time.
-    LogonTimeout,
-    /// Credentials refused.
-    InvalidCredentials,
-    /// Logon with resetSeqNum = 0 but nothing to resume and a first sequence number above 1.
-    NothingToResume,
-    /// A resend reached below the journal.
-    ResendWindowExceeded,
-    /// Sequence or framing violation (TCP).
-    ProtocolViolation,
-    /// The session's bounded output queue overflowed.
-    OutputOverflow,
-    /// Detached longer than `session.detached_ttl`.
-    Expired,
-    /// The gateway is shutting down.
-    Shutdown,
-    /// The transport closed before logon.
-    TransportClosed,
-}
-
-impl CloseReason {
-    /// Short lowercase label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Logout => "logout",
-            Self::DeviceConfigTimeout => "device config timeout",
-            Self::LogonTimeout => "logon timeout",
-            Self::InvalidCredentials => "invalid credentials",
-            Self::NothingToResume => "nothing to resume",
-            Self::ResendWindowExceeded => "resend window exceeded",
-            Self::ProtocolViolation => "protocol violation",
-            Self::OutputOverflow => "output overflow",
-            Self::Expired => "expired",
-            Self::Shutdown => "shutdown",
-            Self::TransportClosed => "transport closed",
-        }
-    }
-}
+pub(crate) use super::error::CloseReason;
 
 /// What happens once a LoggedOut has been sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,15 +138,19 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::error::{Deadline, LocalClose};
+
+    const SHUTDOWN: CloseReason = CloseReason::LocalClose(LocalClose::Shutdown);
+    const EXPIRED: CloseReason = CloseReason::Timeout(Deadline::Detached);
 
     const STATES: &[State] = &[
         State::AwaitingConfig,
         State::AwaitingLogon,
         State::Active,
-        State::LoggingOut(CloseReason::Logout, AfterLogout::Release),
-        State::LoggingOut(CloseReason::Shutdown, AfterLogout::Detach),
+        State::LoggingOut(CloseReason::LOGOUT, AfterLogout::Release),
+        State::LoggingOut(SHUTDOWN, AfterLogout::Detach),
         State::Detached,
-        State::Closed(CloseReason::Logout),
+        State::Closed(CloseReason::LOGOUT),
     ];
 
     const EVENTS: &[Event] = &[
@@ -199,11 +159,11 @@ mod tests {
         Event::Attach(Transport::Tcp),
         Event::ConfigReceived,
         Event::LogonAccepted,
-        Event::Close(CloseReason::Logout, AfterLogout::Release),
-        Event::Close(CloseReason::Shutdown, AfterLogout::Detach),
+        Event::Close(CloseReason::LOGOUT, AfterLogout::Release),
+        Event::Close(SHUTDOWN, AfterLogout::Detach),
         Event::Flushed,
         Event::TransportLost,
-        Event::Release(CloseReason::Expired),
+        Event::Release(EXPIRED),
     ];
 
     fn table() -> String {

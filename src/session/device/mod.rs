@@ -17,7 +17,7 @@
 
 use core::time::Duration;
 
-use super::gateway::SendError;
+use super::error::{Misuse, SendError};
 use super::state::Transport;
 use super::timer::{Timer, TimerTable};
 use crate::journal::{Journal, JournalConfig};
@@ -401,7 +401,7 @@ impl Device {
         expect_reply: bool,
     ) -> Result<i64, SendError> {
         if type_id < crate::protocol::APP_TYPE_MIN {
-            return Err(SendError::InvalidType);
+            return Err(SendError::ApiMisuse(Misuse::InvalidType));
         }
         if self.state != DeviceState::Active {
             return Err(SendError::NotActive);
@@ -409,7 +409,7 @@ impl Device {
         if crate::protocol::align8(crate::protocol::HEADER_LEN + body.len())
             > self.unacked.slot_bytes()
         {
-            return Err(SendError::TooLarge);
+            return Err(SendError::ApiMisuse(Misuse::TooLarge));
         }
         if self.unacked.len() + SESSION_RESERVE >= self.unacked.capacity() {
             return Err(SendError::Backpressure);
