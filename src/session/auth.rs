@@ -1,5 +1,7 @@
 //! Logon credentials (DESIGN.md §2 rule 11): the [`Authenticator`] trait the endpoint asks,
-//! [`OpenLogon`], and [`Credentials`], per-user salted hashes checked in constant time.
+//! [`OpenLogon`], [`Credentials`] (per-user salted hashes checked in constant time), and
+//! [`LogonCheck`]: the credentials check behind the failed-logon limiter, as the endpoint runs it
+//! for every LogonRequest.
 //!
 //! This module is pure: it parses the credentials file's text and formats its lines; reading and
 //! writing the file is the caller's (`tools::passwd`). One line per user, `#` starts a comment:
@@ -14,9 +16,16 @@
 //! Unknown users cost the same work as known ones, so timing does not reveal which exist.
 #![forbid(unsafe_code)]
 
+use core::time::Duration;
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use subtle::ConstantTimeEq;
+
+use super::error::Refusal;
+use crate::counters::{Counter, Counters};
+use crate::protocol::{Password, Username};
+use crate::time::Timestamp;
 
 /// Checks credentials. Implementations compare in constant time.
 pub trait Authenticator {
@@ -32,6 +41,88 @@ impl Authenticator for OpenLogon {
     fn check(&self, _: &[u8], _: &[u8]) -> bool {
         true
     }
+}
+
+/// The credentials check behind the failed-logon limiter (DESIGN.md §2 rule 11).
+pub struct LogonCheck {
+    auth: Box<dyn Authenticator>,
+    limiter: FailureLimiter,
+}
+
+impl LogonCheck {
+    /// Checks with `auth`; refuses an address after `max_failures` failures within `window`.
+    pub fn new(auth: Box<dyn Authenticator>, max_failures: u32, window: Duration) -> Self {
+        Self { auth, limiter: FailureLimiter::new(max_failures, window) }
+    }
+
+    /// Checks the rate limit and the credentials; records failures. A refusal says whether
+    /// the password was checked: [`Refusal::RateLimited`] when the source was already limited
+    /// (the password is not even looked at), [`Refusal::InvalidCredentials`] when it was checked
+    /// and is wrong, including the failure that reaches the limit.
+    pub fn check(
+        &mut self,
+        now: Timestamp,
+        ip: IpAddr,
+        username: &Username,
+        password: &Password,
+        c: &mut Counters,
+    ) -> Result<(), Refusal> {
+        if self.limiter.is_limited(now, ip) {
+            c.incr(Counter::LogonsRateLimited);
+            return Err(Refusal::RateLimited);
+        }
+        if self.auth.check(username.as_bytes(), password.as_bytes()) {
+            return Ok(());
+        }
+        c.incr(Counter::LogonsFailed);
+        self.limiter.record_failure(now, ip);
+        Err(Refusal::InvalidCredentials)
+    }
+}
+
+/// Failed logons per source address.
+struct FailureLimiter {
+    table: Box<[Failures]>,
+    max: u32,
+    window: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    ip: Option<IpAddr>,
+    count: u32,
+    since: Timestamp,
+}
+
+impl FailureLimiter {
+    fn new(max: u32, window: Duration) -> Self {
+        let empty = Failures { ip: None, count: 0, since: Timestamp::ZERO };
+        Self { table: vec![empty; 256].into_boxed_slice(), max, window }
+    }
+
+    fn is_limited(&self, now: Timestamp, ip: IpAddr) -> bool {
+        let f = &self.table[failure_slot(ip)];
+        f.ip == Some(ip) && f.count >= self.max && now.saturating_since(f.since) <= self.window
+    }
+
+    fn record_failure(&mut self, now: Timestamp, ip: IpAddr) {
+        let f = &mut self.table[failure_slot(ip)];
+        if f.ip != Some(ip) || now.saturating_since(f.since) > self.window {
+            *f = Failures { ip: Some(ip), count: 0, since: now };
+        }
+        f.count += 1;
+    }
+}
+
+fn failure_slot(ip: IpAddr) -> usize {
+    let h = match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u64,
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            u64::from_le_bytes([o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15]])
+        }
+    };
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
 }
 
 /// Default hash iterations for new entries.

@@ -2,15 +2,18 @@
 //! point takes `now`; output goes into caller-owned buffers.
 //!
 //! - [`Endpoint`]: one shard's worth of gateway sessions (quinn's `Endpoint`): UDP
-//!   registration with stateless cookies, TCP logon, the session slab, indexes by session id,
-//!   deviceUid and username, a deadline heap, the application and the credentials check.
+//!   registration with stateless cookies, TCP logon, a deadline heap (`endpoint/mod.rs`); the
+//!   session slab (`endpoint/slab.rs`); indexes by session id, deviceUid and username
+//!   (`endpoint/index.rs`); output pacing and TCP flow control (`endpoint/flow.rs`); the
+//!   applications and device groups (`endpoint/app.rs`).
 //! - [`GatewaySession`]: one session on the gateway side.
 //! - [`Device`]: the device side, used by the load generator and the simulations.
 //! - [`handshake`]: the stateless handshake port (cookies and their keys, ConnectionAccept).
 //! - [`error`]: [`CloseReason`] and [`SendError`], sorted by who is at fault (peer closed,
 //!   peer misbehaved, peer incompatible, timeout, local close, backpressure; API misuse).
-//! - [`auth`]: the [`Authenticator`] the endpoint asks, and the credentials format (pure: the
-//!   file is read and written by the caller).
+//! - [`auth`]: the [`Authenticator`] the endpoint asks, the credentials format (pure: the
+//!   file is read and written by the caller), and [`auth::LogonCheck`], the check behind the
+//!   failed-logon limiter.
 //! - [`ConnId`] and [`SessionHandle`] are the leaf handles of `crate::ids`, re-exported.
 //!
 //! # Driving an [`Endpoint`]

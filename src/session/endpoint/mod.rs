@@ -1,0 +1,755 @@
+//! One shard's gateway sessions (quinn's `Endpoint`). See the module docs of [`super`] for the
+//! call order.
+//!
+//! This file routes input to sessions and applies what they decide; the rest is split by job:
+//! - [`slab`]: the session slots and their generation-checked handles;
+//! - [`index`]: sessions by id, deviceUid and username, with one insert and one remove path;
+//! - [`flow`]: output: pacing, TCP flow control (parking, stall) and the slow reader's last
+//!   word;
+//! - [`app`]: application dispatch and device groups;
+//! - credentials and the failed-logon limiter are [`super::auth`]'s.
+
+use core::cmp::Reverse;
+use core::time::Duration;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use super::SessionConfig;
+use super::auth::{Authenticator, LogonCheck};
+use super::error::{LocalClose, Violation};
+use super::gateway::{Deliver, GatewaySession, count_decode_error};
+use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
+use super::state::{CloseReason, State};
+use crate::counters::{Counter, Counters};
+use crate::ids::{ConnId, SessionHandle};
+use crate::protocol::{
+    Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, DeviceUid, Header, Message,
+    RegistrationRejectReason, Username, write_prefix,
+};
+use crate::time::Timestamp;
+
+mod app;
+mod flow;
+mod index;
+mod slab;
+
+pub use app::{Application, GroupPolicy, GroupSettings, Outbox};
+use index::{Index, Key};
+use slab::Sessions;
+
+/// Where a session's output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing attached.
+    None,
+    /// A UDP peer address (sent from the shard's session port).
+    Udp(SocketAddr),
+    /// A TCP connection.
+    Tcp(ConnId),
+}
+
+/// One buffer to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// Destination.
+    pub dest: Link,
+    /// Bytes written at the start of the caller's buffer.
+    pub len: usize,
+    /// The connection's last message (the LoggedOut to a slow reader): the driver queues it in
+    /// the room its send queue keeps for it and closes the connection after it.
+    pub last: bool,
+}
+
+/// Upper bound of a padded session (non-journaled) message: LoggedOut and Reject carry at most
+/// 64 bytes of text (`ReasonBuf`), 33 + 64 bytes framed and padded to 104.
+const MAX_SESSION_MESSAGE: usize = 128;
+
+/// Something the driver must do besides sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// Close this TCP connection once the bytes already handed over are written.
+    CloseConnection(ConnId),
+    /// A session logged on.
+    LoggedOn(SessionHandle),
+    /// A session ended and its slot was released.
+    Ended(SessionHandle, CloseReason),
+    /// A session finished serving a ResendRequest; how long it took.
+    ResendServed(Duration),
+    /// This connection's reader is too slow: its session says LoggedOut("send queue full")
+    /// next ([`Transmit::last`]) and is kept detached for resume.
+    SlowReader(ConnId),
+}
+
+/// Limits of one endpoint (one shard).
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointConfig {
+    /// Per-session settings.
+    pub session: SessionConfig,
+    /// Sessions per shard, detached ones included (`shard.max_sessions`, default 4096).
+    pub max_sessions: usize,
+    /// TCP connection ids are below this (`tcp.max_connections`, default 4096).
+    pub max_connections: usize,
+    /// This shard's index (bound into cookies).
+    pub shard: u16,
+    /// Stateless replies waiting to be sent (`shard.reply_queue`, default 1024).
+    pub reply_queue: usize,
+    /// Buffers one session may produce before others get a turn (`shard.session_burst`, 8):
+    /// paces large resends so one session cannot starve the rest.
+    pub session_burst: u32,
+    /// Failed logons from one address before it is refused (`auth.max_failures`, 5).
+    pub max_logon_failures: u32,
+    /// Window over which failed logons are counted (`auth.failure_window_s`, 60 s).
+    pub logon_failure_window: Duration,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            max_sessions: 4096,
+            max_connections: 4096,
+            shard: 0,
+            reply_queue: 1024,
+            session_burst: 8,
+            max_logon_failures: 5,
+            logon_failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A row of the connections list.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionInfo {
+    /// Handle.
+    pub handle: SessionHandle,
+    /// Session id.
+    pub id: u64,
+    /// deviceUid (UDP).
+    pub device_uid: DeviceUid,
+    /// Username of the last logon.
+    pub username: Username,
+    /// Where it is attached.
+    pub link: Link,
+    /// State.
+    pub state: State,
+    /// Next inbound number expected.
+    pub expected_in: i64,
+    /// Next outbound number.
+    pub next_out: i64,
+    /// Last time anything was heard.
+    pub last_heard: Timestamp,
+}
+
+/// A stateless reply (registration rejects, refused TCP logons, a displaced transport's
+/// LoggedOut), sent before any session output.
+struct Reply {
+    dest: Link,
+    len: u16,
+    buf: [u8; 128],
+}
+
+/// One shard's gateway: the session slab and everything that is not a single session.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    sessions: Sessions,
+    index: Index,
+    /// The session of each TCP connection id.
+    conns: Vec<Option<u32>>,
+    deadlines: BinaryHeap<Reverse<(Timestamp, u32)>>,
+    replies: VecDeque<Reply>,
+    /// Sessions parked for want of room on their connection (see [`flow`]).
+    blocked: Vec<u32>,
+    events: VecDeque<EndpointEvent>,
+    logons: LogonCheck,
+    keys: CookieKeys,
+    apps: Vec<Box<dyn Application>>,
+    groups: Option<GroupPolicy>,
+    draining: bool,
+    wall_offset_ns: i64,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("shard", &self.cfg.shard)
+            .field("sessions", &self.index.len())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Allocates everything the shard will use: `max_sessions` sessions with their journals,
+    /// indexes, queues. `id_key` seeds session ids (random in the runtime, fixed in simulations).
+    pub fn new(
+        cfg: EndpointConfig,
+        keys: CookieKeys,
+        id_key: [u8; 32],
+        auth: Box<dyn Authenticator>,
+        app: Box<dyn Application>,
+    ) -> Self {
+        let n = cfg.max_sessions;
+        Self {
+            cfg,
+            sessions: Sessions::new(n, cfg.session),
+            index: Index::new(n, id_key, cfg.shard),
+            conns: vec![None; cfg.max_connections],
+            deadlines: BinaryHeap::with_capacity(4 * n + 16),
+            replies: VecDeque::with_capacity(cfg.reply_queue),
+            blocked: Vec::with_capacity(n),
+            events: VecDeque::with_capacity(4 * n + 16),
+            logons: LogonCheck::new(auth, cfg.max_logon_failures, cfg.logon_failure_window),
+            keys,
+            apps: vec![app],
+            groups: None,
+            draining: false,
+            wall_offset_ns: 0,
+        }
+    }
+
+    /// Bytes the session slab reserves (journals included), for the start-up report.
+    pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
+        cfg.max_sessions * (cfg.session.journal.bytes_per_session() + Sessions::SLOT_BYTES)
+    }
+
+    /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
+    pub fn set_wall_offset(&mut self, ns: i64) {
+        self.wall_offset_ns = ns;
+    }
+
+    /// Rotates the cookie secret: the old current key stays valid as the previous one.
+    pub fn rotate_keys(&mut self, keys: CookieKeys) {
+        self.keys = keys;
+    }
+
+    /// The shard's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.sessions.counters
+    }
+
+    /// Sessions in use (attached, logging out or detached).
+    pub fn session_count(&self) -> usize {
+        self.sessions.in_use()
+    }
+
+    /// The connections list.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
+        self.sessions.slots.iter().enumerate().filter(|(_, s)| s.in_use).map(|(i, s)| SessionInfo {
+            handle: SessionHandle::new(i as u32, s.generation),
+            id: s.session.id(),
+            device_uid: *s.session.device_uid(),
+            username: *s.session.username(),
+            link: s.link,
+            state: s.session.state(),
+            expected_in: s.session.expected_in(),
+            next_out: s.session.next_out(),
+            last_heard: s.session.last_heard(),
+        })
+    }
+
+    /// The session behind a handle.
+    pub fn session(&self, h: SessionHandle) -> Option<&GatewaySession> {
+        self.sessions.get(h).map(|s| &s.session)
+    }
+
+    /// Finds a session by id.
+    pub fn handle_by_id(&self, id: u64) -> Option<SessionHandle> {
+        self.index.by_id(id).map(|i| self.sessions.handle(i))
+    }
+
+    /// A datagram arrived on this shard's session port.
+    pub fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
+        let c = &mut self.sessions.counters;
+        c.incr(Counter::DatagramsReceived);
+        let dg = match Datagram::parse(data) {
+            Ok(dg) => dg,
+            Err(e) => {
+                c.add(Counter::BytesReceived, data.len() as u64);
+                count_decode_error(e, c);
+                return;
+            }
+        };
+        if dg.session_id == 0 {
+            c.add(Counter::BytesReceived, data.len() as u64);
+            self.handle_registration(now, from, dg);
+            return;
+        }
+        let Some(index) = self.index.by_id(dg.session_id) else {
+            c.incr(Counter::DropUnknownSession);
+            return;
+        };
+        let slot = &self.sessions.slots[index as usize];
+        if slot.link != Link::Udp(from) || slot.session.transport() != super::Transport::Udp {
+            c.incr(Counter::DropWrongAddress);
+            return;
+        }
+        c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
+        for frame in dg.frames() {
+            match frame {
+                Ok(frame) => self.session_frame(now, index, frame, from.ip()),
+                Err(e) => {
+                    count_decode_error(e, &mut self.sessions.counters);
+                    break;
+                }
+            }
+            if !self.sessions.slots[index as usize].in_use {
+                break;
+            }
+        }
+        self.settle(now, index);
+    }
+
+    fn handle_registration(&mut self, now: Timestamp, from: SocketAddr, dg: Datagram<'_>) {
+        let c = &mut self.sessions.counters;
+        let mut frames = dg.frames();
+        let (Some(Ok(frame)), None) = (frames.next(), frames.next()) else {
+            c.incr(Counter::DropBadPrefix);
+            return;
+        };
+        let msg = match Message::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                count_decode_error(e, c);
+                return;
+            }
+        };
+        let Body::RegistrationRequest { device_uid, client_nonce, cookie } = msg.body else {
+            c.incr(Counter::DropBadPrefix);
+            return;
+        };
+        let input = CookieInput {
+            peer: from,
+            device_uid: &device_uid,
+            client_nonce,
+            shard: self.cfg.shard,
+        };
+        match verify_cookie(&self.keys, now, &cookie, &input) {
+            Ok(()) => {}
+            Err(CookieError::Bad) => {
+                c.incr(Counter::HandshakesBadCookie);
+                self.registration_reject(from, RegistrationRejectReason::BadCookie, b"bad cookie");
+                return;
+            }
+            Err(CookieError::Expired) => {
+                c.incr(Counter::HandshakesCookieExpired);
+                self.registration_reject(
+                    from,
+                    RegistrationRejectReason::CookieExpired,
+                    b"cookie expired",
+                );
+                return;
+            }
+        }
+        if self.draining {
+            c.incr(Counter::HandshakesDraining);
+            self.registration_reject(from, RegistrationRejectReason::Draining, b"gateway draining");
+            return;
+        }
+        if let Some(index) = self.index.by_uid(&device_uid) {
+            self.finish_logout(now, index);
+        }
+        let c = &mut self.sessions.counters;
+        let index = match self.index.by_uid(&device_uid) {
+            Some(index) => {
+                let slot = &mut self.sessions.slots[index as usize];
+                let attached = slot.session.state().is_attached();
+                if attached && slot.session.reg_nonce() == Some(client_nonce) {
+                    // Idempotent: same answer, same session id, state untouched.
+                    c.incr(Counter::HandshakesRepeated);
+                    slot.link = Link::Udp(from);
+                    slot.session.repeat_registration();
+                    self.sessions.mark_dirty(index);
+                    return;
+                }
+                // A new handshake from the very address the session is attached to is the same
+                // device starting over (its earlier handshake or logon gave up): there is no
+                // older connection to say goodbye to, and a LoggedOut sent to that address
+                // would reach the new attach and end it. Only another address is displaced.
+                if attached && slot.link != Link::Udp(from) {
+                    self.displace(now, index);
+                }
+                let c = &mut self.sessions.counters;
+                c.incr(Counter::HandshakesResumed);
+                c.incr(Counter::SessionsResumed);
+                let slot = &mut self.sessions.slots[index as usize];
+                slot.session.attach_udp(now, device_uid, client_nonce, true);
+                index
+            }
+            None => {
+                let Some(index) = self.allocate() else {
+                    self.sessions.counters.incr(Counter::HandshakesServerFull);
+                    self.registration_reject(
+                        from,
+                        RegistrationRejectReason::ServerFull,
+                        b"server full",
+                    );
+                    return;
+                };
+                self.index.insert(index, Key::Uid(device_uid));
+                self.sessions.counters.incr(Counter::HandshakesRegistered);
+                self.sessions.slots[index as usize].session.attach_udp(
+                    now,
+                    device_uid,
+                    client_nonce,
+                    false,
+                );
+                index
+            }
+        };
+        self.sessions.slots[index as usize].link = Link::Udp(from);
+        self.settle(now, index);
+    }
+
+    fn registration_reject(
+        &mut self,
+        to: SocketAddr,
+        reason: RegistrationRejectReason,
+        details: &[u8],
+    ) {
+        let body = Body::RegistrationReject { reason: reason as u8, details };
+        self.push_reply(Link::Udp(to), 0, body);
+    }
+
+    /// Queues a stateless reply (prefix 0 on UDP).
+    fn push_reply(&mut self, dest: Link, seq: i64, body: Body<'_>) {
+        let mut r = Reply { dest, len: 0, buf: [0; 128] };
+        let start = match dest {
+            Link::Udp(_) => write_prefix(&mut r.buf, 0),
+            _ => 0,
+        };
+        let msg = Message { header: Header { seq, ..Header::default() }, body };
+        if let Ok(n) = msg.encode(&mut r.buf[start..]) {
+            r.len = (start + n) as u16;
+            self.queue_reply(r);
+        }
+    }
+
+    /// Queues a reply made elsewhere (nothing when it is empty or has nowhere to go); counts a
+    /// full queue.
+    fn queue_reply(&mut self, r: Reply) {
+        if r.len == 0 || r.dest == Link::None {
+            return;
+        }
+        if self.replies.len() >= self.cfg.reply_queue {
+            self.sessions.counters.incr(Counter::ReplyQueueFull);
+            return;
+        }
+        self.replies.push_back(r);
+    }
+
+    /// Says goodbye to the transport a session is attached to, before a newer attach
+    /// (DESIGN.md §2 rule 9).
+    fn displace(&mut self, now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let old = slot.link;
+        let mut r = Reply { dest: old, len: 0, buf: [0; 128] };
+        let n = slot.session.farewell(
+            now,
+            b"displaced by a new connection",
+            &mut r.buf,
+            &mut self.sessions.counters,
+        );
+        self.sessions.counters.incr(Counter::SessionsDisplaced);
+        r.len = n as u16;
+        self.queue_reply(r);
+        self.unlink(index);
+    }
+
+    /// A newer attach arrived for a session whose LoggedOut is queued but not yet sent (both in
+    /// the same input batch). Attaching to a session in that state is not a transition the
+    /// table allows: the queued LoggedOut was dropped and the session stayed logging out for
+    /// good, refusing every later attach for that deviceUid or username. Instead, send the
+    /// LoggedOut to the old transport now and complete the logout (DESIGN.md §2 rules 9 and
+    /// 10); the new attach then finds the session released (a new one is made) or detached
+    /// (it resumes).
+    fn finish_logout(&mut self, now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        if !matches!(slot.session.state(), State::LoggingOut(..)) {
+            return;
+        }
+        let old = slot.link;
+        let mut r = Reply { dest: old, len: 0, buf: [0; 128] };
+        let n = slot.session.finish_logout(now, &mut r.buf, &mut self.sessions.counters);
+        r.len = n as u16;
+        self.queue_reply(r);
+        self.settle(now, index);
+    }
+
+    /// Detaches slot `index` from its transport: a TCP connection is closed (once the bytes
+    /// already handed over are written) and forgets the session. The one place a session lets
+    /// go of its connection: displaced, detached, or released.
+    fn unlink(&mut self, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        if let Link::Tcp(conn) = slot.link {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                *c = None;
+            }
+        }
+        slot.link = Link::None;
+    }
+
+    /// The first frame of a TCP connection, read by the acceptor: it must be a LogonRequest.
+    pub fn handle_tcp_logon(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        peer: SocketAddr,
+        frame: &[u8],
+    ) {
+        self.sessions.counters.add(Counter::BytesReceived, frame.len() as u64);
+        if conn.0 as usize >= self.conns.len() {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        }
+        let msg = match Message::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                count_decode_error(e, &mut self.sessions.counters);
+                self.sessions.counters.incr(Counter::ProtocolViolations);
+                self.refuse_tcp(conn, e.as_str().as_bytes());
+                return;
+            }
+        };
+        let Body::LogonRequest { username, password, reset_seq_num } = msg.body else {
+            self.sessions.counters.incr(Counter::ProtocolViolations);
+            self.refuse_tcp(conn, b"logon required");
+            return;
+        };
+        if self.draining {
+            self.sessions.counters.incr(Counter::HandshakesDraining);
+            self.refuse_tcp(conn, b"gateway shutting down");
+            return;
+        }
+        let c = &mut self.sessions.counters;
+        if let Err(refusal) = self.logons.check(now, peer.ip(), &username, &password, c) {
+            self.refuse_tcp(conn, refusal.text());
+            return;
+        }
+        if let Some(index) = self.index.by_user(&username) {
+            self.finish_logout(now, index);
+        }
+        let index = match self.index.by_user(&username) {
+            Some(index) => {
+                if self.sessions.slots[index as usize].session.state().is_attached() {
+                    self.displace(now, index);
+                } else {
+                    self.sessions.counters.incr(Counter::SessionsResumed);
+                }
+                index
+            }
+            None => {
+                let Some(index) = self.allocate() else {
+                    self.sessions.counters.incr(Counter::HandshakesServerFull);
+                    self.refuse_tcp(conn, b"server full");
+                    return;
+                };
+                self.index.insert(index, Key::User(username));
+                index
+            }
+        };
+        self.conns[conn.0 as usize] = Some(index);
+        let hb = self.cfg.session.heartbeat_interval;
+        let slot = &mut self.sessions.slots[index as usize];
+        slot.link = Link::Tcp(conn);
+        slot.stalled = false;
+        slot.session.attach_tcp(now);
+        slot.session.accept_logon(
+            now,
+            msg.header.seq,
+            username,
+            reset_seq_num,
+            hb,
+            &mut self.sessions.counters,
+        );
+        self.logged_on(now, index);
+        self.settle(now, index);
+    }
+
+    fn refuse_tcp(&mut self, conn: ConnId, why: &[u8]) {
+        self.sessions.counters.incr(Counter::LoggedOutSent);
+        self.push_reply(Link::Tcp(conn), 1, Body::LoggedOut { reason: why });
+        self.events.push_back(EndpointEvent::CloseConnection(conn));
+    }
+
+    /// A later frame on a TCP connection (split off the stream by the driver's deframer).
+    pub fn handle_tcp_frame(&mut self, now: Timestamp, conn: ConnId, frame: &[u8]) {
+        let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        };
+        // A TCP session logs on with its first frame (`handle_tcp_logon`, which has the peer
+        // address); no later frame reaches the credentials check.
+        self.session_frame(now, index, frame, IpAddr::from([0, 0, 0, 0]));
+        self.settle(now, index);
+    }
+
+    /// The driver's deframer failed on this connection (framing error): LoggedOut and close.
+    pub fn handle_tcp_error(&mut self, now: Timestamp, conn: ConnId, e: DecodeError) {
+        count_decode_error(e, &mut self.sessions.counters);
+        self.sessions.counters.incr(Counter::ProtocolViolations);
+        let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
+            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            return;
+        };
+        let c = &mut self.sessions.counters;
+        let reason = CloseReason::PeerMisbehaved(Violation::Malformed(e));
+        self.sessions.slots[index as usize].session.close(now, reason, e.as_str().as_bytes(), c);
+        self.settle(now, index);
+    }
+
+    /// The TCP connection closed (peer closed, error, or after our close).
+    pub fn handle_tcp_closed(&mut self, now: Timestamp, conn: ConnId) {
+        let Some(index) = self.conns.get_mut(conn.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        let slot = &mut self.sessions.slots[index as usize];
+        if slot.link == Link::Tcp(conn) {
+            slot.link = Link::None;
+            slot.session.transport_lost(now);
+            if slot.session.state().is_detached() {
+                self.sessions.counters.incr(Counter::SessionsDetached);
+            }
+        }
+        self.settle(now, index);
+    }
+
+    /// One frame for the session in slot `index`, from `ip`.
+    fn session_frame(&mut self, now: Timestamp, index: u32, frame: &[u8], ip: IpAddr) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let Some(deliver) = slot.session.handle_frame(now, frame, &mut self.sessions.counters)
+        else {
+            return;
+        };
+        match deliver {
+            Deliver::App { type_id, body } => self.deliver_app(now, index, type_id, body),
+            Deliver::Logon { seq, username, password, reset } => {
+                let c = &mut self.sessions.counters;
+                if let Err(refusal) = self.logons.check(now, ip, &username, &password, c) {
+                    let reason = CloseReason::PeerIncompatible(refusal);
+                    self.sessions.slots[index as usize].session.close(
+                        now,
+                        reason,
+                        refusal.text(),
+                        c,
+                    );
+                    return;
+                }
+                let default = self.cfg.session.heartbeat_interval;
+                let hb = self.sessions.slots[index as usize].session.heartbeat_for_logon(default);
+                let c = &mut self.sessions.counters;
+                self.sessions.slots[index as usize]
+                    .session
+                    .accept_logon(now, seq, username, reset, hb, c);
+                self.logged_on(now, index);
+            }
+            Deliver::Config => self.configured(index),
+        }
+    }
+
+    /// A free slot with a fresh session (no transport yet), entered under its new id.
+    fn allocate(&mut self) -> Option<u32> {
+        let id = self.index.new_id();
+        let index = self.sessions.allocate(id, self.wall_offset_ns)?;
+        self.index.insert(index, Key::Id(id));
+        Some(index)
+    }
+
+    /// Applies the consequences of a session's state: release, detach, reschedule, mark dirty.
+    fn settle(&mut self, now: Timestamp, index: u32) {
+        let slot = &mut self.sessions.slots[index as usize];
+        if !slot.in_use {
+            return;
+        }
+        if self.check_stalled(now, index) {
+            return; // `stall` has settled it
+        }
+        let slot = &mut self.sessions.slots[index as usize];
+        if let Some(d) = slot.session.take_resend_done() {
+            self.events.push_back(EndpointEvent::ResendServed(d));
+        }
+        match slot.session.state() {
+            State::Closed(reason) => {
+                self.unlink(index);
+                let handle = self.sessions.release(index);
+                self.index.remove(index);
+                self.events.push_back(EndpointEvent::Ended(handle, reason));
+                return;
+            }
+            State::Detached if slot.link != Link::None => {
+                self.unlink(index);
+                self.sessions.counters.incr(Counter::SessionsDetached);
+            }
+            _ => {}
+        }
+        let slot = &mut self.sessions.slots[index as usize];
+        if let Some(t) = slot.session.poll_timeout() {
+            if slot.scheduled.is_none_or(|s| t < s) {
+                slot.scheduled = Some(t);
+                if self.deadlines.len() == self.deadlines.capacity() {
+                    // Drop stale entries in place rather than grow.
+                    let slots = &self.sessions.slots;
+                    self.deadlines
+                        .retain(|Reverse((t, i))| slots[*i as usize].scheduled == Some(*t));
+                }
+                self.deadlines.push(Reverse((t, index)));
+            }
+        }
+        self.sessions.mark_dirty(index);
+    }
+
+    /// The earliest deadline of any session or of the application.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let s = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        let a = self.apps_poll_timeout();
+        match (s, a) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every due session timer and the application's.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.apps_timeout(now);
+        while let Some(&Reverse((t, index))) = self.deadlines.peek() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let slot = &mut self.sessions.slots[index as usize];
+            if !slot.in_use || slot.scheduled != Some(t) {
+                continue;
+            }
+            slot.scheduled = None;
+            slot.session.handle_timeout(now, &mut self.sessions.counters);
+            self.settle(now, index);
+        }
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// Stops accepting and logs every attached session out ("gateway shutting down").
+    pub fn shutdown(&mut self, now: Timestamp) {
+        self.draining = true;
+        for index in 0..self.sessions.slots.len() as u32 {
+            let slot = &mut self.sessions.slots[index as usize];
+            if slot.in_use && slot.session.state().is_attached() {
+                slot.session.close(
+                    now,
+                    CloseReason::LocalClose(LocalClose::Shutdown),
+                    b"gateway shutting down",
+                    &mut self.sessions.counters,
+                );
+                self.settle(now, index);
+            }
+        }
+    }
+
+    /// True once [`Self::shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+}

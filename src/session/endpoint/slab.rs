@@ -1,0 +1,120 @@
+//! The session slab (STYLE.md rule 12, quinn's `Slab<ConnectionMeta>`): every session of the
+//! shard, allocated at start-up, addressed by index and checked by generation through
+//! [`SessionHandle`]; the free list; the queue of sessions with output; the shard's counters
+//! (kept here because an [`super::Outbox`] sends through the slab and counts).
+
+use std::collections::VecDeque;
+
+use super::Link;
+use crate::counters::Counters;
+use crate::ids::SessionHandle;
+use crate::session::SessionConfig;
+use crate::session::gateway::GatewaySession;
+use crate::time::Timestamp;
+
+/// One place of the slab: a session and what the endpoint keeps about it.
+pub(super) struct Slot {
+    pub(super) session: GatewaySession,
+    /// Bumped on every release: a handle from before no longer matches.
+    pub(super) generation: u32,
+    pub(super) in_use: bool,
+    /// Where its output goes.
+    pub(super) link: Link,
+    /// In the dirty queue.
+    pub(super) dirty: bool,
+    /// Buffers produced in a row (pacing, `EndpointConfig::session_burst`).
+    pub(super) burst: u32,
+    /// The deadline it is scheduled for in the endpoint's heap.
+    pub(super) scheduled: Option<Timestamp>,
+    /// Parked by `poll_transmit_within`: its TCP send queue had no room (see `flow.rs`).
+    pub(super) blocked: bool,
+    /// A slow reader: its next transmit is its LoggedOut, sent with `Transmit::last`.
+    pub(super) stalled: bool,
+}
+
+/// The slab, its free list, the dirty queue and the counters.
+pub(super) struct Sessions {
+    pub(super) slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Sessions that may have output, in the order they got it.
+    pub(super) dirty: VecDeque<u32>,
+    pub(super) counters: Counters,
+}
+
+impl Sessions {
+    /// `n` closed sessions with their journals, allocated now.
+    pub(super) fn new(n: usize, cfg: SessionConfig) -> Self {
+        let slots = (0..n)
+            .map(|_| Slot {
+                session: GatewaySession::new(cfg),
+                generation: 0,
+                in_use: false,
+                link: Link::None,
+                dirty: false,
+                burst: 0,
+                scheduled: None,
+                blocked: false,
+                stalled: false,
+            })
+            .collect();
+        Self {
+            slots,
+            free: (0..n as u32).rev().collect(),
+            dirty: VecDeque::with_capacity(n),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Bytes one slot takes besides its journal.
+    pub(super) const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
+
+    /// Sessions in use.
+    pub(super) fn in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Takes a free slot and opens a fresh session with this id in it.
+    pub(super) fn allocate(&mut self, id: u64, wall_offset_ns: i64) -> Option<u32> {
+        let index = self.free.pop()?;
+        let slot = &mut self.slots[index as usize];
+        debug_assert!(!slot.in_use);
+        slot.in_use = true;
+        slot.link = Link::None;
+        slot.burst = 0;
+        slot.session.open(id, wall_offset_ns);
+        Some(index)
+    }
+
+    /// Returns a slot whose session has closed to the free list; the handle it had.
+    pub(super) fn release(&mut self, index: u32) -> SessionHandle {
+        let slot = &mut self.slots[index as usize];
+        debug_assert!(slot.in_use && slot.session.state().is_closed());
+        let handle = SessionHandle::new(index, slot.generation);
+        slot.link = Link::None;
+        slot.in_use = false;
+        slot.scheduled = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        handle
+    }
+
+    /// The current handle of slot `index`.
+    pub(super) fn handle(&self, index: u32) -> SessionHandle {
+        SessionHandle::new(index, self.slots[index as usize].generation)
+    }
+
+    /// The slot behind a handle, if it is still that session.
+    pub(super) fn get(&self, h: SessionHandle) -> Option<&Slot> {
+        let s = self.slots.get(h.index() as usize)?;
+        (s.in_use && s.generation == h.generation()).then_some(s)
+    }
+
+    /// Queues slot `index` for `poll_transmit` if its session has output.
+    pub(super) fn mark_dirty(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        if !slot.dirty && slot.session.wants_transmit() {
+            slot.dirty = true;
+            self.dirty.push_back(index);
+        }
+    }
+}
