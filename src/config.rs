@@ -200,15 +200,30 @@ pub struct AuthSection {
     pub credentials: Option<String>,
     /// `open_logon`: accept any username and password (default false; explicit opt-in only).
     pub open_logon: bool,
-    /// `max_failures`: failed logons per source address before refusal (default 5).
+    /// `max_failures`: failed logons per source (IPv4 address, IPv6 /64) before refusal
+    /// (default 5).
     pub max_failures: u32,
-    /// `failure_window_s`: window for `max_failures` (default 60 s).
+    /// `max_network_failures`: failed logons per IPv4 /24 before the whole network is refused
+    /// (default 20).
+    pub max_network_failures: u32,
+    /// `max_username_failures`: failed logons at one username before sources that have failed
+    /// are refused for it without a check (default 10).
+    pub max_username_failures: u32,
+    /// `failure_window_s`: window for the failure counts; a limit once hit holds this long
+    /// (default 60 s).
     pub failure_window_s: u64,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
-        Self { credentials: None, open_logon: false, max_failures: 5, failure_window_s: 60 }
+        Self {
+            credentials: None,
+            open_logon: false,
+            max_failures: 5,
+            max_network_failures: 20,
+            max_username_failures: 10,
+            failure_window_s: 60,
+        }
     }
 }
 
@@ -335,6 +350,13 @@ impl Config {
         {
             return bad("groups.app must be \"echo\", \"feed\" or \"none\"");
         }
+        let a = &self.auth;
+        if a.max_failures == 0 || a.max_username_failures == 0 {
+            return bad("auth.max_failures and auth.max_username_failures must be at least 1");
+        }
+        if a.max_network_failures < a.max_failures {
+            return bad("auth.max_network_failures must be at least auth.max_failures");
+        }
         if self.tcp.max_message_bytes < 128 {
             return bad("tcp.max_message_bytes must be at least 128");
         }
@@ -419,6 +441,8 @@ impl Config {
             reply_queue: 1024,
             session_burst: self.session.burst,
             max_logon_failures: self.auth.max_failures,
+            max_network_failures: self.auth.max_network_failures,
+            max_username_failures: self.auth.max_username_failures,
             logon_failure_window: Duration::from_secs(self.auth.failure_window_s),
         }
     }

@@ -103,8 +103,15 @@ counters! {
     LogonsAccepted => "logons_accepted_total",
     /// Logons refused for bad credentials.
     LogonsFailed => "logons_failed_total",
-    /// Logons refused: rate limited after failures from the same address.
+    /// Logons refused without a check: a failure limit held (source, network or username).
     LogonsRateLimited => "logons_rate_limited_total",
+    /// Of those, refused because their IPv4 /24 reached its failure limit.
+    LogonsNetworkLimited => "logons_network_limited_total",
+    /// Of those, refused because their username was being guessed at and they had failed.
+    LogonsUsernameLimited => "logons_username_limited_total",
+    /// Sources, networks or usernames a limiter table could not track (their set was full of
+    /// blocked entries): treated as blocked.
+    LimiterUntracked => "limiter_untracked_total",
     /// Logouts at the device's request.
     Logouts => "logouts_total",
     /// Sessions whose peer went silent (TestRequest unanswered).

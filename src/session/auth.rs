@@ -23,6 +23,7 @@ use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 
 use super::error::Refusal;
+use super::limit::{Failures, LimitTable, Source};
 use crate::counters::{Counter, Counters};
 use crate::protocol::{Password, Username};
 use crate::time::Timestamp;
@@ -43,22 +44,67 @@ impl Authenticator for OpenLogon {
     }
 }
 
-/// The credentials check behind the failed-logon limiter (DESIGN.md §2 rule 11).
+/// Limits of the failed-logon limiter (DESIGN.md §2 rule 11; `[auth]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogonLimits {
+    /// Failures from one source (IPv4 address, IPv6 /64) before it is refused
+    /// (`auth.max_failures`, 5).
+    pub per_source: u32,
+    /// Failures from one IPv4 /24 before it is refused (`auth.max_network_failures`, 20).
+    pub per_network: u32,
+    /// Failures at one username before it is protected: then a source that has failed is
+    /// refused for it without a check (`auth.max_username_failures`, 10).
+    pub per_username: u32,
+    /// The window every count and every block lasts (`auth.failure_window_s`, 60 s).
+    pub window: Duration,
+}
+
+impl Default for LogonLimits {
+    fn default() -> Self {
+        Self { per_source: 5, per_network: 20, per_username: 10, window: Duration::from_secs(60) }
+    }
+}
+
+/// Sources, networks and usernames each limiter table keeps (per shard): a few hundred KiB.
+const LIMITER_ENTRIES: usize = 4096;
+
+/// The credentials check behind the failed-logon limiter (DESIGN.md §2 rule 11), with one
+/// [`LimitTable`] per level:
+///
+/// - a source (IPv4 address, IPv6 /64) with `per_source` failures in a window is refused for
+///   the rest of that window without a check;
+/// - so is every source of an IPv4 /24 with `per_network` failures (many addresses of one
+///   network count together; IPv6: the /64 is the source);
+/// - a username with `per_username` failures (guessed at from many networks) is protected for
+///   the rest of the window: a source that has itself failed in the window is refused for it
+///   without a check, so each guessing source gets one guess at it, not `per_source`; a source
+///   that has not failed is checked as always, so the user still logs on from a clean address.
+///
+/// Every block holds for its whole window whatever else happens (see [`super::limit`]).
 pub struct LogonCheck {
     auth: Box<dyn Authenticator>,
-    limiter: FailureLimiter,
+    limits: LogonLimits,
+    sources: LimitTable<Source, Failures>,
+    networks: LimitTable<Source, Failures>,
+    users: LimitTable<Username, Failures>,
 }
 
 impl LogonCheck {
-    /// Checks with `auth`; refuses an address after `max_failures` failures within `window`.
-    pub fn new(auth: Box<dyn Authenticator>, max_failures: u32, window: Duration) -> Self {
-        Self { auth, limiter: FailureLimiter::new(max_failures, window) }
+    /// Checks with `auth` under `limits`; `seed` keys the tables' hash (keep it secret).
+    pub fn new(auth: Box<dyn Authenticator>, limits: LogonLimits, seed: [u8; 16]) -> Self {
+        Self {
+            auth,
+            limits,
+            sources: LimitTable::new(LIMITER_ENTRIES, seed),
+            networks: LimitTable::new(LIMITER_ENTRIES, seed),
+            users: LimitTable::new(LIMITER_ENTRIES, seed),
+        }
     }
 
-    /// Checks the rate limit and the credentials; records failures. A refusal says whether
-    /// the password was checked: [`Refusal::RateLimited`] when the source was already limited
-    /// (the password is not even looked at), [`Refusal::InvalidCredentials`] when it was checked
-    /// and is wrong, including the failure that reaches the limit.
+    /// Checks the limits and the credentials; records failures. A refusal says whether the
+    /// password was checked: [`Refusal::RateLimited`] when a limit held (the password is not
+    /// even looked at), [`Refusal::InvalidCredentials`] when it was checked and is wrong,
+    /// including the failure that reaches a limit.
     pub fn check(
         &mut self,
         now: Timestamp,
@@ -67,7 +113,26 @@ impl LogonCheck {
         password: &Password,
         c: &mut Counters,
     ) -> Result<(), Refusal> {
-        if self.limiter.is_limited(now, ip) {
+        let l = self.limits;
+        let source = Source::of(ip);
+        let network = Source::network(ip);
+        let limited = if self.sources.is_blocked(&source, now) {
+            untracked(self.sources.get(&source).is_none(), c);
+            true
+        } else if let Some(n) = network.filter(|n| self.networks.is_blocked(n, now)) {
+            untracked(self.networks.get(&n).is_none(), c);
+            c.incr(Counter::LogonsNetworkLimited);
+            true
+        } else if self.sources.get(&source).is_some_and(|f| f.count(now, l.window) > 0)
+            && self.users.is_blocked(username, now)
+        {
+            untracked(self.users.get(username).is_none(), c);
+            c.incr(Counter::LogonsUsernameLimited);
+            true
+        } else {
+            false
+        };
+        if limited {
             c.incr(Counter::LogonsRateLimited);
             return Err(Refusal::RateLimited);
         }
@@ -75,54 +140,30 @@ impl LogonCheck {
             return Ok(());
         }
         c.incr(Counter::LogonsFailed);
-        self.limiter.record_failure(now, ip);
+        let fresh = || Failures::new(now);
+        match self.sources.entry(source, now, fresh) {
+            Some(f) => f.record(now, l.per_source, l.window),
+            None => c.incr(Counter::LimiterUntracked),
+        }
+        if let Some(n) = network {
+            match self.networks.entry(n, now, fresh) {
+                Some(f) => f.record(now, l.per_network, l.window),
+                None => c.incr(Counter::LimiterUntracked),
+            }
+        }
+        match self.users.entry(*username, now, fresh) {
+            Some(f) => f.record(now, l.per_username, l.window),
+            None => c.incr(Counter::LimiterUntracked),
+        }
         Err(Refusal::InvalidCredentials)
     }
 }
 
-/// Failed logons per source address.
-struct FailureLimiter {
-    table: Box<[Failures]>,
-    max: u32,
-    window: Duration,
-}
-
-#[derive(Clone, Copy)]
-struct Failures {
-    ip: Option<IpAddr>,
-    count: u32,
-    since: Timestamp,
-}
-
-impl FailureLimiter {
-    fn new(max: u32, window: Duration) -> Self {
-        let empty = Failures { ip: None, count: 0, since: Timestamp::ZERO };
-        Self { table: vec![empty; 256].into_boxed_slice(), max, window }
+/// Counts a refusal of a key its full table could not track.
+fn untracked(untracked: bool, c: &mut Counters) {
+    if untracked {
+        c.incr(Counter::LimiterUntracked);
     }
-
-    fn is_limited(&self, now: Timestamp, ip: IpAddr) -> bool {
-        let f = &self.table[failure_slot(ip)];
-        f.ip == Some(ip) && f.count >= self.max && now.saturating_since(f.since) <= self.window
-    }
-
-    fn record_failure(&mut self, now: Timestamp, ip: IpAddr) {
-        let f = &mut self.table[failure_slot(ip)];
-        if f.ip != Some(ip) || now.saturating_since(f.since) > self.window {
-            *f = Failures { ip: Some(ip), count: 0, since: now };
-        }
-        f.count += 1;
-    }
-}
-
-fn failure_slot(ip: IpAddr) -> usize {
-    let h = match ip {
-        IpAddr::V4(v4) => u32::from(v4) as u64,
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            u64::from_le_bytes([o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15]])
-        }
-    };
-    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
 }
 
 /// Default hash iterations for new entries.
@@ -235,6 +276,134 @@ mod tests {
         assert!(Credentials::parse("alice:v2:10:aa:bb").is_err());
         assert!(Credentials::parse("# comment only\n\n").unwrap().is_empty());
         assert!(entry_line("a:b", b"x", &[0; 32]).is_err());
+    }
+
+    const T0: Timestamp = Timestamp::from_nanos(1_000_000_000);
+
+    fn alice() -> LogonCheck {
+        let text = entry_line("alice", b"right", &[1; 32]).unwrap();
+        LogonCheck::new(
+            Box::new(Credentials::parse(&text).unwrap()),
+            LogonLimits::default(),
+            [9; 16],
+        )
+    }
+
+    fn try_logon(
+        l: &mut LogonCheck,
+        now: Timestamp,
+        ip: IpAddr,
+        user: &[u8],
+        pw: &[u8],
+        c: &mut Counters,
+    ) -> Result<(), Refusal> {
+        l.check(now, ip, &Username::new(user).unwrap(), &Password::new(pw).unwrap(), c)
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::from([a, b, c, d])
+    }
+
+    /// Issue 9, found 2: a refused address was checked against the password again once 256
+    /// other addresses had failed once each.
+    #[test]
+    fn a_refused_address_stays_refused_whatever_other_addresses_do() {
+        let (mut l, mut c) = (alice(), Counters::default());
+        let attacker = v4(203, 0, 113, 9);
+        for _ in 0..5 {
+            assert_eq!(
+                try_logon(&mut l, T0, attacker, b"alice", b"guess", &mut c),
+                Err(Refusal::InvalidCredentials)
+            );
+        }
+        assert_eq!(
+            try_logon(&mut l, T0, attacker, b"alice", b"right", &mut c),
+            Err(Refusal::RateLimited)
+        );
+        // 256 (and more) other addresses, each in its own network, fail once each.
+        for i in 0..1024u32 {
+            let ip = IpAddr::from((0x0a00_0000 + (i << 8) + 1).to_be_bytes());
+            let _ = try_logon(&mut l, T0, ip, b"nobody", b"x", &mut c);
+        }
+        let later = T0 + Duration::from_secs(59);
+        assert_eq!(
+            try_logon(&mut l, later, attacker, b"alice", b"right", &mut c),
+            Err(Refusal::RateLimited),
+            "still refused, without a check"
+        );
+        assert_eq!(
+            try_logon(&mut l, T0 + Duration::from_secs(61), attacker, b"alice", b"right", &mut c),
+            Ok(())
+        );
+    }
+
+    /// Issue 9, found 2: 200 guesses from 200 addresses of one /24 were all checked.
+    #[test]
+    fn a_network_is_refused_after_its_limit() {
+        let (mut l, mut c) = (alice(), Counters::default());
+        let mut checked = 0;
+        for d in 1..=200u8 {
+            match try_logon(&mut l, T0, v4(198, 51, 100, d), b"bob", b"guess", &mut c) {
+                Err(Refusal::InvalidCredentials) => checked += 1,
+                Err(Refusal::RateLimited) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(checked, 20, "auth.max_network_failures guesses checked, no more");
+        assert_eq!(c.get(Counter::LogonsNetworkLimited), 180);
+        // Another /24 is not affected.
+        assert_eq!(try_logon(&mut l, T0, v4(198, 51, 101, 1), b"alice", b"right", &mut c), Ok(()));
+    }
+
+    /// Issue 9, found 2: IPv6 addresses were keyed on their low 64 bits, the attacker's choice.
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_limit() {
+        let (mut l, mut c) = (alice(), Counters::default());
+        for i in 0..5u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0, 7, i, 0xfeed, 0, 1]);
+            assert_eq!(
+                try_logon(&mut l, T0, ip, b"alice", b"guess", &mut c),
+                Err(Refusal::InvalidCredentials)
+            );
+        }
+        let fresh_iid = IpAddr::from([0x2001, 0xdb8, 0, 7, 0xaaaa, 0xbbbb, 0xcccc, 0xdddd]);
+        assert_eq!(
+            try_logon(&mut l, T0, fresh_iid, b"alice", b"right", &mut c),
+            Err(Refusal::RateLimited)
+        );
+        let other_64 = IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(try_logon(&mut l, T0, other_64, b"alice", b"right", &mut c), Ok(()));
+    }
+
+    /// DESIGN.md §2 rule 11: guesses at one username from many networks are slowed, without
+    /// refusing that user from an address that has not failed.
+    #[test]
+    fn a_username_guessed_at_from_many_networks_is_slowed_yet_logs_on_from_a_clean_address() {
+        let (mut l, mut c) = (alice(), Counters::default());
+        let attackers: Vec<IpAddr> = (1..=50u8).map(|n| v4(100, 64, n, 1)).collect();
+        // One guess from each of 50 networks: every one is checked (each source is new).
+        for &ip in &attackers {
+            assert_eq!(
+                try_logon(&mut l, T0, ip, b"alice", b"guess", &mut c),
+                Err(Refusal::InvalidCredentials)
+            );
+        }
+        // Their second guesses are refused without a check: one guess per source, not five.
+        for &ip in &attackers {
+            assert_eq!(
+                try_logon(&mut l, T0, ip, b"alice", b"right", &mut c),
+                Err(Refusal::RateLimited)
+            );
+        }
+        assert_eq!(c.get(Counter::LogonsUsernameLimited), 50);
+        assert_eq!(c.get(Counter::LogonsFailed), 50);
+        // The user, from an address that has not failed, is checked and logs on.
+        assert_eq!(try_logon(&mut l, T0, v4(192, 0, 2, 10), b"alice", b"right", &mut c), Ok(()));
+        // Other usernames are not protected by alice's count: the sources' own limits apply.
+        assert_eq!(
+            try_logon(&mut l, T0, attackers[0], b"carol", b"x", &mut c),
+            Err(Refusal::InvalidCredentials)
+        );
     }
 
     #[test]

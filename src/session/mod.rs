@@ -14,6 +14,8 @@
 //! - [`auth`]: the [`Authenticator`] the endpoint asks, the credentials format (pure: the
 //!   file is read and written by the caller), and [`auth::LogonCheck`], the check behind the
 //!   failed-logon limiter.
+//! - [`limit`]: the one set-associative table of every limiter (failed logons per source,
+//!   network and username; the acceptor's handshake token bucket).
 //! - [`ConnId`] and [`SessionHandle`] are the leaf handles of `crate::ids`, re-exported.
 //!
 //! # Driving an [`Endpoint`]
@@ -66,6 +68,7 @@ mod endpoint;
 pub mod error;
 mod gateway;
 pub mod handshake;
+pub mod limit;
 mod state;
 mod timer;
 

@@ -15,6 +15,7 @@ use crate::runtime::report::{AcceptorCounters, AcceptorReport};
 use crate::session::handshake::{
     CookieKey, HandshakeConfig, HandshakeOutcome, answer_connection_request, cookie_keys, shard_for,
 };
+use crate::session::limit::{LimitTable, Source, TokenBucket};
 use crate::time::{Clock, Timestamp};
 
 /// What to do with a pending connection after its latest bytes.
@@ -47,19 +48,13 @@ pub struct Core {
     /// Connections waiting for their LogonRequest, at most.
     pub max_pending: usize,
     report: Arc<Mutex<AcceptorReport>>,
-    buckets: Vec<Bucket>,
+    /// ConnectionRequest token buckets per source (IPv4 address, IPv6 /64).
+    buckets: LimitTable<Source, TokenBucket>,
     key: (Timestamp, CookieKey),
     tx: [u8; 2048],
     published: Timestamp,
     /// The counters.
     pub counters: AcceptorCounters,
-}
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    ip: Option<std::net::IpAddr>,
-    tokens: f64,
-    at: Timestamp,
 }
 
 impl Core {
@@ -79,13 +74,19 @@ impl Core {
             burst: spec.burst,
             max_pending: spec.max_pending,
             report: spec.report,
-            buckets: vec![Bucket { ip: None, tokens: 0.0, at: Timestamp::ZERO }; 4096],
+            buckets: LimitTable::new(BUCKETS, bucket_seed(&spec.master)),
             key: (Timestamp::ZERO, key),
             tx: [0; 2048],
             published: Timestamp::ZERO,
             counters: AcceptorCounters::default(),
         };
         (core, spec.udp, spec.tcp, spec.uring)
+    }
+
+    /// Sources the ConnectionRequest limiter could not track (their set was full of empty
+    /// buckets): they were rate limited, and are counted in `rate_limited` too.
+    pub fn untracked_sources(&self) -> u64 {
+        self.buckets.untracked()
     }
 
     /// True once shutdown is asked for.
@@ -98,8 +99,13 @@ impl Core {
         if now.saturating_since(self.key.0) >= Duration::from_millis(100) {
             self.key = (now, cookie_keys(&self.master, now, self.cookie_rotate).current);
         }
-        let refuse = limit(&mut self.buckets, from.ip(), now, self.rate_per_s, self.burst)
-            .then_some(ConnectionRejectReason::RateLimited);
+        let (rate, burst) = (self.rate_per_s, self.burst);
+        // A source whose set is full of empty buckets cannot be tracked: rate limited too.
+        let allowed = self
+            .buckets
+            .entry(Source::of(from.ip()), now, || TokenBucket::full(now, burst))
+            .is_some_and(|b| b.take(now, rate, burst));
+        let refuse = (!allowed).then_some(ConnectionRejectReason::RateLimited);
         let c = &mut self.counters;
         match answer_connection_request(
             &self.handshake,
@@ -191,31 +197,14 @@ impl Core {
     }
 }
 
-/// Token bucket per source address (direct-mapped; a collision simply shares a bucket).
-fn limit(
-    buckets: &mut [Bucket],
-    ip: std::net::IpAddr,
-    now: Timestamp,
-    rate: u32,
-    burst: u32,
-) -> bool {
-    let h = match ip {
-        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        std::net::IpAddr::V6(v6) => {
-            u64::from_le_bytes(v6.octets()[8..].try_into().unwrap_or([0; 8]))
-        }
-    };
-    let b = &mut buckets[(h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % 4096];
-    if b.ip != Some(ip) {
-        *b = Bucket { ip: Some(ip), tokens: f64::from(burst), at: now };
-    }
-    let dt = now.saturating_since(b.at).as_secs_f64();
-    b.tokens = (b.tokens + dt * f64::from(rate)).min(f64::from(burst));
-    b.at = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
-        false
-    } else {
-        true
-    }
+/// Sources whose ConnectionRequest bucket is tracked (one table, `session::limit`).
+const BUCKETS: usize = 4096;
+
+/// The bucket table's hash key, derived from the cookie master secret.
+fn bucket_seed(master: &[u8; 32]) -> [u8; 16] {
+    let mut seed = [0u8; 16];
+    seed.copy_from_slice(
+        &blake3::keyed_hash(master, b"fleetgate handshake buckets").as_bytes()[..16],
+    );
+    seed
 }

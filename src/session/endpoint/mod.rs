@@ -15,7 +15,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use super::SessionConfig;
-use super::auth::{Authenticator, LogonCheck};
+use super::auth::{Authenticator, LogonCheck, LogonLimits};
 use super::error::{LocalClose, Violation};
 use super::gateway::{Deliver, GatewaySession, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
@@ -97,10 +97,30 @@ pub struct EndpointConfig {
     /// Buffers one session may produce before others get a turn (`shard.session_burst`, 8):
     /// paces large resends so one session cannot starve the rest.
     pub session_burst: u32,
-    /// Failed logons from one address before it is refused (`auth.max_failures`, 5).
+    /// Failed logons from one source (IPv4 address, IPv6 /64) before it is refused
+    /// (`auth.max_failures`, 5).
     pub max_logon_failures: u32,
-    /// Window over which failed logons are counted (`auth.failure_window_s`, 60 s).
+    /// Failed logons from one IPv4 /24 before all of it is refused
+    /// (`auth.max_network_failures`, 20; above `max_logon_failures`).
+    pub max_network_failures: u32,
+    /// Failed logons at one username before sources that have failed are refused for it
+    /// (`auth.max_username_failures`, 10).
+    pub max_username_failures: u32,
+    /// Window over which failed logons are counted, and every limit holds once hit
+    /// (`auth.failure_window_s`, 60 s).
     pub logon_failure_window: Duration,
+}
+
+impl EndpointConfig {
+    /// The failed-logon limits.
+    pub fn logon_limits(&self) -> LogonLimits {
+        LogonLimits {
+            per_source: self.max_logon_failures,
+            per_network: self.max_network_failures,
+            per_username: self.max_username_failures,
+            window: self.logon_failure_window,
+        }
+    }
 }
 
 impl Default for EndpointConfig {
@@ -113,6 +133,8 @@ impl Default for EndpointConfig {
             reply_queue: 1024,
             session_burst: 8,
             max_logon_failures: 5,
+            max_network_failures: 20,
+            max_username_failures: 10,
             logon_failure_window: Duration::from_secs(60),
         }
     }
@@ -198,7 +220,7 @@ impl Endpoint {
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
             events: VecDeque::with_capacity(4 * n + 16),
-            logons: LogonCheck::new(auth, cfg.max_logon_failures, cfg.logon_failure_window),
+            logons: LogonCheck::new(auth, cfg.logon_limits(), limiter_seed(&id_key)),
             keys,
             apps: vec![app],
             groups: None,
@@ -752,4 +774,11 @@ impl Endpoint {
     pub fn is_draining(&self) -> bool {
         self.draining
     }
+}
+
+/// The limiter tables' hash key, derived from the endpoint's secret (never the id key itself).
+fn limiter_seed(id_key: &[u8; 32]) -> [u8; 16] {
+    let mut seed = [0u8; 16];
+    seed.copy_from_slice(&blake3::keyed_hash(id_key, b"fleetgate logon limiter").as_bytes()[..16]);
+    seed
 }
