@@ -122,6 +122,11 @@ counters! {
     SessionsResumed => "sessions_resumed_total",
     /// Sessions displaced by a newer attach.
     SessionsDisplaced => "sessions_displaced_total",
+    /// Newer UDP attaches held pending beside a session until they log on (rule 9).
+    AttachesPending => "attaches_pending_total",
+    /// Pending attaches that ended without taking the session over: credentials or logon
+    /// refused, timed out, replaced by a newer one, or their session ended first.
+    AttachesPendingDropped => "attaches_pending_dropped_total",
     /// Detached sessions released after `session.detached_ttl`.
     SessionsExpired => "sessions_expired_total",
     /// Sessions closed because DeviceConfig did not arrive in time (eSP0008).

@@ -276,6 +276,23 @@ impl GatewaySession {
         self.timers.set(Timer::Deadline, now + self.cfg.device_config_timeout);
     }
 
+    /// Takes over a pending attach that has logged on with valid credentials (DESIGN.md §2
+    /// rule 9; the endpoint has already said goodbye to the older transport, if any): the
+    /// attach's registration and device config become the session's, and the session waits for
+    /// [`Self::accept_logon`] with that LogonRequest.
+    pub(crate) fn adopt_udp(&mut self, now: Timestamp, nonce: u64, config: &[u8]) {
+        self.transport = Transport::Udp;
+        self.attaches += 1;
+        let config_state = ConfigRequest::Received;
+        self.registration =
+            Some(Registration { nonce, resumed: true, accept_owed: false, config: config_state });
+        let n = config.len().min(self.config.len());
+        self.config[..n].copy_from_slice(&config[..n]);
+        self.config_len = n as u8;
+        self.begin_attach(now, Transport::Udp);
+        self.transition(Event::ConfigReceived);
+    }
+
     /// Attaches a TCP connection whose LogonRequest has been authenticated.
     pub(crate) fn attach_tcp(&mut self, now: Timestamp) {
         self.transport = Transport::Tcp;
@@ -619,19 +636,12 @@ impl GatewaySession {
         c: &mut Counters,
     ) {
         debug_assert_eq!(self.state, State::AwaitingLogon);
+        if let Some((reason, why)) = self.logon_refusal(seq, reset) {
+            self.close(now, reason, why, c);
+            return;
+        }
         let resume = !reset && self.has_stream;
         if !resume {
-            if seq != 1 {
-                let why: &[u8] =
-                    if reset { b"first sequence number must be 1" } else { b"nothing to resume" };
-                let reason = if reset {
-                    CloseReason::PeerMisbehaved(Violation::FirstSequence)
-                } else {
-                    CloseReason::PeerIncompatible(Refusal::NothingToResume)
-                };
-                self.close(now, reason, why, c);
-                return;
-            }
             self.reset_streams();
             self.expected_in = 2;
         }
@@ -648,6 +658,29 @@ impl GatewaySession {
         self.logon_reply = LogonReply::Sent { seq, hb };
         self.push_control(now, Control::LogonResponse { heartbeat_interval_s: hb }, c);
         c.incr(Counter::LogonsAccepted);
+    }
+
+    /// Why [`Self::accept_logon`] would refuse an authenticated LogonRequest numbered `seq`
+    /// (DESIGN.md §2 rules 4 and 8), with its LoggedOut text; `None` if it would accept it. The
+    /// endpoint asks before a newer attach displaces an older one (rule 9): a logon that is
+    /// refused displaces nothing.
+    pub(crate) fn logon_refusal(
+        &self,
+        seq: i64,
+        reset: bool,
+    ) -> Option<(CloseReason, &'static [u8])> {
+        let resume = !reset && self.has_stream;
+        match (resume || seq == 1, reset) {
+            (true, _) => None,
+            (false, true) => Some((
+                CloseReason::PeerMisbehaved(Violation::FirstSequence),
+                b"first sequence number must be 1",
+            )),
+            (false, false) => Some((
+                CloseReason::PeerIncompatible(Refusal::NothingToResume),
+                b"nothing to resume",
+            )),
+        }
     }
 
     /// Queues LoggedOut(`why`) and ends the session once it is sent.

@@ -46,7 +46,25 @@
 //!   the session id alone does not authenticate a roaming device, which handshakes again.
 //! - A new UDP handshake (new clientNonce) from the very address a session is attached to is the
 //!   same device starting over, not a second device: it resumes without a "displaced"
-//!   LoggedOut, which would reach the new attach and end it. Rule 9 displaces other addresses.
+//!   LoggedOut, which would reach the new attach and end it.
+//! - Rule 9 (displacement only after logon): a UDP handshake for a deviceUid whose session is
+//!   attached at another address, or detached with a stream to resume, becomes a *pending
+//!   attach* (`pending.rs`) held beside the session, which it does not touch. It shares the
+//!   session's id: its RegistrationAccept says that id with resumed = 1 (rule 8: a roaming
+//!   device must get the same id to resume), and its datagrams, which carry that id, are told
+//!   apart from the live transport's by their source address (bound by its cookie). It gets
+//!   GetDeviceConfig every second and must answer within `udp.device_config_timeout_ms`, then
+//!   log on within `tcp.logon_timeout_ms`. Only a LogonRequest that passes the credentials
+//!   check, the failure limits and the session's own logon rules (rule 4) lets it take over:
+//!   the older transport gets LoggedOut("displaced by a new connection") and the session
+//!   resumes (or resets) on the new address exactly as rule 8 says, its device group taken from
+//!   the new attach's DeviceConfig. Anything else ends the pending attach alone with its own
+//!   LoggedOut (numbered 1, like a refused TCP logon). One pending attach per session: a newer
+//!   one replaces it (so a device retrying from its new address is never stuck behind an
+//!   attacker's attach; an attacker who keeps registering can delay a roam, never disturb the
+//!   attached transport). A TCP LogonRequest is checked the same way before it displaces an
+//!   older connection. The session id is therefore not a secret from whoever knows the
+//!   deviceUid; a session's datagrams are accepted only from its own address.
 //! - A newer attach that arrives while the older one's LoggedOut is queued but not yet sent (same
 //!   input batch) first completes that logout: the LoggedOut goes to the old transport, then the
 //!   session is released (the newer attach gets a new session) or detached (it resumes).
@@ -69,6 +87,7 @@ pub mod error;
 mod gateway;
 pub mod handshake;
 pub mod limit;
+mod pending;
 mod state;
 mod timer;
 

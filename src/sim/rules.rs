@@ -1843,6 +1843,227 @@ fn rule09_tcp_new_logon_while_the_old_one_is_logging_out() {
     );
 }
 
+/// Echoes device `d` through the gateway every 100 ms for `dur`, checking each reply arrives;
+/// returns how many round trips were made.
+fn echo_through(net: &mut Net, d: usize, dur: Duration, tag: u8) -> usize {
+    let rounds = (dur.as_millis() / 100) as usize;
+    for k in 0..rounds {
+        let body = [tag, k as u8, (k >> 8) as u8];
+        net.devices[d].dev.send_app(net.now, 101, &body, true).unwrap();
+        net.run_for(ms(100));
+        let last = net.device_app(d).last().map(|m| m.2.clone());
+        assert_eq!(last.as_deref(), Some(&body[..]), "echo {k} of tag {tag} arrived");
+    }
+    rounds
+}
+
+/// The device's view of its session is untouched: no end, no reset, no second registration
+/// after `registrations`, every echo and push exactly once and in order.
+fn assert_undisturbed(net: &Net, d: usize, registrations: usize) {
+    assert_eq!(net.devices[d].dev.state(), DeviceState::Active);
+    assert_eq!(net.device_ended(d), None, "no LoggedOut");
+    let regs = net.devices[d].events.iter().filter(|e| matches!(e, Ev::Registered { .. }));
+    assert_eq!(regs.count(), registrations, "no new registration");
+    assert!(!net.devices[d].events.contains(&Ev::StreamReset));
+    let seqs: Vec<i64> = net.device_app(d).iter().map(|m| m.0).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates: {seqs:?}");
+    let sent: Vec<Vec<u8>> = net.gateway_app(d);
+    let echoed: Vec<Vec<u8>> =
+        net.device_app(d).into_iter().filter(|m| m.1 == 201).map(|m| m.2).collect();
+    assert_eq!(echoed, sent, "every request echoed once, in order");
+}
+
+/// Rule 9, issue 9 found 3: an attacker who knows the deviceUid handshakes from its own address
+/// (ConnectionRequest, RegistrationRequest, DeviceConfig) but has no credentials and never logs
+/// on. It gets a pending attach of its own (same session id, resumed = 1, GetDeviceConfig) and,
+/// in the end, LoggedOut("logon timeout"); the device never notices.
+#[test]
+fn rule09_forged_attach_without_credentials_is_never_noticed_by_the_device() {
+    let mut net = cap_net(sim_config());
+    let d = start(&mut net, udp_cfg(0));
+    let id = net.devices[d].dev.session_id();
+    let home = net.devices[d].addr;
+    let h = handle_of(&net, id);
+    echo_through(&mut net, d, ms(500), 0);
+    let mut x = RawUdp::new(1, b"RUDP00000", 0xbad);
+    x.connect(&mut net);
+    x.register(&mut net);
+    assert_eq!(x.id, id, "a resume gets the session's id (rule 8): not a secret from x");
+    let acc = of_type(&x.received(&net), REGISTRATION_ACCEPT);
+    assert_eq!(acc[0].msg().body, Body::RegistrationAccept { session_id: id, resumed: true });
+    assert_eq!(net.count(Counter::AttachesPending), 1);
+    // Its DeviceConfig, then session traffic it has no right to send: none of it reaches the
+    // session, which keeps working throughout.
+    let get = of_type(&x.received(&net), GET_DEVICE_CONFIG);
+    let Body::GetDeviceConfig { correlation_id } = get[0].msg().body else { unreachable!() };
+    let cfg = Body::DeviceConfig { correlation_id, config: b"EVIL~1~2~3~4~5" };
+    net.inject_udp(x.addr, SESSION, &dgram(id, &[&frame(0, 0, cfg)]));
+    for seq in 1..20 {
+        net.inject_udp(
+            x.addr,
+            SESSION,
+            &dgram(id, &[&frame(seq, 0, Body::LogoutRequest { reason: b"bye" })]),
+        );
+    }
+    net.gateway.send(net.now, h, 300, b"push during").unwrap();
+    echo_through(&mut net, d, secs(12), 1);
+    assert_eq!(logged_out_texts(&x.received(&net)), vec!["logon timeout".to_string()]);
+    assert_undisturbed(&net, d, 1);
+    assert!(net.device_app(d).iter().any(|m| m.2 == b"push during"));
+    let info = net.session_info(id).unwrap();
+    assert_eq!((info.state, info.link), (State::Active, Link::Udp(home)));
+    assert_eq!(net.gateway.session(h).unwrap().device_config(), SIM_DEVICE_CONFIG);
+    assert_eq!(net.count(Counter::SessionsDisplaced), 0);
+    assert_eq!(net.count(Counter::Logouts), 0);
+    assert_eq!(net.count(Counter::AttachesPendingDropped), 1);
+    // Nothing the attacker sent after its registration was answered but its own LoggedOut.
+    let after_config = of_type(&x.received(&net), GET_DEVICE_CONFIG).len();
+    assert!(after_config >= 1);
+    assert!(to_addr(&net, x.addr).iter().all(|w| matches!(
+        w.ty(),
+        CONNECTION_ACCEPT | REGISTRATION_ACCEPT | GET_DEVICE_CONFIG | LOGGED_OUT
+    )));
+}
+
+/// Rule 9 with wrong credentials: the forged attach logs on with a wrong password. It is
+/// refused (LoggedOut "invalid credentials", counted as a failure from its address); the
+/// logged-on device is not displaced and never notices.
+#[test]
+fn rule09_forged_attach_with_wrong_credentials_is_refused_and_the_device_unaffected() {
+    let mut net = auth_net();
+    let d = net.add_device(DeviceConfig::new(Transport::Udp, b"U1", b"alice", b"s3cret"));
+    net.connect(d, true);
+    net.run_for(ms(500));
+    let id = net.devices[d].dev.session_id();
+    echo_through(&mut net, d, ms(300), 0);
+    let mut x = RawUdp::new(2, b"U1", 0xbad);
+    x.connect(&mut net);
+    x.register(&mut net);
+    let get = of_type(&x.received(&net), GET_DEVICE_CONFIG);
+    let Body::GetDeviceConfig { correlation_id } = get[0].msg().body else { unreachable!() };
+    let cfg = Body::DeviceConfig { correlation_id, config: SIM_DEVICE_CONFIG };
+    net.inject_udp(x.addr, SESSION, &dgram(id, &[&frame(0, 0, cfg)]));
+    net.run_for(ms(5));
+    x.send(&mut net, logon(b"alice", b"guess", false));
+    echo_through(&mut net, d, secs(2), 1);
+    assert_eq!(logged_out_texts(&x.received(&net)), vec!["invalid credentials".to_string()]);
+    assert_eq!(net.count(Counter::LogonsFailed), 1);
+    assert_eq!(net.count(Counter::SessionsDisplaced), 0);
+    assert_undisturbed(&net, d, 1);
+    assert_eq!(net.session_info(id).unwrap().link, Link::Udp(net.devices[d].addr));
+    // A second try on the refused attach is not even looked at.
+    x.send(&mut net, logon(b"alice", b"s3cret", false));
+    net.run_for(ms(50));
+    assert_eq!(net.count(Counter::SessionsDisplaced), 0);
+    assert_undisturbed(&net, d, 1);
+}
+
+/// Rule 9 on TCP: a LogonRequest for a logged-on username with a wrong password, or with the
+/// right one but a logon the session cannot take (resetSeqNum = 1 numbered 2), is refused on its
+/// own connection and displaces nothing.
+#[test]
+fn rule09_tcp_refused_logon_for_a_logged_on_username_displaces_nothing() {
+    let mut net = auth_net();
+    let d = net.add_device(DeviceConfig::new(Transport::Tcp, b"T1", b"alice", b"s3cret"));
+    net.connect(d, true);
+    net.run_for(ms(100));
+    assert_eq!(net.devices[d].dev.state(), DeviceState::Active);
+    echo_through(&mut net, d, ms(300), 0);
+    let mut x = RawTcp::open(&mut net, 0);
+    x.logon(&mut net, b"alice", b"guess");
+    assert_eq!(logged_out_texts(&x.down(&net)), vec!["invalid credentials".to_string()]);
+    assert!(x.closed(&net));
+    x.reopen(&mut net);
+    x.next = 2;
+    x.send(&mut net, logon(b"alice", b"s3cret", true));
+    net.run_for(ms(10));
+    assert_eq!(
+        logged_out_texts(&x.down(&net)).last().map(String::as_str),
+        Some("first sequence number must be 1")
+    );
+    echo_through(&mut net, d, secs(1), 1);
+    assert!(net.devices[d].conn.is_some(), "the device's connection stays open");
+    assert_eq!(net.count(Counter::SessionsDisplaced), 0);
+    assert_undisturbed(&net, d, 0);
+}
+
+/// A pending attach answers a repeated RegistrationRequest (same nonce, same address) with the
+/// same RegistrationAccept (rule 2), and a newer attach from elsewhere replaces it.
+#[test]
+fn rule09_pending_attach_repeats_its_answer_and_the_newest_replaces_it() {
+    let mut net = cap_net(sim_config());
+    let d = start(&mut net, udp_cfg(0));
+    let id = net.devices[d].dev.session_id();
+    let mut x = RawUdp::new(3, b"RUDP00000", 7);
+    x.connect(&mut net);
+    x.register(&mut net);
+    net.inject_udp(x.addr, SESSION, &x.registration());
+    net.run_for(ms(5));
+    let acc = of_type(&x.received(&net), REGISTRATION_ACCEPT);
+    assert_eq!(acc.len(), 2);
+    assert_eq!(acc[0].msg().body, acc[1].msg().body, "the same answer");
+    assert_eq!(acc[1].msg().body, Body::RegistrationAccept { session_id: id, resumed: true });
+    assert_eq!(net.count(Counter::HandshakesRepeated), 1);
+    let mut y = RawUdp::new(4, b"RUDP00000", 8);
+    y.connect(&mut net);
+    y.register(&mut net);
+    assert_eq!(y.id, id);
+    assert_eq!(net.count(Counter::AttachesPending), 2);
+    assert_eq!(net.count(Counter::AttachesPendingDropped), 1, "x's attach was replaced");
+    // x's datagrams now reach nothing.
+    let get = of_type(&x.received(&net), GET_DEVICE_CONFIG);
+    let Body::GetDeviceConfig { correlation_id } = get[0].msg().body else { unreachable!() };
+    let wrong = net.count(Counter::DropWrongAddress);
+    let cfg = Body::DeviceConfig { correlation_id, config: SIM_DEVICE_CONFIG };
+    net.inject_udp(x.addr, SESSION, &dgram(id, &[&frame(0, 0, cfg)]));
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::DropWrongAddress), wrong + 1);
+    echo_through(&mut net, d, ms(500), 0);
+    assert_undisturbed(&net, d, 1);
+}
+
+/// Rule 9 and rule 8 together, the legitimate roam: the device moves to a new address while the
+/// gateway still has it attached at the old one, and handshakes again (resume). Its newer attach
+/// logs on, and only then displaces the old transport: one LoggedOut("displaced ...") to the
+/// old address, which then hears nothing more. The session resumes with its id, and nothing is
+/// lost either way, the pushes sent to the old address while the device was moving included.
+#[test]
+fn rule09_legitimate_roam_resumes_and_the_old_address_goes_silent() {
+    let mut net = cap_net(sim_config());
+    let d = start(&mut net, udp_cfg(0));
+    let id = net.devices[d].dev.session_id();
+    let h = handle_of(&net, id);
+    echo_through(&mut net, d, ms(500), 0);
+    let old = net.devices[d].addr;
+    net.roam(d);
+    // Pushed while the device is between addresses: they go to the old one and are lost there.
+    for k in 0..3u8 {
+        net.gateway.send(net.now, h, 300, &[b'p', k]).unwrap();
+    }
+    net.connect(d, false);
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::AttachesPending), 1);
+    net.run_for(secs(1));
+    assert_eq!(net.devices[d].dev.state(), DeviceState::Active);
+    assert_eq!(net.devices[d].dev.session_id(), id, "same session id");
+    assert!(net.devices[d].events.contains(&Ev::Registered { session_id: id, resumed: true }));
+    assert_eq!(net.session_info(id).unwrap().link, Link::Udp(net.devices[d].addr));
+    assert_eq!(net.count(Counter::SessionsDisplaced), 1);
+    echo_through(&mut net, d, secs(1), 1);
+    let to_old = to_addr(&net, old);
+    let displaced = to_old
+        .iter()
+        .position(|w| w.logged_out().as_deref() == Some("displaced by a new connection"))
+        .expect("the old address got its LoggedOut");
+    assert_eq!(displaced, to_old.len() - 1, "and nothing after it");
+    assert!(logged_out_texts(&down(&net, d)).is_empty(), "the device itself got no LoggedOut");
+    let pushes: Vec<Vec<u8>> =
+        net.device_app(d).into_iter().filter(|m| m.1 == 300).map(|m| m.2).collect();
+    assert_eq!(pushes, (0..3u8).map(|k| vec![b'p', k]).collect::<Vec<_>>(), "recovered");
+    assert_undisturbed(&net, d, 2);
+    assert_eq!(net.count(Counter::SessionsResumed), 1);
+}
+
 /// Regression seeds: the property run for these seeds used to end sessions with a
 /// self-displacement LoggedOut, which excluded them from the exactly-once check.
 #[test]

@@ -19,6 +19,7 @@ use super::auth::{Authenticator, LogonCheck, LogonLimits};
 use super::error::{LocalClose, Violation};
 use super::gateway::{Deliver, GatewaySession, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
+use super::pending::{PendingAttach, PendingLogon};
 use super::state::{CloseReason, State};
 use crate::counters::{Counter, Counters};
 use crate::ids::{ConnId, SessionHandle};
@@ -301,6 +302,12 @@ impl Endpoint {
             return;
         };
         let slot = &self.sessions.slots[index as usize];
+        if slot.pending.is_some_and(|(addr, _)| addr == from) {
+            c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
+            self.pending_datagram(now, index, from, dg);
+            self.settle(now, index);
+            return;
+        }
         if slot.link != Link::Udp(from) || slot.session.transport() != super::Transport::Udp {
             c.incr(Counter::DropWrongAddress);
             return;
@@ -374,26 +381,26 @@ impl Endpoint {
         let index = match self.index.by_uid(&device_uid) {
             Some(index) => {
                 let slot = &mut self.sessions.slots[index as usize];
-                let attached = slot.session.state().is_attached();
-                if attached && slot.session.reg_nonce() == Some(client_nonce) {
+                let here = slot.session.state().is_attached() && slot.link == Link::Udp(from);
+                if !here {
+                    // Attached elsewhere, or detached with a stream to resume: the newer attach
+                    // waits beside the session until it logs on (DESIGN.md §2 rule 9).
+                    self.pend(now, index, from, client_nonce);
+                    return;
+                }
+                if slot.session.reg_nonce() == Some(client_nonce) {
                     // Idempotent: same answer, same session id, state untouched.
                     c.incr(Counter::HandshakesRepeated);
-                    slot.link = Link::Udp(from);
                     slot.session.repeat_registration();
                     self.sessions.mark_dirty(index);
                     return;
                 }
                 // A new handshake from the very address the session is attached to is the same
-                // device starting over (its earlier handshake or logon gave up): there is no
-                // older connection to say goodbye to, and a LoggedOut sent to that address
-                // would reach the new attach and end it. Only another address is displaced.
-                if attached && slot.link != Link::Udp(from) {
-                    self.displace(now, index);
-                }
-                let c = &mut self.sessions.counters;
+                // device starting over (its earlier handshake or logon gave up; the cookie
+                // proves the address): there is no older transport to say goodbye to, and a
+                // LoggedOut sent to that address would reach the new attach and end it.
                 c.incr(Counter::HandshakesResumed);
                 c.incr(Counter::SessionsResumed);
-                let slot = &mut self.sessions.slots[index as usize];
                 slot.session.attach_udp(now, device_uid, client_nonce, true);
                 index
             }
@@ -420,6 +427,91 @@ impl Endpoint {
         };
         self.sessions.slots[index as usize].link = Link::Udp(from);
         self.settle(now, index);
+    }
+
+    /// Holds a newer UDP attach from `from` beside the session in slot `index` (DESIGN.md §2
+    /// rule 9): it gets its own RegistrationAccept (this session's id, resumed = 1) and
+    /// GetDeviceConfig, and takes the session over only once it has logged on. A repeat (same
+    /// nonce, same address) gets the same answer; any other newer attach replaces it.
+    fn pend(&mut self, now: Timestamp, index: u32, from: SocketAddr, nonce: u64) {
+        let c = &mut self.sessions.counters;
+        let slot = &mut self.sessions.slots[index as usize];
+        match &mut slot.pending {
+            Some((addr, p)) if *addr == from && p.nonce() == nonce => {
+                c.incr(Counter::HandshakesRepeated);
+                p.repeat_registration();
+            }
+            other => {
+                if other.is_some() {
+                    c.incr(Counter::AttachesPendingDropped);
+                }
+                c.incr(Counter::AttachesPending);
+                *other = Some((from, PendingAttach::new(now, nonce, &self.cfg.session)));
+            }
+        }
+        self.settle(now, index);
+    }
+
+    /// A datagram from the address of slot `index`'s pending attach.
+    fn pending_datagram(&mut self, now: Timestamp, index: u32, from: SocketAddr, dg: Datagram<'_>) {
+        for frame in dg.frames() {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    count_decode_error(e, &mut self.sessions.counters);
+                    return;
+                }
+            };
+            let slot = &mut self.sessions.slots[index as usize];
+            let Some((_, p)) = slot.pending.as_mut() else { return };
+            if let Some(logon) = p.handle_frame(now, frame, &mut self.sessions.counters) {
+                self.pending_logon(now, index, from, logon);
+                return;
+            }
+        }
+    }
+
+    /// The pending attach of slot `index` sent a LogonRequest. Refused (credentials, limits, or
+    /// a logon the session cannot take): it gets its LoggedOut and the session is untouched.
+    /// Accepted: now, and only now, it displaces the older transport and takes the session
+    /// over (DESIGN.md §2 rule 9).
+    fn pending_logon(&mut self, now: Timestamp, index: u32, from: SocketAddr, logon: PendingLogon) {
+        let PendingLogon { seq, username, password, reset } = logon;
+        let c = &mut self.sessions.counters;
+        let checked = self.logons.check(now, from.ip(), &username, &password, c);
+        let slot = &mut self.sessions.slots[index as usize];
+        let refused = match checked {
+            Err(refusal) => Some(refusal.text()),
+            Ok(()) => slot.session.logon_refusal(seq, reset).map(|(_, why)| why),
+        };
+        if let Some(why) = refused {
+            if let Some((_, p)) = slot.pending.as_mut() {
+                p.refuse(why);
+            }
+            return;
+        }
+        // Logged on: a logout of the older transport still queued completes first.
+        self.finish_logout(now, index);
+        let slot = &mut self.sessions.slots[index as usize];
+        if !slot.in_use {
+            return; // that logout released the session (and dropped the attach)
+        }
+        let Some((addr, p)) = slot.pending.take() else { return };
+        if slot.session.state().is_attached() {
+            self.displace(now, index);
+        }
+        let c = &mut self.sessions.counters;
+        c.incr(Counter::HandshakesResumed);
+        c.incr(Counter::SessionsResumed);
+        let slot = &mut self.sessions.slots[index as usize];
+        slot.session.adopt_udp(now, p.nonce(), p.device_config());
+        slot.link = Link::Udp(addr);
+        self.configured(index);
+        let default = self.cfg.session.heartbeat_interval;
+        let slot = &mut self.sessions.slots[index as usize];
+        let hb = slot.session.heartbeat_for_logon(default);
+        slot.session.accept_logon(now, seq, username, reset, hb, &mut self.sessions.counters);
+        self.logged_on(now, index);
     }
 
     fn registration_reject(
@@ -553,7 +645,14 @@ impl Endpoint {
         }
         let index = match self.index.by_user(&username) {
             Some(index) => {
-                if self.sessions.slots[index as usize].session.state().is_attached() {
+                let session = &self.sessions.slots[index as usize].session;
+                if let Some((_, why)) = session.logon_refusal(msg.header.seq, reset_seq_num) {
+                    // Not logged on: it displaces nothing (DESIGN.md §2 rule 9).
+                    self.sessions.counters.incr(Counter::ProtocolViolations);
+                    self.refuse_tcp(conn, why);
+                    return;
+                }
+                if session.state().is_attached() {
                     self.displace(now, index);
                 } else {
                     self.sessions.counters.incr(Counter::SessionsResumed);
@@ -705,7 +804,12 @@ impl Endpoint {
             _ => {}
         }
         let slot = &mut self.sessions.slots[index as usize];
-        if let Some(t) = slot.session.poll_timeout() {
+        if slot.pending.is_some_and(|(_, p)| p.is_done()) {
+            slot.pending = None;
+            self.sessions.counters.incr(Counter::AttachesPendingDropped);
+        }
+        let slot = &mut self.sessions.slots[index as usize];
+        if let Some(t) = slot.poll_timeout() {
             if slot.scheduled.is_none_or(|s| t < s) {
                 slot.scheduled = Some(t);
                 if self.deadlines.len() == self.deadlines.capacity() {
@@ -744,6 +848,9 @@ impl Endpoint {
             }
             slot.scheduled = None;
             slot.session.handle_timeout(now, &mut self.sessions.counters);
+            if let Some((_, p)) = slot.pending.as_mut() {
+                p.handle_timeout(now, &mut self.sessions.counters);
+            }
             self.settle(now, index);
         }
     }
@@ -758,15 +865,21 @@ impl Endpoint {
         self.draining = true;
         for index in 0..self.sessions.slots.len() as u32 {
             let slot = &mut self.sessions.slots[index as usize];
-            if slot.in_use && slot.session.state().is_attached() {
+            if !slot.in_use {
+                continue;
+            }
+            if let Some((_, p)) = slot.pending.as_mut() {
+                p.refuse(b"gateway shutting down");
+            }
+            if slot.session.state().is_attached() {
                 slot.session.close(
                     now,
                     CloseReason::LocalClose(LocalClose::Shutdown),
                     b"gateway shutting down",
                     &mut self.sessions.counters,
                 );
-                self.settle(now, index);
             }
+            self.settle(now, index);
         }
     }
 

@@ -4,12 +4,14 @@
 //! (kept here because an [`super::Outbox`] sends through the slab and counts).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use super::Link;
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::ids::SessionHandle;
 use crate::session::SessionConfig;
 use crate::session::gateway::GatewaySession;
+use crate::session::pending::PendingAttach;
 use crate::time::Timestamp;
 
 /// One place of the slab: a session and what the endpoint keeps about it.
@@ -30,6 +32,24 @@ pub(super) struct Slot {
     pub(super) blocked: bool,
     /// A slow reader: its next transmit is its LoggedOut, sent with `Transmit::last`.
     pub(super) stalled: bool,
+    /// A newer UDP attach from this address, waiting to log on (DESIGN.md §2 rule 9).
+    pub(super) pending: Option<(SocketAddr, PendingAttach)>,
+}
+
+impl Slot {
+    /// True if the session or its pending attach has something to send.
+    pub(super) fn wants_transmit(&self) -> bool {
+        self.session.wants_transmit() || self.pending.is_some_and(|(_, p)| p.wants_transmit())
+    }
+
+    /// The earliest deadline of the session and its pending attach.
+    pub(super) fn poll_timeout(&self) -> Option<Timestamp> {
+        let p = self.pending.and_then(|(_, p)| p.poll_timeout());
+        match (self.session.poll_timeout(), p) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The slab, its free list, the dirty queue and the counters.
@@ -55,6 +75,7 @@ impl Sessions {
                 scheduled: None,
                 blocked: false,
                 stalled: false,
+                pending: None,
             })
             .collect();
         Self {
@@ -81,6 +102,7 @@ impl Sessions {
         slot.in_use = true;
         slot.link = Link::None;
         slot.burst = 0;
+        slot.pending = None;
         slot.session.open(id, wall_offset_ns);
         Some(index)
     }
@@ -90,6 +112,10 @@ impl Sessions {
         let slot = &mut self.slots[index as usize];
         debug_assert!(slot.in_use && slot.session.state().is_closed());
         let handle = SessionHandle::new(index, slot.generation);
+        if slot.pending.take().is_some() {
+            // Its session ended first: the attach has nothing to take over.
+            self.counters.incr(Counter::AttachesPendingDropped);
+        }
         slot.link = Link::None;
         slot.in_use = false;
         slot.scheduled = None;
@@ -112,7 +138,7 @@ impl Sessions {
     /// Queues slot `index` for `poll_transmit` if its session has output.
     pub(super) fn mark_dirty(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        if !slot.dirty && slot.session.wants_transmit() {
+        if !slot.dirty && slot.wants_transmit() {
             slot.dirty = true;
             self.dirty.push_back(index);
         }
