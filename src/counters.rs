@@ -63,13 +63,13 @@ counters! {
     DropUnknownSession => "drop_unknown_session_total",
     /// Datagrams dropped: session id 0 where one is required, or non-zero on a handshake.
     DropBadPrefix => "drop_bad_prefix_total",
-    /// Frames dropped: protocol id or version.
+    /// Frames (on UDP: whole datagrams, rule 12) dropped: protocol id or version.
     DropInvalidProtocol => "drop_invalid_protocol_total",
-    /// Frames dropped: unknown message type.
+    /// Frames (on UDP: whole datagrams) dropped: unknown message type.
     DropUnknownType => "drop_unknown_type_total",
-    /// Frames dropped: length, truncation, padding or trailing bytes.
+    /// Frames (on UDP: whole datagrams) dropped: length, truncation, padding or trailing bytes.
     DropInvalidLength => "drop_invalid_length_total",
-    /// Frames dropped: field values or characters.
+    /// Frames (on UDP: whole datagrams) dropped: field values or characters.
     DropInvalidField => "drop_invalid_field_total",
     /// Messages dropped: not allowed in this state or direction (UDP).
     DropNotAllowed => "drop_not_allowed_total",
@@ -79,6 +79,8 @@ counters! {
     DropOutOfOrder => "drop_out_of_order_total",
     /// Datagrams that arrived from an address other than the session's (dropped).
     DropWrongAddress => "drop_wrong_address_total",
+    /// Datagrams dropped whole: larger than `udp.max_datagram` (rule 12).
+    DropOversized => "drop_oversized_total",
     /// Reject messages sent.
     RejectsSent => "rejects_sent_total",
     /// LoggedOut messages sent.

@@ -74,7 +74,8 @@
 //!   is 1, else LoggedOut("nothing to resume") and close.
 //! - On TCP, a message that frames correctly but whose body is bad gets Reject and the session
 //!   continues; a framing error (protocol id, version, length, padding) gets LoggedOut and close.
-//!   On UDP, bad input is dropped and counted, never answered.
+//!   On UDP, bad input is dropped and counted, never answered; a datagram larger than
+//!   `udp.max_datagram` or with any malformed message in it is dropped whole (rule 12).
 #![forbid(unsafe_code)]
 
 use core::time::Duration;

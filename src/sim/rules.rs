@@ -2267,6 +2267,105 @@ fn rule12_udp_garbage_dropped_counted_by_reason_never_answered() {
     assert_eq!(sent.last().unwrap(), b"still here");
 }
 
+/// A raw UDP client logged on (open logon): its session id, next number 2.
+fn raw_udp_session(net: &mut Net, n: u8) -> RawUdp {
+    let mut x = RawUdp::new(n, format!("RAW{n}").as_bytes(), u64::from(n));
+    x.connect(net);
+    x.register(net);
+    x.config_and_logon(net);
+    assert_eq!(of_type(&x.received(net), LOGON_RESPONSE).len(), 1, "raw client logged on");
+    x
+}
+
+fn expected_in(net: &Net, id: u64) -> i64 {
+    net.session_info(id).unwrap().expected_in
+}
+
+/// Rule 12 (issue 9, found 4): a datagram larger than `udp.max_datagram` is dropped whole,
+/// however good its messages, and counted; one of exactly `udp.max_datagram` bytes is taken.
+#[test]
+fn rule12_udp_datagram_larger_than_max_datagram_is_dropped_whole() {
+    let mut net = cap_net(sim_config());
+    let max = sim_config().session.max_datagram;
+    let mut x = raw_udp_session(&mut net, 1);
+    let next = expected_in(&net, x.id);
+    // Eleven good messages in one 1,504-byte datagram.
+    let frames: Vec<Vec<u8>> = (0..11)
+        .map(|k| frame(next + k, 0, Body::App { type_id: 150, body: &[k as u8; 100] }))
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let big = dgram(x.id, &refs);
+    assert!(big.len() > max);
+    net.inject_udp(x.addr, SESSION, &big);
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::DropOversized), 1);
+    assert_eq!(net.count(Counter::AppMessagesReceived), 0, "none of it acted on");
+    assert_eq!(expected_in(&net, x.id), next);
+    // At the limit exactly: taken. One byte of body more (8 padded): dropped.
+    let body_at_limit = max - 8 - 32;
+    let at_limit =
+        dgram(x.id, &[&frame(next, 0, Body::App { type_id: 150, body: &vec![1; body_at_limit] })]);
+    assert_eq!(at_limit.len(), max);
+    let over = dgram(
+        x.id,
+        &[&frame(next, 0, Body::App { type_id: 150, body: &vec![1; body_at_limit + 1] })],
+    );
+    net.inject_udp(x.addr, SESSION, &over);
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::DropOversized), 2);
+    net.inject_udp(x.addr, SESSION, &at_limit);
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::AppMessagesReceived), 1);
+    assert_eq!(expected_in(&net, x.id), next + 1);
+    x.next = next + 1;
+    // The same messages, in datagrams within the limit, are all taken.
+    for chunk in frames[1..].chunks(5) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        net.inject_udp(x.addr, SESSION, &dgram(x.id, &refs));
+    }
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::AppMessagesReceived), 11);
+}
+
+/// Rule 12 (issue 9, found 4): a datagram with any malformed message in it, garbage after
+/// valid messages included, is dropped whole: its valid front is not acted on either (here a
+/// LogoutRequest), and it is counted under the malformed message's reason.
+#[test]
+fn rule12_udp_datagram_with_a_malformed_message_is_dropped_whole() {
+    let mut net = cap_net(sim_config());
+    let mut x = raw_udp_session(&mut net, 2);
+    let next = expected_in(&net, x.id);
+    let app = frame(next, 0, Body::App { type_id: 150, body: b"front" });
+    let logout = frame(next + 1, 0, Body::LogoutRequest { reason: b"bye" });
+    let mut bad_chars = frame(next + 2, 0, Body::LogoutRequest { reason: b"bye" });
+    bad_chars[33] = 0x01;
+    let mut unknown_type = frame(next + 2, 0, Body::Heartbeat { correlation_id: 0 });
+    unknown_type[4..6].copy_from_slice(&77u16.to_le_bytes());
+    let garbage = [0xaau8; 40];
+    let cases: [(&[u8], Counter); 4] = [
+        (&garbage, Counter::DropInvalidProtocol),
+        (&garbage[..12], Counter::DropInvalidLength),
+        (&bad_chars, Counter::DropInvalidField),
+        (&unknown_type, Counter::DropUnknownType),
+    ];
+    for (tail, counter) in cases {
+        let before = net.count(counter);
+        net.inject_udp(x.addr, SESSION, &dgram(x.id, &[&app, &logout, tail]));
+        net.run_for(ms(5));
+        assert_eq!(net.count(counter), before + 1, "{counter:?}");
+        assert_eq!(net.count(Counter::AppMessagesReceived), 0, "the valid front not acted on");
+        assert_eq!(net.count(Counter::Logouts), 0);
+        assert_eq!(expected_in(&net, x.id), next);
+        assert!(logged_out_texts(&x.received(&net)).is_empty(), "never answered");
+    }
+    // The valid messages alone are acted on.
+    net.inject_udp(x.addr, SESSION, &dgram(x.id, &[&app, &logout]));
+    net.run_for(ms(5));
+    assert_eq!(net.count(Counter::AppMessagesReceived), 1);
+    assert_eq!(logged_out_texts(&x.received(&net)), vec!["logout".to_string()]);
+    x.next = next + 2;
+}
+
 /// TCP: a frame that frames correctly but has a bad body gets Reject and the session goes on.
 #[test]
 fn rule12_tcp_malformed_body_gets_reject_and_the_session_continues() {

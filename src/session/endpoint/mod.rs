@@ -280,10 +280,18 @@ impl Endpoint {
         self.index.by_id(id).map(|i| self.sessions.handle(i))
     }
 
-    /// A datagram arrived on this shard's session port.
+    /// A datagram arrived on this shard's session port. DESIGN.md §2 rule 12: one larger than
+    /// `udp.max_datagram` (the backend may deliver up to its buffer's size), or with any
+    /// malformed message in it (garbage after valid messages included), is dropped whole, none
+    /// of its messages acted on, and counted by reason.
     pub fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
         let c = &mut self.sessions.counters;
         c.incr(Counter::DatagramsReceived);
+        if data.len() > self.cfg.session.max_datagram {
+            c.add(Counter::BytesReceived, data.len() as u64);
+            c.incr(Counter::DropOversized);
+            return;
+        }
         let dg = match Datagram::parse(data) {
             Ok(dg) => dg,
             Err(e) => {
@@ -301,6 +309,11 @@ impl Endpoint {
             c.incr(Counter::DropUnknownSession);
             return;
         };
+        if let Some(e) = first_malformed(&dg) {
+            c.add(Counter::BytesReceived, data.len() as u64);
+            count_decode_error(e, c);
+            return;
+        }
         let slot = &self.sessions.slots[index as usize];
         if slot.pending.is_some_and(|(addr, _)| addr == from) {
             c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
@@ -894,4 +907,13 @@ fn limiter_seed(id_key: &[u8; 32]) -> [u8; 16] {
     let mut seed = [0u8; 16];
     seed.copy_from_slice(&blake3::keyed_hash(id_key, b"fleetgate logon limiter").as_bytes()[..16]);
     seed
+}
+
+/// The first malformed message of a datagram, if any: its framing, or its body (every message
+/// is decoded, so that none of a datagram is acted on unless all of it is good).
+fn first_malformed(dg: &Datagram<'_>) -> Option<DecodeError> {
+    dg.frames().find_map(|f| match f {
+        Ok(frame) => Message::decode_frame(frame).err(),
+        Err(e) => Some(e),
+    })
 }
