@@ -392,22 +392,14 @@ impl GatewaySession {
         len
     }
 
-    /// Handles one inbound frame (exactly `messageLength` bytes, already split off a datagram or
-    /// stream). Returns what the endpoint must act on.
-    pub(crate) fn handle_frame<'a>(
+    /// Handles one inbound message (decoded by the endpoint: a datagram's messages are all
+    /// decoded before any is acted on). Returns what the endpoint must act on.
+    pub(crate) fn handle_message<'a>(
         &mut self,
         now: Timestamp,
-        frame: &'a [u8],
+        msg: Message<'a>,
         c: &mut Counters,
     ) -> Option<Deliver<'a>> {
-        c.add(Counter::BytesReceived, frame.len() as u64);
-        let msg = match Message::decode_frame(frame) {
-            Ok(m) => m,
-            Err(e) => {
-                self.on_decode_error(now, frame, e, c);
-                return None;
-            }
-        };
         if !self.state.is_attached() {
             c.incr(Counter::DropNotAllowed);
             return None;
@@ -594,7 +586,15 @@ impl GatewaySession {
         self.timers.set_earliest(Timer::Ack, now + self.cfg.ack_delay);
     }
 
-    fn on_decode_error(&mut self, now: Timestamp, frame: &[u8], e: DecodeError, c: &mut Counters) {
+    /// A TCP frame that did not decode (DESIGN.md §2 rule 12 and the module docs of [`super`]):
+    /// Reject if it framed correctly and the session is logged on, else LoggedOut and close.
+    pub(crate) fn handle_malformed(
+        &mut self,
+        now: Timestamp,
+        frame: &[u8],
+        e: DecodeError,
+        c: &mut Counters,
+    ) {
         count_decode_error(e, c);
         if self.transport == Transport::Udp || !self.state.is_attached() {
             return;

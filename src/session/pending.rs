@@ -105,21 +105,13 @@ impl PendingAttach {
         self.done
     }
 
-    /// One frame from its address (after the session id prefix).
-    pub(crate) fn handle_frame(
+    /// One message from its address (the endpoint decoded the whole datagram first).
+    pub(crate) fn handle_message(
         &mut self,
         now: Timestamp,
-        frame: &[u8],
+        msg: Message<'_>,
         c: &mut Counters,
     ) -> Option<PendingLogon> {
-        c.add(Counter::BytesReceived, frame.len() as u64);
-        let msg = match Message::decode_frame(frame) {
-            Ok(m) => m,
-            Err(e) => {
-                super::gateway::count_decode_error(e, c);
-                return None;
-            }
-        };
         if self.farewell.is_some() {
             c.incr(Counter::DropNotAllowed);
             return None;

@@ -20,12 +20,12 @@ use super::error::{LocalClose, Violation};
 use super::gateway::{Deliver, GatewaySession, count_decode_error};
 use super::handshake::{CookieError, CookieInput, CookieKeys, verify_cookie};
 use super::pending::{PendingAttach, PendingLogon};
-use super::state::{CloseReason, State};
+use super::state::{CloseReason, State, Transport};
 use crate::counters::{Counter, Counters};
 use crate::ids::{ConnId, SessionHandle};
 use crate::protocol::{
-    Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, DeviceUid, Header, Message,
-    RegistrationRejectReason, Username, write_prefix,
+    Body, Datagram, DecodeError, DeviceUid, Header, Message, RegistrationRejectReason, Username,
+    write_prefix,
 };
 use crate::time::Timestamp;
 
@@ -309,31 +309,28 @@ impl Endpoint {
             c.incr(Counter::DropUnknownSession);
             return;
         };
-        if let Some(e) = first_malformed(&dg) {
-            c.add(Counter::BytesReceived, data.len() as u64);
-            count_decode_error(e, c);
-            return;
-        }
         let slot = &self.sessions.slots[index as usize];
-        if slot.pending.is_some_and(|(addr, _)| addr == from) {
-            c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
-            self.pending_datagram(now, index, from, dg);
-            self.settle(now, index);
-            return;
-        }
-        if slot.link != Link::Udp(from) || slot.session.transport() != super::Transport::Udp {
+        let pending = slot.pending.is_some_and(|(addr, _)| addr == from);
+        let live = slot.link == Link::Udp(from) && slot.session.transport() == Transport::Udp;
+        if !pending && !live {
             c.incr(Counter::DropWrongAddress);
             return;
         }
-        c.add(Counter::BytesReceived, DATAGRAM_PREFIX_LEN as u64);
-        for frame in dg.frames() {
-            match frame {
-                Ok(frame) => self.session_frame(now, index, frame, from.ip()),
-                Err(e) => {
-                    count_decode_error(e, &mut self.sessions.counters);
-                    break;
-                }
+        c.add(Counter::BytesReceived, data.len() as u64);
+        let msgs = match Decoded::new(dg) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                count_decode_error(e, c);
+                return;
             }
+        };
+        if pending {
+            self.pending_datagram(now, index, from, &msgs);
+            self.settle(now, index);
+            return;
+        }
+        for msg in msgs.iter() {
+            self.session_message(now, index, msg, from.ip());
             if !self.sessions.slots[index as usize].in_use {
                 break;
             }
@@ -466,18 +463,17 @@ impl Endpoint {
     }
 
     /// A datagram from the address of slot `index`'s pending attach.
-    fn pending_datagram(&mut self, now: Timestamp, index: u32, from: SocketAddr, dg: Datagram<'_>) {
-        for frame in dg.frames() {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(e) => {
-                    count_decode_error(e, &mut self.sessions.counters);
-                    return;
-                }
-            };
+    fn pending_datagram(
+        &mut self,
+        now: Timestamp,
+        index: u32,
+        from: SocketAddr,
+        msgs: &Decoded<'_>,
+    ) {
+        for msg in msgs.iter() {
             let slot = &mut self.sessions.slots[index as usize];
             let Some((_, p)) = slot.pending.as_mut() else { return };
-            if let Some(logon) = p.handle_frame(now, frame, &mut self.sessions.counters) {
+            if let Some(logon) = p.handle_message(now, msg, &mut self.sessions.counters) {
                 self.pending_logon(now, index, from, logon);
                 return;
             }
@@ -714,7 +710,14 @@ impl Endpoint {
         };
         // A TCP session logs on with its first frame (`handle_tcp_logon`, which has the peer
         // address); no later frame reaches the credentials check.
-        self.session_frame(now, index, frame, IpAddr::from([0, 0, 0, 0]));
+        self.sessions.counters.add(Counter::BytesReceived, frame.len() as u64);
+        match Message::decode_frame(frame) {
+            Ok(msg) => self.session_message(now, index, msg, IpAddr::from([0, 0, 0, 0])),
+            Err(e) => {
+                let slot = &mut self.sessions.slots[index as usize];
+                slot.session.handle_malformed(now, frame, e, &mut self.sessions.counters);
+            }
+        }
         self.settle(now, index);
     }
 
@@ -748,10 +751,10 @@ impl Endpoint {
         self.settle(now, index);
     }
 
-    /// One frame for the session in slot `index`, from `ip`.
-    fn session_frame(&mut self, now: Timestamp, index: u32, frame: &[u8], ip: IpAddr) {
+    /// One message for the session in slot `index`, from `ip`.
+    fn session_message(&mut self, now: Timestamp, index: u32, msg: Message<'_>, ip: IpAddr) {
         let slot = &mut self.sessions.slots[index as usize];
-        let Some(deliver) = slot.session.handle_frame(now, frame, &mut self.sessions.counters)
+        let Some(deliver) = slot.session.handle_message(now, msg, &mut self.sessions.counters)
         else {
             return;
         };
@@ -909,11 +912,36 @@ fn limiter_seed(id_key: &[u8; 32]) -> [u8; 16] {
     seed
 }
 
-/// The first malformed message of a datagram, if any: its framing, or its body (every message
-/// is decoded, so that none of a datagram is acted on unless all of it is good).
-fn first_malformed(dg: &Datagram<'_>) -> Option<DecodeError> {
-    dg.frames().find_map(|f| match f {
-        Ok(frame) => Message::decode_frame(frame).err(),
-        Err(e) => Some(e),
-    })
+/// Messages of a datagram kept decoded; more are decoded again when acted on.
+const DECODED: usize = 16;
+
+/// The messages of a datagram, every one decoded before any is acted on (DESIGN.md §2 rule 12:
+/// one malformed message drops the datagram whole). The first [`DECODED`] are kept so that
+/// each is decoded once; more (only in datagrams of many small messages) are decoded again.
+struct Decoded<'a> {
+    dg: Datagram<'a>,
+    first: [Option<Message<'a>>; DECODED],
+}
+
+impl<'a> Decoded<'a> {
+    /// Decodes every message; the first malformed one's error if any.
+    fn new(dg: Datagram<'a>) -> Result<Self, DecodeError> {
+        let mut first = [None; DECODED];
+        for (i, frame) in dg.frames().enumerate() {
+            let msg = Message::decode_frame(frame?)?;
+            if let Some(m) = first.get_mut(i) {
+                *m = Some(msg);
+            }
+        }
+        Ok(Self { dg, first })
+    }
+
+    /// The messages, in order.
+    fn iter(&self) -> impl Iterator<Item = Message<'a>> + '_ {
+        // Every frame decoded in `new`: the re-decode cannot fail.
+        self.dg.frames().enumerate().filter_map(|(i, frame)| match self.first.get(i) {
+            Some(m) => *m,
+            None => frame.ok().and_then(|f| Message::decode_frame(f).ok()),
+        })
+    }
 }
