@@ -7,7 +7,9 @@
 //!   `Uring::with_setup`.
 //!
 //! The io_uring flavours are skipped, with a note on stderr, when `io::uring::probe()` fails
-//! (no io_uring, or refused, as in many containers) or the kernel refuses that setup. Every wait
+//! (no io_uring, or refused, as in many containers), unless `FLEETGATE_REQUIRE_URING=1` makes
+//! that a failure (`fleetgate::sim::uring_available`); the fallback setups are also skipped when
+//! the kernel refuses that setup. Every wait
 //! has a deadline: `poll` is called with short timeouts until a condition holds or time is up.
 
 use std::io::{Read, Write};
@@ -508,11 +510,8 @@ struct Harness {
 
 impl Harness {
     fn start(flavor: Flavor, cfg: BackendConfig) -> Option<Self> {
-        if flavor != Flavor::Epoll {
-            if let Err(why) = io::uring::probe() {
-                eprintln!("note: {flavor:?} skipped, io_uring unusable here: {why}");
-                return None;
-            }
+        if flavor != Flavor::Epoll && !fleetgate::sim::uring_available(&format!("{flavor:?}")) {
+            return None;
         }
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(BIG_RCVBUF);

@@ -40,7 +40,6 @@ impl Server {
         let (gateway, published) = Gateway::start(cfg, auth)?;
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = published.acceptor.clone();
         let hk = {
             let (view, stop) = (view.clone(), stop.clone());
             let log = obs.hist_log.clone().map(PathBuf::from);
@@ -58,7 +57,7 @@ impl Server {
             let (view, stop) = (server.view.clone(), server.stop.clone());
             let h = std::thread::Builder::new()
                 .name("fleetgate-http".into())
-                .spawn(move || http::serve_http(l, view, acceptor, stop))
+                .spawn(move || http::serve_http(l, view, stop))
                 .map_err(|e| e.to_string())?;
             server.http = Some(h);
         }

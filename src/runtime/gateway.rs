@@ -5,8 +5,8 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use crate::counters::Counters;
 use crate::io::{self, BackendConfig};
 use crate::runtime::acceptor::{self, AcceptorSpec};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::{AcceptorCounters, AcceptorReport, Published, ShardLink, Snapshot};
+use crate::runtime::report::{Published, ShardLink, Snapshot};
 use crate::runtime::shard::tap::{TraceFilter, TraceRecord};
 use crate::runtime::shard::{self, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
@@ -38,7 +38,7 @@ pub struct Gateway {
     pub reserved_bytes: usize,
     shutdown: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
-    acceptor: Option<JoinHandle<AcceptorCounters>>,
+    acceptor: Option<JoinHandle<Counters>>,
 }
 
 /// What a stopped gateway counted.
@@ -47,7 +47,7 @@ pub struct Totals {
     /// Session counters summed over shards.
     pub counters: Counters,
     /// Acceptor counters.
-    pub acceptor: AcceptorCounters,
+    pub acceptor: Counters,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -77,7 +77,7 @@ impl Gateway {
         let clock = Clock::new();
         let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(AcceptorReport::default()));
+        let (report, acceptor_reports) = rtrb::RingBuffer::new(4);
         let g = &cfg.gateway;
         let hs_udp = bind_udp(g.handshake_addr)
             .map_err(|e| format!("cannot bind UDP {}: {e}", g.handshake_addr))?;
@@ -168,7 +168,7 @@ impl Gateway {
             rate_per_s: cfg.udp.handshake_rate_per_s,
             burst: cfg.udp.handshake_burst,
             max_pending: 1024,
-            report: report.clone(),
+            report,
         };
         let acceptor = std::thread::Builder::new()
             .name("fleetgate-acceptor".into())
@@ -185,7 +185,8 @@ impl Gateway {
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),
         };
-        let published = Published { shards: links, traces: trace_rx, acceptor: report, clock };
+        let published =
+            Published { shards: links, traces: trace_rx, acceptor: acceptor_reports, clock };
         Ok((gateway, published))
     }
 

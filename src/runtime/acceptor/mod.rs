@@ -24,13 +24,14 @@
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::counters::Counters;
 use crate::protocol::{Body, Header, Message};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::{AcceptorCounters, AcceptorReport};
+use crate::runtime::report::AcceptorReport;
 use crate::session::handshake::HandshakeConfig;
 use crate::time::Clock;
 
@@ -72,11 +73,11 @@ pub struct AcceptorSpec {
     /// Connections waiting for their LogonRequest.
     pub max_pending: usize,
     /// Where the counters are published for /metrics (about every 200 ms).
-    pub report: Arc<Mutex<AcceptorReport>>,
+    pub report: rtrb::Producer<AcceptorReport>,
 }
 
 /// Runs until shutdown on the chosen driver. Returns the counters.
-pub fn run(spec: AcceptorSpec) -> AcceptorCounters {
+pub fn run(spec: AcceptorSpec) -> Counters {
     let (mut core, udp, tcp, uring) = Core::new(spec);
     if uring {
         match uring::run(&mut core, &udp, &tcp) {

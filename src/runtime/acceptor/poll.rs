@@ -4,6 +4,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use super::{Core, Step, refuse};
+use crate::counters::Counter;
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::time::Timestamp;
 
@@ -42,7 +43,7 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
                 let Ok((len, from)) = udp.recv_from(&mut rx) else { break };
                 if let Some(reply) = core.datagram(now, from, &rx[..len]) {
                     if udp.send_to(reply, from).is_err() {
-                        core.counters.replies_dropped += 1;
+                        core.counters.incr(Counter::ConnectionRepliesDropped);
                     }
                 }
             }
