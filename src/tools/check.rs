@@ -5,6 +5,22 @@ use std::process::ExitCode;
 
 use crate::io::sys::{self, Limit};
 
+/// `fleetgate check --io-uring`: probes io_uring only (every opcode the shards and the acceptor
+/// use, and a trial ring); exit 0 when usable, 1 when not (CI uses it to decide whether the
+/// io_uring tests must run).
+pub fn io_uring_only() -> ExitCode {
+    match crate::io::uring::probe() {
+        Ok(()) => {
+            println!("io_uring usable");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("io_uring unusable: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Prints one line per check, `[ok]` or `[warn]`; exits 1 when a blocker is found (too few
 /// open files), 0 otherwise. `sysctl` is the file of wanted kernel settings.
 pub fn run(sysctl: &Path) -> Result<ExitCode, String> {

@@ -231,6 +231,9 @@ struct CheckArgs {
     /// sysctl file to compare with (default tuning/sysctl.conf).
     #[arg(long, default_value = "tuning/sysctl.conf")]
     sysctl: PathBuf,
+    /// Only probe io_uring (the opcodes the shards and the acceptor use): exit 0 if usable.
+    #[arg(long)]
+    io_uring: bool,
 }
 
 /// Runs the command line; returns the process exit status.
@@ -240,6 +243,7 @@ pub fn main() -> ExitCode {
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Passwd(a) => passwd::run(&a.file, &a.user),
+        Command::Check(a) if a.io_uring => Ok(check::io_uring_only()),
         Command::Check(a) => check::run(&a.sysctl),
         Command::Load(a) => load(a),
         Command::Demo(a) => demo(a),
