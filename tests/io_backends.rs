@@ -14,7 +14,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -347,11 +347,11 @@ fn tcp_abort_closes_a_slow_reader_at_once(flavor: Flavor) {
 /// Wake event, and the wake is consumed.
 fn wake_reports_one_event(flavor: Flavor) {
     let Some(mut h) = Harness::start(flavor, cfg()) else { return };
-    let fd = h.wake;
+    let fd = h.wake.try_clone().unwrap();
     let start = Instant::now();
     let waker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        io::wake(fd);
+        io::wake(fd.as_fd());
     });
     assert!(h.poll_until(WAIT, |ev| wakes(ev) > 0), "{flavor:?}: no Wake");
     assert!(start.elapsed() < Duration::from_secs(2), "{flavor:?}: Wake came late");
@@ -364,15 +364,17 @@ fn wake_reports_one_event(flavor: Flavor) {
     // poll(None): only a wake ends it. If the backend misses the wake, a watchdog sends
     // another wake and a datagram after 5 s, so the test fails instead of hanging.
     let udp_addr = h.addr;
+    let fd = h.wake.try_clone().unwrap();
     let waker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        io::wake(fd);
+        io::wake(fd.as_fd());
     });
+    let fd = h.wake.try_clone().unwrap();
     let start = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if done_rx.recv_timeout(Duration::from_secs(5)).is_err() {
-            io::wake(fd);
+            io::wake(fd.as_fd());
             let _ = peer().send_to(b"watchdog", udp_addr);
         }
     });
@@ -464,7 +466,7 @@ fn runs_on_another_thread_than_built(flavor: Flavor) {
         let conn = h.b.register_tcp(server).unwrap();
         h.b.send_tcp(conn, b"hello").unwrap();
         h.b.flush().unwrap();
-        io::wake(h.wake);
+        io::wake(h.wake.as_fd());
         assert!(h.poll_until(WAIT, |ev| wakes(ev) == 1), "{flavor:?}: no Wake");
         h.poll_for(Duration::from_millis(20));
         h
@@ -504,7 +506,8 @@ struct Harness {
     addr: SocketAddr,
     /// Its UDP socket's receive buffer, in bytes.
     rcvbuf: usize,
-    wake: RawFd,
+    /// A duplicate of the backend's wake descriptor.
+    wake: OwnedFd,
     events: Vec<Ev>,
 }
 
@@ -518,7 +521,7 @@ impl Harness {
         let rcvbuf = socket2::SockRef::from(&udp).recv_buffer_size().unwrap();
         let addr = udp.local_addr().unwrap();
         let wake = io::eventfd().unwrap();
-        let wake_fd = wake.as_raw_fd();
+        let wake_fd = wake.try_clone().unwrap();
         let b: Box<dyn Backend + Send> = match flavor {
             Flavor::Epoll => io::build(Kind::Epoll, udp, wake, cfg).unwrap(),
             Flavor::Uring => io::build(Kind::Uring, udp, wake, cfg).unwrap(),

@@ -60,7 +60,7 @@ pub fn run(
     let mut log_file = hist_log.and_then(|p| match std::fs::File::create(&p) {
         Ok(f) => Some(std::io::BufWriter::new(f)),
         Err(e) => {
-            eprintln!("fleetgate: cannot create histogram log {}: {e}", p.display());
+            tracing::error!(path = %p.display(), error = %e, "cannot create histogram log");
             None
         }
     });

@@ -29,6 +29,15 @@ pub struct Server {
 impl Server {
     /// Binds every socket (the HTTP one first) and starts every thread.
     pub fn start(cfg: &Config, auth: Arc<dyn Authenticator + Send + Sync>) -> Result<Self, String> {
+        Self::start_with(cfg, auth, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// As [`Server::start`], stopped by `shutdown` (the flag the signal handlers set).
+    pub fn start_with(
+        cfg: &Config,
+        auth: Arc<dyn Authenticator + Send + Sync>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
         let obs = &cfg.observability;
         let listener = if obs.metrics_addr.is_empty() {
             None
@@ -37,7 +46,7 @@ impl Server {
                 .map_err(|e| format!("cannot bind metrics {}: {e}", obs.metrics_addr))?;
             Some(l)
         };
-        let (gateway, published) = Gateway::start(cfg, auth)?;
+        let (gateway, published) = Gateway::start(cfg, auth, shutdown)?;
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let hk = {

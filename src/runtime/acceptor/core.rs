@@ -3,7 +3,7 @@
 //! ([`super::run_poll`], [`super::uring`]) do the socket I/O around it.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub struct Core {
     /// Set by the signal handler.
     pub shutdown: Arc<AtomicBool>,
     handoffs: Vec<rtrb::Producer<Handoff>>,
-    wakes: Vec<RawFd>,
+    wakes: Vec<OwnedFd>,
     /// LogonRequest deadline after accept.
     pub logon_timeout: Duration,
     rate_per_s: u32,
@@ -170,7 +170,7 @@ impl Core {
         match self.handoffs[shard].push(h) {
             Ok(()) => {
                 self.counters.incr(Counter::TcpHandedOff);
-                crate::io::wake(self.wakes[shard]);
+                crate::io::wake(self.wakes[shard].as_fd());
             }
             Err(rtrb::PushError::Full(h)) => {
                 let why = self.busy();

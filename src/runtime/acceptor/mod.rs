@@ -23,7 +23,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -63,7 +63,7 @@ pub struct AcceptorSpec {
     /// One queue per shard.
     pub handoffs: Vec<rtrb::Producer<Handoff>>,
     /// One eventfd per shard.
-    pub wakes: Vec<RawFd>,
+    pub wakes: Vec<OwnedFd>,
     /// LogonRequest deadline.
     pub logon_timeout: Duration,
     /// ConnectionRequests per second per source address.
@@ -85,7 +85,7 @@ pub fn run(spec: AcceptorSpec) -> Counters {
                 core.publish(None, "io_uring");
                 return core.counters;
             }
-            Err(e) => eprintln!("fleetgate: acceptor: io_uring unavailable ({e}), using poll(2)"),
+            Err(e) => tracing::warn!(error = %e, "acceptor: io_uring unavailable, using poll(2)"),
         }
     }
     run_poll(&mut core, &udp, &tcp);

@@ -58,7 +58,7 @@ impl Driver {
         tcp: &TcpListener,
     ) -> std::io::Result<()> {
         self.ring.start()?;
-        eprintln!("fleetgate: acceptor running on io_uring");
+        tracing::info!(driver = "io_uring", "acceptor running");
         while !core.stopping() {
             let now = core.clock.now();
             core.publish(Some(now), "io_uring");

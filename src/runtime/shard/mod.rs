@@ -89,7 +89,7 @@ impl Authenticator for SharedAuth {
 pub fn run(mut spec: ShardSpec) -> Counters {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
-            eprintln!("fleetgate: shard {}: could not pin to core {}", spec.index, core.id);
+            tracing::warn!(shard = spec.index, core = core.id, "could not pin to core");
         }
     }
     let clock = spec.clock;
@@ -134,7 +134,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
     let mut next_snapshot = now + Duration::from_secs(1);
     let mut drain_deadline: Option<Timestamp> = None;
     let mut idle_since: Option<Instant> = None;
-    eprintln!("fleetgate: shard {} running on {} backend", spec.index, backend.name());
+    tracing::info!(shard = spec.index, backend = backend.name(), "shard running");
 
     loop {
         let cycle_start = Instant::now();
@@ -254,7 +254,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         // Time spent waiting in the kernel is not part of the pass's work.
         let after_poll = Instant::now();
         if let Err(e) = polled {
-            eprintln!("fleetgate: shard {}: poll failed: {e}", spec.index);
+            tracing::error!(shard = spec.index, error = %e, "poll failed");
         }
         work += input;
 
@@ -371,7 +371,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
             }
         }
         if let Err(e) = backend.flush() {
-            eprintln!("fleetgate: shard {}: flush failed: {e}", spec.index);
+            tracing::error!(shard = spec.index, error = %e, "flush failed");
         }
         sc.set(Counter::UdpSendDropped, backend.dropped_sends());
         if let Some(t) = first_input {
