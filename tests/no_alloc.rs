@@ -25,7 +25,8 @@
 //!
 //!    then more live traffic.
 //! 3. Disarmed: the allocation count must be exactly zero, and the traffic must have happened
-//!    (gateway counters, and every device saw every message in order, the resent ones included).
+//!    (gateway counters, and every device saw every message in order, the resent ones included,
+//!    each taken from its device's preallocated event queue with `Device::poll_event`).
 //!
 //! To see where an allocation comes from, run with `NO_ALLOC_BACKTRACES=5` (a debug build gives
 //! the best backtraces): the allocator prints a backtrace for each of the first 5 armed
@@ -485,6 +486,8 @@ fn hot_path_allocates_nothing() {
     assert_eq!(d(Counter::LogonsAccepted), 1, "tcp resume");
     assert_eq!(d(Counter::OutputOverflow) + d(Counter::SendBackpressure), 0);
     assert!(h.pair.dropped - dropped0 > 0);
+    // Every device event went through its bounded queue, none refused for want of room.
+    assert_eq!((udp_stats.event_queue_full, tcp_stats.event_queue_full), (0, 0));
 
     // And allocated nothing doing it.
     assert_eq!(

@@ -52,17 +52,23 @@ struct Dev {
     replies: u64,
 }
 
+impl Dev {
+    /// Counts the echo replies among the device's pending events.
+    fn take_events(&mut self) {
+        while let Some(e) = self.dev.poll_event() {
+            if let DeviceEvent::App { type_id: 250, .. } = e {
+                self.replies += 1;
+            }
+        }
+    }
+}
+
 fn pump(devs: &mut [Dev], clock: &Clock, hs: SocketAddr, send: bool) {
     let mut buf = [0u8; 2048];
     for d in devs.iter_mut() {
         let now = clock.now();
-        let replies = &mut d.replies;
-        let mut on = |e: DeviceEvent<'_>| {
-            if let DeviceEvent::App { type_id: 250, .. } = e {
-                *replies += 1;
-            }
-        };
-        d.dev.handle_timeout(now, &mut on);
+        d.dev.handle_timeout(now);
+        d.take_events();
         if send && d.dev.state() == DeviceState::Active && d.dev.unacked() < 64 {
             let _ = d.dev.send_app(now, 150, &now.as_nanos().to_le_bytes(), true);
         }
@@ -75,7 +81,8 @@ fn pump(devs: &mut [Dev], clock: &Clock, hs: SocketAddr, send: bool) {
             let _ = d.sock.send_to(&buf[..t.len], to);
         }
         while let Ok((n, _)) = d.sock.recv_from(&mut buf) {
-            d.dev.handle_datagram(clock.now(), &buf[..n], &mut on);
+            d.dev.handle_datagram(clock.now(), &buf[..n]);
+            d.take_events();
         }
     }
 }

@@ -66,8 +66,8 @@ mod timer;
 pub use auth::{Authenticator, Credentials, OpenLogon};
 pub use control::ReasonBuf;
 pub use device::{
-    Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, DeviceStats, DeviceTransmit,
-    EndReason,
+    Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceInput, DeviceState, DeviceStats,
+    DeviceTransmit, EndReason,
 };
 pub use endpoint::{
     Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,

@@ -104,16 +104,17 @@ pub enum Event {
     Release(CloseReason),
 }
 
-/// A transition that the table does not allow.
+/// A transition that a table does not allow: the gateway's by default, the device's
+/// (`InvalidTransition<DeviceState, DeviceInput>`) too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvalidTransition {
+pub struct InvalidTransition<S = State, E = Event> {
     /// The state it was attempted from.
-    pub current: State,
+    pub current: S,
     /// The event.
-    pub event: Event,
+    pub event: E,
 }
 
-impl fmt::Display for InvalidTransition {
+impl<S: fmt::Debug, E: fmt::Debug> fmt::Display for InvalidTransition<S, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid transition: {:?} on {:?}", self.event, self.current)
     }

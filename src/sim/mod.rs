@@ -237,6 +237,15 @@ pub struct SimDevice {
     pub nonce: u64,
 }
 
+impl SimDevice {
+    /// Records the device's pending events.
+    fn take_events(&mut self) {
+        while let Some(e) = self.dev.poll_event() {
+            self.events.push(Ev::from(e));
+        }
+    }
+}
+
 /// An owned copy of a [`DeviceEvent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ev {
@@ -616,8 +625,8 @@ impl Net {
                     }
                 } else if let Some(i) = dev {
                     let d = &mut self.devices[i];
-                    let ev = &mut d.events;
-                    d.dev.handle_datagram(self.now, &data, &mut |e| ev.push(Ev::from(e)));
+                    d.dev.handle_datagram(self.now, &data);
+                    d.take_events();
                 }
             }
             Packet::TcpToGateway { dev, conn, data } => {
@@ -672,8 +681,10 @@ impl Net {
                 } else {
                     d.deframer.push(&data);
                     while let Ok(Some(frame)) = d.deframer.next_frame() {
-                        let ev = &mut d.events;
-                        d.dev.handle_frame(self.now, frame, &mut |e| ev.push(Ev::from(e)));
+                        d.dev.handle_frame(self.now, frame);
+                        while let Some(e) = d.dev.poll_event() {
+                            d.events.push(Ev::from(e));
+                        }
                     }
                 }
             }
@@ -722,8 +733,8 @@ impl Net {
             }
             self.gateway.handle_timeout(self.now);
             for d in &mut self.devices {
-                let ev = &mut d.events;
-                d.dev.handle_timeout(self.now, &mut |e| ev.push(Ev::from(e)));
+                d.dev.handle_timeout(self.now);
+                d.take_events();
             }
             self.flush();
         }

@@ -77,12 +77,18 @@ pub struct Peer<W> {
 }
 
 impl<W: Watch> Peer<W> {
-    /// Hands a device event to the watch, counting application messages.
-    fn see(received: &mut u64, watch: &mut W, e: DeviceEvent<'_>) {
-        if let DeviceEvent::App { .. } = e {
-            *received += 1;
+    /// Hands the device's pending events to the watch, counting application messages.
+    fn see_all(dev: &mut Device, received: &mut u64, watch: &mut W) {
+        while let Some(e) = dev.poll_event() {
+            if let DeviceEvent::App { .. } = e {
+                *received += 1;
+            }
+            watch.on_event(e);
         }
-        watch.on_event(e);
+    }
+
+    fn take_events(&mut self) {
+        Self::see_all(&mut self.dev, &mut self.received, &mut self.watch);
     }
 }
 
@@ -250,10 +256,8 @@ impl<W: Watch> Pair<W> {
                         if let HandshakeOutcome::Accepted { len, .. }
                         | HandshakeOutcome::Rejected { len, .. } = out
                         {
-                            let (received, watch) = (&mut p.received, &mut p.watch);
-                            p.dev.handle_datagram(now, &self.hs_buf[..len], &mut |e| {
-                                Peer::see(received, watch, e);
-                            });
+                            p.dev.handle_datagram(now, &self.hs_buf[..len]);
+                            p.take_events();
                         }
                     }
                     DeviceDest::SessionPort(SESSION_PORT) if p.drop_up => self.dropped += 1,
@@ -304,13 +308,18 @@ impl<W: Watch> Pair<W> {
                 self.dropped += 1;
                 continue;
             }
-            let (dev, received, watch) = (&mut p.dev, &mut p.received, &mut p.watch);
-            let mut on_event = |e: DeviceEvent<'_>| Peer::see(received, watch, e);
             match p.transport {
-                Transport::Udp => dev.handle_datagram(now, data, &mut on_event),
-                Transport::Tcp => feed(&mut p.dev_deframer, data, |frame| {
-                    dev.handle_frame(now, frame, &mut on_event);
-                }),
+                Transport::Udp => {
+                    p.dev.handle_datagram(now, data);
+                    p.take_events();
+                }
+                Transport::Tcp => {
+                    let (dev, received, watch) = (&mut p.dev, &mut p.received, &mut p.watch);
+                    feed(&mut p.dev_deframer, data, |frame| {
+                        dev.handle_frame(now, frame);
+                        Peer::see_all(dev, received, watch);
+                    });
+                }
             }
         }
         n
@@ -346,8 +355,8 @@ impl<W: Watch> Pair<W> {
         }
         for p in &mut self.peers {
             if p.dev.poll_timeout().is_some_and(|t| t <= now) {
-                let (received, watch) = (&mut p.received, &mut p.watch);
-                p.dev.handle_timeout(now, &mut |e| Peer::see(received, watch, e));
+                p.dev.handle_timeout(now);
+                p.take_events();
             }
         }
     }

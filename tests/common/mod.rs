@@ -130,6 +130,13 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// Records every event the device has pending.
+    fn take(&mut self, dev: &mut Device) {
+        while let Some(e) = dev.poll_event() {
+            self.record(e);
+        }
+    }
+
     fn record(&mut self, e: DeviceEvent<'_>) {
         match e {
             DeviceEvent::App { seq, type_id, body, resent, .. } => {
@@ -241,16 +248,14 @@ impl Udp {
 
     /// One pass: timers, output, at most one datagram in (waiting up to 2 ms).
     pub(crate) fn step(&mut self) {
-        let seen = &mut self.seen;
-        let mut on = |e: DeviceEvent<'_>| seen.record(e);
-        self.dev.handle_timeout(self.clock.now(), &mut on);
+        self.dev.handle_timeout(self.clock.now());
+        self.seen.take(&mut self.dev);
         self.flush();
         let mut buf = [0u8; 2048];
         let _ = self.sock.set_read_timeout(Some(Duration::from_millis(2)));
         if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
-            let seen = &mut self.seen;
-            let mut on = |e: DeviceEvent<'_>| seen.record(e);
-            self.dev.handle_datagram(self.clock.now(), &buf[..n], &mut on);
+            self.dev.handle_datagram(self.clock.now(), &buf[..n]);
+            self.seen.take(&mut self.dev);
         }
     }
 
@@ -352,9 +357,8 @@ impl Tcp {
     pub(crate) fn step(&mut self) {
         let mut buf = [0u8; 4096];
         let now = self.clock.now();
-        let seen = &mut self.seen;
-        let mut on = |e: DeviceEvent<'_>| seen.record(e);
-        self.dev.handle_timeout(now, &mut on);
+        self.dev.handle_timeout(now);
+        self.seen.take(&mut self.dev);
         while let Some(t) = self.dev.poll_transmit(now, &mut buf) {
             if !self.closed {
                 let _ = self.stream.write_all(&buf[..t.len]);
@@ -370,7 +374,8 @@ impl Tcp {
             Ok(n) => {
                 self.deframer.push(&buf[..n]);
                 while let Ok(Some(f)) = self.deframer.next_frame() {
-                    self.dev.handle_frame(self.clock.now(), f, &mut on);
+                    self.dev.handle_frame(self.clock.now(), f);
+                    self.seen.take(&mut self.dev);
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}

@@ -480,7 +480,7 @@ fn thread_main(
             devs[k].scheduled = None;
             handle_events(
                 &mut devs[k],
-                |d, on| d.handle_timeout(now, on),
+                |d| d.handle_timeout(now),
                 now,
                 cfg,
                 &mut r,
@@ -625,7 +625,7 @@ fn read_dev(k: usize, devs: &mut [Dev], buf: &mut [u8], now: Timestamp, pass: &m
                 let data = &buf[..n];
                 handle_events(
                     d,
-                    |dev, on| dev.handle_datagram(now, data, on),
+                    |dev| dev.handle_datagram(now, data),
                     now,
                     cfg,
                     r,
@@ -654,7 +654,7 @@ fn read_dev(k: usize, devs: &mut [Dev], buf: &mut [u8], now: Timestamp, pass: &m
                         for f in frames {
                             handle_events(
                                 d,
-                                |dev, on| dev.handle_frame(now, &f, on),
+                                |dev| dev.handle_frame(now, &f),
                                 now,
                                 cfg,
                                 r,
@@ -673,7 +673,7 @@ fn read_dev(k: usize, devs: &mut [Dev], buf: &mut [u8], now: Timestamp, pass: &m
 
 fn handle_events(
     d: &mut Dev,
-    f: impl FnOnce(&mut Device, &mut dyn FnMut(DeviceEvent<'_>)),
+    f: impl FnOnce(&mut Device),
     now: Timestamp,
     cfg: &LoadConfig,
     r: &mut ThreadResult,
@@ -684,30 +684,32 @@ fn handle_events(
     let mut logged_on = false;
     let (mut d_replies, mut d_resent) = (0u64, 0u64);
     let feed = &mut d.feed;
-    let mut on = |e: DeviceEvent<'_>| match e {
-        DeviceEvent::App { type_id: 250, body, resent, .. } if body.len() >= 8 => {
-            d_replies += 1;
-            d_resent += u64::from(resent);
-            let intended = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
-            let lat = now.as_nanos().saturating_sub(intended).max(1);
-            if measuring {
-                let _ = r.latency.record(lat.min(60_000_000_000));
-                r.received += 1;
+    f(&mut d.dev);
+    while let Some(e) = d.dev.poll_event() {
+        match e {
+            DeviceEvent::App { type_id: 250, body, resent, .. } if body.len() >= 8 => {
+                d_replies += 1;
+                d_resent += u64::from(resent);
+                let intended = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+                let lat = now.as_nanos().saturating_sub(intended).max(1);
+                if measuring {
+                    let _ = r.latency.record(lat.min(60_000_000_000));
+                    r.received += 1;
+                }
+                live.received.fetch_add(1, Ordering::Relaxed);
             }
-            live.received.fetch_add(1, Ordering::Relaxed);
+            DeviceEvent::App { type_id: 300, body, resent, .. } if body.len() >= 8 => {
+                d_resent += u64::from(resent);
+                feed.observe(u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8])));
+            }
+            DeviceEvent::LoggedOn { .. } => logged_on = true,
+            DeviceEvent::StreamReset { .. } => feed.restart(),
+            DeviceEvent::Ended { reason, text } => {
+                ended = Some((reason, String::from_utf8_lossy(text).into_owned()))
+            }
+            _ => {}
         }
-        DeviceEvent::App { type_id: 300, body, resent, .. } if body.len() >= 8 => {
-            d_resent += u64::from(resent);
-            feed.observe(u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8])));
-        }
-        DeviceEvent::LoggedOn { .. } => logged_on = true,
-        DeviceEvent::StreamReset { .. } => feed.restart(),
-        DeviceEvent::Ended { reason, text } => {
-            ended = Some((reason, String::from_utf8_lossy(text).into_owned()))
-        }
-        _ => {}
-    };
-    f(&mut d.dev, &mut on);
+    }
     d.replies += d_replies;
     d.resent += d_resent;
     if logged_on {

@@ -2,9 +2,18 @@
 //! Device Config, logon (new or resume), heartbeats, retransmission of unacknowledged messages
 //! (UDP), gap detection with one ResendRequest at a time, and logout.
 //!
-//! Call order, like the gateway side: `connect` → `handle_datagram` / `handle_frame` →
-//! `handle_timeout` → `poll_transmit` (until `None`) → `poll_timeout`. Events (application
-//! messages included, borrowed from the input) are passed to a callback as they happen.
+//! Call order, like the gateway side (STYLE.md rule 2): `connect` → `handle_datagram` /
+//! `handle_frame` / `handle_timeout` → `poll_event` (until `None`, after *each* `handle_*` call)
+//! → `poll_transmit` (until `None`) → `poll_timeout`.
+//!
+//! Events come out of a preallocated, bounded queue ([`events`]): application bodies are copied
+//! into it, so an event borrows the device, not the input. One input's events always fit in an
+//! empty queue; a caller that does not drain between inputs is caught by a debug assertion, and
+//! in release a message that finds no room is not consumed but asked for again (counted in
+//! [`DeviceStats::event_queue_full`]): delayed, never lost.
+//!
+//! Every state change goes through the transition table in [`state`] (snapshot in
+//! `src/session/snapshots/device_transitions.txt`).
 
 use core::time::Duration;
 
@@ -17,6 +26,12 @@ use crate::protocol::{
     write_prefix,
 };
 use crate::time::Timestamp;
+
+mod events;
+mod state;
+
+use events::EventQueue;
+pub use state::{DeviceInput, DeviceState, EndReason};
 
 /// Settings of a simulated or real device.
 #[derive(Clone, Copy, Debug)]
@@ -85,45 +100,7 @@ pub struct DeviceTransmit {
     pub len: usize,
 }
 
-/// Why a device session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// A handshake or logon step got no answer in time.
-    HostTimeout,
-    /// ConnectionReject with this reason.
-    ConnectionRejected(u8),
-    /// RegistrationReject with this reason (other than cookie problems, which restart).
-    RegistrationRejected(u8),
-    /// The gateway sent LoggedOut.
-    LoggedOut,
-    /// The gateway went silent (TestRequest unanswered).
-    Lost,
-    /// The transport was closed under us (TCP).
-    TransportClosed,
-}
-
-/// The device's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceState {
-    /// Not connected (initial, or between a lost transport and the next `connect`).
-    Idle,
-    /// ConnectionRequest sent.
-    Connecting,
-    /// RegistrationRequest sent.
-    Registering,
-    /// Registered, waiting for GetDeviceConfig.
-    AwaitingConfig,
-    /// LogonRequest sent.
-    LoggingOn,
-    /// Logged on.
-    Active,
-    /// LogoutRequest sent.
-    LoggingOut,
-    /// Ended.
-    Ended(EndReason),
-}
-
-/// Something that happened, passed to the caller's callback.
+/// Something that happened, taken with [`Device::poll_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceEvent<'a> {
     /// RegistrationAccept.
@@ -196,6 +173,9 @@ pub struct DeviceStats {
     pub gap_fills: u64,
     /// Malformed inbound frames.
     pub malformed: u64,
+    /// Messages not consumed because the event queue had no room (the caller did not drain
+    /// it): asked for again by ResendRequest. Also events other than messages dropped then.
+    pub event_queue_full: u64,
 }
 
 /// One device. See the module docs for the call order.
@@ -237,6 +217,7 @@ pub struct Device {
     awaiting_replies: u32,
     test_corr: i64,
     stats: DeviceStats,
+    events: EventQueue,
 }
 
 /// Places in the retransmit buffer kept for session messages.
@@ -278,6 +259,7 @@ impl Device {
             awaiting_replies: 0,
             test_corr: 0,
             stats: DeviceStats::default(),
+            events: EventQueue::new(cfg.max_datagram.max(cfg.buffer.slot_bytes)),
         }
     }
 
@@ -333,6 +315,45 @@ impl Device {
         self.timers.next()
     }
 
+    /// The next event, oldest first. Drain after each `handle_*` call (see the module docs);
+    /// an event's bodies borrow the device until the next call.
+    pub fn poll_event(&mut self) -> Option<DeviceEvent<'_>> {
+        self.events.pop()
+    }
+
+    /// Applies `input` through the transition table; false (state unchanged) if the table does
+    /// not allow it in the current state.
+    fn step(&mut self, input: DeviceInput) -> bool {
+        match self.state.on(input) {
+            Ok(next) => {
+                self.state = next;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Applies an input the device itself decided on: the table must allow it.
+    fn transition(&mut self, input: DeviceInput) {
+        let ok = self.step(input);
+        debug_assert!(ok, "device: {input:?} in {:?} is not in the table", self.state);
+    }
+
+    /// Queues an event that is not a message (see [`events`]).
+    fn emit(&mut self, e: DeviceEvent<'_>) {
+        if !self.events.push(&e) {
+            self.stats.event_queue_full += 1;
+            debug_assert!(false, "device event queue full: drain poll_event after each input");
+        }
+    }
+
+    fn expect_drained(&self) {
+        debug_assert!(
+            self.events.is_empty(),
+            "device events not drained: call poll_event until None after each handle_* call"
+        );
+    }
+
     /// Starts (or restarts) a session. `nonce` must be new for each UDP handshake. With
     /// `reset` the logon discards old state (resetSeqNum = 1); without it, a device that had a
     /// session asks to resume it.
@@ -343,10 +364,11 @@ impl Device {
         self.outstanding = None;
         self.config_reply = None;
         self.logon_pending = false;
+        self.events.clear();
         self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
+        self.transition(DeviceInput::Connect(self.cfg.transport));
         match self.cfg.transport {
             Transport::Udp => {
-                self.state = DeviceState::Connecting;
                 self.conn_request_pending = true;
                 self.timers.set(Timer::Retry, now + self.cfg.handshake_retry);
             }
@@ -357,17 +379,15 @@ impl Device {
     /// The transport went away (TCP closed); state is kept for a later `connect`.
     pub fn transport_lost(&mut self) {
         self.timers.stop_all();
-        if !matches!(self.state, DeviceState::Ended(_)) {
-            self.state = DeviceState::Idle;
-        }
+        self.transition(DeviceInput::TransportLost);
     }
 
     /// Sends LogoutRequest; the session ends on LoggedOut.
     pub fn logout(&mut self, now: Timestamp) {
-        if self.state == DeviceState::Active
+        if self.state.on(DeviceInput::Logout).is_ok()
             && self.push_sequenced(now, Body::LogoutRequest { reason: b"bye" })
         {
-            self.state = DeviceState::LoggingOut;
+            self.transition(DeviceInput::Logout);
         }
     }
 
@@ -439,17 +459,16 @@ impl Device {
         }
     }
 
+    /// Queues the LogonRequest (the state is already `LoggingOn`).
     fn begin_logon(&mut self, now: Timestamp) {
-        self.state = DeviceState::LoggingOn;
+        debug_assert_eq!(self.state, DeviceState::LoggingOn);
         if self.reset_next_logon {
-            let dropped = self.unacked.len();
             self.unacked.reset();
             self.next_out = 1;
             self.acked = 0;
             self.expected_in = 1;
             self.live_ord = 0;
             self.rtx_ord = 0;
-            let _ = dropped;
         }
         self.logon_pending = true;
         self.logon_resend = false;
@@ -457,13 +476,9 @@ impl Device {
         self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
     }
 
-    /// A UDP datagram from the gateway (either port).
-    pub fn handle_datagram(
-        &mut self,
-        now: Timestamp,
-        data: &[u8],
-        on_event: &mut dyn FnMut(DeviceEvent<'_>),
-    ) {
+    /// A UDP datagram from the gateway (either port). Then drain [`Self::poll_event`].
+    pub fn handle_datagram(&mut self, now: Timestamp, data: &[u8]) {
+        self.expect_drained();
         let Ok(dg) = Datagram::parse(data) else {
             self.stats.malformed += 1;
             return;
@@ -477,17 +492,18 @@ impl Device {
                 self.stats.malformed += 1;
                 return;
             };
-            self.handle_frame(now, frame, on_event);
+            self.on_frame(now, frame);
         }
     }
 
-    /// One frame from the gateway (a TCP frame, or one message of a datagram).
-    pub fn handle_frame(
-        &mut self,
-        now: Timestamp,
-        frame: &[u8],
-        on_event: &mut dyn FnMut(DeviceEvent<'_>),
-    ) {
+    /// One frame from the gateway (a TCP frame, or one message of a datagram). Then drain
+    /// [`Self::poll_event`].
+    pub fn handle_frame(&mut self, now: Timestamp, frame: &[u8]) {
+        self.expect_drained();
+        self.on_frame(now, frame);
+    }
+
+    fn on_frame(&mut self, now: Timestamp, frame: &[u8]) {
         let Ok(msg) = Message::decode_frame(frame) else {
             self.stats.malformed += 1;
             return;
@@ -499,49 +515,44 @@ impl Device {
         let h = msg.header;
         match msg.body {
             Body::ConnectionAccept { session_port, client_nonce, cookie, .. } => {
-                if self.state == DeviceState::Connecting && client_nonce == self.nonce {
+                if client_nonce == self.nonce && self.step(DeviceInput::ConnectionAccepted) {
                     self.cookie = cookie;
                     self.session_port = session_port;
                     self.conn_request_pending = false;
                     self.reg_request_pending = true;
-                    self.state = DeviceState::Registering;
                     self.timers.set(Timer::Retry, now + self.cfg.handshake_retry);
                 }
             }
             Body::ConnectionReject { reason, .. } => {
-                if self.state == DeviceState::Connecting {
-                    self.end(EndReason::ConnectionRejected(reason), b"", on_event);
-                }
+                self.end(EndReason::ConnectionRejected(reason), b"");
             }
             Body::RegistrationAccept { session_id, resumed } => {
-                if self.state == DeviceState::Registering {
+                if self.step(DeviceInput::Registered) {
                     self.session_id = session_id;
                     self.resumed = resumed;
                     self.reg_request_pending = false;
-                    self.state = DeviceState::AwaitingConfig;
                     self.timers.stop(Timer::Retry);
                     if !resumed && self.has_stream && !self.reset_next_logon {
                         // The gateway kept nothing: start over, and say what was lost.
                         self.reset_next_logon = true;
-                        on_event(DeviceEvent::StreamReset { unacked_dropped: self.unacked.len() });
+                        let unacked_dropped = self.unacked.len();
+                        self.emit(DeviceEvent::StreamReset { unacked_dropped });
                     }
-                    on_event(DeviceEvent::Registered { session_id, resumed });
+                    self.emit(DeviceEvent::Registered { session_id, resumed });
+                }
+            }
+            Body::RegistrationReject { reason: 1 | 2, .. } => {
+                // Bad or expired cookie: start the handshake again.
+                if self.step(DeviceInput::CookieRefused) {
+                    self.reg_request_pending = false;
+                    self.conn_request_pending = true;
                 }
             }
             Body::RegistrationReject { reason, .. } => {
-                if self.state == DeviceState::Registering {
-                    if reason == 1 || reason == 2 {
-                        // Bad or expired cookie: start the handshake again.
-                        self.state = DeviceState::Connecting;
-                        self.reg_request_pending = false;
-                        self.conn_request_pending = true;
-                    } else {
-                        self.end(EndReason::RegistrationRejected(reason), b"", on_event);
-                    }
-                }
+                self.end(EndReason::RegistrationRejected(reason), b"");
             }
             Body::GetDeviceConfig { correlation_id } => {
-                if self.state == DeviceState::AwaitingConfig {
+                if self.step(DeviceInput::ConfigRequested) {
                     self.begin_logon(now);
                 }
                 if matches!(self.state, DeviceState::LoggingOn | DeviceState::Active) {
@@ -550,42 +561,30 @@ impl Device {
             }
             Body::LoggedOut { reason } => {
                 // Terminal whatever its number: a LoggedOut beyond a gap must still be seen.
-                self.end(EndReason::LoggedOut, reason, on_event);
+                self.end(EndReason::LoggedOut, reason);
             }
             _ if h.seq == 0 => self.stats.malformed += 1,
-            body => self.on_sequenced(now, h, body, on_event),
+            body => self.on_sequenced(now, h, body),
         }
     }
 
-    fn on_sequenced(
-        &mut self,
-        now: Timestamp,
-        h: Header,
-        body: Body<'_>,
-        on_event: &mut dyn FnMut(DeviceEvent<'_>),
-    ) {
+    fn on_sequenced(&mut self, now: Timestamp, h: Header, body: Body<'_>) {
         self.on_ack(now, h.last_processed);
         if let Body::LogonResponse { heartbeat_interval_s } = body {
-            if self.state == DeviceState::LoggingOn {
-                self.logged_on(now, h, heartbeat_interval_s, on_event);
+            if self.step(DeviceInput::LogonAccepted) {
+                self.logged_on(now, h, heartbeat_interval_s);
                 return;
             }
         }
-        if !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut) {
+        if !self.state.is_logged_on() {
             return;
         }
         self.timers.set(Timer::TestRequest, now + self.heartbeat.mul_f64(1.5));
         self.timers.stop(Timer::Liveness);
-        self.sequence(now, h, body, on_event);
+        self.sequence(now, h, body);
     }
 
-    fn sequence(
-        &mut self,
-        now: Timestamp,
-        h: Header,
-        body: Body<'_>,
-        on_event: &mut dyn FnMut(DeviceEvent<'_>),
-    ) {
+    fn sequence(&mut self, now: Timestamp, h: Header, body: Body<'_>) {
         if h.seq < self.expected_in {
             match body {
                 Body::GapFill { new_seq_num } if new_seq_num > self.expected_in => {
@@ -605,6 +604,25 @@ impl Device {
             }
             return;
         }
+        // A message whose event finds no room is not consumed: as if it had not arrived, it
+        // is asked for again (see the module docs).
+        let room = match body {
+            Body::App { type_id, body } => {
+                self.events.push_app(h.seq, type_id, body, h.send_time, h.is_resend())
+            }
+            Body::Reject { ref_seq_num, reason, .. } => {
+                self.events.push_rejected(ref_seq_num, reason)
+            }
+            _ => true,
+        };
+        if !room {
+            self.stats.event_queue_full += 1;
+            match &mut self.outstanding {
+                Some(o) => o.high = o.high.max(h.seq),
+                None => self.request_resend(now, h.seq),
+            }
+            return;
+        }
         self.expected_in += 1;
         match body {
             Body::GapFill { new_seq_num } => {
@@ -614,25 +632,14 @@ impl Device {
             Body::TestRequest { correlation_id } => {
                 self.push_sequenced(now, Body::Heartbeat { correlation_id });
             }
-            Body::App { type_id, body } => {
-                if self.awaiting_replies > 0 {
-                    self.awaiting_replies -= 1;
-                    if self.awaiting_replies == 0 {
-                        self.timers.stop(Timer::ReplyWait);
-                    } else {
-                        self.timers.set(Timer::ReplyWait, now + self.rto);
-                    }
+            // Its event is queued above.
+            Body::App { .. } if self.awaiting_replies > 0 => {
+                self.awaiting_replies -= 1;
+                if self.awaiting_replies == 0 {
+                    self.timers.stop(Timer::ReplyWait);
+                } else {
+                    self.timers.set(Timer::ReplyWait, now + self.rto);
                 }
-                on_event(DeviceEvent::App {
-                    seq: h.seq,
-                    type_id,
-                    body,
-                    send_time: h.send_time,
-                    resent: h.is_resend(),
-                });
-            }
-            Body::Reject { ref_seq_num, reason, .. } => {
-                on_event(DeviceEvent::Rejected { ref_seq_num, reason })
             }
             _ => {}
         }
@@ -659,14 +666,8 @@ impl Device {
         }
     }
 
-    fn logged_on(
-        &mut self,
-        now: Timestamp,
-        h: Header,
-        hb: i32,
-        on_event: &mut dyn FnMut(DeviceEvent<'_>),
-    ) {
-        self.state = DeviceState::Active;
+    /// LogonResponse (the state is already `Active`).
+    fn logged_on(&mut self, now: Timestamp, h: Header, hb: i32) {
         self.logon_pending = false;
         self.has_stream = true;
         self.heartbeat = Duration::from_secs(u64::try_from(hb.max(1)).unwrap_or(5));
@@ -680,7 +681,7 @@ impl Device {
         if !self.unacked.is_empty() {
             self.timers.set(Timer::Retransmit, now + self.rto);
         }
-        on_event(DeviceEvent::LoggedOn {
+        self.emit(DeviceEvent::LoggedOn {
             heartbeat_interval_s: hb,
             last_processed: h.last_processed,
         });
@@ -703,9 +704,7 @@ impl Device {
             self.rto = self.cfg.retransmit_min;
             self.rtx_ord = self.rtx_ord.max(self.unacked.head());
             self.live_ord = self.live_ord.max(self.unacked.head());
-            if self.unacked.is_empty()
-                || !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut)
-            {
+            if self.unacked.is_empty() || !self.state.is_logged_on() {
                 self.timers.stop(Timer::Retransmit);
             } else {
                 self.timers.set(Timer::Retransmit, now + self.rto);
@@ -713,19 +712,24 @@ impl Device {
         }
     }
 
-    fn end(&mut self, reason: EndReason, text: &[u8], on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
+    /// Ends the session if the table allows `reason` in the current state (a late reject is
+    /// ignored).
+    fn end(&mut self, reason: EndReason, text: &[u8]) {
+        if !self.step(DeviceInput::End(reason)) {
+            return;
+        }
         self.timers.stop_all();
-        self.state = DeviceState::Ended(reason);
         self.conn_request_pending = false;
         self.reg_request_pending = false;
         self.logon_pending = false;
         self.config_reply = None;
-        on_event(DeviceEvent::Ended { reason, text });
+        self.emit(DeviceEvent::Ended { reason, text });
     }
 
-    /// Fires expired timers; a no-op when called early.
-    pub fn handle_timeout(&mut self, now: Timestamp, on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
-        self.fire_timers(now, on_event);
+    /// Fires expired timers; a no-op when called early. Then drain [`Self::poll_event`].
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.expect_drained();
+        self.fire_timers(now);
         // A timer left over from another state has nothing to do: disarm it so the driver is
         // never asked to wake for it again.
         for t in Timer::VALUES {
@@ -735,17 +739,9 @@ impl Device {
         }
     }
 
-    fn fire_timers(&mut self, now: Timestamp, on_event: &mut dyn FnMut(DeviceEvent<'_>)) {
-        if self.timers.take_expired(Timer::Deadline, now)
-            && matches!(
-                self.state,
-                DeviceState::Connecting
-                    | DeviceState::Registering
-                    | DeviceState::AwaitingConfig
-                    | DeviceState::LoggingOn
-            )
-        {
-            self.end(EndReason::HostTimeout, b"host timeout", on_event);
+    fn fire_timers(&mut self, now: Timestamp) {
+        if self.timers.take_expired(Timer::Deadline, now) && self.state.is_connecting() {
+            self.end(EndReason::HostTimeout, b"host timeout");
             return;
         }
         if self.timers.take_expired(Timer::Retry, now) {
@@ -770,11 +766,11 @@ impl Device {
                 self.timers.set(Timer::Retry, now + period);
             }
         }
-        if !matches!(self.state, DeviceState::Active | DeviceState::LoggingOut) {
+        if !self.state.is_logged_on() {
             return;
         }
         if self.timers.take_expired(Timer::Liveness, now) {
-            self.end(EndReason::Lost, b"gateway silent", on_event);
+            self.end(EndReason::Lost, b"gateway silent");
             return;
         }
         if self.timers.take_expired(Timer::TestRequest, now) {
@@ -876,7 +872,7 @@ impl Device {
                 }
             }
         }
-        if self.state == DeviceState::Active || self.state == DeviceState::LoggingOut {
+        if self.state.is_logged_on() {
             w = self.fill_sequenced(now, buf, w, room);
         }
         if w == start {
@@ -926,5 +922,117 @@ impl Device {
             self.timers.set(Timer::Retransmit, now + self.rto);
         }
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
+
+    fn frame(seq: i64, flags: u8, body: Body<'_>) -> Vec<u8> {
+        let msg = Message { header: Header { seq, flags, ..Header::default() }, body };
+        let mut out = vec![0u8; msg.encoded_len()];
+        let n = msg.encode(&mut out).unwrap();
+        out.truncate(crate::protocol::split_frame(&out[..n]).unwrap().0.len());
+        out
+    }
+
+    /// A TCP device logged on (LogonResponse numbered 1 taken, its event drained).
+    fn logged_on() -> Device {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        let mut buf = [0u8; 4096];
+        while dev.poll_transmit(NOW, &mut buf).is_some() {}
+        dev.handle_frame(NOW, &frame(1, 0, Body::LogonResponse { heartbeat_interval_s: 5 }));
+        assert!(matches!(dev.poll_event(), Some(DeviceEvent::LoggedOn { .. })));
+        assert!(dev.poll_event().is_none());
+        assert_eq!(dev.state(), DeviceState::Active);
+        dev
+    }
+
+    #[test]
+    fn events_carry_bodies_from_the_device_not_the_input() {
+        let mut dev = logged_on();
+        let mut f = frame(2, 0, Body::App { type_id: 300, body: b"pushed" });
+        dev.handle_frame(NOW, &f);
+        f.fill(0); // the input is gone
+        match dev.poll_event() {
+            Some(DeviceEvent::App { seq: 2, type_id: 300, body, resent: false, .. }) => {
+                assert_eq!(body, b"pushed")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(dev.poll_event().is_none());
+        dev.handle_frame(NOW, &frame(3, 0, Body::LoggedOut { reason: b"bye now" }));
+        match dev.poll_event() {
+            Some(DeviceEvent::Ended { reason: EndReason::LoggedOut, text }) => {
+                assert_eq!(text, b"bye now")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dev.state(), DeviceState::Ended(EndReason::LoggedOut));
+    }
+
+    /// A caller that does not drain between inputs: caught by a debug assertion; in release,
+    /// the message that finds no room is not consumed but asked for again, so nothing is lost.
+    #[test]
+    fn an_undrained_queue_delays_messages_and_never_loses_one() {
+        let mut dev = logged_on();
+        let body = [7u8; 200];
+        dev.handle_frame(NOW, &frame(2, 0, Body::App { type_id: 300, body: &body }));
+        if cfg!(debug_assertions) {
+            let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dev.handle_frame(NOW, &frame(3, 0, Body::App { type_id: 300, body: &body }));
+            }));
+            assert!(second.is_err(), "debug builds assert that events were drained");
+            return;
+        }
+        // 1400 bytes of bodies fit beside the reserve: seven of 200, the eighth does not.
+        for seq in 3..=9 {
+            dev.handle_frame(NOW, &frame(seq, 0, Body::App { type_id: 300, body: &body }));
+        }
+        assert_eq!(dev.stats().event_queue_full, 1);
+        assert_eq!(dev.expected_in(), 9, "message 9 was not consumed");
+        let seqs: Vec<i64> = std::iter::from_fn(|| match dev.poll_event()? {
+            DeviceEvent::App { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(seqs, (2..=8).collect::<Vec<_>>());
+        // It asked for it again.
+        let mut buf = [0u8; 4096];
+        let t = dev.poll_transmit(NOW, &mut buf).expect("ResendRequest");
+        let mut rest = &buf[..t.len];
+        let mut asked = None;
+        while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
+            if let Ok(Message { body: Body::ResendRequest { from, to }, .. }) =
+                Message::decode_frame(f)
+            {
+                asked = Some((from, to));
+            }
+            rest = &rest[padded..];
+        }
+        assert_eq!(asked, Some((9, 0)));
+        dev.handle_frame(NOW, &frame(9, FLAG_RESEND, Body::App { type_id: 300, body: &body }));
+        assert!(matches!(dev.poll_event(), Some(DeviceEvent::App { seq: 9, resent: true, .. })));
+        assert_eq!(dev.expected_in(), 10);
+    }
+
+    #[test]
+    fn late_answers_outside_the_table_are_ignored() {
+        let mut dev = logged_on();
+        let accept = Body::ConnectionAccept {
+            session_port: 5000,
+            cookie_ttl_ms: 5000,
+            client_nonce: 1,
+            cookie: [0; 32],
+        };
+        dev.handle_frame(NOW, &frame(0, 0, accept));
+        dev.handle_frame(NOW, &frame(0, 0, Body::RegistrationReject { reason: 3, details: b"" }));
+        dev.handle_frame(NOW, &frame(0, 0, Body::ConnectionReject { reason: 1, details: b"" }));
+        assert_eq!(dev.state(), DeviceState::Active);
+        assert!(dev.poll_event().is_none());
     }
 }
