@@ -650,9 +650,11 @@ pub fn run(spec: ShardSpec) -> Counters {
     };
     tracing::info!(shard = index, backend = backend.name(), "shard running");
     let now = clock.now();
+    let mut endpoint = endpoint_for(&config, index, &master, Box::new(SharedAuth(auth)), now);
+    endpoint.set_wall_offset(clock.wall_offset_ns());
     let mut shard = Shard::new(
         index,
-        build_endpoint(&config, index, &master, auth, &clock),
+        endpoint,
         backend,
         Settings::new(&config),
         (master, now),
@@ -680,17 +682,17 @@ pub fn run(spec: ShardSpec) -> Counters {
     }
 }
 
-/// The endpoint of shard `index`: its limits, keys, application and device groups.
-fn build_endpoint(
+/// The endpoint of shard `index` at `now`: its limits, keys, application and device groups.
+pub fn endpoint_for(
     cfg: &Config,
     index: usize,
     master: &[u8; 32],
-    auth: Arc<dyn Authenticator + Send + Sync>,
-    clock: &Clock,
+    auth: Box<dyn Authenticator>,
+    now: Timestamp,
 ) -> Endpoint {
     let feed_every = Duration::from_millis(cfg.gateway.feed_interval_ms);
     let rotate = Duration::from_secs(cfg.udp.cookie_rotate_s.max(1));
-    let keys = cookie_keys(master, clock.now(), rotate);
+    let keys = cookie_keys(master, now, rotate);
     let mut id_key = [0u8; 32];
     id_key.copy_from_slice(blake3::derive_key("fleetgate session ids v1", master).as_slice());
     id_key[0] ^= index as u8;
@@ -698,10 +700,9 @@ fn build_endpoint(
         cfg.endpoint_config(index as u16),
         keys,
         id_key,
-        Box::new(SharedAuth(auth)),
+        auth,
         crate::apps::builtin(cfg.gateway.app, feed_every),
     );
-    endpoint.set_wall_offset(clock.wall_offset_ns());
     for app in cfg.group_apps() {
         endpoint.add_app(crate::apps::builtin(app, feed_every));
     }
