@@ -276,6 +276,12 @@ pub struct ObservabilitySection {
     pub trace_queue: usize,
     /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
     pub latency_ns_max: u64,
+    /// `http_max_connections`: HTTP connections open at once; one beyond is closed at once
+    /// (default 256).
+    pub http_max_connections: usize,
+    /// `http_header_timeout_ms`: an HTTP client has this long to send its request headers
+    /// (default 2000 ms).
+    pub http_header_timeout_ms: u64,
     /// `log_format`: "text" (one line per event, for people) or "json" (one object per line,
     /// for log collectors); `--log-format` overrides it (default "text").
     pub log_format: LogFormat,
@@ -302,6 +308,8 @@ impl Default for ObservabilitySection {
             trace_addrs: Vec::new(),
             trace_queue: 8192,
             latency_ns_max: 60_000_000_000,
+            http_max_connections: 256,
+            http_header_timeout_ms: 2000,
             log_format: LogFormat::Text,
         }
     }

@@ -450,4 +450,4 @@ const RECV_BUFS: u16 = 256;
 /// retries).
 const SEND_SLOTS: usize = 256;
 /// Completions reaped per wait at most.
-const CQES_PER_WAIT: usize = 1024;
+pub const CQES_PER_WAIT: usize = 1024;

@@ -8,12 +8,13 @@
 //! its receive cancelled, and is refused when the cancelled receive ends. The ring waits at most
 //! 50 ms, so shutdown is noticed.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use super::{Core, Step, refuse};
 use crate::counters::Counter;
-use crate::io::uring::accept::{AcceptRing, Completion, Inbound};
+use crate::io::uring::accept::{AcceptRing, CQES_PER_WAIT, Completion, Inbound};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::time::Timestamp;
 
@@ -36,13 +37,16 @@ struct Pending {
 /// Runs the acceptor on io_uring until shutdown. An error before anything was served (no
 /// io_uring, or it refuses an operation) lets the caller fall back to `poll(2)`.
 pub fn run(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) -> std::io::Result<()> {
-    // Twice the pending limit in ring slots: a connection being closed keeps its slot until
-    // its cancelled receive ends, and the newcomer that made it go needs one meanwhile.
-    let slots = 2 * core.max_pending;
+    // A connection being closed keeps its ring slot until its cancelled receive ends, and the
+    // newcomer that made it go needs one meanwhile: one wait reaps at most `CQES_PER_WAIT`
+    // accepts, so that many slots more than the pending limit cover a burst; newcomers beyond
+    // wait in `waiting` for a slot to come back.
+    let slots = core.max_pending + CQES_PER_WAIT;
     let mut d = Driver {
         ring: AcceptRing::new(slots, HANDOFF_BYTES)?,
         pending: (0..slots).map(|_| None).collect(),
         live: 0,
+        waiting: VecDeque::with_capacity(CQES_PER_WAIT),
     };
     // Pending connections are closed (dropped) with the driver; the ring cancels and drains
     // what is in flight when it is dropped.
@@ -55,6 +59,8 @@ struct Driver {
     pending: Vec<Option<Pending>>,
     /// Pending connections not being closed (at most `max_pending`).
     live: usize,
+    /// Accepted connections waiting for a ring slot (oldest first, at most `CQES_PER_WAIT`).
+    waiting: VecDeque<(TcpStream, SocketAddr, Timestamp)>,
 }
 
 impl Driver {
@@ -75,6 +81,13 @@ impl Driver {
             let now = core.clock.now();
             while let Some(c) = self.ring.poll_completion() {
                 self.dispatch(core, udp, now, c)?;
+            }
+            // Slots given back by this batch go to the connections waiting for one.
+            while !self.waiting.is_empty() {
+                let Some(slot) = self.ring.claim() else { break };
+                if let Some((stream, peer, accepted)) = self.waiting.pop_front() {
+                    self.start(core, slot, stream, peer, accepted);
+                }
             }
             self.expire(core, now);
         }
@@ -114,6 +127,31 @@ impl Driver {
 
     fn on_accept(&mut self, core: &mut Core, now: Timestamp, stream: TcpStream) {
         let Ok(peer) = stream.peer_addr() else { return }; // already gone
+        match self.ring.claim() {
+            Some(slot) => self.start(core, slot, stream, peer, now),
+            None => {
+                // Every slot is live or still closing: wait for one, making room if need be.
+                if self.waiting.len() == self.waiting.capacity() {
+                    if let Some((old, ..)) = self.waiting.pop_front() {
+                        let why = core.evicted();
+                        refuse(old, why);
+                    }
+                }
+                self.waiting.push_back((stream, peer, now));
+            }
+        }
+    }
+
+    /// Makes `stream` pending in ring `slot`, closing the oldest pending connection first if
+    /// `max_pending` are waiting already.
+    fn start(
+        &mut self,
+        core: &mut Core,
+        slot: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        accepted: Timestamp,
+    ) {
         if self.live >= core.max_pending {
             // Make room: the oldest connection still without a LogonRequest goes.
             let oldest = (0..self.pending.len())
@@ -124,17 +162,12 @@ impl Driver {
                 self.close(slot, why);
             }
         }
-        let Some(slot) = self.ring.claim() else {
-            let why = core.busy();
-            refuse(stream, why);
-            return;
-        };
         self.pending[slot] = Some(Pending {
             stream,
             peer,
             len: 0,
-            deadline: now + core.logon_timeout,
-            accepted: now,
+            deadline: accepted + core.logon_timeout,
+            accepted,
             closing: None,
         });
         self.live += 1;
