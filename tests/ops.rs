@@ -41,6 +41,11 @@ backends! {
         uring_idle_connections_cannot_lock_out_a_prompt_logon;
     impossible_first_frame_is_refused_at_once => epoll_impossible_first_frame_is_refused_at_once,
         uring_impossible_first_frame_is_refused_at_once;
+    restart_right_after_sigkill_binds_the_same_ports =>
+        epoll_restart_right_after_sigkill_binds_the_same_ports,
+        uring_restart_right_after_sigkill_binds_the_same_ports;
+    a_panicking_shard_aborts_the_process => epoll_a_panicking_shard_aborts_the_process,
+        uring_a_panicking_shard_aborts_the_process;
 }
 
 /// `/metrics` of a running gateway, read by the Python `prometheus_client` parser (not the
@@ -253,4 +258,130 @@ fn http_serves_a_fresh_client_while_200_hold_half_sent_headers() {
     }
     assert!(t1.elapsed() < 4 * SECOND, "half-sent requests held for {:?}", t1.elapsed());
     gw.stop();
+}
+
+/// The real binary, `fleetgate serve` on fixed loopback ports; killed (SIGKILL) when dropped.
+struct Serve {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+/// The ports a [`Serve`] binds: UDP handshake, TCP, first session port, HTTP.
+#[derive(Clone, Copy)]
+struct Ports {
+    handshake: u16,
+    tcp: u16,
+    session_base: u16,
+    http: u16,
+}
+
+impl Ports {
+    /// Ports free right now (bound to 0, then released).
+    fn free() -> Self {
+        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tcp =
+            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { handshake: udp(), tcp: tcp(), session_base: udp(), http: tcp() }
+    }
+}
+
+impl Serve {
+    fn start(io: &str, ports: Ports, log: std::path::PathBuf, env: &[(&str, &str)]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["serve", "--open-logon", "--shards", "1", "--io", io])
+            .args(["--handshake-addr", &format!("127.0.0.1:{}", ports.handshake)])
+            .args(["--tcp-addr", &format!("127.0.0.1:{}", ports.tcp)])
+            .args(["--session-port-base", &ports.session_base.to_string()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", ports.http)])
+            .args(["--set", "gateway.max_sessions_per_shard=16"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn fleetgate serve");
+        Self { child, log }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True once `/healthz` answers `ok`.
+    fn healthy(ports: Ports) -> bool {
+        let addr = local(ports.http);
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 9, found flaw 5. A gateway killed with SIGKILL while it holds a TCP session is
+/// restarted at once on the same ports: the new one binds (retrying while the old sockets are
+/// being released) and serves a logon.
+fn restart_right_after_sigkill_binds_the_same_ports(io: &str) {
+    let dir = TempDir::new(&format!("sigkill-{io}"));
+    let ports = Ports::free();
+    let first = Serve::start(io, ports, dir.0.join("first.log"), &[]);
+    until("the first gateway's /healthz", 5 * SECOND, || Serve::healthy(ports));
+    let mut d = Tcp::with_password(local(ports.tcp), "rt-kill-1", b"pw");
+    d.run_until("a logon on the first gateway", 5 * SECOND, |c| {
+        c.dev.state() == fleetgate::session::DeviceState::Active
+    });
+    drop(first); // SIGKILL, reaped
+    let mut second = Serve::start(io, ports, dir.0.join("second.log"), &[]);
+    let t0 = Instant::now();
+    until("the restarted gateway's /healthz", 5 * SECOND, || {
+        if let Ok(Some(status)) = second.child.try_wait() {
+            panic!("restart failed ({status}):\n{}", second.stderr());
+        }
+        Serve::healthy(ports)
+    });
+    let mut d = Tcp::with_password(local(ports.tcp), "rt-kill-2", b"pw");
+    d.run_until("a logon on the restarted gateway", 5 * SECOND, |c| {
+        c.dev.state() == fleetgate::session::DeviceState::Active
+    });
+    assert!(t0.elapsed() < 5 * SECOND);
+    assert!(!second.stderr().contains("cannot bind"), "{}", second.stderr());
+}
+
+/// The panic policy (README "Operating it"): a panic on a shard thread (injected with the
+/// test-only `FLEETGATE_TEST_PANIC_SHARD0_MS`, compiled in with the `sim` feature) aborts the
+/// whole process at once, logging the thread; it never leaves a half-alive gateway answering
+/// `/healthz`.
+fn a_panicking_shard_aborts_the_process(io: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new(&format!("panic-{io}"));
+    let ports = Ports::free();
+    let mut gw = Serve::start(
+        io,
+        ports,
+        dir.0.join("serve.log"),
+        &[("FLEETGATE_TEST_PANIC_SHARD0_MS", "1500")],
+    );
+    until("/healthz before the panic", 5 * SECOND, || Serve::healthy(ports));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(t0.elapsed() < 5 * SECOND, "still running 5 s after the panic:\n{}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(6), "not aborted (SIGABRT): {status}\n{}", gw.stderr());
+    let err = gw.stderr();
+    assert!(err.contains("fleetgate-shard-0") && err.contains("injected"), "{err}");
+    assert!(!Serve::healthy(ports), "/healthz answers after the abort");
 }

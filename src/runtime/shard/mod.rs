@@ -664,8 +664,21 @@ pub fn run(spec: ShardSpec) -> Counters {
     let idle =
         IdleStrategy::new(config.gateway.idle, Duration::from_micros(config.gateway.spin_us));
     let mut idle_since = None;
+    // Test-only fault injection, compiled in with the `sim` feature (the test builds) and never
+    // in a release binary: `FLEETGATE_TEST_PANIC_SHARD0_MS=N` makes shard 0 panic N ms after
+    // start, to test the panic policy with a real process.
+    #[cfg(feature = "sim")]
+    let panic_at = std::env::var("FLEETGATE_TEST_PANIC_SHARD0_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|_| index == 0)
+        .map(|ms| clock.now() + Duration::from_millis(ms));
     loop {
         let now = clock.now();
+        #[cfg(feature = "sim")]
+        if panic_at.is_some_and(|t| now >= t) {
+            panic!("injected by FLEETGATE_TEST_PANIC_SHARD0_MS");
+        }
         if shutdown.load(Ordering::Relaxed) {
             shard.shutdown(now);
         }
