@@ -550,6 +550,18 @@ mod tests {
     }
 
     #[test]
+    fn tuning_profiles_load_and_default_toml_is_the_defaults() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+        let default = Config::load(Some(&dir.join("default.toml")), &[]).unwrap();
+        assert_eq!(default, Config::load(None, &[]).unwrap(), "tuning/default.toml drifted");
+        for profile in ["large-fleet.toml", "low-latency.toml"] {
+            Config::load(Some(&dir.join(profile)), &[]).unwrap();
+        }
+        let e = Config::load(None, &["gateway.idle=\"nap\"".into()]).unwrap_err();
+        assert!(e.0.contains("nap"), "{e}");
+    }
+
+    #[test]
     fn overrides_set_any_key_and_unknown_keys_fail() {
         let c = Config::load(
             None,
