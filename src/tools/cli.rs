@@ -293,6 +293,7 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_thread_names(true);
     // A second initialisation (never in the binary) is ignored.
     let _ = match format {
