@@ -8,8 +8,8 @@
 //! waiting (it reports at most a few batches), fire due timers, abort connections whose linger
 //! ran out, drain output within each connection's room, flush, and publish a snapshot every
 //! `gateway.snapshot_interval_ms`. It returns how much it did; after a pass with nothing done,
-//! the [`IdleStrategy`] ([`idle`]) parks in the kernel until input or the next deadline
-//! ([`Shard::park`]), or spins first. [`run`] is that loop on a shard thread; the simulator
+//! the [`IdleStrategy`] ([`idle`]) decides how long the next pass's input step may wait in the
+//! kernel (until input or the next deadline), or spins first: one poll per pass. [`run`] is that loop on a shard thread; the simulator
 //! drives the same [`Shard`] over an in-memory backend in virtual time (`sim::MemBackend`).
 
 use std::net::SocketAddr;
@@ -139,8 +139,16 @@ pub struct Shard<B: Backend> {
     buf: Vec<u8>,
     /// One TCP frame, copied out of its deframer.
     frame: Vec<u8>,
-    /// When this pass's (or the park before it's) first input arrived.
+    /// When this pass's first input arrived.
     first_input: Option<Instant>,
+    /// What to do after a pass with nothing done.
+    idle: IdleStrategy,
+    /// When the current run of idle passes began.
+    idle_since: Option<Instant>,
+    /// How long the next pass's input step may wait.
+    wait: Duration,
+    /// Stamps input after a wait (`None`: the simulator's virtual time).
+    clock: Option<Clock>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -180,6 +188,10 @@ impl<B: Backend> Shard<B> {
             buf: vec![0u8; 64 * 1024],
             frame: vec![0u8; settings.max_message_bytes.max(64)],
             first_input: None,
+            idle: IdleStrategy::Park,
+            idle_since: None,
+            wait: Duration::ZERO,
+            clock: None,
         }
     }
 
@@ -215,7 +227,18 @@ impl<B: Backend> Shard<B> {
     pub fn do_work(&mut self, now: Timestamp) -> usize {
         let started = Instant::now();
         let mut work = self.take_handoffs(now);
-        work += self.poll_input(Duration::ZERO, &|| now);
+        // The input step waits as long as the idle strategy chose after the last pass (not at
+        // all when there is work): one poll per pass, which is where the shard parks.
+        let wait = if work > 0 { Duration::ZERO } else { self.wait };
+        let before_poll = started.elapsed();
+        let clock = self.clock;
+        work += self.poll_input(wait, &|| clock.map_or(now, |c| c.now()));
+        let after_poll = Instant::now();
+        // After a wait, the rest of the pass runs at the time it ended.
+        let now = match clock {
+            Some(c) if !wait.is_zero() => c.now(),
+            _ => now,
+        };
         work += self.run_timers(now);
         work += self.flush_output(now);
         if now >= self.next_snapshot {
@@ -237,20 +260,24 @@ impl<B: Backend> Shard<B> {
             }
         }
         if work > 0 {
-            let cycle = started.elapsed().as_nanos() as u64;
+            // Time waiting in the kernel is not part of the pass's work.
+            let cycle = (before_poll + after_poll.elapsed()).as_nanos() as u64;
             self.counters.raise(Counter::CycleNsMax, cycle);
             if cycle > 1_000_000 {
                 self.counters.incr(Counter::CyclesOver1ms);
             }
             record(&mut self.local.cycle_ns, cycle, &mut self.counters);
         }
+        let until = self.until_deadline(now);
+        self.wait = self.idle.park_for(work, &mut self.idle_since, until);
         work
     }
 
-    /// Waits at most `timeout` for input and handles what arrives, stamping each event with
-    /// `clock()` (read after the wait). Returns the number of events.
-    pub fn park(&mut self, timeout: Duration, clock: &dyn Fn() -> Timestamp) -> usize {
-        self.poll_input(timeout, clock)
+    /// Parks with `idle` after a pass with nothing done, stamping input with `clock` (the
+    /// runtime; a simulation keeps the defaults: never waits, time is what `do_work` is given).
+    pub fn set_idle(&mut self, idle: IdleStrategy, clock: Clock) {
+        self.idle = idle;
+        self.clock = Some(clock);
     }
 
     /// How long until the next deadline (a session timer, a linger, the next snapshot), from
@@ -661,9 +688,8 @@ pub fn run(spec: ShardSpec) -> Counters {
         Tap::new(index as u16, clock.wall_offset_ns(), trace),
     );
     shard.connect(handoffs, publish);
-    let idle =
-        IdleStrategy::new(config.gateway.idle, Duration::from_micros(config.gateway.spin_us));
-    let mut idle_since = None;
+    let spin = Duration::from_micros(config.gateway.spin_us);
+    shard.set_idle(IdleStrategy::new(config.gateway.idle, spin), clock);
     // Test-only fault injection, compiled in with the `sim` feature (the test builds) and never
     // in a release binary: `FLEETGATE_TEST_PANIC_SHARD0_MS=N` makes shard 0 panic N ms after
     // start, to test the panic policy with a real process.
@@ -682,15 +708,11 @@ pub fn run(spec: ShardSpec) -> Counters {
         if shutdown.load(Ordering::Relaxed) {
             shard.shutdown(now);
         }
-        let work = shard.do_work(now);
+        shard.do_work(now);
         if shard.is_finished() {
             let mut totals = shard.endpoint.counters().clone();
             totals.merge(&shard.counters);
             return totals;
-        }
-        let park = idle.park_for(work, &mut idle_since, shard.until_deadline(now));
-        if !park.is_zero() {
-            shard.park(park, &|| clock.now());
         }
     }
 }
