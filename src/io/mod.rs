@@ -47,6 +47,7 @@ use std::time::Duration;
 use crate::session::ConnId;
 
 pub mod epoll;
+pub mod floor;
 pub mod uring;
 
 /// An input reported by [`Backend::poll`].
