@@ -483,6 +483,26 @@ enum Flow {
     Tcp { stream: TcpStream, inbuf: Vec<u8>, have: usize, out: Vec<u8> },
 }
 
+/// Writes `data` on a non-blocking connection, queueing in `out` what does not fit (behind
+/// anything already queued). False if the connection failed.
+fn tcp_queue(stream: &mut TcpStream, out: &mut Vec<u8>, data: &[u8]) -> bool {
+    if !out.is_empty() {
+        out.extend_from_slice(data);
+        return true;
+    }
+    match stream.write(data) {
+        Ok(w) => {
+            out.extend_from_slice(&data[w..]);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            out.extend_from_slice(data);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 struct ClientReport {
     sent: u64,
     received: u64,
@@ -536,8 +556,8 @@ impl Client<'_> {
         self.t0.elapsed().as_nanos() as u64
     }
 
-    /// Sends message `seq` (intended at `intended` ns) on `flow`.
-    fn send(&mut self, flow: &mut Flow, seq: u64, intended: u64) {
+    /// Writes message `seq` (intended at `intended` ns, sent now) into `msg` and counts it.
+    fn stamp(&mut self, seq: u64, intended: u64) {
         let actual = self.now_ns();
         self.msg[0..8].copy_from_slice(&seq.to_le_bytes());
         self.msg[8..16].copy_from_slice(&intended.to_le_bytes());
@@ -546,29 +566,44 @@ impl Client<'_> {
         if self.a.rate > 0.0 && intended >= self.measure_from {
             let _ = self.r.lateness.record(actual.saturating_sub(intended).max(1));
         }
+    }
+
+    /// Sends message `seq` (intended at `intended` ns) on `flow`.
+    fn send(&mut self, flow: &mut Flow, seq: u64, intended: u64) {
+        self.stamp(seq, intended);
         let ok = match flow {
             Flow::Udp(s) => s.send(&self.msg).is_ok(),
-            Flow::Tcp { stream, out, .. } => {
-                if out.is_empty() {
-                    match stream.write(&self.msg) {
-                        Ok(w) => {
-                            out.extend_from_slice(&self.msg[w..]);
-                            true
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            out.extend_from_slice(&self.msg);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                } else {
-                    out.extend_from_slice(&self.msg);
-                    true
-                }
-            }
+            Flow::Tcp { stream, out, .. } => tcp_queue(stream, out, &self.msg),
         };
         if !ok {
             self.r.send_errors += 1;
+        }
+    }
+
+    /// Closed loop: sends `k` new messages on `flow` in as few syscalls as possible (one
+    /// `sendmmsg` per batch, one write for TCP).
+    fn send_burst(&mut self, flow: &mut Flow, k: u64, tx: &mut Mmsg, out_buf: &mut Vec<u8>) {
+        let mut left = k as usize;
+        while left > 0 {
+            let n = left.min(tx.batch());
+            out_buf.clear();
+            for i in 0..n {
+                let seq = self.r.sent;
+                let now = self.now_ns();
+                self.stamp(seq, now);
+                match flow {
+                    Flow::Udp(_) => tx.fill(i, &self.msg),
+                    Flow::Tcp { .. } => out_buf.extend_from_slice(&self.msg),
+                }
+            }
+            let ok = match flow {
+                Flow::Udp(s) => tx.send(s, n).is_ok(),
+                Flow::Tcp { stream, out, .. } => tcp_queue(stream, out, out_buf),
+            };
+            if !ok {
+                self.r.send_errors += n as u64;
+            }
+            left -= n;
         }
     }
 
@@ -645,14 +680,14 @@ fn run_client(a: &ClientArgs) -> Result<ClientReport, String> {
     let drain = Duration::from_millis(300).as_nanos() as u64;
     let interval = if a.rate > 0.0 { 1e9 / a.rate } else { 0.0 };
     let mut mm = Mmsg::new(64, 2048);
+    let (mut tx, mut out_buf) = (Mmsg::new(64, a.size), Vec::new());
     let mut rr = 0usize;
-    // Closed loop: start the window.
+    // Closed loop: start the window, spread over the flows.
     if a.rate <= 0.0 {
-        for i in 0..a.window.max(1) {
-            let k = i % nflows;
-            let seq = c.r.sent;
-            let now = c.now_ns();
-            c.send(&mut flows[k], seq, now);
+        let w = a.window.max(1);
+        for (k, f) in flows.iter_mut().enumerate() {
+            let share = (w / nflows + usize::from(k < w % nflows)) as u64;
+            c.send_burst(f, share, &mut tx, &mut out_buf);
         }
     }
     loop {
@@ -690,11 +725,7 @@ fn run_client(a: &ClientArgs) -> Result<ClientReport, String> {
             let replies = read_flow(&mut c, &mut flows[k], &mut mm)?;
             // Closed loop: one new message per reply, on the same flow.
             if a.rate <= 0.0 && c.now_ns() < end_send {
-                for _ in 0..replies {
-                    let seq = c.r.sent;
-                    let now = c.now_ns();
-                    c.send(&mut flows[k], seq, now);
-                }
+                c.send_burst(&mut flows[k], replies, &mut tx, &mut out_buf);
             }
         }
     }
