@@ -141,7 +141,8 @@ fn main() -> ExitCode {
         // none), `cargo bench` with `--bench`: test ourselves.
         return self_test();
     }
-    let r = match Cli::parse().command {
+    // `cargo bench -- serve ...` appends `--bench` after the arguments.
+    let r = match Cli::parse_from(args.iter().filter(|a| *a != "--bench")).command {
         Command::Serve(a) => serve_main(&a),
         Command::Client(a) => client_main(&a),
     };
