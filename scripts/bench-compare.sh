@@ -29,6 +29,9 @@
 #   SCALE_BUDGET=600             ... and its time limit in seconds (runs that would not fit are
 #                                skipped and say so)
 #   QUICKFIX_DIR=/tmp/peers/quickfix  a built copy of the QuickFIX peer harness
+#   QUIET_WAIT=0 QUIET_PCT=10    before each run, wait up to QUIET_WAIT s for the machine to be
+#                                under QUIET_PCT % busy (all cores) for 2 s running; every run
+#                                records how much CPU other processes took during it anyway
 set -euo pipefail
 export GATEWAY_CPUS="${GATEWAY_CPUS:-0}" LOAD_CPUS="${LOAD_CPUS:-1}"
 # The backend is chosen per run below (--io); FLEETGATE_IO would override it for every run.
@@ -43,6 +46,7 @@ PROFILE="${PROFILE:-tuning/low-latency.toml}"
 PARTS="${PARTS:-udp tcp cpu sat resend scale}"
 SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
+QUIET_WAIT="${QUIET_WAIT:-0}" QUIET_PCT="${QUIET_PCT:-10}"
 CLK="$(getconf CLK_TCK)"
 
 # "0-2,5" -> "0,1,2,5"
@@ -146,6 +150,21 @@ proc_ns() {
 }
 machine_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
+# Waits (at most QUIET_WAIT s) until the machine is quiet; says so when it is not.
+quiet() {
+    [ "$QUIET_WAIT" -gt 0 ] || return 0
+    local t0=$SECONDS ok=0 a b pct
+    while [ $((SECONDS - t0)) -lt "$QUIET_WAIT" ]; do
+        a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+        sleep 1
+        b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+        pct=$(echo "$a $b" | awk '{d = $4 - $2; print (d > 0 ? int(100 * ($3 - $1) / d) : 0)}')
+        if [ "$pct" -lt "$QUIET_PCT" ]; then ok=$((ok + 1)); else ok=0; fi
+        [ "$ok" -ge 2 ] && return 0
+    done
+    echo "  (machine still ${pct}% busy after ${QUIET_WAIT}s; going on)"
+}
+
 # The measured window of a generator run: from WARMUP + 0.25 s after its start, for
 # DURATION - 0.5 s (inside the generator's own measured window, so that no process has exited
 # yet); the report scales the generator's echo count by window / DURATION.
@@ -178,6 +197,7 @@ window() {
 GW_TO="" GW_PID="" GW_NAME=""
 gw_start() { # NAME SHARDS CPULIST [serve args...]
     GW_NAME=$1; local shards=$2 cpus=$3; shift 3
+    quiet
     timeout "$((WARMUP + DURATION + 90))" "$BIN" serve --config "$PROFILE" --open-logon \
         --shards "$shards" --set "gateway.cpus=[$cpus]" \
         --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
@@ -227,21 +247,22 @@ fg_load() {
 
 # sockperf NAME udp|tcp RATE PORT
 sp_run() {
-    local name=$1 proto=$2 rate=$3 port=$4 flag="" to sp rc=0 s0 s1 t0 t1
+    local name=$1 proto=$2 rate=$3 port=$4 flag="" to sp rc=0 s0 s1 t0 t1 m0 m1
     [ "$proto" = tcp ] && flag="--tcp"
+    quiet
     timeout "$((DURATION + 40))" taskset -c "$SRV_CPU" sockperf server -i 127.0.0.1 -p "$port" \
         $flag >"$OUT/$name.server.log" 2>&1 &
     to=$!
     PIDS+=("$to")
     sp=$(child_of "$to")
     sleep 0.5
-    s0=$(tasks_ns "$sp"); t0=$(date +%s%N)
+    s0=$(tasks_ns "$sp"); t0=$(date +%s%N); m0=$(machine_busy_ticks)
     timeout "$((DURATION + 30))" taskset -c "$LOAD_CPUS" sockperf ping-pong -i 127.0.0.1 -p "$port" \
         $flag -t "$DURATION" --mps="$rate" --full-rtt -m "$MSG_BYTES" >"$OUT/$name.txt" 2>&1 || rc=$?
-    s1=$(tasks_ns "$sp"); t1=$(date +%s%N)
+    s1=$(tasks_ns "$sp"); t1=$(date +%s%N); m1=$(machine_busy_ticks)
     kill -TERM "$sp" 2>/dev/null || true
     wait "$to" 2>/dev/null || true
-    echo "{\"server_ns\":$((s1 - s0)),\"interval_ns\":$((t1 - t0)),\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >"$OUT/$name.cpu.json"
+    echo "{\"server_ns\":$((s1 - s0)),\"interval_ns\":$((t1 - t0)),\"machine_busy_ticks\":$((m1 - m0)),\"clk_tck\":$CLK,\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >"$OUT/$name.cpu.json"
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(grep -E 'Total Run|percentile 50.000' "$OUT/$name.txt" | tr -s ' ' | tr '\n' ' ' | head -c 200)"
 }
 
@@ -249,23 +270,28 @@ sp_run() {
 # LOAD_CPUS; the server reports its own CPU (echo thread, exact) at exit.
 floor_run() {
     local name=$1 smode=$2 cmode=$3; shift 3
-    local to rc=0
+    local to rc=0 t0 t1 m0 m1
+    quiet
     timeout "$((DURATION + 40))" "$FLOOR" serve --mode "$smode" --addr 127.0.0.1:7000 \
         --cpu "$SRV_CPU" --secs "$((DURATION + 30))" --idle-exit 1 \
         >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
     to=$!
     PIDS+=("$to")
     for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
+    t0=$(date +%s%N); m0=$(machine_busy_ticks)
     timeout "$((DURATION + 30))" taskset -c "$LOAD_CPUS" "$FLOOR" client --mode "$cmode" \
         --addr 127.0.0.1:7000 --size "$(( MSG_BYTES < 24 ? 24 : MSG_BYTES ))" --warmup 1 \
         --secs "$DURATION" --hlog "$OUT/$name.hlog" "$@" >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" || rc=$?
+    t1=$(date +%s%N); m1=$(machine_busy_ticks)
     wait "$to" || true
+    echo "{\"interval_ns\":$((t1 - t0)),\"machine_busy_ticks\":$((m1 - m0)),\"clk_tck\":$CLK,\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >"$OUT/$name.cpu.json"
     echo "$rc" >"$OUT/$name.rc"
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.server.json")"
 }
 
 QF_TO=""
 qf_start() { # NAME
+    quiet
     timeout 300 taskset -c "$SRV_CPU" "$QF_ACC" "$QUICKFIX_DIR/acceptor/qfacceptor.cfg" select 240 \
         >"$OUT/$1.acceptor.log" 2>&1 &
     QF_TO=$!

@@ -388,7 +388,15 @@ def main():
     for l in env.splitlines():
         if l.startswith(("placement", "gateway", "runs", "loadavg", "MISSING", "host")):
             print("  " + l)
-    for name in ("fg-udp-10k", "fg-tcp-10k", "fg-udp-60k", "fg-sat-uring", "fg-sat-epoll"):
+    for f in sorted(os.listdir(OUT)):
+        if not f.endswith(".cpu.json") or f.startswith(("fg-", "scale-")):
+            continue
+        c = load_json(f)
+        if c and c.get("machine_busy_ticks") is not None:
+            busy = c["machine_busy_ticks"] / c["clk_tck"] / (c["interval_ns"] / 1e9)
+            print(f"  machine during {f[:-9]}: {pct(busy)} of one core busy in all (this server and client included), "
+                  f"loadavg {c.get('loadavg_end')}")
+    for name in sorted(f[:-9] for f in os.listdir(OUT) if f.endswith(".cpu.json") and f.startswith(("fg-", "scale-"))):
         c = fg_cpu(name)
         if c:
             print(f"  machine during {name}: other processes {pct(c['others_cpu_share'])} of one core, loadavg {c['loadavg']}; "
