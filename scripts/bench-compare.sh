@@ -73,6 +73,14 @@ if [ -z "${SHARD_COUNTS:-}" ]; then
 fi
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 
+# Ports this script uses (gateway, metrics, echo_floor, sockperf, QuickFIX): all must be free.
+for port in 3006 4210 5000 9464 7000 11111 11112 19876; do
+    if ss -Htuln "sport = :$port" | grep -q .; then
+        echo "port $port is in use on this host; stop what holds it (ss -lnp 'sport = :$port')" >&2
+        exit 1
+    fi
+done
+
 OUT="$ROOT/results/$(date +%Y%m%d-%H%M%S)-bench-compare"
 mkdir -p "$OUT"
 echo "results: $OUT"
@@ -81,7 +89,7 @@ echo "results: $OUT"
 MISSING=()
 FLOOR=""
 echo "building the echo_floor bench (release)..."
-FLOOR=$(cargo build --release --quiet --bench echo_floor --message-format=json 2>/dev/null \
+FLOOR=$(cargo build --release --quiet --bench echo_floor --message-format=json \
     | python3 -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -103,7 +111,7 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
     echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST] (no taskset on the process: acceptor, housekeeping, HTTP and trace threads unpinned); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS"
     echo "gateway: profile $PROFILE, $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
-    echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version #[^ ]*' | tr -d '#' || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
+    echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
     echo "loadavg_before: $(cat /proc/loadavg)"
     for m in "${MISSING[@]}"; do echo "MISSING $m"; done
 } | tee "$OUT/env.txt"
@@ -313,8 +321,8 @@ T_START=$SECONDS
 # ----------------------------------------------------------------------------- latency, UDP
 if want udp; then
     echo "== UDP echo at $RATE/s over $DEVICES sessions"
-    gw_start fg-udp-10k 1 "$SRV_CPU"
-    fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
+    gw_start fg-udp-10k 1 "$SRV_CPU" \
+        && fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
     gw_stop
     have_sp && sp_run sp-udp-10k udp "$RATE" 11111
     floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
@@ -323,8 +331,8 @@ fi
 # ----------------------------------------------------------------------------- latency, TCP
 if want tcp; then
     echo "== TCP echo at $RATE/s over $TCP_CLIENTS clients"
-    gw_start fg-tcp-10k 1 "$SRV_CPU"
-    fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16
+    gw_start fg-tcp-10k 1 "$SRV_CPU" \
+        && fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16
     gw_stop
     have_sp && sp_run sp-tcp-10k tcp "$RATE" 11112
     floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS"
@@ -342,8 +350,8 @@ fi
 # ----------------------------------------------------------------------------- CPU per echo
 if want cpu; then
     echo "== CPU per echo at $RATE_HIGH/s"
-    gw_start fg-udp-60k 1 "$SRV_CPU"
-    fg_load fg-udp-60k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE_HIGH" --body-bytes 16
+    gw_start fg-udp-60k 1 "$SRV_CPU" \
+        && fg_load fg-udp-60k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE_HIGH" --body-bytes 16
     gw_stop
     floor_run floor-mmsg-60k udp-mmsg udp --rate "$RATE_HIGH" --flows "$DEVICES"
     floor_run floor-uring-60k udp-uring udp --rate "$RATE_HIGH" --flows "$DEVICES"
@@ -352,11 +360,11 @@ fi
 # ----------------------------------------------------------------------------- saturation
 if want sat; then
     echo "== saturation: offered $SAT_RATE/s to one shard; the echo floor closed loop, 256 in flight"
-    gw_start fg-sat-uring 1 "$SRV_CPU" --io uring
-    fg_load fg-sat-uring "$LOAD_CPUS" --devices "$DEVICES" --rate "$SAT_RATE" --threads "$LOAD_THREADS" --body-bytes 16
+    gw_start fg-sat-uring 1 "$SRV_CPU" --io uring \
+        && fg_load fg-sat-uring "$LOAD_CPUS" --devices "$DEVICES" --rate "$SAT_RATE" --threads "$LOAD_THREADS" --body-bytes 16
     gw_stop
-    gw_start fg-sat-epoll 1 "$SRV_CPU" --io epoll
-    fg_load fg-sat-epoll "$LOAD_CPUS" --devices "$DEVICES" --rate "$SAT_RATE" --threads "$LOAD_THREADS" --body-bytes 16
+    gw_start fg-sat-epoll 1 "$SRV_CPU" --io epoll \
+        && fg_load fg-sat-epoll "$LOAD_CPUS" --devices "$DEVICES" --rate "$SAT_RATE" --threads "$LOAD_THREADS" --body-bytes 16
     gw_stop
     floor_run floor-sat-uring udp-uring udp --rate 0 --window 256 --flows 4
     floor_run floor-sat-mmsg udp-mmsg udp --rate 0 --window 256 --flows 4
@@ -390,8 +398,8 @@ if want scale; then
             echo "skipped: time budget" >"$OUT/scale-$n.skipped"
             continue
         fi
-        gw_start "scale-$n" "$n" "$ALL_CPUS"
-        fg_load "scale-$n" "$ALL_CPUS" --devices "$DEVICES" --rate "$(( SAT_RATE * n ))" --threads "$NCPU" --body-bytes 16
+        gw_start "scale-$n" "$n" "$ALL_CPUS" \
+            && fg_load "scale-$n" "$ALL_CPUS" --devices "$DEVICES" --rate "$(( SAT_RATE * n ))" --threads "$NCPU" --body-bytes 16
         gw_stop
     done
 fi
