@@ -417,6 +417,8 @@ pub struct UringUdpEcho {
     /// Operations pushed whose final CQE has not been seen (the receive while armed, sends).
     inflight: usize,
     setup: &'static str,
+    /// Completions taken from the CQ in one go; capacity fixed at the CQ size.
+    cqes: Vec<(u64, i32, u32)>,
     /// Totals so far.
     pub counts: EchoCounts,
 }
@@ -455,6 +457,7 @@ impl UringUdpEcho {
             armed: false,
             inflight: 0,
             setup,
+            cqes: Vec::with_capacity(4 * usize::from(count)),
             counts: EchoCounts::default(),
         };
         for bid in 0..count {
@@ -523,11 +526,17 @@ impl UringUdpEcho {
                 return Err(e);
             }
         }
-        let mut handled = 0;
-        loop {
-            let Some(cqe) = self.ring.completion().next() else { break };
-            handled += 1;
-            let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        // Take the whole CQ at once (one head update), then handle it.
+        let mut cqes = core::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .take(cqes.capacity())
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let handled = cqes.len();
+        for &(ud, res, flags) in &cqes {
             if ud == RECV {
                 if !cqueue::more(flags) {
                     self.armed = false;
@@ -548,6 +557,7 @@ impl UringUdpEcho {
                 self.inflight -= 1;
             }
         }
+        self.cqes = cqes;
         Ok(handled)
     }
 
