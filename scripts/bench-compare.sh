@@ -29,6 +29,12 @@
 #   SCALE_BUDGET=600             ... and its time limit in seconds (runs that would not fit are
 #                                skipped and say so)
 #   QUICKFIX_DIR=/tmp/peers/quickfix  a built copy of the QuickFIX peer harness
+#   NICE=0                       nice value of every process started here, servers and clients
+#                                alike (e.g. -10 on a machine shared with other work: the
+#                                measured processes then win the CPU from the rest). With
+#                                autogroup scheduling on, nice only counts inside a session's
+#                                group, so the script's own group gets it too while it runs
+#                                (/proc/self/autogroup, put back at exit)
 #   QUIET_WAIT=0 QUIET_PCT=10    before each run, wait up to QUIET_WAIT s for the machine to be
 #                                under QUIET_PCT % busy (all cores) for 2 s running; every run
 #                                records how much CPU other processes took during it anyway
@@ -47,6 +53,8 @@ PARTS="${PARTS:-udp tcp cpu sat resend scale}"
 SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
 QUIET_WAIT="${QUIET_WAIT:-0}" QUIET_PCT="${QUIET_PCT:-10}"
+NICE="${NICE:-0}"
+PRIO="nice -n $NICE"
 CLK="$(getconf CLK_TCK)"
 
 # "0-2,5" -> "0,1,2,5"
@@ -108,7 +116,7 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm), $NCPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST] (no taskset on the process: acceptor, housekeeping, HTTP and trace threads unpinned); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS"
+    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST] (no taskset on the process: acceptor, housekeeping, HTTP and trace threads unpinned); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
     echo "gateway: profile $PROFILE, $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
     echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
@@ -118,11 +126,22 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
 
 # ----------------------------------------------------------------------------- helpers
 PIDS=()
+AUTOGROUP_NICE=""
 cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    if [ -n "$AUTOGROUP_NICE" ]; then echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null || true; fi
 }
 trap cleanup EXIT
+if [ "$NICE" != 0 ] && [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ]; then
+    prev=$(sed -n 's/.* nice \(-\{0,1\}[0-9]*\)$/\1/p' /proc/self/autogroup)
+    if echo "$NICE" >/proc/self/autogroup 2>/dev/null; then
+        AUTOGROUP_NICE="${prev:-0}"
+        echo "autogroup: $(cat /proc/self/autogroup) while this script runs (was nice $AUTOGROUP_NICE)" | tee -a "$OUT/env.txt"
+    else
+        echo "autogroup: could not set its nice to $NICE (needs CAP_SYS_NICE); NICE applies within the group only" | tee -a "$OUT/env.txt"
+    fi
+fi
 
 # The process `timeout` runs (taskset execs its command, so that is the real process).
 child_of() {
@@ -206,7 +225,7 @@ GW_TO="" GW_PID="" GW_NAME=""
 gw_start() { # NAME SHARDS CPULIST [serve args...]
     GW_NAME=$1; local shards=$2 cpus=$3; shift 3
     quiet
-    timeout "$((WARMUP + DURATION + 90))" "$BIN" serve --config "$PROFILE" --open-logon \
+    timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$PROFILE" --open-logon \
         --shards "$shards" --set "gateway.cpus=[$cpus]" \
         --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
         --metrics-addr 127.0.0.1:9464 --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
@@ -241,7 +260,7 @@ gw_stop() {
 fg_load() {
     local name=$1 lcpus=$2; shift 2
     local to lp rc=0
-    timeout "$((WARMUP + DURATION + 60))" taskset -c "$lcpus" "$BIN" load steady --json \
+    timeout "$((WARMUP + DURATION + 60))" $PRIO taskset -c "$lcpus" "$BIN" load steady --json \
         --warmup "$WARMUP" --duration "$DURATION" --hist-log "$OUT/$name.hlog" "$@" \
         >"$OUT/$name.json" 2>"$OUT/$name.load.log" &
     to=$!
@@ -258,14 +277,14 @@ sp_run() {
     local name=$1 proto=$2 rate=$3 port=$4 flag="" to sp rc=0 s0 s1 t0 t1 m0 m1
     [ "$proto" = tcp ] && flag="--tcp"
     quiet
-    timeout "$((DURATION + 40))" taskset -c "$SRV_CPU" sockperf server -i 127.0.0.1 -p "$port" \
+    timeout "$((DURATION + 40))" $PRIO taskset -c "$SRV_CPU" sockperf server -i 127.0.0.1 -p "$port" \
         $flag >"$OUT/$name.server.log" 2>&1 &
     to=$!
     PIDS+=("$to")
     sp=$(child_of "$to")
     sleep 0.5
     s0=$(tasks_ns "$sp"); t0=$(date +%s%N); m0=$(machine_busy_ticks)
-    timeout "$((DURATION + 30))" taskset -c "$LOAD_CPUS" sockperf ping-pong -i 127.0.0.1 -p "$port" \
+    timeout "$((DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" sockperf ping-pong -i 127.0.0.1 -p "$port" \
         $flag -t "$DURATION" --mps="$rate" --full-rtt -m "$MSG_BYTES" >"$OUT/$name.txt" 2>&1 || rc=$?
     s1=$(tasks_ns "$sp"); t1=$(date +%s%N); m1=$(machine_busy_ticks)
     kill -TERM "$sp" 2>/dev/null || true
@@ -280,14 +299,14 @@ floor_run() {
     local name=$1 smode=$2 cmode=$3; shift 3
     local to rc=0 t0 t1 m0 m1
     quiet
-    timeout "$((DURATION + 40))" "$FLOOR" serve --mode "$smode" --addr 127.0.0.1:7000 \
+    timeout "$((DURATION + 40))" $PRIO "$FLOOR" serve --mode "$smode" --addr 127.0.0.1:7000 \
         --cpu "$SRV_CPU" --secs "$((DURATION + 30))" --idle-exit 1 \
         >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
     to=$!
     PIDS+=("$to")
     for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
     t0=$(date +%s%N); m0=$(machine_busy_ticks)
-    timeout "$((DURATION + 30))" taskset -c "$LOAD_CPUS" "$FLOOR" client --mode "$cmode" \
+    timeout "$((DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" "$FLOOR" client --mode "$cmode" \
         --addr 127.0.0.1:7000 --size "$(( MSG_BYTES < 24 ? 24 : MSG_BYTES ))" --warmup 1 \
         --secs "$DURATION" --hlog "$OUT/$name.hlog" "$@" >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" || rc=$?
     t1=$(date +%s%N); m1=$(machine_busy_ticks)
@@ -300,7 +319,7 @@ floor_run() {
 QF_TO=""
 qf_start() { # NAME
     quiet
-    timeout 300 taskset -c "$SRV_CPU" "$QF_ACC" "$QUICKFIX_DIR/acceptor/qfacceptor.cfg" select 240 \
+    timeout 300 $PRIO taskset -c "$SRV_CPU" "$QF_ACC" "$QUICKFIX_DIR/acceptor/qfacceptor.cfg" select 240 \
         >"$OUT/$1.acceptor.log" 2>&1 &
     QF_TO=$!
     PIDS+=("$QF_TO")
@@ -338,7 +357,7 @@ if want tcp; then
     floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS"
     if have_qf; then
         qf_start qf-rtt-10k && {
-            timeout "$((DURATION + 60))" taskset -c "$LOAD_CPUS" "$QF_CLI" rtt \
+            timeout "$((DURATION + 60))" $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" rtt \
                 --n "$(( (DURATION + 1) * RATE ))" --rate "$RATE" --warmup "$RATE" \
                 --max-secs "$((DURATION + 30))" --label qf-rtt-10k >"$OUT/qf-rtt-10k.txt" 2>&1 || true
             qf_stop
@@ -378,7 +397,7 @@ if want resend; then
     # the row says what is missing (see the table) instead of a figure.
     if have_qf; then
         qf_start qf-resend-10000 && {
-            timeout 150 taskset -c "$LOAD_CPUS" "$QF_CLI" resend --n 10000 --repeat 3 --window 256 \
+            timeout 150 $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" resend --n 10000 --repeat 3 --window 256 \
                 --max-secs 60 --label qf-resend-10000 >"$OUT/qf-resend-10000.txt" 2>&1 || true
             qf_stop
             printf '  %-22s %s\n' qf-resend-10000 "$(grep median "$OUT/qf-resend-10000.txt")"
