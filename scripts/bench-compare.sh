@@ -345,6 +345,9 @@ if want udp; then
     gw_stop
     have_sp && sp_run sp-udp-10k udp "$RATE" 11111
     floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
+    # The same with a client that spins instead of sleeping between sends (as sockperf's does):
+    # the difference is what waking the client costs, not the server.
+    floor_run floor-udp-10k-spin udp-mmsg udp --rate "$RATE" --flows "$DEVICES" --busy-poll
 fi
 
 # ----------------------------------------------------------------------------- latency, TCP
