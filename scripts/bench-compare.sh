@@ -146,10 +146,10 @@ fi
 # The process `timeout` runs (taskset execs its command, so that is the real process).
 child_of() {
     local c=""
-    for _ in $(seq 50); do
+    for _ in $(seq 100); do
         c=$(pgrep -P "$1" | head -1 || true)
         [ -n "$c" ] && break
-        sleep 0.02
+        sleep 0.05
     done
     echo "$c"
 }
@@ -173,7 +173,7 @@ tasks_ns() {
 proc_ns() {
     local f
     f=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}') || true
-    [ -n "$f" ] && echo $((f * 1000000000 / CLK))
+    if [ -n "$f" ]; then echo $((f * 1000000000 / CLK)); fi
 }
 machine_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
@@ -251,7 +251,7 @@ gw_stop() {
         # SIGTERM logs every session out and exits within 2 s.
         timeout 5 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID" 2>/dev/null || true
     fi
-    [ -n "$GW_TO" ] && { wait "$GW_TO" 2>/dev/null || true; }
+    if [ -n "$GW_TO" ]; then wait "$GW_TO" 2>/dev/null || true; fi
     GW_TO="" GW_PID=""
 }
 
