@@ -35,6 +35,8 @@
 #                                autogroup scheduling on, nice only counts inside a session's
 #                                group, so the script's own group gets it too while it runs
 #                                (/proc/self/autogroup, put back at exit)
+#   PORT_OFFSET=0                added to every port used (gateway 3006/4210/5000+/9464,
+#                                echo_floor 7000, sockperf 11111-11112, QuickFIX 19876)
 #   QUIET_WAIT=0 QUIET_PCT=10    before each run, wait up to QUIET_WAIT s for the machine to be
 #                                under QUIET_PCT % busy (all cores) for 2 s running; every run
 #                                records how much CPU other processes took during it anyway
@@ -54,6 +56,11 @@ SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
 QUIET_WAIT="${QUIET_WAIT:-0}" QUIET_PCT="${QUIET_PCT:-10}"
 NICE="${NICE:-0}"
+# Ports (all on 127.0.0.1), moved together by PORT_OFFSET when another gateway uses the defaults.
+PORT_OFFSET="${PORT_OFFSET:-0}"
+P_HS=$((3006 + PORT_OFFSET)) P_TCP=$((4210 + PORT_OFFSET)) P_SESSION=$((5000 + PORT_OFFSET))
+P_METRICS=$((9464 + PORT_OFFSET)) P_FLOOR=$((7000 + PORT_OFFSET)) P_SP=$((11111 + PORT_OFFSET))
+P_QF=$((19876 + PORT_OFFSET))
 PRIO="nice -n $NICE"
 CLK="$(getconf CLK_TCK)"
 
@@ -82,7 +89,7 @@ fi
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # Ports this script uses (gateway, metrics, echo_floor, sockperf, QuickFIX): all must be free.
-for port in 3006 4210 5000 9464 7000 11111 11112 19876; do
+for port in $P_HS $P_TCP $P_SESSION $P_METRICS $P_FLOOR $P_SP $((P_SP + 1)) $P_QF; do
     if ss -Htuln "sport = :$port" | grep -q .; then
         echo "port $port is in use on this host; stop what holds it (ss -lnp 'sport = :$port')" >&2
         exit 1
@@ -227,17 +234,17 @@ gw_start() { # NAME SHARDS CPULIST [serve args...]
     quiet
     timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$PROFILE" --open-logon \
         --shards "$shards" --set "gateway.cpus=[$cpus]" \
-        --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
-        --metrics-addr 127.0.0.1:9464 --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
+        --handshake-addr "127.0.0.1:$P_HS" --tcp-addr "127.0.0.1:$P_TCP" --session-port-base "$P_SESSION" \
+        --metrics-addr "127.0.0.1:$P_METRICS" --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
         >"$OUT/$GW_NAME.gateway.log" 2>&1 &
     GW_TO=$!
     PIDS+=("$GW_TO")
     for _ in $(seq 50); do
-        curl -sf http://127.0.0.1:9464/healthz >/dev/null 2>&1 && break
+        curl -sf http://127.0.0.1:$P_METRICS/healthz >/dev/null 2>&1 && break
         sleep 0.1
     done
     GW_PID=$(child_of "$GW_TO")
-    if [ -z "$GW_PID" ] || ! curl -sf http://127.0.0.1:9464/healthz >/dev/null 2>&1; then
+    if [ -z "$GW_PID" ] || ! curl -sf http://127.0.0.1:$P_METRICS/healthz >/dev/null 2>&1; then
         echo "gateway did not come up; log:" >&2
         cat "$OUT/$GW_NAME.gateway.log" >&2
         gw_stop
@@ -246,7 +253,7 @@ gw_start() { # NAME SHARDS CPULIST [serve args...]
 }
 gw_stop() {
     if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        curl -sf http://127.0.0.1:9464/metrics >"$OUT/$GW_NAME.metrics.txt" 2>/dev/null || true
+        curl -sf http://127.0.0.1:$P_METRICS/metrics >"$OUT/$GW_NAME.metrics.txt" 2>/dev/null || true
         kill -TERM "$GW_PID" 2>/dev/null || true
         # SIGTERM logs every session out and exits within 2 s.
         timeout 5 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID" 2>/dev/null || true
@@ -261,6 +268,7 @@ fg_load() {
     local name=$1 lcpus=$2; shift 2
     local to lp rc=0
     timeout "$((WARMUP + DURATION + 60))" $PRIO taskset -c "$lcpus" "$BIN" load steady --json \
+        --handshake "127.0.0.1:$P_HS" --tcp "127.0.0.1:$P_TCP" \
         --warmup "$WARMUP" --duration "$DURATION" --hist-log "$OUT/$name.hlog" "$@" \
         >"$OUT/$name.json" 2>"$OUT/$name.load.log" &
     to=$!
@@ -299,7 +307,7 @@ floor_run() {
     local name=$1 smode=$2 cmode=$3; shift 3
     local to rc=0 t0 t1 m0 m1
     quiet
-    timeout "$((DURATION + 40))" $PRIO "$FLOOR" serve --mode "$smode" --addr 127.0.0.1:7000 \
+    timeout "$((DURATION + 40))" $PRIO "$FLOOR" serve --mode "$smode" --addr "127.0.0.1:$P_FLOOR" \
         --cpu "$SRV_CPU" --secs "$((DURATION + 30))" --idle-exit 1 \
         >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
     to=$!
@@ -307,7 +315,7 @@ floor_run() {
     for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
     t0=$(date +%s%N); m0=$(machine_busy_ticks)
     timeout "$((DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" "$FLOOR" client --mode "$cmode" \
-        --addr 127.0.0.1:7000 --size "$(( MSG_BYTES < 24 ? 24 : MSG_BYTES ))" --warmup 1 \
+        --addr "127.0.0.1:$P_FLOOR" --size "$(( MSG_BYTES < 24 ? 24 : MSG_BYTES ))" --warmup 1 \
         --secs "$DURATION" --hlog "$OUT/$name.hlog" "$@" >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" || rc=$?
     t1=$(date +%s%N); m1=$(machine_busy_ticks)
     wait "$to" || true
@@ -319,7 +327,8 @@ floor_run() {
 QF_TO=""
 qf_start() { # NAME
     quiet
-    timeout 300 $PRIO taskset -c "$SRV_CPU" "$QF_ACC" "$QUICKFIX_DIR/acceptor/qfacceptor.cfg" select 240 \
+    sed "s/^SocketAcceptPort=.*/SocketAcceptPort=$P_QF/" "$QUICKFIX_DIR/acceptor/qfacceptor.cfg" >"$OUT/qfacceptor.cfg"
+    timeout 300 $PRIO taskset -c "$SRV_CPU" "$QF_ACC" "$OUT/qfacceptor.cfg" select 240 \
         >"$OUT/$1.acceptor.log" 2>&1 &
     QF_TO=$!
     PIDS+=("$QF_TO")
@@ -343,7 +352,7 @@ if want udp; then
     gw_start fg-udp-10k 1 "$SRV_CPU" \
         && fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
     gw_stop
-    have_sp && sp_run sp-udp-10k udp "$RATE" 11111
+    have_sp && sp_run sp-udp-10k udp "$RATE" "$P_SP"
     floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
     # The same with a client that spins instead of sleeping between sends (as sockperf's does):
     # the difference is what waking the client costs, not the server.
@@ -356,11 +365,11 @@ if want tcp; then
     gw_start fg-tcp-10k 1 "$SRV_CPU" \
         && fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16
     gw_stop
-    have_sp && sp_run sp-tcp-10k tcp "$RATE" 11112
+    have_sp && sp_run sp-tcp-10k tcp "$RATE" "$((P_SP + 1))"
     floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS"
     if have_qf; then
         qf_start qf-rtt-10k && {
-            timeout "$((DURATION + 60))" $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" rtt \
+            timeout "$((DURATION + 60))" $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" rtt --port "$P_QF" \
                 --n "$(( (DURATION + 1) * RATE ))" --rate "$RATE" --warmup "$RATE" \
                 --max-secs "$((DURATION + 30))" --label qf-rtt-10k >"$OUT/qf-rtt-10k.txt" 2>&1 || true
             qf_stop
@@ -400,7 +409,7 @@ if want resend; then
     # the row says what is missing (see the table) instead of a figure.
     if have_qf; then
         qf_start qf-resend-10000 && {
-            timeout 150 $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" resend --n 10000 --repeat 3 --window 256 \
+            timeout 150 $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" resend --port "$P_QF" --n 10000 --repeat 3 --window 256 \
                 --max-secs 60 --label qf-resend-10000 >"$OUT/qf-resend-10000.txt" 2>&1 || true
             qf_stop
             printf '  %-22s %s\n' qf-resend-10000 "$(grep median "$OUT/qf-resend-10000.txt")"
