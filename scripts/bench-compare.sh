@@ -199,26 +199,29 @@ quiet() {
     echo "  (machine still ${pct}% busy after ${QUIET_WAIT}s; going on)"
 }
 
-# The measured window of a generator run: from WARMUP + 0.25 s after its start, for
-# DURATION - 0.5 s (inside the generator's own measured window, so that no process has exited
-# yet); the report scales the generator's echo count by window / DURATION.
-WINDOW_LEAD=$(awk -v w="$WARMUP" 'BEGIN {print w + 0.25}')
-WINDOW=$(awk -v d="$DURATION" 'BEGIN {print (d > 1 ? d - 0.5 : d)}')
+# The measured window of a generator run: from WARMUP + 0.25 s after its launch to 0.75 s
+# before its measured window ends (so that no process has exited yet), timed from the launch, not
+# from when this script got round to sampling; the report scales the generator's echo count by
+# window / DURATION.
+sleep_until() { # epoch ns
+    local d=$(( $1 - $(date +%s%N) ))
+    if [ "$d" -gt 0 ]; then sleep "$(awk -v d="$d" 'BEGIN {printf "%.3f", d / 1e9}')"; fi
+}
 
-# window NAME SPEC...: samples CPU over the window and writes NAME.cpu.json. SPEC is
+# window NAME LAUNCH_NS SPEC...: samples CPU over the window and writes NAME.cpu.json. SPEC is
 # label:threads:PID:PREFIX (summed schedstat of the threads whose name starts with PREFIX:
 # exact, for threads that live through the window) or label:proc:PID (the whole process).
 window() {
-    local name=$1; shift
+    local name=$1 launch=$2; shift 2
     local spec a k b c t0 t1 m0 m1 l0 v json=""
     declare -A s0
     sample() { # kind pid prefix
         if [ "$1" = threads ]; then tasks_ns "$2" "$3"; else proc_ns "$2"; fi
     }
-    sleep "$WINDOW_LEAD"
+    sleep_until $((launch + WARMUP * 1000000000 + 250000000))
     l0=$(cut -d' ' -f1-3 /proc/loadavg); m0=$(machine_busy_ticks); t0=$(date +%s%N)
     for spec in "$@"; do IFS=: read -r a k b c <<<"$spec"; s0[$a]=$(sample "$k" "$b" "$c"); done
-    sleep "$WINDOW"
+    sleep_until $((launch + (WARMUP + DURATION) * 1000000000 - 750000000))
     for spec in "$@"; do
         IFS=: read -r a k b c <<<"$spec"
         v=$(sample "$k" "$b" "$c")
@@ -266,7 +269,8 @@ gw_stop() {
 # the shard threads', the gateway's and the generator's CPU sampled over the measured window.
 fg_load() {
     local name=$1 lcpus=$2; shift 2
-    local to lp rc=0
+    local to lp rc=0 launch
+    launch=$(date +%s%N)
     timeout "$((WARMUP + DURATION + 60))" $PRIO taskset -c "$lcpus" "$BIN" load steady --json \
         --handshake "127.0.0.1:$P_HS" --tcp "127.0.0.1:$P_TCP" \
         --warmup "$WARMUP" --duration "$DURATION" --hist-log "$OUT/$name.hlog" "$@" \
@@ -274,7 +278,7 @@ fg_load() {
     to=$!
     PIDS+=("$to")
     lp=$(child_of "$to")
-    window "$name" "shard:threads:$GW_PID:fleetgate-shard" "gateway:proc:$GW_PID" "generator:proc:$lp"
+    window "$name" "$launch" "shard:threads:$GW_PID:fleetgate-shard" "gateway:proc:$GW_PID" "generator:proc:$lp"
     wait "$to" || rc=$?
     echo "$rc" >"$OUT/$name.rc"
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 300 "$OUT/$name.json")"
