@@ -53,6 +53,7 @@ use std::time::Duration;
 use crate::ids::ConnId;
 
 pub mod epoll;
+pub mod floor;
 pub mod uring;
 
 /// An input reported by [`Backend::poll`].
