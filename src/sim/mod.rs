@@ -29,6 +29,7 @@ use crate::session::{
 use crate::time::Timestamp;
 
 pub mod alloc;
+mod mem;
 mod pair;
 #[cfg(test)]
 mod rules;
@@ -36,6 +37,7 @@ mod rules;
 mod scenarios;
 
 pub use crate::rng::Rng;
+pub use mem::{MemBackend, Sent};
 pub use pair::{Pair, Peer, Watch, feed};
 
 /// Faults applied to each UDP datagram, per direction.
@@ -65,6 +67,23 @@ impl Faults {
             corrupt: 0.005,
             delay_min: Duration::from_micros(200),
             jitter: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Whether the io_uring flavour of a test can run here. When `io::uring::probe()` fails it
+/// prints why and returns false (the caller returns early), unless `FLEETGATE_REQUIRE_URING=1`
+/// is set, as CI sets it on machines with io_uring: then it panics, so a refused io_uring fails
+/// every io_uring test instead of letting them pass without running.
+pub fn uring_available(test: &str) -> bool {
+    match crate::io::uring::probe() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("FLEETGATE_REQUIRE_URING").is_some_and(|v| v == "1") => {
+            panic!("{test}: io_uring required (FLEETGATE_REQUIRE_URING=1) but unusable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: io_uring unusable here: {why}");
+            false
         }
     }
 }

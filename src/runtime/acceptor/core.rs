@@ -3,15 +3,19 @@
 //! ([`super::run_poll`], [`super::uring`]) do the socket I/O around it.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{AcceptorSpec, refuse};
-use crate::protocol::{Body, ConnectionRejectReason, DecodeError, Message, split_frame};
+use crate::counters::{Counter, Counters};
+use crate::protocol::{
+    Body, ConnectionRejectReason, DecodeError, HEADER_LEN, Header, Message, MessageType,
+    split_frame,
+};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
-use crate::runtime::report::{AcceptorCounters, AcceptorReport};
+use crate::runtime::report::AcceptorReport;
 use crate::session::handshake::{
     CookieKey, HandshakeConfig, HandshakeOutcome, answer_connection_request, cookie_keys, shard_for,
 };
@@ -40,21 +44,24 @@ pub struct Core {
     /// Set by the signal handler.
     pub shutdown: Arc<AtomicBool>,
     handoffs: Vec<rtrb::Producer<Handoff>>,
-    wakes: Vec<RawFd>,
+    wakes: Vec<OwnedFd>,
     /// LogonRequest deadline after accept.
     pub logon_timeout: Duration,
     rate_per_s: u32,
     burst: u32,
-    /// Connections waiting for their LogonRequest, at most.
+    /// Connections waiting for their LogonRequest, at most (`tcp.max_pending_logons`); a new
+    /// one beyond closes the oldest.
     pub max_pending: usize,
-    report: Arc<Mutex<AcceptorReport>>,
+    /// Largest first frame (`tcp.max_message_bytes`, and at most the handoff buffer).
+    max_first_frame: usize,
+    report: rtrb::Producer<AcceptorReport>,
     /// ConnectionRequest token buckets per source (IPv4 address, IPv6 /64).
     buckets: LimitTable<Source, TokenBucket>,
     key: (Timestamp, CookieKey),
     tx: [u8; 2048],
     published: Timestamp,
     /// The counters.
-    pub counters: AcceptorCounters,
+    pub counters: Counters,
 }
 
 impl Core {
@@ -72,21 +79,16 @@ impl Core {
             logon_timeout: spec.logon_timeout,
             rate_per_s: spec.rate_per_s,
             burst: spec.burst,
-            max_pending: spec.max_pending,
+            max_pending: spec.max_pending.max(1),
+            max_first_frame: spec.max_message_bytes.min(HANDOFF_BYTES),
             report: spec.report,
             buckets: LimitTable::new(BUCKETS, bucket_seed(&spec.master)),
             key: (Timestamp::ZERO, key),
             tx: [0; 2048],
             published: Timestamp::ZERO,
-            counters: AcceptorCounters::default(),
+            counters: Counters::default(),
         };
         (core, spec.udp, spec.tcp, spec.uring)
-    }
-
-    /// Sources the ConnectionRequest limiter could not track (their set was full of empty
-    /// buckets): they were rate limited, and are counted in `rate_limited` too.
-    pub fn untracked_sources(&self) -> u64 {
-        self.buckets.untracked()
     }
 
     /// True once shutdown is asked for.
@@ -100,11 +102,17 @@ impl Core {
             self.key = (now, cookie_keys(&self.master, now, self.cookie_rotate).current);
         }
         let (rate, burst) = (self.rate_per_s, self.burst);
-        // A source whose set is full of empty buckets cannot be tracked: rate limited too.
-        let allowed = self
+        let allowed = match self
             .buckets
             .entry(Source::of(from.ip()), now, || TokenBucket::full(now, burst))
-            .is_some_and(|b| b.take(now, rate, burst));
+        {
+            Some(b) => b.take(now, rate, burst),
+            None => {
+                // Its set is full of empty buckets: it cannot be tracked, so it is limited.
+                self.counters.incr(Counter::ConnectionRequestsUntracked);
+                false
+            }
+        };
         let refuse = (!allowed).then_some(ConnectionRejectReason::RateLimited);
         let c = &mut self.counters;
         match answer_connection_request(
@@ -117,41 +125,57 @@ impl Core {
             &mut self.tx,
         ) {
             HandshakeOutcome::Accepted { len, .. } => {
-                c.accepted += 1;
+                c.incr(Counter::ConnectionRequestsAccepted);
                 Some(&self.tx[..len])
             }
             HandshakeOutcome::Rejected { len, reason } => {
-                c.rejected += 1;
-                if reason == ConnectionRejectReason::RateLimited {
-                    c.rate_limited += 1;
-                }
+                c.incr(if reason == ConnectionRejectReason::RateLimited {
+                    Counter::ConnectionRequestsRateLimited
+                } else {
+                    Counter::ConnectionRequestsRejected
+                });
                 Some(&self.tx[..len])
             }
             HandshakeOutcome::Dropped(_) => {
-                c.dropped += 1;
+                c.incr(Counter::ConnectionRequestsDropped);
                 None
             }
         }
     }
 
     /// What to do with a pending connection holding `bytes`, accepted with `deadline` for its
-    /// first frame. Counts refusals.
+    /// first frame. Counts refusals. A first frame that cannot be a LogonRequest (bad header,
+    /// another type, a length other than a LogonRequest's) is refused as soon as its header is
+    /// in, not at the deadline (DESIGN.md §2 rule 12).
     pub fn first_frame(&mut self, now: Timestamp, bytes: &[u8], deadline: Timestamp) -> Step {
+        if bytes.len() >= HEADER_LEN {
+            let why = match Header::decode(bytes) {
+                Err(e) => Some(e.as_str()),
+                Ok(h) if h.type_id != MessageType::LogonRequest as u16 => Some("logon required"),
+                Ok(h) if usize::from(h.length) > self.max_first_frame => Some("message too long"),
+                Ok(h) if usize::from(h.length) != LOGON_REQUEST_LEN => Some("length mismatch"),
+                Ok(_) => None,
+            };
+            if let Some(why) = why {
+                self.counters.incr(Counter::TcpMalformed);
+                return Step::Refuse(why);
+            }
+        }
         match split_frame(bytes) {
             Ok((frame, _)) => Step::HandOff(match Message::decode_frame(frame) {
                 Ok(Message { body: Body::LogonRequest { username, .. }, .. }) => {
                     shard_for(username.as_bytes(), self.handoffs.len())
                 }
-                // Let the shard answer anything else with the right LoggedOut.
+                // A LogonRequest with a bad body: the shard answers it with the right LoggedOut.
                 _ => 0,
             }),
             Err(DecodeError::Truncated { .. }) if now >= deadline => {
-                self.counters.logon_timeouts += 1;
+                self.counters.incr(Counter::TcpLogonTimeouts);
                 Step::Refuse("logon timeout")
             }
             Err(DecodeError::Truncated { .. }) if bytes.len() < HANDOFF_BYTES => Step::NeedMore,
             Err(e) => {
-                self.counters.tcp_malformed += 1;
+                self.counters.incr(Counter::TcpMalformed);
                 Step::Refuse(e.as_str())
             }
         }
@@ -159,22 +183,33 @@ impl Core {
 
     /// A pending connection whose deadline passed (counted).
     pub fn timed_out(&mut self) -> &'static str {
-        self.counters.logon_timeouts += 1;
+        self.counters.incr(Counter::TcpLogonTimeouts);
         "logon timeout"
     }
 
-    /// A connection refused because the pending table is full (counted).
+    /// A connection refused at once: the handoff queue or the ring has no room (counted).
     pub fn busy(&mut self) -> &'static str {
-        self.counters.tcp_refused += 1;
+        self.counters.incr(Counter::TcpRefused);
         "server busy"
+    }
+
+    /// The oldest pending connection, closed to make room for a new one (counted).
+    pub fn evicted(&mut self) -> &'static str {
+        self.counters.incr(Counter::TcpEvicted);
+        "server busy"
+    }
+
+    /// A pending connection closed by its peer before its LogonRequest (counted).
+    pub fn peer_closed(&mut self) {
+        self.counters.incr(Counter::TcpPeerClosed);
     }
 
     /// Hands a connection to `shard` and wakes it; refuses it if that queue is full.
     pub fn hand_off(&mut self, shard: usize, h: Handoff) {
         match self.handoffs[shard].push(h) {
             Ok(()) => {
-                self.counters.handoffs += 1;
-                crate::io::wake(self.wakes[shard]);
+                self.counters.incr(Counter::TcpHandedOff);
+                crate::io::wake(self.wakes[shard].as_fd());
             }
             Err(rtrb::PushError::Full(h)) => {
                 let why = self.busy();
@@ -184,16 +219,16 @@ impl Core {
     }
 
     /// Publishes the counters for /metrics, at most every 200 ms unless `now` is `None`.
-    pub fn publish(&mut self, now: Option<Timestamp>, backend: &'static str) {
+    pub fn publish(&mut self, now: Option<Timestamp>, backend: &'static str, pending: usize) {
         if let Some(now) = now {
             if now.saturating_since(self.published) < Duration::from_millis(200) {
                 return;
             }
             self.published = now;
         }
-        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        r.counters = self.counters;
-        r.backend = backend;
+        self.counters.set(Counter::TcpPendingLogons, pending as u64);
+        // Housekeeping keeps the latest; when it is behind, this one is simply not queued.
+        let _ = self.report.push(AcceptorReport { counters: self.counters.clone(), backend });
     }
 }
 
@@ -208,3 +243,6 @@ fn bucket_seed(master: &[u8; 32]) -> [u8; 16] {
     );
     seed
 }
+
+/// A LogonRequest's `messageLength`: the header, username (16), password (32), resetSeqNum (1).
+const LOGON_REQUEST_LEN: usize = HEADER_LEN + 49;
