@@ -1268,6 +1268,69 @@ mod tests {
         out
     }
 
+    /// Sends a LogonRequest as the first frame of TCP connection `conn`.
+    fn tcp_logon(ep: &mut Endpoint, conn: u32, user: &[u8], seq: i64, reset: bool) {
+        let logon = Message {
+            header: Header { seq, ..Header::default() },
+            body: Body::LogonRequest {
+                username: Username::new(user).unwrap(),
+                password: Password::new(b"pw").unwrap(),
+                reset_seq_num: reset,
+            },
+        };
+        let mut f = [0u8; 128];
+        let n = logon.encode(&mut f).unwrap();
+        let frame = crate::protocol::split_frame(&f[..n]).unwrap().0;
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9000 + conn as u16));
+        ep.handle_tcp_logon(NOW, ConnId(conn), peer, frame);
+    }
+
+    /// Every transmit (destination and message types) and event of one pass.
+    fn drain(ep: &mut Endpoint) -> (Vec<(Link, Vec<u16>)>, Vec<EndpointEvent>) {
+        let mut buf = [0u8; 4096];
+        let mut sent = Vec::new();
+        while let Some(t) = ep.poll_transmit(NOW, &mut buf) {
+            sent.push((t.dest, types(&buf[..t.len])));
+        }
+        (sent, std::iter::from_fn(|| ep.poll_event()).collect())
+    }
+
+    /// Found by the `endpoint` fuzz target: a first logon refused by the session (resetSeqNum
+    /// = 1 with a number other than 1) left its username in the index after the session was
+    /// released. The freed slot went to the next logon (bob); alice's next logon then found
+    /// bob's session under her name, displaced bob and took over his session and journal.
+    #[test]
+    fn refused_first_logon_leaves_no_username_behind() {
+        let cfg = EndpointConfig { max_sessions: 4, max_connections: 4, ..Default::default() };
+        let keys = CookieKeys { current: CookieKey([1; 32]), previous: None };
+        let mut ep = Endpoint::new(cfg, keys, [2; 32], Box::new(OpenLogon), Box::new(Echo));
+        tcp_logon(&mut ep, 0, b"alice", 2, true);
+        let (sent, events) = drain(&mut ep);
+        assert_eq!(sent, [(Link::Tcp(ConnId(0)), vec![5])], "LoggedOut");
+        assert!(events.contains(&EndpointEvent::CloseConnection(ConnId(0))), "{events:?}");
+        ep.handle_tcp_closed(NOW, ConnId(0));
+        assert_eq!(ep.session_count(), 0);
+
+        tcp_logon(&mut ep, 1, b"bob", 1, true);
+        let (sent, _) = drain(&mut ep);
+        assert_eq!(sent, [(Link::Tcp(ConnId(1)), vec![2])], "bob's LogonResponse");
+
+        tcp_logon(&mut ep, 2, b"alice", 1, false);
+        let (sent, events) = drain(&mut ep);
+        assert_eq!(sent, [(Link::Tcp(ConnId(2)), vec![2])], "alice's LogonResponse, no more");
+        assert!(!events.contains(&EndpointEvent::CloseConnection(ConnId(1))), "{events:?}");
+        let mut rows: Vec<(String, Link, State)> =
+            ep.sessions().map(|s| (s.username.as_str().to_owned(), s.link, s.state)).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            rows,
+            [
+                ("alice".to_owned(), Link::Tcp(ConnId(2)), State::Active),
+                ("bob".to_owned(), Link::Tcp(ConnId(1)), State::Active),
+            ]
+        );
+    }
+
     #[test]
     fn tcp_output_waits_for_room_and_never_exceeds_it() {
         let mut ep = logged_on();

@@ -571,6 +571,10 @@ impl GatewaySession {
         c: &mut Counters,
     ) {
         debug_assert_eq!(self.state, State::AwaitingLogon);
+        // Set before any refusal: the endpoint finds the username index entry to remove by this
+        // name when the session is released. A refused first logon left the entry behind, and
+        // the next logon with that name attached to whatever session reused the slot.
+        self.username = username;
         let resume = !reset && self.has_stream;
         if !resume {
             if seq != 1 {
@@ -588,7 +592,6 @@ impl GatewaySession {
             self.expected_in = 2;
         }
         // On a resume the LogonRequest's own number is neither checked nor counted.
-        self.username = username;
         self.has_stream = true;
         self.heartbeat = heartbeat;
         self.timers.stop(Timer::Deadline);
