@@ -305,6 +305,10 @@ pub struct Endpoint {
     /// Sessions parked for want of room on their connection (see `poll_transmit_within`).
     blocked: Vec<u32>,
     events: VecDeque<EndpointEvent>,
+    /// Connections with a `CloseConnection` queued and no `handle_tcp_closed` or new logon
+    /// since: one close per connection, however many frames arrive after it (each pushed one,
+    /// and the event queue grew past its start-up capacity).
+    closing: Vec<bool>,
     failures: Box<[Failures]>,
     keys: CookieKeys,
     id_key: [u8; 32],
@@ -366,7 +370,8 @@ impl Endpoint {
             deadlines: BinaryHeap::with_capacity(4 * n + 16),
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
-            events: VecDeque::with_capacity(4 * n + 16),
+            events: VecDeque::with_capacity(4 * n + cfg.max_connections + 16),
+            closing: vec![false; cfg.max_connections],
             failures: vec![Failures { ip: None, count: 0, since: Timestamp::ZERO }; 256]
                 .into_boxed_slice(),
             keys,
@@ -650,7 +655,7 @@ impl Endpoint {
             self.replies.push_back(r);
         }
         if let Link::Tcp(conn) = old {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             if let Some(c) = self.conns.get_mut(conn.0 as usize) {
                 *c = None;
             }
@@ -690,9 +695,10 @@ impl Endpoint {
     ) {
         self.sessions.counters.add(Counter::BytesReceived, frame.len() as u64);
         if conn.0 as usize >= self.conns.len() {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         }
+        self.closing[conn.0 as usize] = false;
         let msg = match Message::decode_frame(frame) {
             Ok(m) => m,
             Err(e) => {
@@ -759,7 +765,7 @@ impl Endpoint {
     fn refuse_tcp(&mut self, conn: ConnId, why: &[u8]) {
         self.sessions.counters.incr(Counter::LoggedOutSent);
         self.push_reply(Link::Tcp(conn), 1, Body::LoggedOut { reason: why });
-        self.events.push_back(EndpointEvent::CloseConnection(conn));
+        close_connection(&mut self.events, &mut self.closing, conn);
     }
 
     /// Checks the rate limit and the credentials; records failures. On refusal, returns the
@@ -803,7 +809,7 @@ impl Endpoint {
     /// A later frame on a TCP connection (split off the stream by the driver's deframer).
     pub fn handle_tcp_frame(&mut self, now: Timestamp, conn: ConnId, frame: &[u8]) {
         let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         };
         self.session_frame(now, index, frame, None);
@@ -815,7 +821,7 @@ impl Endpoint {
         count_decode_error(e, &mut self.sessions.counters);
         self.sessions.counters.incr(Counter::ProtocolViolations);
         let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         };
         let c = &mut self.sessions.counters;
@@ -847,6 +853,9 @@ impl Endpoint {
 
     /// The TCP connection closed (peer closed, error, or after our close).
     pub fn handle_tcp_closed(&mut self, now: Timestamp, conn: ConnId) {
+        if let Some(c) = self.closing.get_mut(conn.0 as usize) {
+            *c = false;
+        }
         let Some(index) = self.conns.get_mut(conn.0 as usize).and_then(Option::take) else {
             return;
         };
@@ -967,7 +976,7 @@ impl Endpoint {
         match slot.session.state() {
             State::Closed(reason) => {
                 if let Link::Tcp(conn) = slot.link {
-                    self.events.push_back(EndpointEvent::CloseConnection(conn));
+                    close_connection(&mut self.events, &mut self.closing, conn);
                     if let Some(c) = self.conns.get_mut(conn.0 as usize) {
                         *c = None;
                     }
@@ -995,7 +1004,7 @@ impl Endpoint {
             }
             State::Detached if slot.link != Link::None => {
                 if let Link::Tcp(conn) = slot.link {
-                    self.events.push_back(EndpointEvent::CloseConnection(conn));
+                    close_connection(&mut self.events, &mut self.closing, conn);
                     if let Some(c) = self.conns.get_mut(conn.0 as usize) {
                         *c = None;
                     }
@@ -1201,6 +1210,19 @@ impl Endpoint {
     }
 }
 
+/// Queues `CloseConnection(conn)` unless one is already queued for it (see `Endpoint::closing`).
+/// An id at or above `max_connections` (never given by the driver) is closed every time.
+fn close_connection(events: &mut VecDeque<EndpointEvent>, closing: &mut [bool], conn: ConnId) {
+    match closing.get_mut(conn.0 as usize) {
+        Some(true) => {}
+        Some(queued) => {
+            *queued = true;
+            events.push_back(EndpointEvent::CloseConnection(conn));
+        }
+        None => events.push_back(EndpointEvent::CloseConnection(conn)),
+    }
+}
+
 fn failure_slot(ip: IpAddr) -> usize {
     let h = match ip {
         IpAddr::V4(v4) => u32::from(v4) as u64,
@@ -1329,6 +1351,39 @@ mod tests {
                 ("bob".to_owned(), Link::Tcp(ConnId(1)), State::Active),
             ]
         );
+    }
+
+    /// Found by the `endpoint` fuzz target (its counting allocator): every frame that followed
+    /// a refused first frame in the same read queued another CloseConnection for the same
+    /// connection, so one read of small frames grew the event queue past its start-up capacity.
+    #[test]
+    fn frames_after_a_refused_logon_queue_one_close() {
+        let cfg = EndpointConfig { max_sessions: 4, max_connections: 4, ..Default::default() };
+        let keys = CookieKeys { current: CookieKey([1; 32]), previous: None };
+        let mut ep = Endpoint::new(cfg, keys, [2; 32], Box::new(OpenLogon), Box::new(Echo));
+        let m = Message {
+            header: Header { seq: 1, ..Header::default() },
+            body: Body::App { type_id: 150, body: b"" },
+        };
+        let mut f = [0u8; 64];
+        let n = m.encode(&mut f).unwrap();
+        let frame = crate::protocol::split_frame(&f[..n]).unwrap().0;
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        // Not a LogonRequest: refused, then 500 more frames from the same read.
+        ep.handle_tcp_logon(NOW, ConnId(3), peer, frame);
+        for _ in 0..500 {
+            ep.handle_tcp_frame(NOW, ConnId(3), frame);
+            ep.handle_tcp_error(NOW, ConnId(3), crate::protocol::DecodeError::NonZeroPadding);
+        }
+        let (sent, events) = drain(&mut ep);
+        assert_eq!(sent, [(Link::Tcp(ConnId(3)), vec![5])], "one LoggedOut");
+        assert_eq!(events, [EndpointEvent::CloseConnection(ConnId(3))]);
+        // Once closed, the id is a new connection: its own refusal is closed again.
+        ep.handle_tcp_closed(NOW, ConnId(3));
+        ep.handle_tcp_logon(NOW, ConnId(3), peer, frame);
+        ep.handle_tcp_frame(NOW, ConnId(3), frame);
+        let (_, events) = drain(&mut ep);
+        assert_eq!(events, [EndpointEvent::CloseConnection(ConnId(3))]);
     }
 
     #[test]
