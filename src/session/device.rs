@@ -695,6 +695,11 @@ impl Device {
     }
 
     fn on_ack(&mut self, now: Timestamp, last_processed: i64) {
+        // Numbered but not yet sent: from `live_ord` to the tail, one number each. An
+        // acknowledgement beyond what was sent (a faulty or forged gateway) must not release
+        // them: they would never be sent, and the gateway would wait for them forever.
+        let unsent = (self.unacked.tail() - self.live_ord) as i64;
+        let last_processed = last_processed.min(self.next_out - 1 - unsent);
         if last_processed <= self.acked {
             return;
         }
@@ -926,5 +931,55 @@ impl Device {
             self.timers.set(Timer::Retransmit, now + self.rto);
         }
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
+
+    fn frame(seq: i64, last_processed: i64, body: Body<'_>) -> Vec<u8> {
+        let msg = Message { header: Header { seq, last_processed, ..Header::default() }, body };
+        let mut out = vec![0u8; msg.encoded_len()];
+        let n = msg.encode(&mut out).unwrap();
+        out.truncate(crate::protocol::split_frame(&out[..n]).unwrap().0.len());
+        out
+    }
+
+    /// Sequence numbers of everything `dev` sends now.
+    fn sent(dev: &mut Device) -> Vec<(i64, bool)> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Some(t) = dev.poll_transmit(NOW, &mut buf) {
+            let mut rest = &buf[..t.len];
+            while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
+                let h = Header::decode(f).unwrap();
+                out.push((h.seq, h.is_resend()));
+                rest = &rest[padded..];
+            }
+        }
+        out
+    }
+
+    /// Found by the `device` fuzz target: an acknowledgement beyond what the device had sent
+    /// released messages it had numbered but not sent (here its ResendRequest), so they were
+    /// never sent and the next message jumped the gap.
+    #[test]
+    fn acknowledgement_beyond_what_was_sent_releases_nothing_unsent() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        assert_eq!(sent(&mut dev), [(1, false)], "LogonRequest");
+        let mut ev = |_: DeviceEvent<'_>| {};
+        // LogonResponse numbered 5: messages 1..=4 are missing, a ResendRequest (2) is queued.
+        let logon = frame(5, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &logon, &mut ev);
+        assert_eq!(dev.next_out(), 3);
+        // Before it is sent, a message acknowledging far more than was ever sent.
+        let hb = frame(1, 100, Body::Heartbeat { correlation_id: 0 });
+        dev.handle_frame(NOW, &hb, &mut ev);
+        assert_eq!(dev.unacked(), 1, "the unsent ResendRequest is kept");
+        assert_eq!(sent(&mut dev), [(2, false)], "and sent, numbered 2");
     }
 }

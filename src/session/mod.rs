@@ -47,6 +47,8 @@
 //! - On TCP, a message that frames correctly but whose body is bad gets Reject and the session
 //!   continues; a framing error (protocol id, version, length, padding) gets LoggedOut and close.
 //!   On UDP, bad input is dropped and counted, never answered.
+//! - A device takes an acknowledgement only up to the highest number it has sent: acknowledging
+//!   more must not release messages numbered but not yet sent (they would never be sent).
 #![forbid(unsafe_code)]
 
 use core::time::Duration;
