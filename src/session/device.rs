@@ -219,6 +219,8 @@ pub struct Device {
     // Logon.
     logon_pending: bool,
     logon_resend: bool,
+    /// The LogonRequest of this attach went out: only then is a LogonResponse its answer.
+    logon_sent: bool,
     reset_next_logon: bool,
     has_stream: bool,
     heartbeat: Duration,
@@ -262,6 +264,7 @@ impl Device {
             config_len: 0,
             logon_pending: false,
             logon_resend: false,
+            logon_sent: false,
             reset_next_logon: true,
             has_stream: false,
             heartbeat: cfg.heartbeat_default,
@@ -453,6 +456,7 @@ impl Device {
         }
         self.logon_pending = true;
         self.logon_resend = false;
+        self.logon_sent = false;
         self.timers.set(Timer::Retry, now + self.cfg.retransmit_min);
         self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
     }
@@ -566,7 +570,9 @@ impl Device {
     ) {
         self.on_ack(now, h.last_processed);
         if let Body::LogonResponse { heartbeat_interval_s } = body {
-            if self.state == DeviceState::LoggingOn {
+            // Not before our LogonRequest went out: a LogonResponse of an earlier attach
+            // (delayed, same session id on a resume) is not the answer to this one.
+            if self.state == DeviceState::LoggingOn && self.logon_sent {
                 self.logged_on(now, h, heartbeat_interval_s, on_event);
                 return;
             }
@@ -876,6 +882,7 @@ impl Device {
             if let Ok(n) = self.msg(now, seq, flags, body).encode(&mut buf[w..room]) {
                 w += n;
                 self.logon_pending = false;
+                self.logon_sent = true;
                 if self.reset_next_logon {
                     self.next_out = self.next_out.max(2);
                 }
@@ -953,7 +960,8 @@ mod tests {
         let mut buf = [0u8; 4096];
         let mut out = Vec::new();
         while let Some(t) = dev.poll_transmit(NOW, &mut buf) {
-            let mut rest = &buf[..t.len];
+            let skip = if t.dest == DeviceDest::Stream { 0 } else { 8 };
+            let mut rest = &buf[skip..t.len];
             while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
                 let h = Header::decode(f).unwrap();
                 out.push((h.seq, h.is_resend()));
@@ -961,6 +969,39 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Found by the `device` fuzz target: a LogonResponse that arrived before the device had
+    /// sent its LogonRequest (from an earlier attach, on a resume with the same session id) was
+    /// taken as the answer; the reset LogonRequest was then never sent and the device's next
+    /// message took number 1.
+    #[test]
+    fn logon_response_before_the_logon_request_went_out_is_ignored() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Udp, b"D", b"user", b"pw"));
+        let mut ev = |_: DeviceEvent<'_>| {};
+        dev.connect(NOW, 1, true);
+        let _ = sent(&mut dev);
+        let accept = Body::ConnectionAccept {
+            session_port: 5000,
+            cookie_ttl_ms: 5000,
+            client_nonce: 1,
+            cookie: [0; 32],
+        };
+        dev.handle_frame(NOW, &frame(0, 0, accept), &mut ev);
+        let _ = sent(&mut dev);
+        let registered = Body::RegistrationAccept { session_id: 7, resumed: true };
+        dev.handle_frame(NOW, &frame(0, 0, registered), &mut ev);
+        // GetDeviceConfig and a stale LogonResponse in the same datagram.
+        dev.handle_frame(NOW, &frame(0, 0, Body::GetDeviceConfig { correlation_id: 3 }), &mut ev);
+        let stale = frame(4, 0, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &stale, &mut ev);
+        assert_eq!(dev.state(), DeviceState::LoggingOn);
+        // DeviceConfig (number 0), then the LogonRequest, number 1.
+        assert_eq!(sent(&mut dev), [(0, false), (1, false)]);
+        // Its answer is taken.
+        let answer = frame(1, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &answer, &mut ev);
+        assert_eq!(dev.state(), DeviceState::Active);
     }
 
     /// Found by the `device` fuzz target: an acknowledgement beyond what the device had sent
