@@ -791,7 +791,10 @@ impl Device {
         if self.timers.take_expired(Timer::TestRequest, now) {
             self.test_corr += 1;
             self.push_sequenced(now, Body::TestRequest { correlation_id: self.test_corr });
-            self.timers.set(Timer::Liveness, self.last_heard + self.heartbeat.mul_f64(2.5));
+            // A further H of silence after the TestRequest (DESIGN.md §2 rule 6): from now, not
+            // from `last_heard`, which a late pass has left behind (a deadline in the past was
+            // disarmed below as stale, and the peer was never found lost).
+            self.timers.set(Timer::Liveness, now + self.heartbeat);
         }
         if self.timers.take_expired(Timer::Retransmit, now) && !self.unacked.is_empty() {
             if self.cfg.transport == Transport::Udp {
@@ -969,6 +972,32 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The gateway side's late-timer-pass case (see the endpoint's
+    /// `late_timer_pass_still_finds_a_silent_session_lost`): the device's liveness deadline
+    /// after its TestRequest is a further H from then, not 2.5 H after the last message heard.
+    #[test]
+    fn late_timer_pass_still_finds_a_silent_gateway_lost() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        let _ = sent(&mut dev);
+        let mut ended = None;
+        let mut ev = |e: DeviceEvent<'_>| {
+            if let DeviceEvent::Ended { reason, .. } = e {
+                ended = Some(reason);
+            }
+        };
+        let logon = frame(1, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &logon, &mut ev);
+        let late = NOW + Duration::from_secs(20);
+        dev.handle_timeout(late, &mut ev);
+        let lost = late + Duration::from_secs(5);
+        for _ in 0..100 {
+            let Some(t) = dev.poll_timeout().filter(|&t| t <= lost) else { break };
+            dev.handle_timeout(t, &mut ev);
+        }
+        assert_eq!(ended, Some(EndReason::Lost));
     }
 
     /// Found by the `device` fuzz target: a LogonResponse that arrived before the device had

@@ -1309,9 +1309,13 @@ mod tests {
 
     /// Every transmit (destination and message types) and event of one pass.
     fn drain(ep: &mut Endpoint) -> (Vec<(Link, Vec<u16>)>, Vec<EndpointEvent>) {
+        drain_at(ep, NOW)
+    }
+
+    fn drain_at(ep: &mut Endpoint, now: Timestamp) -> (Vec<(Link, Vec<u16>)>, Vec<EndpointEvent>) {
         let mut buf = [0u8; 4096];
         let mut sent = Vec::new();
-        while let Some(t) = ep.poll_transmit(NOW, &mut buf) {
+        while let Some(t) = ep.poll_transmit(now, &mut buf) {
             sent.push((t.dest, types(&buf[..t.len])));
         }
         (sent, std::iter::from_fn(|| ep.poll_event()).collect())
@@ -1384,6 +1388,29 @@ mod tests {
         ep.handle_tcp_frame(NOW, ConnId(3), frame);
         let (_, events) = drain(&mut ep);
         assert_eq!(events, [EndpointEvent::CloseConnection(ConnId(3))]);
+    }
+
+    /// Found by the `endpoint` fuzz target: when the timer pass came late (here 20 s after the
+    /// last input, the shard stalled), the TestRequest armed its liveness deadline at
+    /// `last_heard + 2.5 H`, already past, and the stale-timer sweep disarmed it: the silent
+    /// session was never found lost and heartbeated forever. DESIGN.md §2 rule 6: lost after a
+    /// further H of silence after the TestRequest.
+    #[test]
+    fn late_timer_pass_still_finds_a_silent_session_lost() {
+        let mut ep = logged_on();
+        let late = NOW + Duration::from_secs(20);
+        ep.handle_timeout(late);
+        let (sent, _) = drain_at(&mut ep, late);
+        assert!(sent.iter().any(|(_, t)| t.contains(&11)), "TestRequest: {sent:?}");
+        let lost = late + Duration::from_secs(5);
+        let mut logged_out = false;
+        for _ in 0..100 {
+            let Some(t) = ep.poll_timeout().filter(|&t| t <= lost) else { break };
+            ep.handle_timeout(t);
+            logged_out |= drain_at(&mut ep, t).0.iter().any(|(_, t)| t.contains(&5));
+        }
+        assert!(logged_out, "LoggedOut(heartbeat timeout) within H of the TestRequest");
+        assert_eq!(ep.sessions().next().map(|s| s.state), Some(State::Detached));
     }
 
     #[test]

@@ -922,7 +922,10 @@ impl GatewaySession {
             self.test_corr += 1;
             c.incr(Counter::TestRequestsSent);
             self.push_control(now, Control::TestRequest { correlation_id: self.test_corr }, c);
-            self.timers.set(Timer::Liveness, self.last_heard + self.heartbeat.mul_f64(2.5));
+            // A further H of silence after the TestRequest (DESIGN.md §2 rule 6): from now, not
+            // from `last_heard`, which a late pass has left behind (a deadline in the past was
+            // disarmed below as stale, and the peer was never found lost).
+            self.timers.set(Timer::Liveness, now + self.heartbeat);
         }
         let ack_due = self.timers.take_expired(Timer::Ack, now) && self.ack_owed;
         let idle = self.timers.take_expired(Timer::Heartbeat, now);
