@@ -1019,12 +1019,19 @@ impl Endpoint {
             if slot.scheduled.is_none_or(|s| t < s) {
                 slot.scheduled = Some(t);
                 if self.deadlines.len() == self.deadlines.capacity() {
-                    // Drop stale entries in place rather than grow.
-                    let slots = &self.sessions.slots;
-                    self.deadlines
-                        .retain(|Reverse((t, i))| slots[*i as usize].scheduled == Some(*t));
+                    // Rebuild from the slots rather than grow: one entry per scheduled session,
+                    // this one included. (Keeping the entries that match their slot kept
+                    // duplicates: a slot released and reused at the same instant schedules the
+                    // same deadlines again, and the heap grew.)
+                    self.deadlines.clear();
+                    for (i, s) in self.sessions.slots.iter().enumerate() {
+                        if let (true, Some(t)) = (s.in_use, s.scheduled) {
+                            self.deadlines.push(Reverse((t, i as u32)));
+                        }
+                    }
+                } else {
+                    self.deadlines.push(Reverse((t, index)));
                 }
-                self.deadlines.push(Reverse((t, index)));
             }
         }
         self.sessions.mark_dirty(index);
@@ -1411,6 +1418,30 @@ mod tests {
         }
         assert!(logged_out, "LoggedOut(heartbeat timeout) within H of the TestRequest");
         assert_eq!(ep.sessions().next().map(|s| s.state), Some(State::Detached));
+    }
+
+    /// Found by the `endpoint` fuzz target's counting allocator: a session slot released and
+    /// reused at the same instant (one shard pass) scheduled the same deadlines again, the full
+    /// heap's clean-up kept those duplicates, and the heap grew past its start-up capacity.
+    #[test]
+    fn slot_reused_at_one_instant_does_not_grow_the_deadline_heap() {
+        let cfg = EndpointConfig { max_sessions: 1, max_connections: 1, ..Default::default() };
+        let keys = CookieKeys { current: CookieKey([1; 32]), previous: None };
+        let mut ep = Endpoint::new(cfg, keys, [2; 32], Box::new(OpenLogon), Box::new(Echo));
+        let capacity = ep.deadlines.capacity();
+        for _ in 0..100 {
+            tcp_logon(&mut ep, 0, b"again", 1, true);
+            assert_eq!(drain(&mut ep).0, [(Link::Tcp(ConnId(0)), vec![2])], "LogonResponse");
+            let bad = crate::protocol::DecodeError::InvalidProtocolId(0);
+            ep.handle_tcp_error(NOW, ConnId(0), bad);
+            assert_eq!(drain(&mut ep).0, [(Link::Tcp(ConnId(0)), vec![5])], "LoggedOut");
+            ep.handle_tcp_closed(NOW, ConnId(0));
+        }
+        assert_eq!(ep.deadlines.capacity(), capacity);
+        // The heap still serves its session: a heartbeat 5 s after the next logon.
+        tcp_logon(&mut ep, 0, b"again", 1, true);
+        let _ = drain(&mut ep);
+        assert_eq!(ep.poll_timeout(), Some(NOW + Duration::from_secs(5)));
     }
 
     #[test]
