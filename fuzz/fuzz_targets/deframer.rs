@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Unstructured;
-use fleetgate::protocol::{Datagram, DecodeError, Deframer, HEADER_LEN, align8, split_frame};
+use fleetgate::protocol::{Datagram, DecodeError, Deframer, HEADER_LEN, Header, align8};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,13 +65,12 @@ fn feed(capacity: usize, stream: &[u8], chunks: &[u16]) -> Outcome {
         loop {
             match d.next_frame() {
                 Ok(Some(frame)) => {
+                    // Exactly `messageLength` bytes of a frame whose header checks out.
                     assert!(frame.len() >= HEADER_LEN && align8(frame.len()) <= cap);
-                    let (f, padded) =
-                        split_frame(frame).map(|(f, _)| (f, align8(f.len()))).unwrap_or_else(|e| {
-                            panic!("deframer returned a frame split_frame refuses: {e}")
-                        });
-                    assert_eq!(f.len(), frame.len());
-                    assert!(padded <= cap);
+                    let h = Header::decode(frame).unwrap_or_else(|e| {
+                        panic!("deframer returned a frame whose header is bad: {e}")
+                    });
+                    assert_eq!(usize::from(h.length), frame.len());
                     out.frames.push(frame.to_vec());
                     progressed = true;
                 }
