@@ -636,6 +636,10 @@ impl GatewaySession {
         c: &mut Counters,
     ) {
         debug_assert_eq!(self.state, State::AwaitingLogon);
+        // Set before any refusal: the endpoint finds the username index entry to remove by this
+        // name when the session is released. A refused first logon left the entry behind, and
+        // the next logon with that name attached to whatever session reused the slot.
+        self.username = username;
         if let Some((reason, why)) = self.logon_refusal(seq, reset) {
             self.close(now, reason, why, c);
             return;
@@ -646,7 +650,6 @@ impl GatewaySession {
             self.expected_in = 2;
         }
         // On a resume the LogonRequest's own number is neither checked nor counted.
-        self.username = username;
         self.has_stream = true;
         self.heartbeat = heartbeat;
         self.timers.stop(Timer::Deadline);
@@ -1012,7 +1015,10 @@ impl GatewaySession {
             self.test_corr += 1;
             c.incr(Counter::TestRequestsSent);
             self.push_control(now, Control::TestRequest { correlation_id: self.test_corr }, c);
-            self.timers.set(Timer::Liveness, self.last_heard + self.heartbeat.mul_f64(2.5));
+            // A further H of silence after the TestRequest (DESIGN.md §2 rule 6): from now, not
+            // from `last_heard`, which a late pass has left behind (a deadline in the past was
+            // disarmed below as stale, and the peer was never found lost).
+            self.timers.set(Timer::Liveness, now + self.heartbeat);
         }
         let ack_due = self.timers.take_expired(Timer::Ack, now) && self.ack_owed;
         let idle = self.timers.take_expired(Timer::Heartbeat, now);

@@ -76,6 +76,8 @@
 //!   continues; a framing error (protocol id, version, length, padding) gets LoggedOut and close.
 //!   On UDP, bad input is dropped and counted, never answered; a datagram larger than
 //!   `udp.max_datagram` or with any malformed message in it is dropped whole (rule 12).
+//! - A device takes an acknowledgement only up to the highest number it has sent: acknowledging
+//!   more must not release messages numbered but not yet sent (they would never be sent).
 #![forbid(unsafe_code)]
 
 use core::time::Duration;

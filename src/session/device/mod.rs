@@ -199,6 +199,8 @@ pub struct Device {
     // Logon.
     logon_pending: bool,
     logon_resend: bool,
+    /// The LogonRequest of this attach went out: only then is a LogonResponse its answer.
+    logon_sent: bool,
     reset_next_logon: bool,
     has_stream: bool,
     heartbeat: Duration,
@@ -243,6 +245,7 @@ impl Device {
             config_len: 0,
             logon_pending: false,
             logon_resend: false,
+            logon_sent: false,
             reset_next_logon: true,
             has_stream: false,
             heartbeat: cfg.heartbeat_default,
@@ -472,6 +475,7 @@ impl Device {
         }
         self.logon_pending = true;
         self.logon_resend = false;
+        self.logon_sent = false;
         self.timers.set(Timer::Retry, now + self.cfg.retransmit_min);
         self.timers.set(Timer::Deadline, now + self.cfg.handshake_timeout);
     }
@@ -571,7 +575,9 @@ impl Device {
     fn on_sequenced(&mut self, now: Timestamp, h: Header, body: Body<'_>) {
         self.on_ack(now, h.last_processed);
         if let Body::LogonResponse { heartbeat_interval_s } = body {
-            if self.step(DeviceInput::LogonAccepted) {
+            // Not before our LogonRequest went out: a LogonResponse of an earlier attach
+            // (delayed, same session id on a resume) is not the answer to this one.
+            if self.logon_sent && self.step(DeviceInput::LogonAccepted) {
                 self.logged_on(now, h, heartbeat_interval_s);
                 return;
             }
@@ -696,6 +702,11 @@ impl Device {
     }
 
     fn on_ack(&mut self, now: Timestamp, last_processed: i64) {
+        // Numbered but not yet sent: from `live_ord` to the tail, one number each. An
+        // acknowledgement beyond what was sent (a faulty or forged gateway) must not release
+        // them: they would never be sent, and the gateway would wait for them forever.
+        let unsent = (self.unacked.tail() - self.live_ord) as i64;
+        let last_processed = last_processed.min(self.next_out - 1 - unsent);
         if last_processed <= self.acked {
             return;
         }
@@ -776,7 +787,10 @@ impl Device {
         if self.timers.take_expired(Timer::TestRequest, now) {
             self.test_corr += 1;
             self.push_sequenced(now, Body::TestRequest { correlation_id: self.test_corr });
-            self.timers.set(Timer::Liveness, self.last_heard + self.heartbeat.mul_f64(2.5));
+            // A further H of silence after the TestRequest (DESIGN.md §2 rule 6): from now, not
+            // from `last_heard`, which a late pass has left behind (a deadline in the past was
+            // disarmed below as stale, and the peer was never found lost).
+            self.timers.set(Timer::Liveness, now + self.heartbeat);
         }
         if self.timers.take_expired(Timer::Retransmit, now) && !self.unacked.is_empty() {
             if self.cfg.transport == Transport::Udp {
@@ -867,6 +881,7 @@ impl Device {
             if let Ok(n) = self.msg(now, seq, flags, body).encode(&mut buf[w..room]) {
                 w += n;
                 self.logon_pending = false;
+                self.logon_sent = true;
                 if self.reset_next_logon {
                     self.next_out = self.next_out.max(2);
                 }
@@ -932,11 +947,123 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
 
     fn frame(seq: i64, flags: u8, body: Body<'_>) -> Vec<u8> {
-        let msg = Message { header: Header { seq, flags, ..Header::default() }, body };
+        frame_with(Header { seq, flags, ..Header::default() }, body)
+    }
+
+    /// A frame numbered `seq` acknowledging `last_processed`.
+    fn frame_ack(seq: i64, last_processed: i64, body: Body<'_>) -> Vec<u8> {
+        frame_with(Header { seq, last_processed, ..Header::default() }, body)
+    }
+
+    fn frame_with(header: Header, body: Body<'_>) -> Vec<u8> {
+        let msg = Message { header, body };
         let mut out = vec![0u8; msg.encoded_len()];
         let n = msg.encode(&mut out).unwrap();
         out.truncate(crate::protocol::split_frame(&out[..n]).unwrap().0.len());
         out
+    }
+
+    /// Sequence numbers of everything `dev` sends now.
+    fn sent(dev: &mut Device) -> Vec<(i64, bool)> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Some(t) = dev.poll_transmit(NOW, &mut buf) {
+            let skip = if t.dest == DeviceDest::Stream { 0 } else { 8 };
+            let mut rest = &buf[skip..t.len];
+            while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
+                let h = Header::decode(f).unwrap();
+                out.push((h.seq, h.is_resend()));
+                rest = &rest[padded..];
+            }
+        }
+        out
+    }
+
+    /// Takes every pending event; the end reason, if one ended the session.
+    fn drain(dev: &mut Device) -> Option<EndReason> {
+        let mut ended = None;
+        while let Some(e) = dev.poll_event() {
+            if let DeviceEvent::Ended { reason, .. } = e {
+                ended = Some(reason);
+            }
+        }
+        ended
+    }
+
+    /// Found by the `device` fuzz target: a late timer pass disarmed the liveness deadline it
+    /// had just set in the past, and a silent gateway was never found lost.
+    #[test]
+    fn late_timer_pass_still_finds_a_silent_gateway_lost() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        let _ = sent(&mut dev);
+        let mut ended = None;
+        let logon = frame_ack(1, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &logon);
+        ended = ended.or(drain(&mut dev));
+        let late = NOW + Duration::from_secs(20);
+        dev.handle_timeout(late);
+        ended = ended.or(drain(&mut dev));
+        let lost = late + Duration::from_secs(5);
+        for _ in 0..100 {
+            let Some(t) = dev.poll_timeout().filter(|&t| t <= lost) else { break };
+            dev.handle_timeout(t);
+            ended = ended.or(drain(&mut dev));
+        }
+        assert_eq!(ended, Some(EndReason::Lost));
+    }
+
+    /// Found by the `device` fuzz target: a LogonResponse that arrived before the device had
+    /// sent its LogonRequest (from an earlier attach, on a resume with the same session id) was
+    /// taken as the answer; the reset LogonRequest was then never sent and the device's next
+    /// message took number 1.
+    #[test]
+    fn logon_response_before_the_logon_request_went_out_is_ignored() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Udp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        let _ = sent(&mut dev);
+        let accept = Body::ConnectionAccept {
+            session_port: 5000,
+            cookie_ttl_ms: 5000,
+            client_nonce: 1,
+            cookie: [0; 32],
+        };
+        dev.handle_frame(NOW, &frame(0, 0, accept));
+        let _ = sent(&mut dev);
+        let registered = Body::RegistrationAccept { session_id: 7, resumed: true };
+        dev.handle_frame(NOW, &frame(0, 0, registered));
+        drain(&mut dev);
+        // GetDeviceConfig and a stale LogonResponse in the same datagram.
+        dev.handle_frame(NOW, &frame(0, 0, Body::GetDeviceConfig { correlation_id: 3 }));
+        let stale = frame(4, 0, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &stale);
+        assert_eq!(dev.state(), DeviceState::LoggingOn);
+        // DeviceConfig (number 0), then the LogonRequest, number 1.
+        assert_eq!(sent(&mut dev), [(0, false), (1, false)]);
+        // Its answer is taken.
+        let answer = frame_ack(1, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &answer);
+        assert_eq!(dev.state(), DeviceState::Active);
+    }
+
+    /// Found by the `device` fuzz target: an acknowledgement beyond what the device had sent
+    /// released messages it had numbered but not sent (here its ResendRequest), so they were
+    /// never sent and the next message jumped the gap.
+    #[test]
+    fn acknowledgement_beyond_what_was_sent_releases_nothing_unsent() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        assert_eq!(sent(&mut dev), [(1, false)], "LogonRequest");
+        // LogonResponse numbered 5: messages 1..=4 are missing, a ResendRequest (2) is queued.
+        let logon = frame_ack(5, 1, Body::LogonResponse { heartbeat_interval_s: 5 });
+        dev.handle_frame(NOW, &logon);
+        drain(&mut dev);
+        assert_eq!(dev.next_out(), 3);
+        // Before it is sent, a message acknowledging far more than was ever sent.
+        let hb = frame_ack(1, 100, Body::Heartbeat { correlation_id: 0 });
+        dev.handle_frame(NOW, &hb);
+        assert_eq!(dev.unacked(), 1, "the unsent ResendRequest is kept");
+        assert_eq!(sent(&mut dev), [(2, false)], "and sent, numbered 2");
     }
 
     /// A TCP device logged on (LogonResponse numbered 1 taken, its event drained).

@@ -184,6 +184,10 @@ pub struct Endpoint {
     /// Sessions parked for want of room on their connection (see [`flow`]).
     blocked: Vec<u32>,
     events: VecDeque<EndpointEvent>,
+    /// Connections with a `CloseConnection` queued and no `handle_tcp_closed` or new logon
+    /// since: one close per connection, however many frames arrive after it (each pushed one,
+    /// and the event queue grew past its start-up capacity).
+    closing: Vec<bool>,
     logons: LogonCheck,
     keys: CookieKeys,
     apps: Vec<Box<dyn Application>>,
@@ -220,7 +224,8 @@ impl Endpoint {
             deadlines: BinaryHeap::with_capacity(4 * n + 16),
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
-            events: VecDeque::with_capacity(4 * n + 16),
+            events: VecDeque::with_capacity(4 * n + cfg.max_connections + 16),
+            closing: vec![false; cfg.max_connections],
             logons: LogonCheck::new(auth, cfg.logon_limits(), limiter_seed(&id_key)),
             keys,
             apps: vec![app],
@@ -604,7 +609,7 @@ impl Endpoint {
     fn unlink(&mut self, index: u32) {
         let slot = &mut self.sessions.slots[index as usize];
         if let Link::Tcp(conn) = slot.link {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             if let Some(c) = self.conns.get_mut(conn.0 as usize) {
                 *c = None;
             }
@@ -622,9 +627,10 @@ impl Endpoint {
     ) {
         self.sessions.counters.add(Counter::BytesReceived, frame.len() as u64);
         if conn.0 as usize >= self.conns.len() {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         }
+        self.closing[conn.0 as usize] = false;
         let msg = match Message::decode_frame(frame) {
             Ok(m) => m,
             Err(e) => {
@@ -699,13 +705,13 @@ impl Endpoint {
     fn refuse_tcp(&mut self, conn: ConnId, why: &[u8]) {
         self.sessions.counters.incr(Counter::LoggedOutSent);
         self.push_reply(Link::Tcp(conn), 1, Body::LoggedOut { reason: why });
-        self.events.push_back(EndpointEvent::CloseConnection(conn));
+        close_connection(&mut self.events, &mut self.closing, conn);
     }
 
     /// A later frame on a TCP connection (split off the stream by the driver's deframer).
     pub fn handle_tcp_frame(&mut self, now: Timestamp, conn: ConnId, frame: &[u8]) {
         let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         };
         // A TCP session logs on with its first frame (`handle_tcp_logon`, which has the peer
@@ -726,7 +732,7 @@ impl Endpoint {
         count_decode_error(e, &mut self.sessions.counters);
         self.sessions.counters.incr(Counter::ProtocolViolations);
         let Some(index) = self.conns.get(conn.0 as usize).copied().flatten() else {
-            self.events.push_back(EndpointEvent::CloseConnection(conn));
+            close_connection(&mut self.events, &mut self.closing, conn);
             return;
         };
         let c = &mut self.sessions.counters;
@@ -737,6 +743,9 @@ impl Endpoint {
 
     /// The TCP connection closed (peer closed, error, or after our close).
     pub fn handle_tcp_closed(&mut self, now: Timestamp, conn: ConnId) {
+        if let Some(c) = self.closing.get_mut(conn.0 as usize) {
+            *c = false;
+        }
         let Some(index) = self.conns.get_mut(conn.0 as usize).and_then(Option::take) else {
             return;
         };
@@ -829,12 +838,19 @@ impl Endpoint {
             if slot.scheduled.is_none_or(|s| t < s) {
                 slot.scheduled = Some(t);
                 if self.deadlines.len() == self.deadlines.capacity() {
-                    // Drop stale entries in place rather than grow.
-                    let slots = &self.sessions.slots;
-                    self.deadlines
-                        .retain(|Reverse((t, i))| slots[*i as usize].scheduled == Some(*t));
+                    // Rebuild from the slots rather than grow: one entry per scheduled session,
+                    // this one included. (Keeping the entries that match their slot kept
+                    // duplicates: a slot released and reused at the same instant schedules the
+                    // same deadlines again, and the heap grew.)
+                    self.deadlines.clear();
+                    for (i, s) in self.sessions.slots.iter().enumerate() {
+                        if let (true, Some(t)) = (s.in_use, s.scheduled) {
+                            self.deadlines.push(Reverse((t, i as u32)));
+                        }
+                    }
+                } else {
+                    self.deadlines.push(Reverse((t, index)));
                 }
-                self.deadlines.push(Reverse((t, index)));
             }
         }
         self.sessions.mark_dirty(index);
@@ -905,6 +921,19 @@ impl Endpoint {
     }
 }
 
+/// Queues `CloseConnection(conn)` unless one is already queued for it (see `Endpoint::closing`).
+/// An id at or above `max_connections` (never given by the driver) is closed every time.
+fn close_connection(events: &mut VecDeque<EndpointEvent>, closing: &mut [bool], conn: ConnId) {
+    match closing.get_mut(conn.0 as usize) {
+        Some(true) => {}
+        Some(queued) => {
+            *queued = true;
+            events.push_back(EndpointEvent::CloseConnection(conn));
+        }
+        None => events.push_back(EndpointEvent::CloseConnection(conn)),
+    }
+}
+
 /// The limiter tables' hash key, derived from the endpoint's secret (never the id key itself).
 fn limiter_seed(id_key: &[u8; 32]) -> [u8; 16] {
     let mut seed = [0u8; 16];
@@ -945,3 +974,6 @@ impl<'a> Decoded<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
