@@ -53,6 +53,7 @@ for t in "${targets[@]}"; do
     corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
     summary+=("$(printf '%-9s %12s executions %6s s %8s exec/s %6s corpus files' \
         "$t" "${runs:-?}" "$((end - start))" "${rate:-?}" "$corpus")")
+    echo "    ${summary[-1]}"
     rm -f "$log"
 done
 

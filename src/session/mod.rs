@@ -78,6 +78,7 @@
 //!   `udp.max_datagram` or with any malformed message in it is dropped whole (rule 12).
 //! - A device takes an acknowledgement only up to the highest number it has sent: acknowledging
 //!   more must not release messages numbered but not yet sent (they would never be sent).
+//! - A device drops a message numbered i64::MAX as malformed: that number has no successor.
 #![forbid(unsafe_code)]
 
 use core::time::Duration;

@@ -567,7 +567,9 @@ impl Device {
                 // Terminal whatever its number: a LoggedOut beyond a gap must still be seen.
                 self.end(EndReason::LoggedOut, reason);
             }
-            _ if h.seq == 0 => self.stats.malformed += 1,
+            // The last number, i64::MAX, has no successor (a gateway cannot have sent 2^63
+            // messages): taking it would overflow the next expected number.
+            _ if h.seq == 0 || h.seq == i64::MAX => self.stats.malformed += 1,
             body => self.on_sequenced(now, h, body),
         }
     }
@@ -1011,6 +1013,24 @@ mod tests {
             ended = ended.or(drain(&mut dev));
         }
         assert_eq!(ended, Some(EndReason::Lost));
+    }
+
+    /// Found by the `device` fuzz target: a GapFill to i64::MAX, then a message with that
+    /// number, overflowed the next expected number (a panic with overflow checks, a wrap to a
+    /// negative number without).
+    #[test]
+    fn the_last_sequence_number_is_refused_not_overflowed() {
+        let mut dev = Device::new(DeviceConfig::new(Transport::Tcp, b"D", b"user", b"pw"));
+        dev.connect(NOW, 1, true);
+        let _ = sent(&mut dev);
+        dev.handle_frame(NOW, &frame_ack(1, 1, Body::LogonResponse { heartbeat_interval_s: 5 }));
+        drain(&mut dev);
+        dev.handle_frame(NOW, &frame_ack(2, 1, Body::GapFill { new_seq_num: i64::MAX }));
+        assert_eq!(dev.expected_in(), i64::MAX);
+        let app = Body::App { type_id: 100, body: b"x" };
+        dev.handle_frame(NOW, &frame_ack(i64::MAX, 1, app));
+        assert_eq!(dev.expected_in(), i64::MAX);
+        assert_eq!(dev.stats().malformed, 1);
     }
 
     /// Found by the `device` fuzz target: a LogonResponse that arrived before the device had
