@@ -453,7 +453,9 @@ impl GatewaySession {
                         r.config = ConfigRequest::Received;
                     }
                     self.timers.stop(Timer::Retry);
-                    self.timers.stop(Timer::Deadline);
+                    // Now the LogonRequest: within `logon_timeout`, as on TCP; an attach that
+                    // never logs on must not hold its session slot forever.
+                    self.timers.set(Timer::Deadline, now + self.cfg.logon_timeout);
                     self.transition(Event::ConfigReceived);
                     Some(Deliver::Config)
                 } else {

@@ -119,7 +119,8 @@ use crate::journal::JournalConfig;
 pub struct SessionConfig {
     /// H: heartbeat interval announced in LogonResponse (`session.heartbeat_interval_s`, 5 s).
     pub heartbeat_interval: Duration,
-    /// TCP: LogonRequest must arrive within this (`tcp.logon_timeout_ms`, 2 × 5 s = 10 s).
+    /// LogonRequest must arrive within this: on TCP of the connection, on UDP of DeviceConfig
+    /// (`tcp.logon_timeout_ms`, 2 × 5 s = 10 s).
     pub logon_timeout: Duration,
     /// UDP: DeviceConfig must arrive within this of RegistrationAccept
     /// (`udp.device_config_timeout_ms`, 10 s; eSP0008 after).

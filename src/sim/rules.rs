@@ -2267,6 +2267,27 @@ fn rule12_udp_garbage_dropped_counted_by_reason_never_answered() {
     assert_eq!(sent.last().unwrap(), b"still here");
 }
 
+/// A UDP attach that sends its DeviceConfig and never logs on does not hold its session slot
+/// forever: it has `tcp.logon_timeout_ms` from its DeviceConfig (like a TCP connection from its
+/// accept, and like a pending attach), then LoggedOut("logon timeout") and release.
+#[test]
+fn rule12_udp_attach_that_never_logs_on_is_timed_out() {
+    let mut net = cap_net(sim_config());
+    let mut x = RawUdp::new(9, b"NOLOGON", 9);
+    x.connect(&mut net);
+    x.register(&mut net);
+    let get = of_type(&x.received(&net), GET_DEVICE_CONFIG);
+    let Body::GetDeviceConfig { correlation_id } = get[0].msg().body else { unreachable!() };
+    let cfg = Body::DeviceConfig { correlation_id, config: SIM_DEVICE_CONFIG };
+    net.inject_udp(x.addr, SESSION, &dgram(x.id, &[&frame(0, 0, cfg)]));
+    net.run_for(secs(9));
+    assert_eq!(state_of(&net, x.id), Some(State::AwaitingLogon));
+    net.run_for(secs(2));
+    assert_eq!(logged_out_texts(&x.received(&net)), vec!["logon timeout".to_string()]);
+    assert_eq!(net.gateway.session_count(), 0, "released");
+    assert_eq!(net.count(Counter::LogonTimeouts), 1);
+}
+
 /// A raw UDP client logged on (open logon): its session id, next number 2.
 fn raw_udp_session(net: &mut Net, n: u8) -> RawUdp {
     let mut x = RawUdp::new(n, format!("RAW{n}").as_bytes(), u64::from(n));
