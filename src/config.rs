@@ -229,6 +229,20 @@ pub struct ObservabilitySection {
     pub trace_addrs: Vec<String>,
     /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
     pub latency_ns_max: u64,
+    /// `log_format`: "text" (one line per event, for people) or "json" (one object per line,
+    /// for log collectors); `--log-format` overrides it (default "text").
+    pub log_format: LogFormat,
+}
+
+/// `observability.log_format`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for ObservabilitySection {
@@ -240,6 +254,7 @@ impl Default for ObservabilitySection {
             trace_devices: Vec::new(),
             trace_addrs: Vec::new(),
             latency_ns_max: 60_000_000_000,
+            log_format: LogFormat::Text,
         }
     }
 }

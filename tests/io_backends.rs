@@ -7,12 +7,14 @@
 //!   `Uring::with_setup`.
 //!
 //! The io_uring flavours are skipped, with a note on stderr, when `io::uring::probe()` fails
-//! (no io_uring, or refused, as in many containers) or the kernel refuses that setup. Every wait
+//! (no io_uring, or refused, as in many containers), unless `FLEETGATE_REQUIRE_URING=1` makes
+//! that a failure (`fleetgate::sim::uring_available`); the fallback setups are also skipped when
+//! the kernel refuses that setup. Every wait
 //! has a deadline: `poll` is called with short timeouts until a condition holds or time is up.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -345,11 +347,11 @@ fn tcp_abort_closes_a_slow_reader_at_once(flavor: Flavor) {
 /// Wake event, and the wake is consumed.
 fn wake_reports_one_event(flavor: Flavor) {
     let Some(mut h) = Harness::start(flavor, cfg()) else { return };
-    let fd = h.wake;
+    let fd = h.wake.try_clone().unwrap();
     let start = Instant::now();
     let waker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        io::wake(fd);
+        io::wake(fd.as_fd());
     });
     assert!(h.poll_until(WAIT, |ev| wakes(ev) > 0), "{flavor:?}: no Wake");
     assert!(start.elapsed() < Duration::from_secs(2), "{flavor:?}: Wake came late");
@@ -362,15 +364,17 @@ fn wake_reports_one_event(flavor: Flavor) {
     // poll(None): only a wake ends it. If the backend misses the wake, a watchdog sends
     // another wake and a datagram after 5 s, so the test fails instead of hanging.
     let udp_addr = h.addr;
+    let fd = h.wake.try_clone().unwrap();
     let waker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        io::wake(fd);
+        io::wake(fd.as_fd());
     });
+    let fd = h.wake.try_clone().unwrap();
     let start = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if done_rx.recv_timeout(Duration::from_secs(5)).is_err() {
-            io::wake(fd);
+            io::wake(fd.as_fd());
             let _ = peer().send_to(b"watchdog", udp_addr);
         }
     });
@@ -462,7 +466,7 @@ fn runs_on_another_thread_than_built(flavor: Flavor) {
         let conn = h.b.register_tcp(server).unwrap();
         h.b.send_tcp(conn, b"hello").unwrap();
         h.b.flush().unwrap();
-        io::wake(h.wake);
+        io::wake(h.wake.as_fd());
         assert!(h.poll_until(WAIT, |ev| wakes(ev) == 1), "{flavor:?}: no Wake");
         h.poll_for(Duration::from_millis(20));
         h
@@ -502,24 +506,22 @@ struct Harness {
     addr: SocketAddr,
     /// Its UDP socket's receive buffer, in bytes.
     rcvbuf: usize,
-    wake: RawFd,
+    /// A duplicate of the backend's wake descriptor.
+    wake: OwnedFd,
     events: Vec<Ev>,
 }
 
 impl Harness {
     fn start(flavor: Flavor, cfg: BackendConfig) -> Option<Self> {
-        if flavor != Flavor::Epoll {
-            if let Err(why) = io::uring::probe() {
-                eprintln!("note: {flavor:?} skipped, io_uring unusable here: {why}");
-                return None;
-            }
+        if flavor != Flavor::Epoll && !fleetgate::sim::uring_available(&format!("{flavor:?}")) {
+            return None;
         }
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(BIG_RCVBUF);
         let rcvbuf = socket2::SockRef::from(&udp).recv_buffer_size().unwrap();
         let addr = udp.local_addr().unwrap();
         let wake = io::eventfd().unwrap();
-        let wake_fd = wake.as_raw_fd();
+        let wake_fd = wake.try_clone().unwrap();
         let b: Box<dyn Backend + Send> = match flavor {
             Flavor::Epoll => io::build(Kind::Epoll, udp, wake, cfg).unwrap(),
             Flavor::Uring => io::build(Kind::Uring, udp, wake, cfg).unwrap(),

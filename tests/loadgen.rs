@@ -32,22 +32,21 @@ fn run(scenario: Scenario, extra: &[&str], tweak: impl FnOnce(&mut LoadConfig)) 
     json
 }
 
-/// Pulls `"key":number` out of the flat JSON the generator prints (no JSON crate needed).
+/// The number at `path` in the generator's JSON summary.
 fn num(json: &str, path: &[&str]) -> f64 {
-    let mut s = json;
+    let v: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
+    let mut at = &v;
     for p in path {
-        let key = format!("\"{p}\":");
-        let at = s.find(&key).unwrap_or_else(|| panic!("no {p} in {json}"));
-        s = &s[at + key.len()..];
+        at = at.get(p).unwrap_or_else(|| panic!("no {p} in {json}"));
     }
-    let end = s.find([',', '}']).unwrap_or(s.len());
-    s[..end].trim().parse().unwrap_or_else(|_| panic!("{path:?} is not a number in {json}"))
+    at.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in {json}"))
 }
 
 fn check_common(json: &str, latency: &str) {
     assert!(num(json, &["completions"]) > 0.0, "{json}");
     assert_eq!(num(json, &["errors_total"]), 0.0, "{json}");
-    assert!(json.contains("\"failed\":false"), "{json}");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["failed"], false, "{json}");
     let q: Vec<f64> = ["p50", "p90", "p99", "p99_9", "p99_99", "max"]
         .iter()
         .map(|k| num(json, &[latency, k]))
@@ -74,6 +73,8 @@ fn storm_scenario() {
     });
     check_common(&json, "handshake_ns");
     assert_eq!(num(&json, &["logons"]), 210.0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["scenario"], "storm", "{json}");
 }
 
 #[test]

@@ -152,8 +152,7 @@ fn steady_echo_allocates_nothing(io: &str) {
 #[test]
 fn shard_steady_echo_allocates_nothing_on_both_backends() {
     steady_echo_allocates_nothing("epoll");
-    match fleetgate::io::uring::probe() {
-        Ok(()) => steady_echo_allocates_nothing("uring"),
-        Err(e) => eprintln!("skipped io_uring: backend unavailable: {e}"),
+    if fleetgate::sim::uring_available("shard_steady_echo_allocates_nothing (uring)") {
+        steady_echo_allocates_nothing("uring");
     }
 }

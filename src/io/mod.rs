@@ -40,9 +40,9 @@
 //! is missing or refused (as in many containers). `FLEETGATE_IO=epoll` in the environment
 //! forces the fallback whatever the config says.
 //!
-//! Every `unsafe` block of the product lives under this module: the backends, the acceptor's
-//! ring ([`uring::accept`]) and [`sys`], the safe wrappers of the other system calls the crate
-//! makes.
+//! Every `unsafe` block of the product lives under this module: the backends and the acceptor's
+//! ring ([`uring::accept`]). The other system calls the crate makes (`poll(2)`, epoll for the
+//! load generator, rlimits, eventfd, signals) go through the `rustix` and `signal-hook` crates.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -51,7 +51,6 @@ use std::time::Duration;
 use crate::ids::ConnId;
 
 pub mod epoll;
-pub mod sys;
 pub mod uring;
 
 /// An input reported by [`Backend::poll`].
@@ -190,21 +189,14 @@ pub fn build(
 
 /// Creates an eventfd (non-blocking) for waking a shard.
 pub fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd has no pointer arguments; the returned descriptor is checked below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?)
 }
 
-/// Signals an eventfd (from another thread).
-pub fn wake(fd: std::os::fd::RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to a descriptor the caller keeps open; errors
-    // (EAGAIN when the counter is saturated) are harmless: the shard is already due to wake.
-    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+/// Signals an eventfd (from another thread). Errors (EAGAIN when the counter is saturated) are
+/// harmless: the shard is already due to wake.
+pub fn wake(fd: std::os::fd::BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Converts a `sockaddr_storage` filled by the kernel into a `SocketAddr`.

@@ -17,13 +17,15 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use super::metrics::session_rows;
 use super::traces::TraceWriter;
 use crate::counters::Counters;
-use crate::runtime::report::{Published, ShardCounters};
+use crate::runtime::report::{AcceptorReport, Published};
 
 /// The merged view the HTTP endpoints read.
 #[derive(Default)]
 pub struct View {
     /// Latest snapshot per shard.
     pub shards: Vec<Option<ShardView>>,
+    /// The acceptor's latest report.
+    pub acceptor: Option<AcceptorReport>,
     /// Histograms since start, merged over shards.
     pub service_ns: Option<Histogram<u64>>,
     /// Loop cycle time since start.
@@ -38,14 +40,10 @@ pub struct View {
 pub struct ShardView {
     /// Backend name.
     pub backend: &'static str,
-    /// Counters.
+    /// Counters (the endpoint's and the loop's) and gauges.
     pub counters: Counters,
-    /// Shard loop counters.
-    pub shard: ShardCounters,
     /// JSON rows of the connections list.
     pub sessions_json: String,
-    /// Sessions by state.
-    pub by_state: [u64; 6],
 }
 
 /// Runs until `stop`: collects snapshots every 100 ms, writes the interval log each second.
@@ -57,12 +55,12 @@ pub fn run(
     stop: Arc<AtomicBool>,
     latency_ns_max: u64,
 ) {
-    let Published { shards: mut links, mut traces, clock, .. } = published;
+    let Published { shards: mut links, mut traces, mut acceptor, clock } = published;
     let mut trace_writer = TraceWriter::new(trace_dir);
     let mut log_file = hist_log.and_then(|p| match std::fs::File::create(&p) {
         Ok(f) => Some(std::io::BufWriter::new(f)),
         Err(e) => {
-            eprintln!("fleetgate: cannot create histogram log {}: {e}", p.display());
+            tracing::error!(path = %p.display(), error = %e, "cannot create histogram log");
             None
         }
     });
@@ -103,20 +101,25 @@ pub fn run(
                 let _ = i_cycle.add(&snap.cycle_ns);
                 let _ = i_handshake.add(&snap.handshake_ns);
                 let _ = i_resend.add(&snap.resend_ns);
-                let (json, by_state) = session_rows(&snap);
+                let json = session_rows(&snap);
                 let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = v.shards.get_mut(snap.shard) {
                     *slot = Some(ShardView {
                         backend: snap.backend,
                         counters: snap.counters.clone(),
-                        shard: snap.shard_counters,
                         sessions_json: json,
-                        by_state,
                     });
                 }
                 drop(v);
                 let _ = link.recycle.push(snap);
             }
+        }
+        let mut latest = None;
+        while let Ok(r) = acceptor.pop() {
+            latest = Some(r);
+        }
+        if latest.is_some() {
+            view.lock().unwrap_or_else(|e| e.into_inner()).acceptor = latest;
         }
         let now = clock.now();
         if now.saturating_since(interval_start) >= Duration::from_secs(1) || stopping {

@@ -9,15 +9,9 @@ use std::time::Duration;
 
 use super::housekeeping::View;
 use super::metrics::{metrics, sessions};
-use crate::runtime::report::AcceptorReport;
 
 /// Serves `/metrics`, `/sessions` and `/healthz` until `stop`.
-pub fn serve_http(
-    listener: TcpListener,
-    view: Arc<Mutex<View>>,
-    acceptor: Arc<Mutex<AcceptorReport>>,
-    stop: Arc<AtomicBool>,
-) {
+pub fn serve_http(listener: TcpListener, view: Arc<Mutex<View>>, stop: Arc<AtomicBool>) {
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -25,14 +19,14 @@ pub fn serve_http(
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                handle(stream, &view, &acceptor);
+                handle(stream, &view);
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
 
-fn handle(stream: std::net::TcpStream, view: &Mutex<View>, acceptor: &Mutex<AcceptorReport>) {
+fn handle(stream: std::net::TcpStream, view: &Mutex<View>) {
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -47,11 +41,8 @@ fn handle(stream: std::net::TcpStream, view: &Mutex<View>, acceptor: &Mutex<Acce
     let (status, ctype, body) = match path {
         "/metrics" => (
             "200 OK",
-            "text/plain; version=0.0.4",
-            metrics(
-                &view.lock().unwrap_or_else(|e| e.into_inner()),
-                &acceptor.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
+            super::metrics::CONTENT_TYPE,
+            metrics(&view.lock().unwrap_or_else(|e| e.into_inner())),
         ),
         "/sessions" => (
             "200 OK",

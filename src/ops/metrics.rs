@@ -1,107 +1,34 @@
-//! The exposition of what housekeeping merged: `/metrics` (Prometheus text) and `/sessions`
-//! (the JSON connections list).
+//! The exposition of what housekeeping merged: `/metrics` (Prometheus text format 0.0.4,
+//! written by the `prometheus-client` crate) and `/sessions` (the JSON connections list, written
+//! by `serde_json`).
+//!
+//! `/metrics` is the declared counter table ([`Counter`]) as it is: one family per name, the
+//! shard entries with a `shard` label, the acceptor's without, then the latency histograms.
 
-use std::fmt::Write as _;
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 use super::housekeeping::View;
-use crate::counters::Counter;
-use crate::runtime::report::{AcceptorReport, ShardCounters, Snapshot};
+use crate::counters::{Counter, Counters, Kind, Scope};
+use crate::runtime::report::Snapshot;
 use crate::session::{Link, State};
 
-/// Prometheus text for the view and the acceptor's report.
-pub fn metrics(v: &View, acceptor: &AcceptorReport) -> String {
+/// The `Content-Type` of [`metrics`]' output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Prometheus text for the view.
+pub fn metrics(v: &View) -> String {
+    let scrape = Scrape::of(v);
+    let mut registry = Registry::with_prefix("fleetgate");
+    registry.register_collector(Box::new(scrape));
     let mut out = String::new();
-    for &c in Counter::VALUES {
-        let _ = writeln!(out, "# TYPE fleetgate_{} counter", c.name());
-        for (i, s) in v.shards.iter().enumerate() {
-            if let Some(s) = s {
-                let _ =
-                    writeln!(out, "fleetgate_{}{{shard=\"{i}\"}} {}", c.name(), s.counters.get(c));
-            }
-        }
-    }
-    let _ = writeln!(out, "# TYPE fleetgate_sessions gauge");
-    for (i, s) in v.shards.iter().enumerate() {
-        if let Some(s) = s {
-            for (k, name) in STATES.iter().enumerate().take(5) {
-                let _ = writeln!(
-                    out,
-                    "fleetgate_sessions{{shard=\"{i}\",state=\"{name}\"}} {}",
-                    s.by_state[k]
-                );
-            }
-        }
-    }
-    let shard_metrics: [ShardMetric; 10] = [
-        ("handoffs_total", "counter", |s| s.handoffs),
-        ("handoff_rejected_total", "counter", |s| s.handoff_rejected),
-        ("udp_send_dropped_total", "counter", |s| s.udp_send_dropped),
-        ("tcp_slow_reader_closed_total", "counter", |s| s.tcp_slow_closed),
-        ("tcp_slow_reader_aborted_total", "counter", |s| s.tcp_slow_aborted),
-        ("tcp_close_aborted_total", "counter", |s| s.tcp_close_aborted),
-        ("histogram_saturated_total", "counter", |s| s.histogram_saturated),
-        ("cycle_ns_max", "gauge", |s| s.cycle_ns_max),
-        ("cycles_over_1ms_total", "counter", |s| s.cycles_over_1ms),
-        ("trace_dropped_total", "counter", |s| s.trace_dropped),
-    ];
-    for (name, kind, f) in shard_metrics {
-        let _ = writeln!(out, "# TYPE fleetgate_{name} {kind}");
-        for (i, s) in v.shards.iter().enumerate() {
-            if let Some(s) = s {
-                let _ = writeln!(
-                    out,
-                    "fleetgate_{name}{{shard=\"{i}\",backend=\"{}\"}} {}",
-                    s.backend,
-                    f(&s.shard)
-                );
-            }
-        }
-    }
-    let a = &acceptor.counters;
-    if !acceptor.backend.is_empty() {
-        let _ = writeln!(out, "# TYPE fleetgate_acceptor_info gauge");
-        let _ = writeln!(out, "fleetgate_acceptor_info{{backend=\"{}\"}} 1", acceptor.backend);
-    }
-    let _ = writeln!(out, "# TYPE fleetgate_connection_requests_total counter");
-    let outcomes = [
-        ("accepted", a.accepted),
-        ("rejected", a.rejected - a.rate_limited),
-        ("rate_limited", a.rate_limited),
-        ("dropped", a.dropped),
-    ];
-    let _ = writeln!(out, "# TYPE fleetgate_connection_replies_dropped_total counter");
-    let _ = writeln!(out, "fleetgate_connection_replies_dropped_total {}", a.replies_dropped);
-    for (outcome, n) in outcomes {
-        let _ = writeln!(out, "fleetgate_connection_requests_total{{outcome=\"{outcome}\"}} {n}");
-    }
-    let _ = writeln!(out, "# TYPE fleetgate_tcp_accepts_total counter");
-    let outcomes = [
-        ("handed_off", a.handoffs),
-        ("logon_timeout", a.logon_timeouts),
-        ("refused", a.tcp_refused),
-        ("malformed", a.tcp_malformed),
-    ];
-    for (outcome, n) in outcomes {
-        let _ = writeln!(out, "fleetgate_tcp_accepts_total{{outcome=\"{outcome}\"}} {n}");
-    }
-    for (name, h) in [
-        ("service_ns", &v.service_ns),
-        ("cycle_ns", &v.cycle_ns),
-        ("handshake_ns", &v.handshake_ns),
-        ("resend_ns", &v.resend_ns),
-    ] {
-        if let Some(h) = h {
-            let _ = writeln!(out, "# TYPE fleetgate_{name} summary");
-            for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
-                let _ = writeln!(
-                    out,
-                    "fleetgate_{name}{{quantile=\"{q}\"}} {}",
-                    h.value_at_quantile(q)
-                );
-            }
-            let _ = writeln!(out, "fleetgate_{name}_count {}", h.len());
-        }
-    }
+    // Writing into a String cannot fail; an encoder error would leave a partial body, which
+    // the scraper rejects.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
 }
 
@@ -117,49 +44,258 @@ pub fn sessions(v: &View) -> String {
     format!("[{}]\n", rows.join(","))
 }
 
-/// The JSON rows of a snapshot's connections list, and its sessions counted by state.
-pub(crate) fn session_rows(snap: &Snapshot) -> (String, [u64; 6]) {
-    let mut by_state = [0u64; 6];
-    let mut json = String::new();
-    for (k, s) in snap.sessions.iter().enumerate() {
-        by_state[state_index(s.state)] += 1;
-        if k > 0 {
-            json.push(',');
-        }
-        let link = match s.link {
-            Link::Udp(a) => format!("\"udp:{a}\""),
-            Link::Tcp(c) => format!("\"tcp:conn{}\"", c.0),
-            Link::None => "null".into(),
-        };
-        let _ = write!(
-            json,
-            "{{\"id\":\"{:016x}\",\"device_uid\":{:?},\"username\":{:?},\"link\":{link},\"shard\":{},\"state\":\"{}\",\"expected_in\":{},\"next_out\":{},\"last_heard_ms_ago\":{}}}",
-            s.id,
-            s.device_uid.as_str(),
-            s.username.as_str(),
-            snap.shard,
-            STATES[state_index(s.state)],
-            s.expected_in,
-            s.next_out,
-            snap.at.saturating_since(s.last_heard).as_millis(),
-        );
-    }
-    (json, by_state)
+/// The JSON rows of a snapshot's connections list (comma-separated objects, no brackets).
+pub(crate) fn session_rows(snap: &Snapshot) -> String {
+    let rows: Vec<SessionRow<'_>> = snap
+        .sessions
+        .iter()
+        .map(|s| SessionRow {
+            id: format!("{:016x}", s.id),
+            device_uid: s.device_uid.as_str(),
+            username: s.username.as_str(),
+            link: match s.link {
+                Link::Udp(a) => Some(format!("udp:{a}")),
+                Link::Tcp(c) => Some(format!("tcp:conn{}", c.0)),
+                Link::None => None,
+            },
+            shard: snap.shard,
+            state: state_name(s.state),
+            expected_in: s.expected_in,
+            next_out: s.next_out,
+            last_heard_ms_ago: snap.at.saturating_since(s.last_heard).as_millis() as u64,
+        })
+        .collect();
+    let json = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into());
+    // The view concatenates shards' rows into one array.
+    json[1..json.len() - 1].to_string()
 }
 
-/// A shard-loop metric: name, Prometheus type, and how to read it.
-type ShardMetric = (&'static str, &'static str, fn(&ShardCounters) -> u64);
+/// One row of `/sessions`.
+#[derive(Serialize)]
+struct SessionRow<'a> {
+    id: String,
+    device_uid: &'a str,
+    username: &'a str,
+    link: Option<String>,
+    shard: usize,
+    state: &'static str,
+    expected_in: i64,
+    next_out: i64,
+    last_heard_ms_ago: u64,
+}
 
-const STATES: [&str; 6] =
-    ["awaiting_config", "awaiting_logon", "active", "logging_out", "detached", "closed"];
-
-fn state_index(s: State) -> usize {
+fn state_name(s: State) -> &'static str {
     match s {
-        State::AwaitingConfig => 0,
-        State::AwaitingLogon => 1,
-        State::Active => 2,
-        State::LoggingOut(..) => 3,
-        State::Detached => 4,
-        State::Closed(_) => 5,
+        State::AwaitingConfig => "awaiting_config",
+        State::AwaitingLogon => "awaiting_logon",
+        State::Active => "active",
+        State::LoggingOut(..) => "logging_out",
+        State::Detached => "detached",
+        State::Closed(_) => "closed",
+    }
+}
+
+/// What one scrape exports, copied out of the view (so the lock is not held while encoding).
+#[derive(Debug)]
+struct Scrape {
+    /// `(shard, backend, counters)` of each shard that has published.
+    shards: Vec<(usize, &'static str, Counters)>,
+    /// The acceptor's driver and counters, once it has published.
+    acceptor: Option<(&'static str, Counters)>,
+    histograms: Vec<(&'static str, &'static str, Buckets)>,
+}
+
+/// A histogram in Prometheus' shape: the count in each bucket (the encoder makes them
+/// cumulative), sum and count.
+#[derive(Debug)]
+struct Buckets {
+    le: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Scrape {
+    fn of(v: &View) -> Self {
+        let shards = v
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.backend, s.counters.clone())))
+            .collect();
+        let acceptor = v.acceptor.as_ref().map(|a| (a.backend, a.counters.clone()));
+        let histograms = [
+            (
+                "service_ns",
+                "Datagram or TCP chunk read to its answers handed to the kernel (ns).",
+                &v.service_ns,
+            ),
+            ("cycle_ns", "Shard loop passes with work (ns).", &v.cycle_ns),
+            (
+                "handshake_ns",
+                "TCP accept to LogonResponse handed to the kernel (ns).",
+                &v.handshake_ns,
+            ),
+            (
+                "resend_ns",
+                "ResendRequest to its last message handed to the transport (ns).",
+                &v.resend_ns,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, help, h)| h.as_ref().map(|h| (name, help, Buckets::of(h))))
+        .collect();
+        Self { shards, acceptor, histograms }
+    }
+}
+
+impl Buckets {
+    /// Upper bounds 1-2-5 per decade from 1 µs to 50 s (ns): fine enough for latencies from a
+    /// loopback echo to a stalled shard.
+    fn of(h: &Histogram<u64>) -> Self {
+        let bounds: Vec<u64> = (3..=10).flat_map(|e| [1, 2, 5].map(|m| m * 10u64.pow(e))).collect();
+        let mut le: Vec<(f64, u64)> = bounds.iter().map(|&b| (b as f64, 0)).collect();
+        for v in h.iter_recorded() {
+            let value = h.highest_equivalent(v.value_iterated_to());
+            // Values above the last bound are counted only in `+Inf` (the count).
+            if let Some((_, n)) = le.iter_mut().find(|(bound, _)| value as f64 <= *bound) {
+                *n += v.count_at_value();
+            }
+        }
+        let count = h.len();
+        Self { le, sum: h.mean() * count as f64, count }
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if !self.shards.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "shard",
+                "The I/O backend each shard runs.",
+                None,
+                MetricType::Info,
+            )?;
+            for (i, backend, _) in &self.shards {
+                m.encode_info(&[("shard", i.to_string()), ("backend", backend.to_string())])?;
+            }
+        }
+        if let Some((backend, _)) = self.acceptor {
+            let mut m = encoder.encode_descriptor(
+                "acceptor",
+                "The acceptor's driver.",
+                None,
+                MetricType::Info,
+            )?;
+            m.encode_info(&[("backend", backend)])?;
+        }
+        let mut k = 0;
+        while k < Counter::COUNT {
+            let first = Counter::VALUES[k];
+            let meta = first.meta();
+            let family: Vec<Counter> = Counter::VALUES[k..]
+                .iter()
+                .copied()
+                .take_while(|c| c.name() == meta.name)
+                .collect();
+            k += family.len();
+            let (name, kind) = match meta.kind {
+                // The encoder appends `_total` to counters.
+                Kind::Counter => (meta.name.trim_end_matches("_total"), MetricType::Counter),
+                Kind::Gauge | Kind::Max => (meta.name, MetricType::Gauge),
+            };
+            let sources: Vec<(Option<usize>, &Counters)> = match meta.scope {
+                Scope::Shard => self.shards.iter().map(|(i, _, c)| (Some(*i), c)).collect(),
+                Scope::Acceptor => self.acceptor.iter().map(|(_, c)| (None, c)).collect(),
+            };
+            if sources.is_empty() {
+                continue;
+            }
+            let mut m = encoder.encode_descriptor(name, first.help(), None, kind)?;
+            for c in &family {
+                for (shard, counters) in &sources {
+                    let mut labels: Vec<(&str, String)> = Vec::with_capacity(2);
+                    if let Some(i) = shard {
+                        labels.push(("shard", i.to_string()));
+                    }
+                    if let Some((key, value)) = c.meta().label {
+                        labels.push((key, value.to_string()));
+                    }
+                    let value = counters.get(*c);
+                    let mut sample = m.encode_family(&labels)?;
+                    match kind {
+                        MetricType::Counter => {
+                            sample.encode_counter::<NoLabelSet, _, u64>(&value, None)?
+                        }
+                        _ => sample.encode_gauge(&value)?,
+                    }
+                }
+            }
+        }
+        for (name, help, b) in &self.histograms {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            m.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.le, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::report::AcceptorReport;
+
+    #[test]
+    fn every_family_has_its_type_line_directly_before_its_samples() {
+        let mut c = Counters::default();
+        c.add(Counter::LogonsAccepted, 3);
+        c.set(Counter::StateActive, 2);
+        c.raise(Counter::CycleNsMax, 1234);
+        let mut a = Counters::default();
+        a.add(Counter::TcpHandedOff, 5);
+        a.add(Counter::ConnectionRequestsAccepted, 7);
+        let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        h.record(1_500).unwrap();
+        h.record(40_000).unwrap();
+        let v = View {
+            shards: vec![
+                Some(super::super::housekeeping::ShardView {
+                    backend: "epoll",
+                    counters: c.clone(),
+                    sessions_json: String::new(),
+                }),
+                Some(super::super::housekeeping::ShardView {
+                    backend: "epoll",
+                    counters: c,
+                    sessions_json: String::new(),
+                }),
+            ],
+            acceptor: Some(AcceptorReport { counters: a, backend: "poll" }),
+            service_ns: Some(h),
+            ..View::default()
+        };
+        let text = metrics(&v);
+        assert!(text.contains("fleetgate_logons_accepted_total{shard=\"1\"} 3\n"), "{text}");
+        assert!(text.contains("fleetgate_sessions{shard=\"0\",state=\"active\"} 2\n"), "{text}");
+        assert!(text.contains("fleetgate_cycle_ns_max{shard=\"0\"} 1234\n"), "{text}");
+        assert!(text.contains("fleetgate_tcp_accepts_total{outcome=\"handed_off\"} 5\n"), "{text}");
+        assert!(text.contains("fleetgate_acceptor_info{backend=\"poll\"} 1\n"), "{text}");
+        assert!(text.contains("fleetgate_service_ns_bucket{le=\"2000\"} 1\n"), "{text}");
+        assert!(text.contains("fleetgate_service_ns_count 2\n"), "{text}");
+        // Each sample follows its own family's TYPE line, with no other family in between.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"))
+                    .filter(|b| *b == family)
+                    .unwrap_or(name);
+                assert_eq!(base, family, "{line} under # TYPE {family}");
+            }
+        }
     }
 }

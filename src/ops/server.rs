@@ -29,6 +29,15 @@ pub struct Server {
 impl Server {
     /// Binds every socket (the HTTP one first) and starts every thread.
     pub fn start(cfg: &Config, auth: Arc<dyn Authenticator + Send + Sync>) -> Result<Self, String> {
+        Self::start_with(cfg, auth, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// As [`Server::start`], stopped by `shutdown` (the flag the signal handlers set).
+    pub fn start_with(
+        cfg: &Config,
+        auth: Arc<dyn Authenticator + Send + Sync>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
         let obs = &cfg.observability;
         let listener = if obs.metrics_addr.is_empty() {
             None
@@ -37,10 +46,9 @@ impl Server {
                 .map_err(|e| format!("cannot bind metrics {}: {e}", obs.metrics_addr))?;
             Some(l)
         };
-        let (gateway, published) = Gateway::start(cfg, auth)?;
+        let (gateway, published) = Gateway::start(cfg, auth, shutdown)?;
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = published.acceptor.clone();
         let hk = {
             let (view, stop) = (view.clone(), stop.clone());
             let log = obs.hist_log.clone().map(PathBuf::from);
@@ -58,7 +66,7 @@ impl Server {
             let (view, stop) = (server.view.clone(), server.stop.clone());
             let h = std::thread::Builder::new()
                 .name("fleetgate-http".into())
-                .spawn(move || http::serve_http(l, view, acceptor, stop))
+                .spawn(move || http::serve_http(l, view, stop))
                 .map_err(|e| e.to_string())?;
             server.http = Some(h);
         }

@@ -39,7 +39,7 @@ impl TraceWriter {
                     self.files.insert(key.clone(), std::io::BufWriter::new(f));
                 }
                 Err(e) => {
-                    eprintln!("fleetgate: cannot open trace file {}: {e}", path.display());
+                    tracing::error!(path = %path.display(), error = %e, "cannot open trace file");
                     return;
                 }
             }
@@ -76,30 +76,11 @@ impl TraceWriter {
 
 /// `YYYY-MM-DD HH:MM:SS.uuuuuu` (UTC) from Unix-epoch nanoseconds.
 pub fn format_time(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let micros = ns.rem_euclid(1_000_000_000) / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    match jiff::Timestamp::from_nanosecond(i128::from(ns)) {
+        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        // Outside jiff's range (years -9999..=9999): cannot come from the process clock.
+        Err(_) => format!("@{ns}ns"),
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! and the integration tests).
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::counters::Counters;
 use crate::io::{self, BackendConfig};
 use crate::runtime::acceptor::{self, AcceptorSpec};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::{AcceptorCounters, AcceptorReport, Published, ShardLink, Snapshot};
+use crate::runtime::report::{Published, ShardLink, Snapshot};
 use crate::runtime::shard::tap::{TraceFilter, TraceRecord};
 use crate::runtime::shard::{self, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
@@ -38,7 +37,7 @@ pub struct Gateway {
     pub reserved_bytes: usize,
     shutdown: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
-    acceptor: Option<JoinHandle<AcceptorCounters>>,
+    acceptor: Option<JoinHandle<Counters>>,
 }
 
 /// What a stopped gateway counted.
@@ -47,7 +46,7 @@ pub struct Totals {
     /// Session counters summed over shards.
     pub counters: Counters,
     /// Acceptor counters.
-    pub acceptor: AcceptorCounters,
+    pub acceptor: Counters,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -67,17 +66,18 @@ fn random_secret() -> std::io::Result<[u8; 32]> {
 }
 
 impl Gateway {
-    /// Binds every socket and starts the shards and the acceptor. Returns the running gateway
-    /// and the reading ends of what it publishes.
+    /// Binds every socket and starts the shards and the acceptor; setting `shutdown` (as the
+    /// signal handlers of [`crate::runtime::signals`] do) stops them. Returns the running
+    /// gateway and the reading ends of what it publishes.
     pub fn start(
         cfg: &Config,
         auth: Arc<dyn Authenticator + Send + Sync>,
+        shutdown: Arc<AtomicBool>,
     ) -> Result<(Self, Published), String> {
         let shards = cfg.shard_count();
         let clock = Clock::new();
         let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(AcceptorReport::default()));
+        let (report, acceptor_reports) = rtrb::RingBuffer::new(4);
         let g = &cfg.gateway;
         let hs_udp = bind_udp(g.handshake_addr)
             .map_err(|e| format!("cannot bind UDP {}: {e}", g.handshake_addr))?;
@@ -111,28 +111,28 @@ impl Gateway {
                 bind_udp(addr).map_err(|e| format!("cannot bind session port {addr}: {e}"))?;
             session_ports.push(port);
             let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-            let wake_fd = wake.as_raw_fd();
+            let waker = wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
             let bcfg = BackendConfig {
                 max_datagram: cfg.udp.max_datagram,
                 batch: 64,
                 max_connections: cfg.tcp.max_connections_per_shard,
                 send_queue_bytes: cfg.tcp.send_queue_bytes,
             };
-            let (backend, wake_fd) =
+            let (backend, waker) =
                 match io::build(kind, udp.try_clone().map_err(|e| e.to_string())?, wake, bcfg) {
-                    Ok(b) => (b, wake_fd),
+                    Ok(b) => (b, waker),
                     Err(e) if g.io == "auto" => {
                         // The failed build closed its eventfd: the fallback gets a new one.
                         backend_name = format!("epoll (io_uring backend failed: {e})");
                         let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-                        let fd = wake.as_raw_fd();
+                        let waker = wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
                         let b = io::build(io::Kind::Epoll, udp, wake, bcfg)
                             .map_err(|e| format!("epoll backend: {e}"))?;
-                        (b, fd)
+                        (b, waker)
                     }
                     Err(e) => return Err(format!("shard {i}: {e}")),
                 };
-            wakes.push(wake_fd);
+            wakes.push(waker);
             start_shard(
                 i,
                 cfg,
@@ -168,7 +168,7 @@ impl Gateway {
             rate_per_s: cfg.udp.handshake_rate_per_s,
             burst: cfg.udp.handshake_burst,
             max_pending: 1024,
-            report: report.clone(),
+            report,
         };
         let acceptor = std::thread::Builder::new()
             .name("fleetgate-acceptor".into())
@@ -185,7 +185,8 @@ impl Gateway {
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),
         };
-        let published = Published { shards: links, traces: trace_rx, acceptor: report, clock };
+        let published =
+            Published { shards: links, traces: trace_rx, acceptor: acceptor_reports, clock };
         Ok((gateway, published))
     }
 
@@ -206,6 +207,7 @@ impl Gateway {
         while !self.shutdown.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        tracing::info!("shutting down");
         if let Some(a) = self.acceptor.take() {
             t.acceptor = a.join().unwrap_or_default();
         }

@@ -1,9 +1,7 @@
 //! What the runtime publishes for the operator side (`ops`) to read, never the other way round:
 //! each shard's once-a-second [`Snapshot`] over an SPSC queue (its buffer recycled), the
-//! acceptor's [`AcceptorReport`], and the protocol trace queues. [`Published`] bundles the
+//! acceptor's [`AcceptorReport`] over another, and the protocol trace queues. [`Published`] bundles the
 //! reading ends a started gateway hands over.
-
-use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 
@@ -18,8 +16,8 @@ pub struct Published {
     pub shards: Vec<ShardLink>,
     /// One per traced shard: its protocol tap's records.
     pub traces: Vec<rtrb::Consumer<TraceRecord>>,
-    /// The acceptor's counters, updated about every 200 ms.
-    pub acceptor: Arc<Mutex<AcceptorReport>>,
+    /// The acceptor's reports, about every 200 ms.
+    pub acceptor: rtrb::Consumer<AcceptorReport>,
     /// The time base the shards stamp snapshots with.
     pub clock: Clock,
 }
@@ -32,36 +30,15 @@ pub struct ShardLink {
     pub recycle: rtrb::Producer<Box<Snapshot>>,
 }
 
-/// What the acceptor last published (behind a mutex the acceptor holds only to copy into).
-#[derive(Clone, Copy, Debug, Default)]
+/// What the acceptor publishes about every 200 ms over its SPSC queue (the latest one wins).
+#[derive(Clone, Debug)]
 pub struct AcceptorReport {
-    /// The acceptor's counters (handshakes by outcome).
-    pub counters: AcceptorCounters,
-    /// The acceptor's driver: "io_uring" or "poll" ("" until it runs).
+    /// The acceptor's counters (only [`Scope::Acceptor`] entries are used).
+    ///
+    /// [`Scope::Acceptor`]: crate::counters::Scope::Acceptor
+    pub counters: Counters,
+    /// The acceptor's driver: "io_uring" or "poll".
     pub backend: &'static str,
-}
-
-/// What the acceptor counted.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AcceptorCounters {
-    /// ConnectionAccepts sent.
-    pub accepted: u64,
-    /// ConnectionRejects sent, by any reason.
-    pub rejected: u64,
-    /// ConnectionRejects for rate limiting.
-    pub rate_limited: u64,
-    /// Datagrams dropped unanswered (short, malformed).
-    pub dropped: u64,
-    /// Answers not sent: the kernel refused them or (io_uring) no send slot was free.
-    pub replies_dropped: u64,
-    /// TCP connections handed to shards.
-    pub handoffs: u64,
-    /// TCP connections closed: no LogonRequest in time.
-    pub logon_timeouts: u64,
-    /// TCP connections refused: pending table or handoff queue full.
-    pub tcp_refused: u64,
-    /// TCP connections closed for a framing error in the first message.
-    pub tcp_malformed: u64,
 }
 
 /// What a shard publishes once a second.
@@ -71,10 +48,8 @@ pub struct Snapshot {
     pub shard: usize,
     /// Backend name.
     pub backend: &'static str,
-    /// Counters since start.
+    /// The endpoint's and the loop's counters since start, and the gauges now.
     pub counters: Counters,
-    /// Extra shard counters since start.
-    pub shard_counters: ShardCounters,
     /// The connections list.
     pub sessions: Vec<SessionInfo>,
     /// Time from reading a datagram or TCP chunk to handing its answers to the kernel, this
@@ -100,7 +75,6 @@ impl Snapshot {
             shard: 0,
             backend: "",
             counters: Counters::default(),
-            shard_counters: ShardCounters::default(),
             sessions: Vec::with_capacity(max_sessions),
             service_ns: h(),
             cycle_ns: h(),
@@ -109,33 +83,6 @@ impl Snapshot {
             at: Timestamp::ZERO,
         }
     }
-}
-
-/// Counters kept by the shard loop itself.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ShardCounters {
-    /// Handoffs taken.
-    pub handoffs: u64,
-    /// Handoffs whose connection could not be adopted (no slot).
-    pub handoff_rejected: u64,
-    /// Datagrams the kernel refused (socket buffer full).
-    pub udp_send_dropped: u64,
-    /// TCP connections whose send queue filled (slow readers): told LoggedOut and closed.
-    pub tcp_slow_closed: u64,
-    /// Of those, connections aborted because the reader did not take the LoggedOut in
-    /// `tcp.close_linger_ms`.
-    pub tcp_slow_aborted: u64,
-    /// Connections the shard closed that were aborted after `tcp.close_linger_ms` (the peer
-    /// neither read everything nor closed its end); slow readers included.
-    pub tcp_close_aborted: u64,
-    /// Histogram values above the bound (saturated).
-    pub histogram_saturated: u64,
-    /// Longest loop pass (ns).
-    pub cycle_ns_max: u64,
-    /// Loop passes over 1 ms.
-    pub cycles_over_1ms: u64,
-    /// Trace records dropped because the writer fell behind.
-    pub trace_dropped: u64,
 }
 
 /// Counter totals by name, for logs.

@@ -1,25 +1,16 @@
-//! Termination signals: SIGTERM and SIGINT set the gateway's shutdown flag, which every thread
-//! checks at least every 100 ms. The handler only sets an atomic (`io::sys`); a small thread
-//! forwards it to the flag.
+//! Termination signals: SIGTERM and SIGINT set the gateway's shutdown flag directly (the
+//! `signal-hook` crate's handler only stores to the atomic), which every thread checks at least
+//! every 100 ms.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use crate::io::sys;
-
-/// Catches SIGTERM and SIGINT from now on (before the gateway starts, so that none is lost).
-pub fn catch() {
-    sys::catch_terminate();
-}
-
-/// Sets `shutdown` once a caught signal arrives (polled every 20 ms by a detached thread).
-pub fn forward_to(shutdown: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        while !sys::terminate_requested() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("fleetgate: shutting down");
-        shutdown.store(true, Ordering::Relaxed);
-    });
+/// Catches SIGTERM and SIGINT from now on (before the gateway starts, so that none is lost):
+/// each sets the returned flag, to be given to the gateway as its shutdown flag.
+pub fn catch() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(flag)
 }

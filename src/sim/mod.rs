@@ -69,6 +69,23 @@ impl Faults {
     }
 }
 
+/// Whether the io_uring flavour of a test can run here. When `io::uring::probe()` fails it
+/// prints why and returns false (the caller returns early), unless `FLEETGATE_REQUIRE_URING=1`
+/// is set, as CI sets it on machines with io_uring: then it panics, so a refused io_uring fails
+/// every io_uring test instead of letting them pass without running.
+pub fn uring_available(test: &str) -> bool {
+    match crate::io::uring::probe() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("FLEETGATE_REQUIRE_URING").is_some_and(|v| v == "1") => {
+            panic!("{test}: io_uring required (FLEETGATE_REQUIRE_URING=1) but unusable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: io_uring unusable here: {why}");
+            false
+        }
+    }
+}
+
 pub const HANDSHAKE: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 3006);
 pub const SESSION_PORT: u16 = 5000;

@@ -3,7 +3,23 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::io::sys::{self, Limit};
+use rustix::process::{Resource, getrlimit};
+
+/// `fleetgate check --io-uring`: probes io_uring only (every opcode the shards and the acceptor
+/// use, and a trial ring); exit 0 when usable, 1 when not (CI uses it to decide whether the
+/// io_uring tests must run).
+pub fn io_uring_only() -> ExitCode {
+    match crate::io::uring::probe() {
+        Ok(()) => {
+            println!("io_uring usable");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("io_uring unusable: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 /// Prints one line per check, `[ok]` or `[warn]`; exits 1 when a blocker is found (too few
 /// open files), 0 otherwise. `sysctl` is the file of wanted kernel settings.
@@ -24,9 +40,9 @@ pub fn run(sysctl: &Path) -> Result<ExitCode, String> {
             println!("{} io_uring unusable ({e}); the epoll backend will be used", mark(false))
         }
     }
-    let memlock = sys::soft_limit(Limit::LockedMemory);
+    let memlock = getrlimit(Resource::Memlock).current.unwrap_or(u64::MAX);
     println!("{} memlock limit {} KiB", mark(memlock >= 64 << 10), memlock >> 10);
-    let nofile = sys::soft_limit(Limit::OpenFiles);
+    let nofile = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     let ok_nofile = nofile >= 4096;
     if !ok_nofile {
         blockers += 1;

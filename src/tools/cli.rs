@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::io::sys;
+use crate::config::{Config, LogFormat};
 use crate::ops::Server;
 use crate::runtime::signals;
 use crate::session::{Authenticator, Credentials, OpenLogon};
@@ -18,8 +17,25 @@ use crate::tools::{check, passwd};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Log level or filter (`info`, `debug`, `fleetgate=debug,warn`); default: RUST_LOG, else
+    /// `info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format: text or json (one object per line); default: `observability.log_format` for
+    /// `serve`, else text.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormatArg {
+    /// One line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,15 +247,27 @@ struct CheckArgs {
     /// sysctl file to compare with (default tuning/sysctl.conf).
     #[arg(long, default_value = "tuning/sysctl.conf")]
     sysctl: PathBuf,
+    /// Only probe io_uring (the opcodes the shards and the acceptor use): exit 0 if usable.
+    #[arg(long)]
+    io_uring: bool,
 }
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    sys::raise_open_files_limit();
+    raise_open_files_limit();
+    let format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    let level = cli.log_level.as_deref();
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(level, format.unwrap_or_default());
+    }
     let r = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(a, level, format),
         Command::Passwd(a) => passwd::run(&a.file, &a.user),
+        Command::Check(a) if a.io_uring => Ok(check::io_uring_only()),
         Command::Check(a) => check::run(&a.sysctl),
         Command::Load(a) => load(a),
         Command::Demo(a) => demo(a),
@@ -254,7 +282,44 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+/// Logs go to stderr through `tracing`: `level` (or RUST_LOG, else `info`) filters them, and
+/// `format` says text or JSON lines.
+fn init_logging(level: Option<&str>, format: LogFormat) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true);
+    // A second initialisation (never in the binary) is ignored.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Raises the soft open-files limit to the hard limit: every TCP session of the gateway and
+/// every UDP device of the load generator holds a descriptor, and the default soft limit (often
+/// 1024) is far below what a fleet needs.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let below = match (l.current, l.maximum) {
+        (Some(cur), Some(max)) => cur < max,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result<ExitCode, String> {
     let mut set = Vec::new();
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     if let Some(v) = a.shards {
@@ -289,26 +354,25 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     }
     set.extend(a.set);
     let cfg = Config::load(a.config.as_deref(), &set).map_err(|e| e.to_string())?;
-    let auth: Arc<dyn Authenticator + Send + Sync> = match (
-        &cfg.auth.credentials,
-        cfg.auth.open_logon,
-    ) {
-        (Some(p), _) => Arc::new(passwd::load(p.as_ref())?),
-        (None, true) => {
-            eprintln!("fleetgate: WARNING: open logon: any username and password is accepted");
-            Arc::new(OpenLogon)
-        }
-        (None, false) => {
-            eprintln!(
-                "fleetgate: no credentials file and no --open-logon: every logon will be refused"
-            );
-            Arc::new(Credentials::default())
-        }
-    };
-    signals::catch();
-    let mut gw = Server::start(&cfg, auth)?;
-    eprintln!(
-        "fleetgate: serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
+    init_logging(level, format.unwrap_or(cfg.observability.log_format));
+    let auth: Arc<dyn Authenticator + Send + Sync> =
+        match (&cfg.auth.credentials, cfg.auth.open_logon) {
+            (Some(p), _) => Arc::new(passwd::load(p.as_ref())?),
+            (None, true) => {
+                tracing::warn!("open logon: any username and password is accepted");
+                Arc::new(OpenLogon)
+            }
+            (None, false) => {
+                tracing::warn!(
+                    "no credentials file and no --open-logon: every logon will be refused"
+                );
+                Arc::new(Credentials::default())
+            }
+        };
+    let shutdown = signals::catch().map_err(|e| format!("cannot catch SIGTERM/SIGINT: {e}"))?;
+    let mut gw = Server::start_with(&cfg, auth, shutdown)?;
+    tracing::info!(
+        "serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
         gw.gateway.handshake_addr,
         gw.gateway.tcp_addr,
         gw.gateway.session_ports,
@@ -316,9 +380,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         gw.gateway.backend,
         gw.gateway.reserved_bytes >> 20
     );
-    signals::forward_to(gw.shutdown_flag());
     let totals = gw.wait();
-    eprintln!("fleetgate: stopped: {}", crate::runtime::report::summary(&totals.counters));
+    tracing::info!("stopped: {}", crate::runtime::report::summary(&totals.counters));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -357,7 +420,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
     if let (Some(pid), Some((cpu0, _))) = (a.gateway_pid, before) {
         if let Some((cpu1, rss)) = proc_stat(pid) {
             let secs = cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64();
-            eprintln!(
+            tracing::info!(
                 "gateway pid {pid}: RSS {} MiB, CPU {:.1}% of one core over the run",
                 rss >> 20,
                 100.0 * (cpu1 - cpu0) / secs
@@ -417,7 +480,7 @@ fn hist(a: HistArgs) -> Result<ExitCode, String> {
                 height: *height,
                 log_y: *log_y,
             };
-            eprintln!("fleetgate: {}", hist::plot(files, a.unit, tag, &opt, output)?);
+            tracing::info!("{}", hist::plot(files, a.unit, tag, &opt, output)?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -70,7 +70,7 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
         }
     }
     let gw = gw.ok_or(last_err)?;
-    eprintln!(
+    tracing::info!(
         "demo: gateway on udp {} / tcp {} / session ports {:?}, backend {}, metrics http://{}/metrics",
         gw.gateway.handshake_addr,
         gw.gateway.tcp_addr,
@@ -78,9 +78,12 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
         gw.gateway.backend,
         gw.metrics_addr.map_or("-".into(), |a| a.to_string())
     );
-    eprintln!(
+    tracing::info!(
         "demo: {} UDP devices + {} TCP clients, echo at {}/s for {} s (after 3 s of warm-up)",
-        d.udp_devices, d.tcp_devices, d.rate, d.seconds
+        d.udp_devices,
+        d.tcp_devices,
+        d.rate,
+        d.seconds
     );
     let lc = LoadConfig {
         scenario: Scenario::Steady,
@@ -103,6 +106,6 @@ pub fn run(d: &DemoConfig) -> Result<(loadgen::Report, PathBuf), String> {
     let totals = gw.stop();
     std::fs::write(dir.join("summary.json"), report.json() + "\n").map_err(|e| e.to_string())?;
     report.write_hlog(&dir.join("load.hlog"))?;
-    eprintln!("demo: gateway totals: {}", crate::runtime::report::summary(&totals.counters));
+    tracing::info!("demo: gateway totals: {}", crate::runtime::report::summary(&totals.counters));
     Ok((report, dir))
 }

@@ -17,7 +17,7 @@ pub fn run(file: &Path, user: &str) -> Result<ExitCode, String> {
         return Err("password must be 1..=32 characters (read from stdin)".into());
     }
     add_user(file, user, pw.as_bytes())?;
-    eprintln!("fleetgate: {} updated for {user}", file.display());
+    tracing::info!(file = %file.display(), user, "credentials updated");
     Ok(ExitCode::SUCCESS)
 }
 

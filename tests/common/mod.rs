@@ -692,10 +692,9 @@ pub(crate) fn wait_metric(
 }
 
 /// The /sessions row (a JSON object) of `device_uid`, if listed.
-pub(crate) fn session_row(json: &str, device_uid: &str) -> Option<String> {
-    let key = format!("\"device_uid\":\"{device_uid}\"");
-    let at = json.find(&key)?;
-    let start = json[..at].rfind('{')?;
-    let end = at + json[at..].find('}')?;
-    Some(json[start..=end].to_string())
+pub(crate) fn session_row(body: &str, device_uid: &str) -> Option<serde_json::Value> {
+    let json = body.split_once("\r\n\r\n").map_or(body, |(_, b)| b);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("/sessions is not a JSON array ({e}): {json}"));
+    rows.into_iter().find(|r| r["device_uid"] == device_uid)
 }

@@ -3,15 +3,16 @@
 //! ([`super::run_poll`], [`super::uring`]) do the socket I/O around it.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{AcceptorSpec, refuse};
+use crate::counters::{Counter, Counters};
 use crate::protocol::{Body, ConnectionRejectReason, DecodeError, Message, split_frame};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
-use crate::runtime::report::{AcceptorCounters, AcceptorReport};
+use crate::runtime::report::AcceptorReport;
 use crate::session::handshake::{
     CookieKey, HandshakeConfig, HandshakeOutcome, answer_connection_request, cookie_keys, shard_for,
 };
@@ -39,20 +40,20 @@ pub struct Core {
     /// Set by the signal handler.
     pub shutdown: Arc<AtomicBool>,
     handoffs: Vec<rtrb::Producer<Handoff>>,
-    wakes: Vec<RawFd>,
+    wakes: Vec<OwnedFd>,
     /// LogonRequest deadline after accept.
     pub logon_timeout: Duration,
     rate_per_s: u32,
     burst: u32,
     /// Connections waiting for their LogonRequest, at most.
     pub max_pending: usize,
-    report: Arc<Mutex<AcceptorReport>>,
+    report: rtrb::Producer<AcceptorReport>,
     buckets: Vec<Bucket>,
     key: (Timestamp, CookieKey),
     tx: [u8; 2048],
     published: Timestamp,
     /// The counters.
-    pub counters: AcceptorCounters,
+    pub counters: Counters,
 }
 
 #[derive(Clone, Copy)]
@@ -83,7 +84,7 @@ impl Core {
             key: (Timestamp::ZERO, key),
             tx: [0; 2048],
             published: Timestamp::ZERO,
-            counters: AcceptorCounters::default(),
+            counters: Counters::default(),
         };
         (core, spec.udp, spec.tcp, spec.uring)
     }
@@ -111,18 +112,19 @@ impl Core {
             &mut self.tx,
         ) {
             HandshakeOutcome::Accepted { len, .. } => {
-                c.accepted += 1;
+                c.incr(Counter::ConnectionRequestsAccepted);
                 Some(&self.tx[..len])
             }
             HandshakeOutcome::Rejected { len, reason } => {
-                c.rejected += 1;
-                if reason == ConnectionRejectReason::RateLimited {
-                    c.rate_limited += 1;
-                }
+                c.incr(if reason == ConnectionRejectReason::RateLimited {
+                    Counter::ConnectionRequestsRateLimited
+                } else {
+                    Counter::ConnectionRequestsRejected
+                });
                 Some(&self.tx[..len])
             }
             HandshakeOutcome::Dropped(_) => {
-                c.dropped += 1;
+                c.incr(Counter::ConnectionRequestsDropped);
                 None
             }
         }
@@ -140,12 +142,12 @@ impl Core {
                 _ => 0,
             }),
             Err(DecodeError::Truncated { .. }) if now >= deadline => {
-                self.counters.logon_timeouts += 1;
+                self.counters.incr(Counter::TcpLogonTimeouts);
                 Step::Refuse("logon timeout")
             }
             Err(DecodeError::Truncated { .. }) if bytes.len() < HANDOFF_BYTES => Step::NeedMore,
             Err(e) => {
-                self.counters.tcp_malformed += 1;
+                self.counters.incr(Counter::TcpMalformed);
                 Step::Refuse(e.as_str())
             }
         }
@@ -153,13 +155,13 @@ impl Core {
 
     /// A pending connection whose deadline passed (counted).
     pub fn timed_out(&mut self) -> &'static str {
-        self.counters.logon_timeouts += 1;
+        self.counters.incr(Counter::TcpLogonTimeouts);
         "logon timeout"
     }
 
     /// A connection refused because the pending table is full (counted).
     pub fn busy(&mut self) -> &'static str {
-        self.counters.tcp_refused += 1;
+        self.counters.incr(Counter::TcpRefused);
         "server busy"
     }
 
@@ -167,8 +169,8 @@ impl Core {
     pub fn hand_off(&mut self, shard: usize, h: Handoff) {
         match self.handoffs[shard].push(h) {
             Ok(()) => {
-                self.counters.handoffs += 1;
-                crate::io::wake(self.wakes[shard]);
+                self.counters.incr(Counter::TcpHandedOff);
+                crate::io::wake(self.wakes[shard].as_fd());
             }
             Err(rtrb::PushError::Full(h)) => {
                 let why = self.busy();
@@ -185,9 +187,8 @@ impl Core {
             }
             self.published = now;
         }
-        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        r.counters = self.counters;
-        r.backend = backend;
+        // Housekeeping keeps the latest; when it is behind, this one is simply not queued.
+        let _ = self.report.push(AcceptorReport { counters: self.counters.clone(), backend });
     }
 }
 

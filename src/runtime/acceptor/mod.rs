@@ -23,14 +23,15 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::counters::Counters;
 use crate::protocol::{Body, Header, Message};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::{AcceptorCounters, AcceptorReport};
+use crate::runtime::report::AcceptorReport;
 use crate::session::handshake::HandshakeConfig;
 use crate::time::Clock;
 
@@ -62,7 +63,7 @@ pub struct AcceptorSpec {
     /// One queue per shard.
     pub handoffs: Vec<rtrb::Producer<Handoff>>,
     /// One eventfd per shard.
-    pub wakes: Vec<RawFd>,
+    pub wakes: Vec<OwnedFd>,
     /// LogonRequest deadline.
     pub logon_timeout: Duration,
     /// ConnectionRequests per second per source address.
@@ -72,11 +73,11 @@ pub struct AcceptorSpec {
     /// Connections waiting for their LogonRequest.
     pub max_pending: usize,
     /// Where the counters are published for /metrics (about every 200 ms).
-    pub report: Arc<Mutex<AcceptorReport>>,
+    pub report: rtrb::Producer<AcceptorReport>,
 }
 
 /// Runs until shutdown on the chosen driver. Returns the counters.
-pub fn run(spec: AcceptorSpec) -> AcceptorCounters {
+pub fn run(spec: AcceptorSpec) -> Counters {
     let (mut core, udp, tcp, uring) = Core::new(spec);
     if uring {
         match uring::run(&mut core, &udp, &tcp) {
@@ -84,7 +85,7 @@ pub fn run(spec: AcceptorSpec) -> AcceptorCounters {
                 core.publish(None, "io_uring");
                 return core.counters;
             }
-            Err(e) => eprintln!("fleetgate: acceptor: io_uring unavailable ({e}), using poll(2)"),
+            Err(e) => tracing::warn!(error = %e, "acceptor: io_uring unavailable, using poll(2)"),
         }
     }
     run_poll(&mut core, &udp, &tcp);

@@ -1,9 +1,11 @@
 //! The acceptor's portable driver: `poll(2)` over non-blocking sockets.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::{Core, Step, refuse};
+use crate::counters::Counter;
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::time::Timestamp;
 
@@ -18,36 +20,39 @@ struct Pending {
 
 /// The portable driver: `poll(2)` over non-blocking sockets.
 pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
-    eprintln!("fleetgate: acceptor running on poll(2)");
+    tracing::info!(driver = "poll", "acceptor running");
     let _ = udp.set_nonblocking(true);
     let _ = tcp.set_nonblocking(true);
     let mut pending: Vec<Pending> = Vec::with_capacity(core.max_pending);
     let mut rx = [0u8; 2048];
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(core.max_pending + 2);
+    let mut ready: Vec<bool> = Vec::with_capacity(core.max_pending + 2);
+    let wait = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
     while !core.stopping() {
         core.publish(Some(core.clock.now()), "poll");
-        fds.clear();
-        fds.push(libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        fds.push(libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        for p in &pending {
-            fds.push(libc::pollfd { fd: p.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        }
-        let n = crate::io::sys::poll(&mut fds, 50);
-        if n < 0 {
-            continue;
+        {
+            // Rebuilt each pass (the pending set changes); bounded by `max_pending` + 2.
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(pending.len() + 2);
+            fds.push(PollFd::new(udp, PollFlags::IN));
+            fds.push(PollFd::new(tcp, PollFlags::IN));
+            fds.extend(pending.iter().map(|p| PollFd::new(&p.stream, PollFlags::IN)));
+            if rustix::event::poll(&mut fds, Some(&wait)).is_err() {
+                continue; // EINTR: poll again
+            }
+            ready.clear();
+            ready.extend(fds.iter().map(|f| !f.revents().is_empty()));
         }
         let now = core.clock.now();
-        if fds[0].revents != 0 {
+        if ready[0] {
             for _ in 0..256 {
                 let Ok((len, from)) = udp.recv_from(&mut rx) else { break };
                 if let Some(reply) = core.datagram(now, from, &rx[..len]) {
                     if udp.send_to(reply, from).is_err() {
-                        core.counters.replies_dropped += 1;
+                        core.counters.incr(Counter::ConnectionRepliesDropped);
                     }
                 }
             }
         }
-        if fds[1].revents != 0 {
+        if ready[1] {
             for _ in 0..256 {
                 let Ok((stream, peer)) = tcp.accept() else { break };
                 if pending.len() >= core.max_pending {
@@ -67,12 +72,12 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
             }
         }
         // Pending connections: read, hand off, or time out. Iterate backwards so swap_remove is
-        // safe; `fds[2 + i]` matches `pending[i]` as built above.
-        let polled = fds.len() - 2;
+        // safe; `ready[2 + i]` matches `pending[i]` as built above.
+        let polled = ready.len() - 2;
         let mut i = pending.len();
         while i > 0 {
             i -= 1;
-            if i < polled && fds[2 + i].revents != 0 {
+            if i < polled && ready[2 + i] {
                 let p = &mut pending[i];
                 let closed = match std::io::Read::read(&mut p.stream, &mut p.buf[p.len..]) {
                     Ok(0) => true,

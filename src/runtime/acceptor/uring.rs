@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use super::{Core, Step, refuse};
+use crate::counters::Counter;
 use crate::io::uring::accept::{AcceptRing, Completion, Inbound};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::time::Timestamp;
@@ -57,7 +58,7 @@ impl Driver {
         tcp: &TcpListener,
     ) -> std::io::Result<()> {
         self.ring.start()?;
-        eprintln!("fleetgate: acceptor running on io_uring");
+        tracing::info!(driver = "io_uring", "acceptor running");
         while !core.stopping() {
             let now = core.clock.now();
             core.publish(Some(now), "io_uring");
@@ -86,16 +87,16 @@ impl Driver {
                     Inbound::Datagram(from, data) => {
                         if let Some(reply) = core.datagram(now, from, data) {
                             if !self.ring.send_to(udp, from, reply) {
-                                core.counters.replies_dropped += 1;
+                                core.counters.incr(Counter::ConnectionRepliesDropped);
                             }
                         }
                     }
-                    Inbound::Truncated => core.counters.dropped += 1,
+                    Inbound::Truncated => core.counters.incr(Counter::ConnectionRequestsDropped),
                     Inbound::Invalid => {}
                 }
                 self.ring.recycle(buf);
             }
-            Completion::SendFailed => core.counters.replies_dropped += 1,
+            Completion::SendFailed => core.counters.incr(Counter::ConnectionRepliesDropped),
             // Multishot accept refused (before Linux 5.19): let the caller fall back.
             Completion::AcceptUnsupported(e) => return Err(e),
             Completion::Accepted(stream) => self.on_accept(core, now, stream),

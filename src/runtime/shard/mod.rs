@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::io::{Backend, IoEvent, SendError};
 use crate::protocol::{Body, Deframer, DeviceUid, Message};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::{ShardCounters, Snapshot};
+use crate::runtime::report::Snapshot;
 use crate::session::handshake::cookie_keys;
 use crate::session::{Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, State};
 use crate::time::{Clock, Timestamp};
@@ -89,7 +89,7 @@ impl Authenticator for SharedAuth {
 pub fn run(mut spec: ShardSpec) -> Counters {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
-            eprintln!("fleetgate: shard {}: could not pin to core {}", spec.index, core.id);
+            tracing::warn!(shard = spec.index, core = core.id, "could not pin to core");
         }
     }
     let clock = spec.clock;
@@ -129,12 +129,12 @@ pub fn run(mut spec: ShardSpec) -> Counters {
     let mut buf = vec![0u8; 64 * 1024];
     let mut frame = vec![0u8; spec.max_message_bytes.max(64)];
     let mut local = Snapshot::new(0, 60_000_000_000);
-    let mut sc = ShardCounters::default();
+    let mut sc = Counters::default();
     let mut epoch_keys = keys;
     let mut next_snapshot = now + Duration::from_secs(1);
     let mut drain_deadline: Option<Timestamp> = None;
     let mut idle_since: Option<Instant> = None;
-    eprintln!("fleetgate: shard {} running on {} backend", spec.index, backend.name());
+    tracing::info!(shard = spec.index, backend = backend.name(), "shard running");
 
     loop {
         let cycle_start = Instant::now();
@@ -145,7 +145,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         for _ in 0..MAX_HANDOFFS {
             let Ok(h) = spec.handoffs.pop() else { break };
             work += 1;
-            sc.handoffs += 1;
+            sc.incr(Counter::Handoffs);
             match backend.register_tcp(h.stream) {
                 Ok(conn) => {
                     let i = conn.0 as usize;
@@ -178,7 +178,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                         &mut on_frame,
                     );
                 }
-                Err(_) => sc.handoff_rejected += 1,
+                Err(_) => sc.incr(Counter::HandoffRejected),
             }
         }
 
@@ -254,7 +254,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         // Time spent waiting in the kernel is not part of the pass's work.
         let after_poll = Instant::now();
         if let Err(e) = polled {
-            eprintln!("fleetgate: shard {}: poll failed: {e}", spec.index);
+            tracing::error!(shard = spec.index, error = %e, "poll failed");
         }
         work += input;
 
@@ -269,9 +269,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         while k < lingering.len() {
             let l = lingering[k];
             if l.deadline <= now {
-                sc.tcp_close_aborted += 1;
+                sc.incr(Counter::TcpCloseAborted);
                 if l.slow {
-                    sc.tcp_slow_aborted += 1;
+                    sc.incr(Counter::TcpSlowReaderAborted);
                 }
                 backend.abort_tcp(l.conn);
                 lingering.swap_remove(k);
@@ -327,7 +327,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                             // Not session output (that stays within `tcp_room`): a reply. The
                             // session, if any, says LoggedOut next; else close at once.
                             if !endpoint.handle_tcp_stalled(now, conn) {
-                                sc.tcp_slow_closed += 1;
+                                sc.incr(Counter::TcpSlowReaderClosed);
                                 backend.abort_tcp(conn);
                                 endpoint.handle_tcp_closed(now, conn);
                             }
@@ -364,16 +364,16 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                     }
                 }
                 EndpointEvent::Ended(..) => {}
-                EndpointEvent::SlowReader(_) => sc.tcp_slow_closed += 1,
+                EndpointEvent::SlowReader(_) => sc.incr(Counter::TcpSlowReaderClosed),
                 EndpointEvent::ResendServed(d) => {
                     record(&mut local.resend_ns, d.as_nanos() as u64, &mut sc);
                 }
             }
         }
         if let Err(e) = backend.flush() {
-            eprintln!("fleetgate: shard {}: flush failed: {e}", spec.index);
+            tracing::error!(shard = spec.index, error = %e, "flush failed");
         }
-        sc.udp_send_dropped = backend.dropped_sends();
+        sc.set(Counter::UdpSendDropped, backend.dropped_sends());
         if let Some(t) = first_input {
             // From the first input of this pass to its answers handed to the kernel.
             record(&mut local.service_ns, t.elapsed().as_nanos() as u64, &mut sc);
@@ -392,7 +392,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                 &mut spec.recycled,
                 &endpoint,
                 &mut local,
-                sc,
+                &sc,
                 spec.index,
                 backend.name(),
                 now,
@@ -416,7 +416,7 @@ pub fn run(mut spec: ShardSpec) -> Counters {
                             &mut spec.recycled,
                             &endpoint,
                             &mut local,
-                            sc,
+                            &sc,
                             spec.index,
                             backend.name(),
                             now,
@@ -430,9 +430,9 @@ pub fn run(mut spec: ShardSpec) -> Counters {
         let cycle = (before_poll + after_poll.elapsed()).as_nanos() as u64;
         if work > 0 {
             idle_since = None;
-            sc.cycle_ns_max = sc.cycle_ns_max.max(cycle);
+            sc.raise(Counter::CycleNsMax, cycle);
             if cycle > 1_000_000 {
-                sc.cycles_over_1ms += 1;
+                sc.incr(Counter::CyclesOver1ms);
             }
             record(&mut local.cycle_ns, cycle, &mut sc);
         } else if idle_since.is_none() {
@@ -461,9 +461,9 @@ fn linger(lingering: &mut Vec<Linger>, conn: ConnId, deadline: Timestamp, slow: 
     }
 }
 
-fn record(h: &mut Histogram<u64>, v: u64, sc: &mut ShardCounters) {
+fn record(h: &mut Histogram<u64>, v: u64, sc: &mut Counters) {
     if h.record(v.max(1)).is_err() {
-        sc.histogram_saturated += 1;
+        sc.incr(Counter::HistogramSaturated);
         h.saturating_record(v);
     }
 }
@@ -510,7 +510,7 @@ fn publish(
     recycled: &mut rtrb::Consumer<Box<Snapshot>>,
     endpoint: &Endpoint,
     local: &mut Snapshot,
-    sc: ShardCounters,
+    sc: &Counters,
     shard: usize,
     backend: &'static str,
     now: Timestamp,
@@ -521,14 +521,22 @@ fn publish(
     snap.shard = shard;
     snap.backend = backend;
     snap.at = now;
-    snap.counters = endpoint.counters().clone();
-    snap.shard_counters = sc;
+    snap.counters.clone_from(endpoint.counters());
+    snap.counters.merge(sc);
     snap.sessions.clear();
     for s in endpoint.sessions() {
-        if snap.sessions.len() == snap.sessions.capacity() {
-            break;
+        let gauge = match s.state {
+            State::AwaitingConfig => Counter::StateAwaitingConfig,
+            State::AwaitingLogon => Counter::StateAwaitingLogon,
+            State::Active => Counter::StateActive,
+            State::LoggingOut(..) => Counter::StateLoggingOut,
+            State::Detached => Counter::StateDetached,
+            State::Closed(_) => continue,
+        };
+        snap.counters.incr(gauge);
+        if snap.sessions.len() < snap.sessions.capacity() {
+            snap.sessions.push(s);
         }
-        snap.sessions.push(s);
     }
     for (dst, src) in [
         (&mut snap.service_ns, &mut local.service_ns),

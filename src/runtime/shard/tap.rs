@@ -5,9 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::counters::{Counter, Counters};
 use crate::io::{Backend, SendError};
 use crate::protocol::{Body, Datagram, DeviceUid, Header, Message};
-use crate::runtime::report::ShardCounters;
 use crate::session::{ConnId, Endpoint};
 use crate::time::Timestamp;
 
@@ -95,7 +95,7 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn trace_datagram(
     trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
+    sc: &mut Counters,
     endpoint: &Endpoint,
     shard: u16,
     wall: i64,
@@ -136,7 +136,7 @@ pub(super) fn trace_datagram(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn trace_frame(
     trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
+    sc: &mut Counters,
     shard: u16,
     wall: i64,
     now: Timestamp,
@@ -154,7 +154,7 @@ pub(super) fn trace_frame(
     let at_ns = (now.as_nanos() as i64).wrapping_add(wall);
     let r = TraceRecord { at_ns, shard, outbound, peer, session_id, who: *who, header };
     if tx.push(r).is_err() {
-        sc.trace_dropped += 1;
+        sc.incr(Counter::TraceDropped);
     }
 }
 
@@ -164,7 +164,7 @@ pub(super) fn trace_frame(
 pub(super) fn trace_then_send_tcp(
     backend: &mut dyn Backend,
     trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut ShardCounters,
+    sc: &mut Counters,
     (shard, wall, now, last): (u16, i64, Timestamp, bool),
     conn: ConnId,
     peer: SocketAddr,

@@ -335,15 +335,10 @@ pub fn fmt_us(v: f64) -> String {
 /// Seconds since the epoch as `YYYY-MM-DD hh:mm:ss.mmm UTC`.
 pub fn fmt_epoch(secs: f64) -> String {
     let ms = (secs * 1000.0).round() as i64;
-    let (days, ms) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (year, month, day) = crate::ops::traces::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+        Err(_) => format!("{secs} s after the epoch"),
+    }
 }
 
 /// The time covered by a log, for people.

@@ -13,14 +13,15 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use rustix::buffer::spare_capacity;
+use rustix::event::{Timespec, epoll};
 
-use crate::io::sys::{Events, Poller};
 use crate::protocol::Deframer;
 use crate::rng::Rng;
 use crate::session::{
@@ -284,7 +285,8 @@ fn thread_main(
     });
     let mut rng =
         Rng::new(cfg.seed.wrapping_add(thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let ep = Poller::new().map_err(|e| format!("epoll_create1: {e}"))?;
+    let ep =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create1: {e}"))?;
     let mut devs: Vec<Dev> = Vec::with_capacity(mine.len());
     for (k, &i) in mine.iter().enumerate() {
         let udp = i < cfg.udp_devices;
@@ -301,7 +303,7 @@ fn thread_main(
             let sock = UdpSocket::bind(SocketAddr::new(source_ip(i, cfg.source_ips), 0))
                 .map_err(|e| format!("bind UDP device {i}: {e} (open files limit?)"))?;
             sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-            add_fd(&ep, sock.as_raw_fd(), k)?;
+            add_fd(&ep, &sock, k)?;
             Link::Udp(sock)
         } else {
             Link::Tcp(None, Deframer::new(64 * 1024))
@@ -344,7 +346,7 @@ fn thread_main(
     let mut rr = 0usize;
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(Timestamp, usize)>> =
         std::collections::BinaryHeap::new();
-    let mut events = Events::with_capacity(256);
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut body = vec![0u8; cfg.body_bytes];
     let mut measuring = false;
@@ -399,7 +401,7 @@ fn thread_main(
                     let sock =
                         UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| e.to_string())?;
                     sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-                    add_fd(&ep, sock.as_raw_fd(), *k)?;
+                    add_fd(&ep, &sock, *k)?;
                     devs[*k].link = Link::Udp(sock);
                 }
                 let _ = t;
@@ -511,11 +513,16 @@ fn thread_main(
         }
         // Microsecond timeouts (epoll_pwait2): a millisecond-granular wait would send late by up
         // to 1 ms and show up as latency from the intended send time.
-        ep.wait(&mut events, wait);
-        for token in events.tokens() {
-            let k = token as usize;
+        let ts =
+            Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
+        events.clear();
+        // EINTR and the like: nothing ready this time round.
+        let _ = epoll::wait(&ep, spare_capacity(&mut events), Some(&ts));
+        for e in &events {
+            let k = e.data.u64() as usize;
             let now = clock.now();
-            read_dev(k, &mut devs, &mut buf, now, cfg, &mut r, live, measuring, &mut rng, &ep);
+            let mut pass = Pass { cfg, r: &mut r, live, measuring, rng: &mut rng };
+            read_dev(k, &mut devs, &mut buf, now, &mut pass);
         }
     }
     if let Some((k, _, _, mut f)) = forced {
@@ -541,14 +548,15 @@ fn thread_main(
     Ok(r)
 }
 
-fn add_fd(ep: &Poller, fd: i32, token: usize) -> Result<(), String> {
-    ep.add(fd, token as u64).map_err(|e| format!("epoll_ctl: {e}"))
+fn add_fd(ep: &OwnedFd, fd: impl AsFd, token: usize) -> Result<(), String> {
+    epoll::add(ep, fd, epoll::EventData::new_u64(token as u64), epoll::EventFlags::IN)
+        .map_err(|e| format!("epoll_ctl: {e}"))
 }
 
 fn connect(
     d: &mut Dev,
     cfg: &LoadConfig,
-    ep: &Poller,
+    ep: &OwnedFd,
     k: usize,
     now: Timestamp,
     rng: &mut Rng,
@@ -564,7 +572,7 @@ fn connect(
             .map_err(|e| format!("connect {}: {e}", cfg.tcp))?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
-        add_fd(ep, s.as_raw_fd(), k)?;
+        add_fd(ep, &s, k)?;
         *stream = Some(s);
         deframer.reset();
     }
@@ -591,19 +599,18 @@ fn flush_dev(d: &mut Dev, cfg: &LoadConfig, buf: &mut [u8], now: Timestamp, r: &
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_dev(
-    k: usize,
-    devs: &mut [Dev],
-    buf: &mut [u8],
-    now: Timestamp,
-    cfg: &LoadConfig,
-    r: &mut ThreadResult,
-    live: &Live,
+/// What reading a device's input needs besides the device, for one pass.
+struct Pass<'a> {
+    cfg: &'a LoadConfig,
+    r: &'a mut ThreadResult,
+    live: &'a Live,
     measuring: bool,
-    rng: &mut Rng,
-    _ep: &Poller,
-) {
+    rng: &'a mut Rng,
+}
+
+fn read_dev(k: usize, devs: &mut [Dev], buf: &mut [u8], now: Timestamp, pass: &mut Pass<'_>) {
+    let Pass { cfg, r, live, measuring, rng } = pass;
+    let (cfg, live, measuring) = (*cfg, *live, *measuring);
     let d = &mut devs[k];
     for _ in 0..64 {
         match &mut d.link {

@@ -8,6 +8,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use serde::Serialize;
 
 use super::{FeedChecker, LoadConfig, Scenario, ThreadResult};
 
@@ -249,47 +250,40 @@ impl Report {
 
     /// The summary as JSON (latencies in nanoseconds).
     pub fn json(&self) -> String {
-        let hist = |h: &Histogram<u64>| {
-            let mut o = format!("{{\"count\":{}", h.len());
-            for (name, q) in QUANTILES {
-                let _ = write!(
-                    o,
-                    ",\"{name}\":{}",
-                    if h.is_empty() { 0 } else { h.value_at_quantile(q) }
-                );
-            }
-            let _ = write!(o, ",\"max\":{}}}", h.max());
-            o
+        let hist = |h: &Histogram<u64>| Latency {
+            count: h.len(),
+            quantiles: QUANTILES
+                .iter()
+                .map(|&(name, q)| (name, if h.is_empty() { 0 } else { h.value_at_quantile(q) }))
+                .collect(),
+            max: h.max(),
         };
-        let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
-        format!(
-            "{{\"scenario\":\"{:?}\",\"devices\":{},\"seconds\":{},\"completions\":{},\"rate_per_s\":{:.3},\"sent\":{},\"received\":{},\"logons\":{},\"errors_total\":{},\"errors\":{{{}}},\"latency_ns\":{},\"handshake_ns\":{},\"feed\":{{\"received\":{},\"missing\":{},\"duplicates\":{},\"exact_devices\":{},\"devices\":{}}},\"retransmits\":{},\"resend_requests\":{},\"failed\":{}}}",
-            self.scenario,
-            self.devices,
-            self.seconds,
-            self.completions(),
-            self.completions() as f64 / self.seconds.max(1e-9),
-            self.sent,
-            self.received,
-            self.logons,
-            self.error_count(),
-            errors.join(","),
-            hist(&self.latency),
-            hist(&self.handshake),
-            self.feed.received,
-            self.feed.missing,
-            self.feed.duplicates,
-            self.feed_exact.0,
-            self.feed_exact.1,
-            self.retransmits,
-            self.resend_requests,
-            self.failed()
-        )
-        .replace("\"scenario\":\"Storm\"", "\"scenario\":\"storm\"")
-        .replace("\"scenario\":\"Steady\"", "\"scenario\":\"steady\"")
-        .replace("\"scenario\":\"Idle\"", "\"scenario\":\"idle\"")
-        .replace("\"scenario\":\"Resend\"", "\"scenario\":\"resend\"")
-        .replace("\"scenario\":\"Churn\"", "\"scenario\":\"churn\"")
+        let summary = Summary {
+            scenario: self.scenario,
+            devices: self.devices,
+            seconds: self.seconds,
+            completions: self.completions(),
+            rate_per_s: self.completions() as f64 / self.seconds.max(1e-9),
+            sent: self.sent,
+            received: self.received,
+            logons: self.logons,
+            errors_total: self.error_count(),
+            errors: &self.errors,
+            latency_ns: hist(&self.latency),
+            handshake_ns: hist(&self.handshake),
+            feed: Feed {
+                received: self.feed.received,
+                missing: self.feed.missing,
+                duplicates: self.feed.duplicates,
+                exact_devices: self.feed_exact.0,
+                devices: self.feed_exact.1,
+            },
+            retransmits: self.retransmits,
+            resend_requests: self.resend_requests,
+            failed: self.failed(),
+        };
+        // Plain data with string keys: serializing it cannot fail.
+        serde_json::to_string(&summary).unwrap_or_default()
     }
 
     /// Writes the histograms as an HdrHistogram interval log (one interval, tags "echo" and
@@ -314,6 +308,46 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// The JSON summary ([`Report::json`]).
+#[derive(Serialize)]
+struct Summary<'a> {
+    scenario: Scenario,
+    devices: usize,
+    seconds: f64,
+    completions: u64,
+    rate_per_s: f64,
+    sent: u64,
+    received: u64,
+    logons: u64,
+    errors_total: u64,
+    errors: &'a BTreeMap<String, u64>,
+    latency_ns: Latency,
+    handshake_ns: Latency,
+    feed: Feed,
+    retransmits: u64,
+    resend_requests: u64,
+    failed: bool,
+}
+
+/// A latency histogram in the JSON summary: count, the [`QUANTILES`] by name, max (ns).
+#[derive(Serialize)]
+struct Latency {
+    count: u64,
+    #[serde(flatten)]
+    quantiles: BTreeMap<&'static str, u64>,
+    max: u64,
+}
+
+/// Feed delivery in the JSON summary.
+#[derive(Serialize)]
+struct Feed {
+    received: u64,
+    missing: u64,
+    duplicates: u64,
+    exact_devices: u64,
+    devices: u64,
 }
 
 fn fmt_us(us: u64) -> String {
