@@ -196,6 +196,10 @@ struct LoadArgs {
     /// Do not log the sessions out at the end.
     #[arg(long)]
     no_logout: bool,
+    /// Stop after this many seconds whatever the scenario's state, and report what happened
+    /// (devices not logged on by then are errors).
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -455,6 +459,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         raw_echo: a.raw_echo,
         gateway_pid: a.gateway_pid,
         logout_at_end: !a.no_logout,
+        time_limit: a.time_limit.map(secs),
         device_event_bytes: a.device_event_bytes,
         ..LoadConfig::default()
     };

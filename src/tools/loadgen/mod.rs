@@ -163,6 +163,9 @@ pub struct LoadConfig {
     pub gateway_pid: Option<u32>,
     /// Log every session out at the end (bounded wait).
     pub logout_at_end: bool,
+    /// Stop the scenario after this long whatever its state, and report (default: the
+    /// scenario's own bound, from its durations and `step_timeout`).
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for LoadConfig {
@@ -197,6 +200,7 @@ impl Default for LoadConfig {
             raw_echo: None,
             gateway_pid: None,
             logout_at_end: true,
+            time_limit: None,
         }
     }
 }
@@ -556,6 +560,8 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     if cfg.raw_echo.is_some() && cfg.scenario != Scenario::Steady {
         return Err("--raw-echo goes with the steady scenario".into());
     }
+    // Sockets, TCP connections, epoll sets, and some to spare.
+    usage::ensure_open_files((cfg.socket_count() + cfg.tcp_devices + 64) as u64)?;
     let clock = Clock::new();
     let wall0 = std::time::Instant::now();
     let mut samples = Samples {
@@ -604,11 +610,11 @@ fn coordinate(
     samples: &mut Samples,
 ) {
     let steps = step_count(cfg) as u32;
-    let bound = if cfg.scenario.holds_fleet() {
+    let bound = cfg.time_limit.unwrap_or(if cfg.scenario.holds_fleet() {
         cfg.step_timeout * steps + cfg.warmup + cfg.duration + Duration::from_secs(10)
     } else {
         cfg.warmup + cfg.duration + Duration::from_secs(10)
-    };
+    });
     let t0 = std::time::Instant::now();
     let tty = cfg.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let live = &shared.live;

@@ -189,8 +189,10 @@ pub struct GatewayReport {
     pub rss_before_bytes: Option<u64>,
     /// VmRSS with the fleet logged on (start of the hold).
     pub rss_fleet_bytes: Option<u64>,
-    /// (fleet − before) / sessions logged on then.
+    /// (fleet − before) / sessions logged on then: what each session added.
     pub rss_per_session_bytes: Option<f64>,
+    /// fleet / sessions: memory reserved at start-up included.
+    pub rss_total_per_session_bytes: Option<f64>,
     /// CPU over the hold.
     pub hold_cpu_s: Option<f64>,
     /// The hold's wall-clock length.
@@ -429,6 +431,7 @@ impl Report {
                     (Some(b), Some(f)) => Some(f.saturating_sub(b) as f64 / sessions as f64),
                     _ => None,
                 },
+                rss_total_per_session_bytes: fleet.map(|f| f as f64 / sessions as f64),
                 hold_cpu_s: cpu_s,
                 hold_wall_s: wall_s,
                 hold_cpu_percent: match (cpu_s, wall_s) {
@@ -604,11 +607,12 @@ impl Report {
         if let Some(gw) = &self.gateway {
             let _ = writeln!(
                 s,
-                "  gateway pid {}: RSS {:.1} → {:.1} MiB, {} B per session; hold CPU {} ({}% of a core), {} µs per heartbeat{}",
+                "  gateway pid {}: RSS {:.1} → {:.1} MiB, {} B added per session ({} B with what was reserved); hold CPU {} ({}% of a core), {} µs per heartbeat{}",
                 gw.pid,
                 gw.rss_before_bytes.unwrap_or(0) as f64 / 1048576.0,
                 gw.rss_fleet_bytes.unwrap_or(0) as f64 / 1048576.0,
                 gw.rss_per_session_bytes.map_or("-".into(), |v| format!("{v:.0}")),
+                gw.rss_total_per_session_bytes.map_or("-".into(), |v| format!("{v:.0}")),
                 gw.hold_cpu_s.map_or("-".into(), |v| format!("{v:.2} s")),
                 gw.hold_cpu_percent.map_or("-".into(), |v| format!("{v:.1}")),
                 gw.cpu_per_heartbeat_us.map_or("-".into(), |v| format!("{v:.2}")),

@@ -65,6 +65,27 @@ pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// Makes sure this process may open `needed` descriptors: raises the soft open-files limit
+/// toward the hard one if need be. Errs with both figures when even the hard limit is too low.
+pub fn ensure_open_files(needed: u64) -> Result<(), String> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let enough = |v: Option<u64>| v.is_none_or(|v| v >= needed);
+    if enough(l.current) {
+        return Ok(());
+    }
+    if !enough(l.maximum) {
+        return Err(format!(
+            "the generator needs about {needed} open files (sockets and TCP connections); the \
+             hard limit is {} (fewer --sockets or --tcp-clients, or raise it)",
+            l.maximum.unwrap_or(0)
+        ));
+    }
+    l.current = Some(needed.max(l.current.unwrap_or(0)));
+    setrlimit(Resource::Nofile, l).map_err(|e| format!("cannot raise the open files limit: {e}"))
+}
+
 /// This process's CPU time (user, system) and peak RSS, from `getrusage`.
 pub fn own_cpu() -> crate::io::Rusage {
     crate::io::rusage_self()
