@@ -37,7 +37,7 @@ if ss -ltnH "sport = :$PORT" | grep -q .; then
     exit 2
 fi
 
-new_results compare-mosquitto
+PROFILE=tuning/large-fleet.toml new_results compare-mosquitto
 echo "both: $N clients, $C handshakes in flight, $SRC_IPS source addresses; server on cores $GATEWAY_CPUS, client on cores $LOAD_CPUS" \
     | tee -a "$OUT/placement.txt"
 echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/placement.txt"

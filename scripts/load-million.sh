@@ -19,7 +19,7 @@ source "$(dirname "$0")/lib.sh"
 DEVICES="${DEVICES:-1000000}" STEPS="${STEPS:-10}" HOLD="${HOLD:-60}" LIMIT="${LIMIT:-600}"
 SOURCE_IPS="${SOURCE_IPS:-1000}" SOCKETS="${SOCKETS:-1024}" MEM_FLOOR_MB="${MEM_FLOOR_MB:-2048}"
 T0=$SECONDS
-new_results million
+PROFILE=tuning/large-fleet.toml new_results million
 {
     echo "fleet: $DEVICES UDP devices in $STEPS steps, all at once per step, hold $HOLD s"
     echo "generator: $SOCKETS sockets on $SOURCE_IPS loopback addresses (one handshake in flight per socket)"

@@ -228,6 +228,8 @@ struct ForcedState {
     dark: Duration,
     started: bool,
     resent: u64,
+    /// Its feed events (any scenario; resend checks every device's).
+    feed: FeedChecker,
     report: Forced,
 }
 
@@ -334,6 +336,7 @@ impl<'a> Engine<'a> {
                 dark,
                 started: false,
                 resent: 0,
+                feed: FeedChecker::default(),
                 report: Forced { device: dev, ..Forced::default() },
             })
         });
@@ -643,9 +646,7 @@ impl<'a> Engine<'a> {
             let d = &self.devs[f.k as usize];
             f.report.resent_received = f.resent;
             f.report.complete = d.sent == d.replies;
-            if let Some(fc) = self.feed.get(f.k as usize) {
-                f.report.feed = (fc.received, fc.is_exact());
-            }
+            f.report.feed = (f.feed.received, f.feed.is_exact());
             self.st.forced = Some(f.report);
         }
         self.phase = Phase::Leaving(now + END_WAIT);
@@ -1242,11 +1243,17 @@ impl<'a> Engine<'a> {
                     if let Some(f) = self.feed.get_mut(k as usize) {
                         f.observe(u64::from_le_bytes(b));
                     }
+                    if let Some(f) = self.forced.as_mut().filter(|_| forced) {
+                        f.feed.observe(u64::from_le_bytes(b));
+                    }
                 }
                 DeviceEvent::App { resent: r, .. } => resent += u64::from(r),
                 DeviceEvent::StreamReset { .. } => {
                     if let Some(f) = self.feed.get_mut(k as usize) {
                         f.restart();
+                    }
+                    if let Some(f) = self.forced.as_mut().filter(|_| forced) {
+                        f.feed.restart();
                     }
                 }
                 DeviceEvent::Rejected { .. } => self.st.errors.add(ErrorKind::MessageRejected, 1),
