@@ -18,6 +18,10 @@ SHARDS="${SHARDS:-2}"
 source "$(dirname "$0")/lib.sh"
 DEVICES="${DEVICES:-1000000}" STEPS="${STEPS:-10}" HOLD="${HOLD:-60}" LIMIT="${LIMIT:-600}"
 SOURCE_IPS="${SOURCE_IPS:-1000}" SOCKETS="${SOCKETS:-1024}" MEM_FLOOR_MB="${MEM_FLOOR_MB:-2048}"
+# A gateway holding a million sessions takes a while to log them out and exit.
+STOP_WAIT="${STOP_WAIT:-40}"
+# Datagrams the kernel dropped because a UDP receive buffer was full (whole host).
+udp_rcvbuf_errors() { awk '/^Udp:/ { n++; if (n == 2) print $6 }' /proc/net/snmp; }
 T0=$SECONDS
 PROFILE=tuning/large-fleet.toml new_results million
 {
@@ -59,12 +63,18 @@ echo "gateway RSS before the storm: $(( $(rss_kib) / 1024 )) MiB ($(grep -o 'res
 ) &
 GUARD=$!
 
+drops0=$(udp_rcvbuf_errors)
 left=$(( LIMIT - (SECONDS - T0) ))
 rc=0
 LOAD_TIMEOUT=$left load storm --devices "$DEVICES" --steps "$STEPS" --rate 0 --warmup 2 \
     --duration "$HOLD" --source-ips "$SOURCE_IPS" --sockets "$SOCKETS" --step-timeout 120 \
     --time-limit $(( left - 60 )) --no-logout --gateway-pid "$GW_PID" || rc=$?
 kill "$GUARD" 2>/dev/null || true
+{
+    echo "UDP datagrams dropped by the kernel (receive buffer full, whole host) during the run: $(( $(udp_rcvbuf_errors) - drops0 ))"
+    echo "gateway session sockets (skmem d = drops):"
+    ss -uamn 2>/dev/null | grep -A1 -E "127\.0\.0\.1:50(0[0-9]) " | sed 's/^/  /' || true
+} | tee -a "$OUT/placement.txt"
 
 gateway_state="running"
 if [ -f "$OUT/memory-guard.txt" ]; then
@@ -111,6 +121,8 @@ print(f"gateway: RSS {mib(g.get('rss_before_bytes'))} before the storm, "
       f"({f(g.get('hold_cpu_percent'), '{:.1f}')}% of a core), "
       f"{f(g.get('cpu_per_heartbeat_us'), '{:.2f}')} µs per heartbeat"
       + ("; THE GATEWAY PROCESS IS GONE" if g.get("gone") else ""))
+print(f"gateway at the end: RSS {mib(g.get('rss_end_bytes'))}, "
+      f"{f(g.get('rss_end_per_session_bytes'))} B added per session logged on then")
 gen = s["generator"]
 print(f"generator: RSS {mib(gen.get('rss_fleet_bytes') or gen['rss_end_bytes'])} with the fleet "
       f"(peak {mib(gen['hwm_bytes'])}), {gen['rss_per_device_bytes']:.0f} B per device; "

@@ -546,6 +546,7 @@ pub(crate) struct Samples {
     pub(crate) own_fleet: Option<usage::Memory>,
     pub(crate) gateway_before: Option<usage::Memory>,
     pub(crate) gateway_fleet: Option<usage::Memory>,
+    pub(crate) gateway_end: Option<usage::Memory>,
     pub(crate) gateway_cpu_hold: Option<(Duration, Duration)>,
     pub(crate) gateway_gone: bool,
     pub(crate) wall: Duration,
@@ -597,6 +598,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         return Err(e);
     }
     samples.wall = wall0.elapsed();
+    samples.gateway_end = cfg.gateway_pid.and_then(|p| usage::memory(Some(p)));
     Ok(Report::merge(cfg, &shared, results, samples, clock))
 }
 

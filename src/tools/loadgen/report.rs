@@ -193,6 +193,10 @@ pub struct GatewayReport {
     pub rss_per_session_bytes: Option<f64>,
     /// fleet / sessions: memory reserved at start-up included.
     pub rss_total_per_session_bytes: Option<f64>,
+    /// VmRSS at the end of the run (whether or not the fleet was ever complete).
+    pub rss_end_bytes: Option<u64>,
+    /// (end − before) / sessions logged on at the end.
+    pub rss_end_per_session_bytes: Option<f64>,
     /// CPU over the hold.
     pub hold_cpu_s: Option<f64>,
     /// The hold's wall-clock length.
@@ -432,6 +436,13 @@ impl Report {
                     _ => None,
                 },
                 rss_total_per_session_bytes: fleet.map(|f| f as f64 / sessions as f64),
+                rss_end_bytes: samples.gateway_end.map(|m| m.rss_bytes),
+                rss_end_per_session_bytes: match (before, samples.gateway_end) {
+                    (Some(b), Some(e)) if r.active_at_end > 0 => {
+                        Some(e.rss_bytes.saturating_sub(b) as f64 / r.active_at_end as f64)
+                    }
+                    _ => None,
+                },
                 hold_cpu_s: cpu_s,
                 hold_wall_s: wall_s,
                 hold_cpu_percent: match (cpu_s, wall_s) {
