@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::apps::AppKind;
+use crate::io;
 use crate::journal::JournalConfig;
 use crate::session::{EndpointConfig, SessionConfig};
 
@@ -42,10 +44,12 @@ pub struct GatewaySection {
     pub shards: usize,
     /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
     pub cpus: Vec<usize>,
-    /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto").
-    pub io: String,
-    /// `idle`: "park" (sleep in the kernel when idle) or "spin" (default "park").
-    pub idle: String,
+    /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto"); the
+    /// acceptor follows (io_uring, or its `poll(2)` driver with epoll).
+    pub io: io::Choice,
+    /// `idle`: "park" (wait in the kernel until the next deadline when a pass found nothing to
+    /// do) or "spin" (busy-poll `spin_us` first) (default "park").
+    pub idle: Idle,
     /// `spin_us`: with `idle = "spin"`, busy-poll this long before parking (default 50 µs).
     pub spin_us: u64,
     /// `handshake_addr`: UDP handshake port (default "0.0.0.0:3006").
@@ -57,7 +61,7 @@ pub struct GatewaySection {
     /// `max_sessions_per_shard`: sessions, detached ones included (default 4096).
     pub max_sessions_per_shard: usize,
     /// `app`: built-in application: "echo", "feed" or "none" (default "echo").
-    pub app: String,
+    pub app: AppKind,
     /// `feed_interval_ms`: with `app = "feed"`, one type-300 event to every session this often
     /// (default 1000 ms).
     pub feed_interval_ms: u64,
@@ -65,6 +69,28 @@ pub struct GatewaySection {
     pub drain_timeout_ms: u64,
     /// `handoff_queue`: acceptor→shard SPSC capacity (default 1024 handoffs).
     pub handoff_queue: usize,
+    /// `handoffs_per_pass`: handoffs a shard takes per loop pass at most (default 64).
+    pub handoffs_per_pass: usize,
+    /// `io_batch`: datagrams a backend receives per batch and queues before a flush (default
+    /// 64).
+    pub io_batch: usize,
+    /// `reply_queue`: stateless replies (rejects, LoggedOut to unknown peers) a shard holds
+    /// before dropping more, counted in `fleetgate_reply_queue_full_total` (default 1024).
+    pub reply_queue: usize,
+    /// `snapshot_interval_ms`: how often a shard publishes its counters, sessions and
+    /// histograms to housekeeping, and rotates cookie keys (default 1000 ms).
+    pub snapshot_interval_ms: u64,
+}
+
+/// `gateway.idle`: what a shard does after a pass that found nothing to do.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Idle {
+    /// Wait in the kernel until input or the next session deadline.
+    #[default]
+    Park,
+    /// Busy-poll for `gateway.spin_us`, then park.
+    Spin,
 }
 
 impl Default for GatewaySection {
@@ -72,17 +98,21 @@ impl Default for GatewaySection {
         Self {
             shards: 0,
             cpus: Vec::new(),
-            io: "auto".into(),
-            idle: "park".into(),
+            io: io::Choice::Auto,
+            idle: Idle::Park,
             spin_us: 50,
             handshake_addr: ([0, 0, 0, 0], 3006).into(),
             tcp_addr: ([0, 0, 0, 0], 4210).into(),
             session_port_base: 5000,
             max_sessions_per_shard: 4096,
-            app: "echo".into(),
+            app: AppKind::Echo,
             feed_interval_ms: 1000,
             drain_timeout_ms: 1500,
             handoff_queue: 1024,
+            handoffs_per_pass: 64,
+            io_batch: 64,
+            reply_queue: 1024,
+            snapshot_interval_ms: 1000,
         }
     }
 }
@@ -107,6 +137,9 @@ pub struct UdpSection {
     pub handshake_rate_per_s: u32,
     /// `handshake_burst`: token-bucket depth per source address (default 40).
     pub handshake_burst: u32,
+    /// `socket_buffer_bytes`: receive and send buffer asked for each UDP socket; the kernel caps
+    /// it at `net.core.rmem_max` / `wmem_max` (default 8388608 bytes).
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for UdpSection {
@@ -120,6 +153,7 @@ impl Default for UdpSection {
             device_config_retry_ms: 1000,
             handshake_rate_per_s: 20,
             handshake_burst: 40,
+            socket_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -141,8 +175,16 @@ pub struct TcpSection {
     /// too) has this long to read what is queued and close its end; then it is aborted (default
     /// 1000 ms).
     pub close_linger_ms: u64,
-    /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes).
+    /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes); a first frame
+    /// that declares more is refused at once.
     pub max_message_bytes: usize,
+    /// `max_pending_logons`: connections accepted and waiting for their LogonRequest; when the
+    /// table is full, the oldest of them is closed (LoggedOut "server busy") to make room, so a
+    /// client that logs on promptly always gets in (default 1024 connections).
+    pub max_pending_logons: usize,
+    /// `listen_backlog`: the TCP listener's backlog; 0 = the host's `net.core.somaxconn`
+    /// (default 0).
+    pub listen_backlog: u32,
 }
 
 impl Default for TcpSection {
@@ -153,6 +195,8 @@ impl Default for TcpSection {
             send_queue_bytes: 256 * 1024,
             close_linger_ms: 1000,
             max_message_bytes: 1024,
+            max_pending_logons: 1024,
+            listen_backlog: 0,
         }
     }
 }
@@ -227,8 +271,17 @@ pub struct ObservabilitySection {
     pub trace_devices: Vec<String>,
     /// `trace_addrs`: source address ranges to trace, as CIDR (default []).
     pub trace_addrs: Vec<String>,
+    /// `trace_queue`: trace records a shard queues for the writer; more while it is behind are
+    /// dropped and counted in `fleetgate_trace_dropped_total` (default 8192 records).
+    pub trace_queue: usize,
     /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
     pub latency_ns_max: u64,
+    /// `http_max_connections`: HTTP connections open at once; one beyond is closed at once
+    /// (default 256).
+    pub http_max_connections: usize,
+    /// `http_header_timeout_ms`: an HTTP client has this long to send its request headers
+    /// (default 2000 ms).
+    pub http_header_timeout_ms: u64,
     /// `log_format`: "text" (one line per event, for people) or "json" (one object per line,
     /// for log collectors); `--log-format` overrides it (default "text").
     pub log_format: LogFormat,
@@ -253,7 +306,10 @@ impl Default for ObservabilitySection {
             trace_dir: "traces".into(),
             trace_devices: Vec::new(),
             trace_addrs: Vec::new(),
+            trace_queue: 8192,
             latency_ns_max: 60_000_000_000,
+            http_max_connections: 256,
+            http_header_timeout_ms: 2000,
             log_format: LogFormat::Text,
         }
     }
@@ -281,7 +337,7 @@ pub struct DeviceGroup {
     /// `journal.messages_per_session`, which is what is reserved).
     pub journal_depth: Option<usize>,
     /// `app`: built-in application serving the group ("echo", "feed" or "none").
-    pub app: Option<String>,
+    pub app: Option<AppKind>,
 }
 
 /// A configuration problem, for the operator.
@@ -320,20 +376,23 @@ impl Config {
     /// Checks values and relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError(m.to_string()));
-        if !matches!(self.gateway.io.as_str(), "auto" | "uring" | "epoll") {
-            return bad("gateway.io must be \"auto\", \"uring\" or \"epoll\"");
-        }
-        if !matches!(self.gateway.idle.as_str(), "park" | "spin") {
-            return bad("gateway.idle must be \"park\" or \"spin\"");
-        }
-        if !matches!(self.gateway.app.as_str(), "echo" | "feed" | "none") {
-            return bad("gateway.app must be \"echo\", \"feed\" or \"none\"");
-        }
         if self.gateway.max_sessions_per_shard == 0 {
             return bad("gateway.max_sessions_per_shard must be at least 1");
         }
         if self.gateway.handoff_queue == 0 {
             return bad("gateway.handoff_queue must be at least 1");
+        }
+        if self.gateway.handoffs_per_pass == 0 || self.gateway.io_batch == 0 {
+            return bad("gateway.handoffs_per_pass and gateway.io_batch must be at least 1");
+        }
+        if self.gateway.reply_queue == 0 || self.observability.trace_queue == 0 {
+            return bad("gateway.reply_queue and observability.trace_queue must be at least 1");
+        }
+        if self.gateway.snapshot_interval_ms == 0 {
+            return bad("gateway.snapshot_interval_ms must be at least 1");
+        }
+        if self.tcp.max_pending_logons == 0 {
+            return bad("tcp.max_pending_logons must be at least 1");
         }
         if self
             .groups
@@ -341,14 +400,6 @@ impl Config {
             .any(|g| g.heartbeat_interval_s.is_some_and(|h| h == 0 || h > i32::MAX as u64))
         {
             return bad("groups.heartbeat_interval_s must be at least 1");
-        }
-        if self
-            .groups
-            .iter()
-            .filter_map(|g| g.app.as_deref())
-            .any(|a| !matches!(a, "echo" | "feed" | "none"))
-        {
-            return bad("groups.app must be \"echo\", \"feed\" or \"none\"");
         }
         if self.tcp.max_message_bytes < 128 {
             return bad("tcp.max_message_bytes must be at least 128");
@@ -374,8 +425,7 @@ impl Config {
                     // Group applications are added after the default one, in this order.
                     app: g
                         .app
-                        .as_ref()
-                        .and_then(|a| names.iter().position(|n| n == a))
+                        .and_then(|a| names.iter().position(|n| *n == a))
                         .map(|i| i as u8 + 1),
                 }
             })
@@ -384,9 +434,9 @@ impl Config {
 
     /// The distinct applications named by device groups, in order of first use: each shard
     /// adds them after its default application.
-    pub fn group_apps(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for a in self.groups.iter().filter_map(|g| g.app.clone()) {
+    pub fn group_apps(&self) -> Vec<AppKind> {
+        let mut names: Vec<AppKind> = Vec::new();
+        for a in self.groups.iter().filter_map(|g| g.app) {
             if !names.contains(&a) {
                 names.push(a);
             }
@@ -431,7 +481,7 @@ impl Config {
             max_sessions: self.gateway.max_sessions_per_shard,
             max_connections: self.tcp.max_connections_per_shard,
             shard,
-            reply_queue: 1024,
+            reply_queue: self.gateway.reply_queue,
             session_burst: self.session.burst,
             max_logon_failures: self.auth.max_failures,
             logon_failure_window: Duration::from_secs(self.auth.failure_window_s),
@@ -500,6 +550,18 @@ mod tests {
     }
 
     #[test]
+    fn tuning_profiles_load_and_default_toml_is_the_defaults() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+        let default = Config::load(Some(&dir.join("default.toml")), &[]).unwrap();
+        assert_eq!(default, Config::load(None, &[]).unwrap(), "tuning/default.toml drifted");
+        for profile in ["large-fleet.toml", "low-latency.toml"] {
+            Config::load(Some(&dir.join(profile)), &[]).unwrap();
+        }
+        let e = Config::load(None, &["gateway.idle=\"nap\"".into()]).unwrap_err();
+        assert!(e.0.contains("nap"), "{e}");
+    }
+
+    #[test]
     fn overrides_set_any_key_and_unknown_keys_fail() {
         let c = Config::load(
             None,
@@ -511,7 +573,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.udp.max_datagram, 1200);
-        assert_eq!(c.gateway.io, "epoll");
+        assert_eq!(c.gateway.io, io::Choice::Epoll);
         assert_eq!(c.gateway.cpus, vec![1, 0]);
         let e = Config::load(None, &["udp.max_datagrams=1".into()]).unwrap_err();
         assert!(e.0.contains("max_datagrams"), "{e}");
@@ -553,7 +615,7 @@ mod tests {
         assert_eq!(g.heartbeat, Some(Duration::from_secs(10)));
         assert_eq!(g.journal_depth, Some(16));
         assert_eq!(g.app, Some(1), "the first group application is index 1");
-        assert_eq!(c.group_apps(), vec!["feed".to_string()]);
+        assert_eq!(c.group_apps(), vec![AppKind::Feed]);
         assert!(Config::load(None, &["groups=[{name=\"x\", app=\"nope\"}]".into()]).is_err());
         assert_eq!(policy(b"XX~1~1~1~OTHER~16~26"), crate::session::GroupSettings::default());
         assert!(Config::load(None, &[]).unwrap().group_policy().is_none());

@@ -6,10 +6,14 @@
 #[allow(dead_code)]
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+use fleetgate::counters::Counter;
+use fleetgate::protocol::{Body, Header, Password, Username};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -32,6 +36,16 @@ macro_rules! backends {
 backends! {
     metrics_parse_with_an_independent_parser => epoll_metrics_parse_with_an_independent_parser,
         uring_metrics_parse_with_an_independent_parser;
+    idle_connections_cannot_lock_out_a_prompt_logon =>
+        epoll_idle_connections_cannot_lock_out_a_prompt_logon,
+        uring_idle_connections_cannot_lock_out_a_prompt_logon;
+    impossible_first_frame_is_refused_at_once => epoll_impossible_first_frame_is_refused_at_once,
+        uring_impossible_first_frame_is_refused_at_once;
+    restart_right_after_sigkill_binds_the_same_ports =>
+        epoll_restart_right_after_sigkill_binds_the_same_ports,
+        uring_restart_right_after_sigkill_binds_the_same_ports;
+    a_panicking_shard_aborts_the_process => epoll_a_panicking_shard_aborts_the_process,
+        uring_a_panicking_shard_aborts_the_process;
 }
 
 /// `/metrics` of a running gateway, read by the Python `prometheus_client` parser (not the
@@ -127,4 +141,247 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr)
     );
     Some(serde_json::from_slice(&out.stdout).expect("parser output is JSON"))
+}
+
+/// Raises this process's soft open-files limit to its hard limit (the tests hold thousands of
+/// sockets, both ends in this process).
+fn raise_open_files() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    let _ = setrlimit(Resource::Nofile, l);
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Issue 9, found flaw 1 (DESIGN.md §2 rule 12). 2,000 connections that never send a byte,
+/// against a table of 512 pending logons: the oldest are closed ("server busy") to make room,
+/// and a client that logs on promptly gets in within 1 s.
+fn idle_connections_cannot_lock_out_a_prompt_logon(io: &str) {
+    let limit = raise_open_files();
+    assert!(limit >= 6000, "open files limit {limit}: the test needs about 4,100");
+    let gw = start(
+        io,
+        &["tcp.max_pending_logons=512", "tcp.logon_timeout_ms=60000", "gateway.shards=1"],
+    );
+    let idle: Vec<TcpStream> = (0..2000)
+        .map(|_| TcpStream::connect(gw.gateway.tcp_addr).expect("connect an idle client"))
+        .collect();
+    // The acceptor has taken them all in (a few hundred ms at most).
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let mut d = Tcp::new(&gw, "rt-prompt-1");
+    d.run_until("a prompt logon past 2,000 idle connections", SECOND, |c| {
+        c.dev.state() == fleetgate::session::DeviceState::Active
+    });
+    let took = t0.elapsed();
+    assert!(took < SECOND, "logon took {took:?}");
+    d.echo(&bodies(0..2));
+    // Every idle connection is taken in by now or soon, each beyond the 512th closing the
+    // oldest.
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    let evicted = "fleetgate_tcp_accepts_total{outcome=\"evicted\"} ";
+    let mut seen = 0;
+    let mut body = String::new();
+    let t = Instant::now();
+    while t.elapsed() < 5 * SECOND && seen < 2000 + 1 - 512 {
+        body = http_get(addr, "/metrics");
+        seen = body
+            .lines()
+            .find_map(|l| l.strip_prefix(evicted).and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let accepts: Vec<&str> = body.lines().filter(|l| l.contains("tcp_")).collect();
+    assert!(seen > 2000 - 512, "the idle connections beyond 512 not closed: {accepts:#?}");
+    drop(idle);
+    let totals = gw.stop();
+    assert!(totals.acceptor.get(Counter::TcpEvicted) >= 2000 + 1 - 512, "{seen}");
+    assert_eq!(totals.acceptor.get(Counter::TcpHandedOff), 1);
+}
+
+/// Issue 9, found flaw 1: a first frame whose header declares 65,535 bytes (the limit is 1,024)
+/// is refused at once with LoggedOut, not held until the logon deadline.
+fn impossible_first_frame_is_refused_at_once(io: &str) {
+    let gw = start(io, &["tcp.logon_timeout_ms=10000"]);
+    let logon = Body::LogonRequest {
+        username: Username::new(b"rt-huge-1").unwrap(),
+        password: Password::new(b"pw").unwrap(),
+        reset_seq_num: true,
+    };
+    let mut first = encode(msg(1, logon));
+    first[2..4].copy_from_slice(&65_535u16.to_le_bytes());
+    assert!(Header::decode(&first).is_ok(), "only the length is impossible");
+    let mut c = RawTcp::connect(gw.gateway.tcp_addr);
+    let t0 = Instant::now();
+    c.send(&first[..32]);
+    let f = c.recv(5 * SECOND).expect("LoggedOut");
+    assert_eq!(decode(&f).body, Body::LoggedOut { reason: b"message too long" });
+    assert!(c.wait_closed(2 * SECOND), "left open after an impossible first frame");
+    assert!(t0.elapsed() < SECOND, "refused after {:?}", t0.elapsed());
+    let totals = gw.stop();
+    assert_eq!(totals.acceptor.get(Counter::TcpMalformed), 1);
+    assert_eq!(totals.acceptor.get(Counter::TcpLogonTimeouts), 0);
+}
+
+/// Issue 9, found flaw 6. 200 clients that send half their request headers and stop do not keep
+/// `/metrics` from answering a fresh client within 1 s; after the header timeout they are closed.
+#[test]
+fn http_serves_a_fresh_client_while_200_hold_half_sent_headers() {
+    raise_open_files();
+    let gw = start("epoll", &["observability.http_header_timeout_ms=1500"]);
+    let addr = gw.metrics_addr.expect("metrics enabled");
+    until("the shards' first snapshots", 5 * SECOND, || {
+        http_get(addr, "/metrics").contains("fleetgate_logons_accepted_total")
+    });
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let body = http_get(addr, "/metrics");
+    let took = t0.elapsed();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("fleetgate_logons_accepted_total"), "{body}");
+    assert!(took < SECOND, "/metrics answered after {took:?}");
+    // The header timeout closes them: a read sees the end of the stream (or a reset).
+    let t1 = Instant::now();
+    for s in &mut slow {
+        s.set_read_timeout(Some(5 * SECOND)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = std::io::Read::read(s, &mut buf).unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert!(t1.elapsed() < 4 * SECOND, "half-sent requests held for {:?}", t1.elapsed());
+    gw.stop();
+}
+
+/// The real binary, `fleetgate serve` on fixed loopback ports; killed (SIGKILL) when dropped.
+struct Serve {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+/// The ports a [`Serve`] binds: UDP handshake, TCP, first session port, HTTP.
+#[derive(Clone, Copy)]
+struct Ports {
+    handshake: u16,
+    tcp: u16,
+    session_base: u16,
+    http: u16,
+}
+
+impl Ports {
+    /// Ports free right now (bound to 0, then released).
+    fn free() -> Self {
+        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tcp =
+            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { handshake: udp(), tcp: tcp(), session_base: udp(), http: tcp() }
+    }
+}
+
+impl Serve {
+    fn start(io: &str, ports: Ports, log: std::path::PathBuf, env: &[(&str, &str)]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["serve", "--open-logon", "--shards", "1", "--io", io])
+            .args(["--handshake-addr", &format!("127.0.0.1:{}", ports.handshake)])
+            .args(["--tcp-addr", &format!("127.0.0.1:{}", ports.tcp)])
+            .args(["--session-port-base", &ports.session_base.to_string()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", ports.http)])
+            .args(["--set", "gateway.max_sessions_per_shard=16"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn fleetgate serve");
+        Self { child, log }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True once `/healthz` answers `ok`.
+    fn healthy(ports: Ports) -> bool {
+        let addr = local(ports.http);
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 9, found flaw 5. A gateway killed with SIGKILL while it holds a TCP session is
+/// restarted at once on the same ports: the new one binds (retrying while the old sockets are
+/// being released) and serves a logon.
+fn restart_right_after_sigkill_binds_the_same_ports(io: &str) {
+    let dir = TempDir::new(&format!("sigkill-{io}"));
+    let ports = Ports::free();
+    let first = Serve::start(io, ports, dir.0.join("first.log"), &[]);
+    until("the first gateway's /healthz", 5 * SECOND, || Serve::healthy(ports));
+    let mut d = Tcp::with_password(local(ports.tcp), "rt-kill-1", b"pw");
+    d.run_until("a logon on the first gateway", 5 * SECOND, |c| {
+        c.dev.state() == fleetgate::session::DeviceState::Active
+    });
+    drop(first); // SIGKILL, reaped
+    let mut second = Serve::start(io, ports, dir.0.join("second.log"), &[]);
+    let t0 = Instant::now();
+    until("the restarted gateway's /healthz", 5 * SECOND, || {
+        if let Ok(Some(status)) = second.child.try_wait() {
+            panic!("restart failed ({status}):\n{}", second.stderr());
+        }
+        Serve::healthy(ports)
+    });
+    let mut d = Tcp::with_password(local(ports.tcp), "rt-kill-2", b"pw");
+    d.run_until("a logon on the restarted gateway", 5 * SECOND, |c| {
+        c.dev.state() == fleetgate::session::DeviceState::Active
+    });
+    assert!(t0.elapsed() < 5 * SECOND);
+    assert!(!second.stderr().contains("cannot bind"), "{}", second.stderr());
+}
+
+/// The panic policy (README "Operating it"): a panic on a shard thread (injected with the
+/// test-only `FLEETGATE_TEST_PANIC_SHARD0_MS`, compiled in with the `sim` feature) aborts the
+/// whole process at once, logging the thread; it never leaves a half-alive gateway answering
+/// `/healthz`.
+fn a_panicking_shard_aborts_the_process(io: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new(&format!("panic-{io}"));
+    let ports = Ports::free();
+    let mut gw = Serve::start(
+        io,
+        ports,
+        dir.0.join("serve.log"),
+        &[("FLEETGATE_TEST_PANIC_SHARD0_MS", "1500")],
+    );
+    until("/healthz before the panic", 5 * SECOND, || Serve::healthy(ports));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(t0.elapsed() < 5 * SECOND, "still running 5 s after the panic:\n{}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(6), "not aborted (SIGABRT): {status}\n{}", gw.stderr());
+    let err = gw.stderr();
+    assert!(err.contains("fleetgate-shard-0") && err.contains("injected"), "{err}");
+    assert!(!Serve::healthy(ports), "/healthz answers after the abort");
 }

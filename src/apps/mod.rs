@@ -15,12 +15,24 @@ pub use silent::Silent;
 
 pub use crate::session::Application;
 
-/// Builds the built-in application named by `gateway.app`.
-pub fn builtin(name: &str, feed_interval: Duration) -> Option<Box<dyn Application + Send>> {
-    match name {
-        "echo" => Some(Box::new(Echo)),
-        "feed" => Some(Box::new(Feed::new(feed_interval))),
-        "none" => Some(Box::new(Silent)),
-        _ => None,
+/// A built-in application, as `gateway.app` and `[[groups]] app` name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Echoes each request (type 150 → 250, TCP 120 → 220).
+    #[default]
+    Echo,
+    /// Pushes a type-300 event to every session every `gateway.feed_interval_ms`.
+    Feed,
+    /// Accepts everything, sends nothing.
+    None,
+}
+
+/// Builds the built-in application `kind`.
+pub fn builtin(kind: AppKind, feed_interval: Duration) -> Box<dyn Application> {
+    match kind {
+        AppKind::Echo => Box::new(Echo),
+        AppKind::Feed => Box::new(Feed::new(feed_interval)),
+        AppKind::None => Box::new(Silent),
     }
 }

@@ -55,10 +55,6 @@ pub struct Epoll {
     scratch: Vec<u8>,
 }
 
-// SAFETY: the raw pointers inside the iovec/mmsghdr arrays point into buffers owned by this
-// struct; the whole struct moves to its shard thread once, before any pointer is written.
-unsafe impl Send for Epoll {}
-
 impl Epoll {
     /// Sets up epoll over the UDP socket and the wake descriptor; allocates every batch buffer.
     pub fn new(udp: UdpSocket, wake: OwnedFd, cfg: BackendConfig) -> std::io::Result<Self> {

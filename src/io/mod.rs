@@ -35,15 +35,19 @@
 //! handoff) and returns its `ConnId`, below `max_connections`.
 //!
 //! Two implementations pass the same tests: [`uring`] (io_uring, default) and [`epoll`]
-//! (portable: epoll with `recvmmsg`/`sendmmsg`). [`select`] chooses: `"uring"`, `"epoll"`, or
-//! `"auto"`, which probes io_uring and the opcodes we use and falls back to epoll when io_uring
-//! is missing or refused (as in many containers). `FLEETGATE_IO=epoll` in the environment
-//! forces the fallback whatever the config says.
+//! (portable: epoll with `recvmmsg`/`sendmmsg`). [`select`] chooses once for the shards and the
+//! acceptor: `"uring"`, `"epoll"`, or `"auto"`, which probes io_uring (every opcode the shards
+//! and the acceptor use, then a trial ring) and falls back to epoll when io_uring is missing or
+//! refused (as in many containers). `FLEETGATE_IO=epoll` in the environment forces the fallback
+//! whatever the config says. A backend is built on its shard's thread from a [`BackendSpec`]
+//! (plain data) and never leaves it: backends are not `Send`.
 //!
 //! Every `unsafe` block of the product lives under this module: the backends, the acceptor's
-//! ring ([`uring::accept`]), the load generator's batched UDP ([`mmsg`]) and [`rusage_self`].
-//! The other system calls the crate makes (`poll(2)`, epoll for the
-//! load generator, rlimits, eventfd, signals) go through the `rustix` and `signal-hook` crates.
+//! ring ([`uring::accept`]), the bare echo loops of the floor bench ([`floor`]), the load
+//! generator's batched UDP to many destinations ([`mmsg`]; `floor::Mmsg` sends on connected
+//! sockets only) and [`rusage_self`]. The other system calls the crate makes (`poll(2)`, epoll
+//! for the load generator, rlimits, eventfd, signals) go through the `rustix` and `signal-hook`
+//! crates.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -52,6 +56,7 @@ use std::time::Duration;
 use crate::ids::ConnId;
 
 pub mod epoll;
+pub mod floor;
 pub mod mmsg;
 pub mod uring;
 
@@ -148,6 +153,46 @@ pub trait Backend {
     fn dropped_sends(&self) -> u64;
 }
 
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(IoEvent<'_>),
+    ) -> std::io::Result<usize> {
+        (**self).poll(timeout, on_event)
+    }
+    fn send_to(&mut self, to: SocketAddr, data: &[u8]) -> Result<(), SendError> {
+        (**self).send_to(to, data)
+    }
+    fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId> {
+        (**self).register_tcp(stream)
+    }
+    fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        (**self).send_tcp(conn, data)
+    }
+    fn tcp_room(&self, conn: ConnId) -> usize {
+        (**self).tcp_room(conn)
+    }
+    fn close_tcp(&mut self, conn: ConnId) {
+        (**self).close_tcp(conn)
+    }
+    fn send_tcp_last(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        (**self).send_tcp_last(conn, data)
+    }
+    fn abort_tcp(&mut self, conn: ConnId) {
+        (**self).abort_tcp(conn)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (**self).flush()
+    }
+    fn dropped_sends(&self) -> u64 {
+        (**self).dropped_sends()
+    }
+}
+
 /// Which backend to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -157,32 +202,102 @@ pub enum Kind {
     Epoll,
 }
 
-/// Resolves `io` ("auto", "uring", "epoll") and the `FLEETGATE_IO` override to a backend kind.
-/// Returns the kind and a sentence for the log saying why.
-pub fn select(io: &str) -> (Kind, String) {
-    let forced = std::env::var("FLEETGATE_IO").ok();
-    let want = forced.as_deref().unwrap_or(io);
-    match want {
-        "epoll" => (
-            Kind::Epoll,
-            format!("epoll ({})", if forced.is_some() { "FLEETGATE_IO" } else { "configured" }),
-        ),
-        "uring" => (Kind::Uring, "io_uring (configured)".into()),
-        _ => match uring::probe() {
-            Ok(()) => (Kind::Uring, "io_uring (probed)".into()),
-            Err(why) => (Kind::Epoll, format!("epoll (io_uring unusable: {why})")),
+/// `gateway.io`: what the operator asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    /// io_uring when [`uring::probe`] passes, else epoll.
+    #[default]
+    Auto,
+    /// io_uring, or fail to start.
+    Uring,
+    /// epoll (and the acceptor's `poll(2)` driver).
+    Epoll,
+}
+
+/// What [`select`] chose, for the shards and the acceptor alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// The backend (and acceptor driver) to run.
+    pub kind: Kind,
+    /// Whether a shard whose io_uring backend cannot be built may fall back to epoll
+    /// (`auto` only).
+    pub fallback: bool,
+    /// Why, for the log: "io_uring (probed)", "epoll (FLEETGATE_IO)", ...
+    pub why: String,
+}
+
+/// Resolves `choice` and the `FLEETGATE_IO=epoll` override, probing io_uring once (every
+/// opcode the shards and the acceptor use, then a trial ring) unless epoll is forced. An
+/// explicit `uring` that the probe refuses is an error.
+pub fn select(choice: Choice) -> Result<Selected, String> {
+    let forced = std::env::var("FLEETGATE_IO").is_ok_and(|v| v == "epoll");
+    let epoll = |why: String| Selected { kind: Kind::Epoll, fallback: false, why };
+    if forced {
+        return Ok(epoll("epoll (FLEETGATE_IO)".into()));
+    }
+    match choice {
+        Choice::Epoll => Ok(epoll("epoll (configured)".into())),
+        Choice::Uring => match uring::probe() {
+            Ok(()) => Ok(Selected {
+                kind: Kind::Uring,
+                fallback: false,
+                why: "io_uring (configured)".into(),
+            }),
+            Err(why) => Err(format!("gateway.io = \"uring\" but io_uring is unusable: {why}")),
         },
+        Choice::Auto => Ok(match uring::probe() {
+            Ok(()) => {
+                Selected { kind: Kind::Uring, fallback: true, why: "io_uring (probed)".into() }
+            }
+            Err(why) => epoll(format!("epoll (io_uring unusable: {why})")),
+        }),
     }
 }
 
-/// Builds a backend of `kind` over the shard's UDP socket and wake descriptor.
-/// Backends are built on the main thread and moved once to their shard, hence `Send`.
+/// What a shard builds its backend from, on its own thread: plain data (its sockets and sizes),
+/// so it can be sent there. A backend itself holds memory the kernel writes to and pointers to
+/// it, and never leaves the thread that built it.
+#[derive(Debug)]
+pub struct BackendSpec {
+    /// Which backend, and whether to fall back to epoll if io_uring cannot be built.
+    pub kind: Kind,
+    /// With `kind = Uring`: try epoll if the ring cannot be set up (`gateway.io = "auto"`).
+    pub fallback: bool,
+    /// The shard's UDP session socket.
+    pub udp: UdpSocket,
+    /// The shard's wake descriptor (the acceptor holds a duplicate).
+    pub wake: OwnedFd,
+    /// Sizes.
+    pub cfg: BackendConfig,
+}
+
+impl BackendSpec {
+    /// Builds the backend on the calling thread. Returns it and, after a fallback, why.
+    pub fn build(self) -> std::io::Result<(Box<dyn Backend>, Option<String>)> {
+        if self.kind == Kind::Epoll || !self.fallback {
+            return Ok((build(self.kind, self.udp, self.wake, self.cfg)?, None));
+        }
+        // The failed attempt drops what it was given: keep duplicates for the fallback.
+        let (udp, wake) = (self.udp.try_clone()?, self.wake.try_clone()?);
+        match build(Kind::Uring, self.udp, self.wake, self.cfg) {
+            Ok(b) => Ok((b, None)),
+            Err(e) => Ok((
+                build(Kind::Epoll, udp, wake, self.cfg)?,
+                Some(format!("io_uring backend failed ({e}), running epoll")),
+            )),
+        }
+    }
+}
+
+/// Builds a backend of `kind` over the shard's UDP socket and wake descriptor, on the calling
+/// thread (the only one that may use it).
 pub fn build(
     kind: Kind,
     udp: UdpSocket,
     wake: OwnedFd,
     cfg: BackendConfig,
-) -> std::io::Result<Box<dyn Backend + Send>> {
+) -> std::io::Result<Box<dyn Backend>> {
     Ok(match kind {
         Kind::Epoll => Box::new(epoll::Epoll::new(udp, wake, cfg)?),
         Kind::Uring => Box::new(uring::Uring::new(udp, wake, cfg)?),

@@ -1,65 +1,113 @@
-//! `/metrics`, `/sessions` and `/healthz` over HTTP on loopback: one request per connection,
-//! served by one thread, off the hot path.
+//! `/metrics`, `/sessions` and `/healthz` over HTTP/1.1 (loopback by default), off the hot path:
+//! hyper's server on a one-thread tokio runtime, so many clients are served at once and a slow
+//! one holds nothing but its own connection. Each connection has `http_header_timeout_ms` to
+//! send its request headers (at most 8 KiB, hyper's smallest buffer), one request, and 10 s in
+//! all; at most `http_max_connections` are open, and a connection beyond is closed at once.
 
-use std::io::{BufRead, BufReader, Write};
+use std::convert::Infallible;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::housekeeping::View;
-use super::metrics::{metrics, sessions};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
-/// Serves `/metrics`, `/sessions` and `/healthz` until `stop`.
-pub fn serve_http(listener: TcpListener, view: Arc<Mutex<View>>, stop: Arc<AtomicBool>) {
-    let _ = listener.set_nonblocking(true);
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                handle(stream, &view);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+use super::housekeeping::View;
+use super::metrics::{CONTENT_TYPE, metrics, sessions};
+
+/// The HTTP endpoint's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Connections open at once (`observability.http_max_connections`).
+    pub max_connections: usize,
+    /// Time to send the request headers (`observability.http_header_timeout_ms`).
+    pub header_timeout: Duration,
 }
 
-fn handle(stream: std::net::TcpStream, view: &Mutex<View>) {
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    // Skip the headers.
-    let mut h = String::new();
-    while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-        h.clear();
-    }
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, ctype, body) = match path {
-        "/metrics" => (
-            "200 OK",
-            super::metrics::CONTENT_TYPE,
-            metrics(&view.lock().unwrap_or_else(|e| e.into_inner())),
-        ),
+/// Everything one connection may take, headers, request and response together.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the accept loop looks at `stop`.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Serves `/metrics`, `/sessions` and `/healthz` until `stop`.
+pub fn serve_http(
+    listener: TcpListener,
+    view: Arc<Mutex<View>>,
+    stop: Arc<AtomicBool>,
+    limits: HttpLimits,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "HTTP endpoint: cannot start its runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "HTTP endpoint: cannot use its listener");
+                return;
+            }
+        };
+        let open = Arc::new(AtomicUsize::new(0));
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(accepted) = tokio::time::timeout(STOP_CHECK, listener.accept()).await else {
+                continue;
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            if open.load(Ordering::Relaxed) >= limits.max_connections {
+                drop(stream);
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let (view, open) = (view.clone(), open.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let view = view.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &view)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(8192)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+}
+
+fn respond(req: &Request<Incoming>, view: &Mutex<View>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => {
+            (StatusCode::OK, CONTENT_TYPE, metrics(&view.lock().unwrap_or_else(|e| e.into_inner())))
+        }
         "/sessions" => (
-            "200 OK",
+            StatusCode::OK,
             "application/json",
             sessions(&view.lock().unwrap_or_else(|e| e.into_inner())),
         ),
-        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         _ => (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics, /sessions or /healthz\n".to_string(),
         ),
     };
-    let mut out = &stream;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::housekeeping::{self, View};
 use super::http;
@@ -64,9 +65,13 @@ impl Server {
         if let Some(l) = listener {
             server.metrics_addr = l.local_addr().ok();
             let (view, stop) = (server.view.clone(), server.stop.clone());
+            let limits = http::HttpLimits {
+                max_connections: obs.http_max_connections,
+                header_timeout: Duration::from_millis(obs.http_header_timeout_ms),
+            };
             let h = std::thread::Builder::new()
                 .name("fleetgate-http".into())
-                .spawn(move || http::serve_http(l, view, stop))
+                .spawn(move || http::serve_http(l, view, stop, limits))
                 .map_err(|e| e.to_string())?;
             server.http = Some(h);
         }

@@ -13,12 +13,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::io::{self, BackendConfig};
+use crate::io::{self, BackendConfig, BackendSpec};
 use crate::runtime::acceptor::{self, AcceptorSpec};
-use crate::runtime::handoff::Handoff;
 use crate::runtime::report::{Published, ShardLink, Snapshot};
-use crate::runtime::shard::tap::{TraceFilter, TraceRecord};
-use crate::runtime::shard::{self, ShardSpec};
+use crate::runtime::shard::tap::TraceFilter;
+use crate::runtime::shard::{self, Publish, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
 use crate::session::{Authenticator, Endpoint};
 use crate::time::Clock;
@@ -49,14 +48,64 @@ pub struct Totals {
     pub acceptor: Counters,
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Large buffers absorb bursts (resends, handshake storms); the kernel caps them at
-    // net.core.rmem_max / wmem_max (see tuning/sysctl.conf).
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
-    s.bind(&addr.into())?;
-    Ok(s.into())
+/// How long binding retries while the address is still in use. A gateway killed with SIGKILL
+/// holds its ports a little longer than its process: io_uring releases the sockets 6-12 ms after
+/// the process is reaped (epoll about 1 ms), so an immediate restart would fail without this.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Calls `bind` until it succeeds, fails with another error than `AddrInUse`, or
+/// [`BIND_RETRY`] has passed (logged once).
+fn bind_retrying<T>(
+    what: &str,
+    addr: SocketAddr,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> Result<T, String> {
+    let t0 = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match bind() {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && t0.elapsed() < BIND_RETRY => {
+                if !logged {
+                    tracing::warn!(%addr, "{what} in use, retrying for up to {BIND_RETRY:?}");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("cannot bind {what} {addr}: {e}")),
+        }
+    }
+}
+
+fn bind_udp(what: &str, addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, String> {
+    bind_retrying(what, addr, || {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        // Large buffers absorb bursts (resends, handshake storms); the kernel caps them at
+        // net.core.rmem_max / wmem_max (see tuning/sysctl.conf).
+        let _ = s.set_recv_buffer_size(buffer_bytes);
+        let _ = s.set_send_buffer_size(buffer_bytes);
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    })
+}
+
+/// The TCP listener with `SO_REUSEADDR` (connections of a previous run in TIME_WAIT do not block
+/// the port) and a backlog of `backlog`, or the host's `net.core.somaxconn` when 0.
+fn bind_tcp(addr: SocketAddr, backlog: u32) -> Result<TcpListener, String> {
+    let backlog = match backlog {
+        0 => std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(4096),
+        n => n,
+    };
+    bind_retrying("TCP", addr, || {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(backlog.min(i32::MAX as u32) as i32)?;
+        Ok(s.into())
+    })
 }
 
 fn random_secret() -> std::io::Result<[u8; 32]> {
@@ -79,27 +128,22 @@ impl Gateway {
         let master = random_secret().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         let (report, acceptor_reports) = rtrb::RingBuffer::new(4);
         let g = &cfg.gateway;
-        let hs_udp = bind_udp(g.handshake_addr)
-            .map_err(|e| format!("cannot bind UDP {}: {e}", g.handshake_addr))?;
+        let sockbuf = cfg.udp.socket_buffer_bytes;
+        let hs_udp = bind_udp("UDP", g.handshake_addr, sockbuf)?;
         let handshake_addr = hs_udp.local_addr().map_err(|e| e.to_string())?;
-        let tcp = TcpListener::bind(g.tcp_addr)
-            .map_err(|e| format!("cannot bind TCP {}: {e}", g.tcp_addr))?;
+        let tcp = bind_tcp(g.tcp_addr, cfg.tcp.listen_backlog)?;
         let tcp_addr = tcp.local_addr().map_err(|e| e.to_string())?;
-        let (kind, why) = io::select(&g.io);
-        let kind = if kind == io::Kind::Uring && io::uring::probe().is_err() && g.io == "auto" {
-            io::Kind::Epoll
-        } else {
-            kind
-        };
+        // One probe, for the shards and the acceptor.
+        let selected = io::select(g.io)?;
+        tracing::info!(backend = %selected.why, "I/O backend selected");
+        let config = Arc::new(cfg.clone());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut session_ports = Vec::new();
         // Stops and joins the shards already started if a later step fails.
         let mut guard = StartGuard { shutdown: shutdown.clone(), handles: Vec::new() };
-        let handles = &mut guard.handles;
         let mut producers = Vec::new();
         let mut wakes = Vec::new();
         let mut links = Vec::new();
-        let mut backend_name = why.clone();
         let obs = &cfg.observability;
         let filter = TraceFilter::new(&obs.trace_devices, &obs.trace_addrs)?;
         let mut trace_rx = Vec::new();
@@ -107,52 +151,73 @@ impl Gateway {
             let port =
                 g.session_port_base.checked_add(i as u16).ok_or("session ports overflow u16")?;
             let addr = SocketAddr::new(g.handshake_addr.ip(), port);
-            let udp =
-                bind_udp(addr).map_err(|e| format!("cannot bind session port {addr}: {e}"))?;
+            let udp = bind_udp("session port", addr, sockbuf)?;
             session_ports.push(port);
             let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-            let waker = wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
-            let bcfg = BackendConfig {
-                max_datagram: cfg.udp.max_datagram,
-                batch: 64,
-                max_connections: cfg.tcp.max_connections_per_shard,
-                send_queue_bytes: cfg.tcp.send_queue_bytes,
+            wakes.push(wake.try_clone().map_err(|e| format!("eventfd: {e}"))?);
+            let backend = BackendSpec {
+                kind: selected.kind,
+                fallback: selected.fallback,
+                udp,
+                wake,
+                cfg: BackendConfig {
+                    max_datagram: cfg.udp.max_datagram,
+                    batch: g.io_batch,
+                    max_connections: cfg.tcp.max_connections_per_shard,
+                    send_queue_bytes: cfg.tcp.send_queue_bytes,
+                },
             };
-            let (backend, waker) =
-                match io::build(kind, udp.try_clone().map_err(|e| e.to_string())?, wake, bcfg) {
-                    Ok(b) => (b, waker),
-                    Err(e) if g.io == "auto" => {
-                        // The failed build closed its eventfd: the fallback gets a new one.
-                        backend_name = format!("epoll (io_uring backend failed: {e})");
-                        let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-                        let waker = wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
-                        let b = io::build(io::Kind::Epoll, udp, wake, bcfg)
-                            .map_err(|e| format!("epoll backend: {e}"))?;
-                        (b, waker)
-                    }
-                    Err(e) => return Err(format!("shard {i}: {e}")),
-                };
-            wakes.push(waker);
-            start_shard(
-                i,
-                cfg,
+            let trace = (!filter.is_empty()).then(|| {
+                let (tx, rx) = rtrb::RingBuffer::new(obs.trace_queue);
+                trace_rx.push(rx);
+                (filter.clone(), tx)
+            });
+            let (tx, rx) = rtrb::RingBuffer::new(g.handoff_queue);
+            producers.push(tx);
+            let (snapshots, snap_rx) = rtrb::RingBuffer::new(4);
+            let (mut recycle, recycled) = rtrb::RingBuffer::new(4);
+            for _ in 0..2 {
+                let _ = recycle
+                    .push(Box::new(Snapshot::new(g.max_sessions_per_shard, obs.latency_ns_max)));
+            }
+            links.push(ShardLink { snapshots: snap_rx, recycle });
+            let core = if g.cpus.is_empty() {
+                cores.get(i % cores.len().max(1)).copied()
+            } else {
+                let want = g.cpus[i % g.cpus.len()];
+                cores.iter().find(|c| c.id == want).copied()
+            };
+            let (ready, built) = std::sync::mpsc::sync_channel(1);
+            let spec = ShardSpec {
+                index: i,
+                config: config.clone(),
                 backend,
-                &mut producers,
-                &mut links,
-                handles,
-                &auth,
+                handoffs: rx,
+                publish: Publish { snapshots, recycled },
+                auth: auth.clone(),
                 master,
                 clock,
-                &shutdown,
-                &cores,
-                &filter,
-                &mut trace_rx,
-            )?;
+                shutdown: shutdown.clone(),
+                core,
+                trace,
+                ready,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("fleetgate-shard-{i}"))
+                .spawn(move || shard::run(spec))
+                .map_err(|e| e.to_string())?;
+            guard.handles.push(h);
+            // The shard builds its backend on its own thread; wait for the outcome.
+            match built.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(format!("shard {i} ended before building its backend")),
+            }
         }
         let spec = AcceptorSpec {
             udp: hs_udp,
             tcp,
-            uring: kind == io::Kind::Uring,
+            uring: selected.kind == io::Kind::Uring,
             handshake: HandshakeConfig {
                 shards,
                 session_port_base: g.session_port_base,
@@ -167,7 +232,8 @@ impl Gateway {
             logon_timeout: Duration::from_millis(cfg.tcp.logon_timeout_ms),
             rate_per_s: cfg.udp.handshake_rate_per_s,
             burst: cfg.udp.handshake_burst,
-            max_pending: 1024,
+            max_pending: cfg.tcp.max_pending_logons,
+            max_message_bytes: cfg.tcp.max_message_bytes,
             report,
         };
         let acceptor = std::thread::Builder::new()
@@ -179,7 +245,7 @@ impl Gateway {
             handshake_addr,
             tcp_addr,
             session_ports,
-            backend: backend_name,
+            backend: selected.why,
             reserved_bytes,
             shutdown,
             shards: std::mem::take(&mut guard.handles),
@@ -227,89 +293,6 @@ impl Drop for Gateway {
             let _ = self.wait();
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_shard(
-    i: usize,
-    cfg: &Config,
-    backend: Box<dyn io::Backend + Send>,
-    producers: &mut Vec<rtrb::Producer<Handoff>>,
-    links: &mut Vec<ShardLink>,
-    handles: &mut Vec<JoinHandle<Counters>>,
-    auth: &Arc<dyn Authenticator + Send + Sync>,
-    master: [u8; 32],
-    clock: Clock,
-    shutdown: &Arc<AtomicBool>,
-    cores: &[core_affinity::CoreId],
-    filter: &TraceFilter,
-    trace_rx: &mut Vec<rtrb::Consumer<TraceRecord>>,
-) -> Result<(), String> {
-    let trace = if filter.is_empty() {
-        None
-    } else {
-        let (tx, rx) = rtrb::RingBuffer::new(8192);
-        trace_rx.push(rx);
-        Some((filter.clone(), tx))
-    };
-    let (tx, rx) = rtrb::RingBuffer::new(cfg.gateway.handoff_queue);
-    producers.push(tx);
-    let (snap_tx, snap_rx) = rtrb::RingBuffer::new(4);
-    let (mut recycle_tx, recycle_rx) = rtrb::RingBuffer::new(4);
-    for _ in 0..2 {
-        let _ = recycle_tx.push(Box::new(Snapshot::new(
-            cfg.gateway.max_sessions_per_shard,
-            cfg.observability.latency_ns_max,
-        )));
-    }
-    links.push(ShardLink { snapshots: snap_rx, recycle: recycle_tx });
-    let core = if cfg.gateway.cpus.is_empty() {
-        cores.get(i % cores.len().max(1)).copied()
-    } else {
-        let want = cfg.gateway.cpus[i % cfg.gateway.cpus.len()];
-        cores.iter().find(|c| c.id == want).copied()
-    };
-    let app =
-        crate::apps::builtin(&cfg.gateway.app, Duration::from_millis(cfg.gateway.feed_interval_ms))
-            .ok_or_else(|| format!("unknown gateway.app {:?}", cfg.gateway.app))?;
-    let spec = ShardSpec {
-        index: i,
-        endpoint: cfg.endpoint_config(i as u16),
-        max_message_bytes: cfg.tcp.max_message_bytes,
-        backend,
-        handoffs: rx,
-        snapshots: snap_tx,
-        recycled: recycle_rx,
-        auth: auth.clone(),
-        app,
-        master,
-        cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
-        clock,
-        shutdown: shutdown.clone(),
-        drain_timeout: Duration::from_millis(cfg.gateway.drain_timeout_ms),
-        close_linger: Duration::from_millis(cfg.tcp.close_linger_ms),
-        spin: if cfg.gateway.idle == "spin" {
-            Duration::from_micros(cfg.gateway.spin_us)
-        } else {
-            Duration::ZERO
-        },
-        core,
-        trace,
-        groups: cfg.group_policy(),
-        group_apps: cfg
-            .group_apps()
-            .iter()
-            .filter_map(|n| {
-                crate::apps::builtin(n, Duration::from_millis(cfg.gateway.feed_interval_ms))
-            })
-            .collect(),
-    };
-    let h = std::thread::Builder::new()
-        .name(format!("fleetgate-shard-{i}"))
-        .spawn(move || shard::run(spec))
-        .map_err(|e| e.to_string())?;
-    handles.push(h);
-    Ok(())
 }
 
 /// Joins the shard threads started so far when [`Gateway::start`] fails half-way.

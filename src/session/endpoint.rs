@@ -147,15 +147,15 @@ impl Outbox<'_> {
 pub struct EndpointConfig {
     /// Per-session settings.
     pub session: SessionConfig,
-    /// Sessions per shard, detached ones included (`shard.max_sessions`, default 4096).
+    /// Sessions per shard, detached ones included (`gateway.max_sessions_per_shard`, default 4096).
     pub max_sessions: usize,
-    /// TCP connection ids are below this (`tcp.max_connections`, default 4096).
+    /// TCP connection ids are below this (`tcp.max_connections_per_shard`, default 4096).
     pub max_connections: usize,
     /// This shard's index (bound into cookies).
     pub shard: u16,
-    /// Stateless replies waiting to be sent (`shard.reply_queue`, default 1024).
+    /// Stateless replies waiting to be sent (`gateway.reply_queue`, default 1024).
     pub reply_queue: usize,
-    /// Buffers one session may produce before others get a turn (`shard.session_burst`, 8):
+    /// Buffers one session may produce before others get a turn (`session.burst`, 8):
     /// paces large resends so one session cannot starve the rest.
     pub session_burst: u32,
     /// Failed logons from one address before it is refused (`auth.max_failures`, 5).

@@ -29,6 +29,7 @@ use crate::session::{
 use crate::time::Timestamp;
 
 pub mod alloc;
+mod mem;
 mod pair;
 #[cfg(test)]
 mod rules;
@@ -36,6 +37,7 @@ mod rules;
 mod scenarios;
 
 pub use crate::rng::Rng;
+pub use mem::{MemBackend, Sent};
 pub use pair::{Pair, Peer, Watch, feed};
 
 /// Faults applied to each UDP datagram, per direction.

@@ -337,12 +337,29 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_thread_names(true);
     // A second initialisation (never in the binary) is ignored.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The gateway's panic policy: a panic on any thread (a shard, the acceptor, housekeeping) is
+/// logged with the thread's name and aborts the process. A gateway with a dead shard would keep
+/// answering `/healthz` and handshakes for sessions it can no longer serve; aborting lets the
+/// supervisor (`Restart=on-failure` in tuning/fleetgate.service) start a whole one, and devices
+/// resume on it.
+fn install_panic_policy() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread = name, "panic: {info}; aborting the process");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 /// Raises the soft open-files limit to the hard limit: every TCP session of the gateway and
@@ -413,6 +430,7 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
                 Arc::new(Credentials::default())
             }
         };
+    install_panic_policy();
     let shutdown = signals::catch().map_err(|e| format!("cannot catch SIGTERM/SIGINT: {e}"))?;
     let mut gw = Server::start_with(&cfg, auth, shutdown)?;
     tracing::info!(

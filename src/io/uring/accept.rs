@@ -420,10 +420,34 @@ impl Drop for AcceptRing {
     }
 }
 
+/// A trial for [`super::probe`]: an acceptor ring arms its multishot `ACCEPT` on a loopback
+/// listener and reports a connection made to it (refused before Linux 5.19).
+pub(super) fn trial() -> std::io::Result<()> {
+    let udp = UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let tcp = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let mut ring = AcceptRing::new(1, 64)?;
+    ring.start()?;
+    ring.arm(&udp, &tcp);
+    let _client = TcpStream::connect(tcp.local_addr()?)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        ring.wait(Duration::from_millis(10))?;
+        while let Some(c) = ring.poll_completion() {
+            match c {
+                Completion::Accepted(_) => return Ok(()),
+                Completion::AcceptUnsupported(e) => return Err(e),
+                Completion::Datagram(buf) => ring.recycle(buf),
+                _ => {}
+            }
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "multishot ACCEPT reported nothing"))
+}
+
 /// Handshake-port receive buffers (each holds one datagram with its header and address).
 const RECV_BUFS: u16 = 256;
 /// Answers in flight at most; more in one burst are dropped (counted by the caller: the device
 /// retries).
 const SEND_SLOTS: usize = 256;
 /// Completions reaped per wait at most.
-const CQES_PER_WAIT: usize = 1024;
+pub const CQES_PER_WAIT: usize = 1024;

@@ -44,7 +44,7 @@
 //! [`RingSetup::DeferTaskrun`] (`SINGLE_ISSUER | DEFER_TASKRUN`, Linux 6.1) is tried first:
 //! completions are then produced only inside this thread's `io_uring_enter`, with no
 //! inter-processor interrupts. The ring is created `R_DISABLED` and enabled by the first thread
-//! that enters it, so a backend built on one thread and moved to its shard thread works. When
+//! that enters it (the shard thread, which builds it: the backend is not `Send`). When
 //! the kernel refuses those flags, [`RingSetup::CoopTaskrun`] (5.19), then [`RingSetup::Plain`].
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -65,9 +65,10 @@ use ring::{
 use super::{Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError};
 use crate::ids::ConnId;
 
-/// Checks that io_uring can be used here: the ring sets up, the kernel has the features and
-/// opcodes the backend relies on, and a trial backend receives and sends a datagram on
-/// loopback (multishot `RECVMSG` with a provided-buffer ring, `SENDMSG`).
+/// Checks that io_uring can be used here, by the shards and the acceptor alike: the ring sets
+/// up, the kernel has the features and opcodes both rely on, a trial backend receives and sends
+/// a datagram on loopback (multishot `RECVMSG` with a provided-buffer ring, `SENDMSG`), and a
+/// trial acceptor ring accepts a connection with a multishot `ACCEPT` (Linux 5.19).
 pub fn probe() -> Result<(), String> {
     let (ring, _) = setup_ring(8, 16, None).map_err(|e| format!("io_uring_setup: {e}"))?;
     if !ring.params().is_feature_ext_arg() {
@@ -81,7 +82,8 @@ pub fn probe() -> Result<(), String> {
         }
     }
     drop(ring);
-    trial().map_err(|e| format!("trial: {e}"))
+    trial().map_err(|e| format!("trial: {e}"))?;
+    accept::trial().map_err(|e| format!("acceptor trial: {e}"))
 }
 
 /// The io_uring backend.
@@ -120,12 +122,6 @@ pub struct Uring {
     /// Connections freed but not yet reported; their ids return to `free` when reported.
     closed: Vec<ConnId>,
 }
-
-// SAFETY: every raw pointer inside (regions, pointers written into SQEs) refers to memory this
-// struct owns and which does not move with it. The ring is enabled lazily by the first thread
-// that enters it; under SINGLE_ISSUER, entering from another thread afterwards fails with
-// EEXIST (an error, not undefined behaviour).
-unsafe impl Send for Uring {}
 
 impl Uring {
     /// Sets up the ring over the UDP socket and wake descriptor, with the best [`RingSetup`] the
@@ -902,13 +898,15 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 }
 
 /// The opcodes the backend issues (`probe` checks them).
-const USED_OPS: [(u8, &str); 6] = [
+/// Every opcode the shard backend and the acceptor's ring ([`accept`]) submit.
+const USED_OPS: [(u8, &str); 7] = [
     (opcode::RecvMsgMulti::CODE, "RECVMSG"),
     (opcode::SendMsg::CODE, "SENDMSG"),
     (opcode::RecvMulti::CODE, "RECV"),
     (opcode::Send::CODE, "SEND"),
     (opcode::PollAdd::CODE, "POLL_ADD"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::AcceptMulti::CODE, "ACCEPT"),
 ];
 /// Submission queue entries; a full queue is submitted early, never waited on.
 const SQ_ENTRIES: u32 = 256;

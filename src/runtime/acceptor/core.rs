@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use super::{AcceptorSpec, refuse};
 use crate::counters::{Counter, Counters};
-use crate::protocol::{Body, ConnectionRejectReason, DecodeError, Message, split_frame};
+use crate::protocol::{
+    Body, ConnectionRejectReason, DecodeError, HEADER_LEN, Header, Message, MessageType,
+    split_frame,
+};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::runtime::report::AcceptorReport;
 use crate::session::handshake::{
@@ -45,8 +48,11 @@ pub struct Core {
     pub logon_timeout: Duration,
     rate_per_s: u32,
     burst: u32,
-    /// Connections waiting for their LogonRequest, at most.
+    /// Connections waiting for their LogonRequest, at most (`tcp.max_pending_logons`); a new
+    /// one beyond closes the oldest.
     pub max_pending: usize,
+    /// Largest first frame (`tcp.max_message_bytes`, and at most the handoff buffer).
+    max_first_frame: usize,
     report: rtrb::Producer<AcceptorReport>,
     buckets: Vec<Bucket>,
     key: (Timestamp, CookieKey),
@@ -78,7 +84,8 @@ impl Core {
             logon_timeout: spec.logon_timeout,
             rate_per_s: spec.rate_per_s,
             burst: spec.burst,
-            max_pending: spec.max_pending,
+            max_pending: spec.max_pending.max(1),
+            max_first_frame: spec.max_message_bytes.min(HANDOFF_BYTES),
             report: spec.report,
             buckets: vec![Bucket { ip: None, tokens: 0.0, at: Timestamp::ZERO }; 4096],
             key: (Timestamp::ZERO, key),
@@ -131,14 +138,29 @@ impl Core {
     }
 
     /// What to do with a pending connection holding `bytes`, accepted with `deadline` for its
-    /// first frame. Counts refusals.
+    /// first frame. Counts refusals. A first frame that cannot be a LogonRequest (bad header,
+    /// another type, a length other than a LogonRequest's) is refused as soon as its header is
+    /// in, not at the deadline (DESIGN.md §2 rule 12).
     pub fn first_frame(&mut self, now: Timestamp, bytes: &[u8], deadline: Timestamp) -> Step {
+        if bytes.len() >= HEADER_LEN {
+            let why = match Header::decode(bytes) {
+                Err(e) => Some(e.as_str()),
+                Ok(h) if h.type_id != MessageType::LogonRequest as u16 => Some("logon required"),
+                Ok(h) if usize::from(h.length) > self.max_first_frame => Some("message too long"),
+                Ok(h) if usize::from(h.length) != LOGON_REQUEST_LEN => Some("length mismatch"),
+                Ok(_) => None,
+            };
+            if let Some(why) = why {
+                self.counters.incr(Counter::TcpMalformed);
+                return Step::Refuse(why);
+            }
+        }
         match split_frame(bytes) {
             Ok((frame, _)) => Step::HandOff(match Message::decode_frame(frame) {
                 Ok(Message { body: Body::LogonRequest { username, .. }, .. }) => {
                     shard_for(username.as_bytes(), self.handoffs.len())
                 }
-                // Let the shard answer anything else with the right LoggedOut.
+                // A LogonRequest with a bad body: the shard answers it with the right LoggedOut.
                 _ => 0,
             }),
             Err(DecodeError::Truncated { .. }) if now >= deadline => {
@@ -159,10 +181,21 @@ impl Core {
         "logon timeout"
     }
 
-    /// A connection refused because the pending table is full (counted).
+    /// A connection refused at once: the handoff queue or the ring has no room (counted).
     pub fn busy(&mut self) -> &'static str {
         self.counters.incr(Counter::TcpRefused);
         "server busy"
+    }
+
+    /// The oldest pending connection, closed to make room for a new one (counted).
+    pub fn evicted(&mut self) -> &'static str {
+        self.counters.incr(Counter::TcpEvicted);
+        "server busy"
+    }
+
+    /// A pending connection closed by its peer before its LogonRequest (counted).
+    pub fn peer_closed(&mut self) {
+        self.counters.incr(Counter::TcpPeerClosed);
     }
 
     /// Hands a connection to `shard` and wakes it; refuses it if that queue is full.
@@ -180,13 +213,14 @@ impl Core {
     }
 
     /// Publishes the counters for /metrics, at most every 200 ms unless `now` is `None`.
-    pub fn publish(&mut self, now: Option<Timestamp>, backend: &'static str) {
+    pub fn publish(&mut self, now: Option<Timestamp>, backend: &'static str, pending: usize) {
         if let Some(now) = now {
             if now.saturating_since(self.published) < Duration::from_millis(200) {
                 return;
             }
             self.published = now;
         }
+        self.counters.set(Counter::TcpPendingLogons, pending as u64);
         // Housekeeping keeps the latest; when it is behind, this one is simply not queued.
         let _ = self.report.push(AcceptorReport { counters: self.counters.clone(), backend });
     }
@@ -220,3 +254,6 @@ fn limit(
         true
     }
 }
+
+/// A LogonRequest's `messageLength`: the header, username (16), password (32), resetSeqNum (1).
+const LOGON_REQUEST_LEN: usize = HEADER_LEN + 49;

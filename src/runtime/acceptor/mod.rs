@@ -70,8 +70,10 @@ pub struct AcceptorSpec {
     pub rate_per_s: u32,
     /// Token bucket depth.
     pub burst: u32,
-    /// Connections waiting for their LogonRequest.
+    /// Connections waiting for their LogonRequest (`tcp.max_pending_logons`).
     pub max_pending: usize,
+    /// Largest inbound TCP message (`tcp.max_message_bytes`).
+    pub max_message_bytes: usize,
     /// Where the counters are published for /metrics (about every 200 ms).
     pub report: rtrb::Producer<AcceptorReport>,
 }
@@ -82,14 +84,14 @@ pub fn run(spec: AcceptorSpec) -> Counters {
     if uring {
         match uring::run(&mut core, &udp, &tcp) {
             Ok(()) => {
-                core.publish(None, "io_uring");
+                core.publish(None, "io_uring", 0);
                 return core.counters;
             }
             Err(e) => tracing::warn!(error = %e, "acceptor: io_uring unavailable, using poll(2)"),
         }
     }
     run_poll(&mut core, &udp, &tcp);
-    core.publish(None, "poll");
+    core.publish(None, "poll", 0);
     core.counters
 }
 

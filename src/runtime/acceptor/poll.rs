@@ -1,5 +1,6 @@
 //! The acceptor's portable driver: `poll(2)` over non-blocking sockets.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -18,17 +19,18 @@ struct Pending {
     accepted: Timestamp,
 }
 
-/// The portable driver: `poll(2)` over non-blocking sockets.
+/// The portable driver: `poll(2)` over non-blocking sockets. Pending connections are kept
+/// oldest first; when `max_pending` are waiting, a new one closes the oldest.
 pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
     tracing::info!(driver = "poll", "acceptor running");
     let _ = udp.set_nonblocking(true);
     let _ = tcp.set_nonblocking(true);
-    let mut pending: Vec<Pending> = Vec::with_capacity(core.max_pending);
+    let mut pending: VecDeque<Pending> = VecDeque::with_capacity(core.max_pending);
     let mut rx = [0u8; 2048];
     let mut ready: Vec<bool> = Vec::with_capacity(core.max_pending + 2);
     let wait = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
     while !core.stopping() {
-        core.publish(Some(core.clock.now()), "poll");
+        core.publish(Some(core.clock.now()), "poll", pending.len());
         {
             // Rebuilt each pass (the pending set changes); bounded by `max_pending` + 2.
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(pending.len() + 2);
@@ -52,27 +54,9 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
                 }
             }
         }
-        if ready[1] {
-            for _ in 0..256 {
-                let Ok((stream, peer)) = tcp.accept() else { break };
-                if pending.len() >= core.max_pending {
-                    let why = core.busy();
-                    refuse(stream, why);
-                    continue;
-                }
-                let _ = stream.set_nonblocking(true);
-                pending.push(Pending {
-                    stream,
-                    peer,
-                    buf: [0; HANDOFF_BYTES],
-                    len: 0,
-                    deadline: now + core.logon_timeout,
-                    accepted: now,
-                });
-            }
-        }
-        // Pending connections: read, hand off, or time out. Iterate backwards so swap_remove is
-        // safe; `ready[2 + i]` matches `pending[i]` as built above.
+        // Pending connections: read, hand off, or time out (before new ones shift the order:
+        // `ready[2 + i]` matches `pending[i]` as polled). Backwards, so removal keeps the
+        // indices still to visit.
         let polled = ready.len() - 2;
         let mut i = pending.len();
         while i > 0 {
@@ -88,7 +72,8 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
                     Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
                 };
                 if closed {
-                    pending.swap_remove(i);
+                    core.peer_closed();
+                    pending.remove(i);
                     continue;
                 }
             }
@@ -96,7 +81,7 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
             match core.first_frame(now, &p.buf[..p.len], p.deadline) {
                 Step::NeedMore => {}
                 Step::HandOff(shard) => {
-                    let p = pending.swap_remove(i);
+                    let Some(p) = pending.remove(i) else { continue };
                     let h = Handoff {
                         stream: p.stream,
                         peer: p.peer,
@@ -106,7 +91,32 @@ pub fn run_poll(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) {
                     };
                     core.hand_off(shard, h);
                 }
-                Step::Refuse(why) => refuse(pending.swap_remove(i).stream, why),
+                Step::Refuse(why) => {
+                    if let Some(p) = pending.remove(i) {
+                        refuse(p.stream, why);
+                    }
+                }
+            }
+        }
+        if ready[1] {
+            for _ in 0..256 {
+                let Ok((stream, peer)) = tcp.accept() else { break };
+                if pending.len() >= core.max_pending {
+                    // Make room: the oldest connection still without a LogonRequest goes.
+                    if let Some(old) = pending.pop_front() {
+                        let why = core.evicted();
+                        refuse(old.stream, why);
+                    }
+                }
+                let _ = stream.set_nonblocking(true);
+                pending.push_back(Pending {
+                    stream,
+                    peer,
+                    buf: [0; HANDOFF_BYTES],
+                    len: 0,
+                    deadline: now + core.logon_timeout,
+                    accepted: now,
+                });
             }
         }
     }

@@ -8,12 +8,13 @@
 //! its receive cancelled, and is refused when the cancelled receive ends. The ring waits at most
 //! 50 ms, so shutdown is noticed.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use super::{Core, Step, refuse};
 use crate::counters::Counter;
-use crate::io::uring::accept::{AcceptRing, Completion, Inbound};
+use crate::io::uring::accept::{AcceptRing, CQES_PER_WAIT, Completion, Inbound};
 use crate::runtime::handoff::{HANDOFF_BYTES, Handoff};
 use crate::time::Timestamp;
 
@@ -28,16 +29,24 @@ struct Pending {
     len: usize,
     deadline: Timestamp,
     accepted: Timestamp,
-    /// Its deadline passed and its receive is being cancelled.
-    expired: bool,
+    /// Being closed (its deadline passed, or it was the oldest when the table was full): its
+    /// receive is being cancelled, and this LoggedOut reason goes out when it ends.
+    closing: Option<&'static str>,
 }
 
 /// Runs the acceptor on io_uring until shutdown. An error before anything was served (no
 /// io_uring, or it refuses an operation) lets the caller fall back to `poll(2)`.
 pub fn run(core: &mut Core, udp: &UdpSocket, tcp: &TcpListener) -> std::io::Result<()> {
+    // A connection being closed keeps its ring slot until its cancelled receive ends, and the
+    // newcomer that made it go needs one meanwhile: one wait reaps at most `CQES_PER_WAIT`
+    // accepts, so that many slots more than the pending limit cover a burst; newcomers beyond
+    // wait in `waiting` for a slot to come back.
+    let slots = core.max_pending + CQES_PER_WAIT;
     let mut d = Driver {
-        ring: AcceptRing::new(core.max_pending, HANDOFF_BYTES)?,
-        pending: (0..core.max_pending.max(1)).map(|_| None).collect(),
+        ring: AcceptRing::new(slots, HANDOFF_BYTES)?,
+        pending: (0..slots).map(|_| None).collect(),
+        live: 0,
+        waiting: VecDeque::with_capacity(CQES_PER_WAIT),
     };
     // Pending connections are closed (dropped) with the driver; the ring cancels and drains
     // what is in flight when it is dropped.
@@ -48,6 +57,10 @@ struct Driver {
     ring: AcceptRing,
     /// Indexed by ring slot.
     pending: Vec<Option<Pending>>,
+    /// Pending connections not being closed (at most `max_pending`).
+    live: usize,
+    /// Accepted connections waiting for a ring slot (oldest first, at most `CQES_PER_WAIT`).
+    waiting: VecDeque<(TcpStream, SocketAddr, Timestamp)>,
 }
 
 impl Driver {
@@ -61,13 +74,20 @@ impl Driver {
         tracing::info!(driver = "io_uring", "acceptor running");
         while !core.stopping() {
             let now = core.clock.now();
-            core.publish(Some(now), "io_uring");
+            core.publish(Some(now), "io_uring", self.live);
             self.ring.arm(udp, tcp);
             let wait = self.next_deadline().map_or(MAX_WAIT, |d| d.saturating_since(now));
             self.ring.wait(wait.clamp(Duration::from_millis(1), MAX_WAIT))?;
             let now = core.clock.now();
             while let Some(c) = self.ring.poll_completion() {
                 self.dispatch(core, udp, now, c)?;
+            }
+            // Slots given back by this batch go to the connections waiting for one.
+            while !self.waiting.is_empty() {
+                let Some(slot) = self.ring.claim() else { break };
+                if let Some((stream, peer, accepted)) = self.waiting.pop_front() {
+                    self.start(core, slot, stream, peer, accepted);
+                }
             }
             self.expire(core, now);
         }
@@ -107,19 +127,50 @@ impl Driver {
 
     fn on_accept(&mut self, core: &mut Core, now: Timestamp, stream: TcpStream) {
         let Ok(peer) = stream.peer_addr() else { return }; // already gone
-        let Some(slot) = self.ring.claim() else {
-            let why = core.busy();
-            refuse(stream, why);
-            return;
-        };
+        match self.ring.claim() {
+            Some(slot) => self.start(core, slot, stream, peer, now),
+            None => {
+                // Every slot is live or still closing: wait for one, making room if need be.
+                if self.waiting.len() == self.waiting.capacity() {
+                    if let Some((old, ..)) = self.waiting.pop_front() {
+                        let why = core.evicted();
+                        refuse(old, why);
+                    }
+                }
+                self.waiting.push_back((stream, peer, now));
+            }
+        }
+    }
+
+    /// Makes `stream` pending in ring `slot`, closing the oldest pending connection first if
+    /// `max_pending` are waiting already.
+    fn start(
+        &mut self,
+        core: &mut Core,
+        slot: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        accepted: Timestamp,
+    ) {
+        if self.live >= core.max_pending {
+            // Make room: the oldest connection still without a LogonRequest goes.
+            let oldest = (0..self.pending.len())
+                .filter(|&i| self.pending[i].as_ref().is_some_and(|p| p.closing.is_none()))
+                .min_by_key(|&i| self.pending[i].as_ref().map(|p| p.accepted));
+            if let Some(slot) = oldest {
+                let why = core.evicted();
+                self.close(slot, why);
+            }
+        }
         self.pending[slot] = Some(Pending {
             stream,
             peer,
             len: 0,
-            deadline: now + core.logon_timeout,
-            accepted: now,
-            expired: false,
+            deadline: accepted + core.logon_timeout,
+            accepted,
+            closing: None,
         });
+        self.live += 1;
         self.read_more(core, slot);
     }
 
@@ -142,10 +193,10 @@ impl Driver {
         result: std::io::Result<usize>,
     ) {
         let Some(p) = self.pending.get_mut(slot).and_then(Option::as_mut) else { return };
-        if p.expired {
-            // Its deadline passed (counted then); this is the cancelled receive's end.
+        if let Some(why) = p.closing {
+            // Being closed (counted then); this is the cancelled receive's end.
             if let Some(p) = self.take(slot) {
-                refuse(p.stream, "logon timeout");
+                refuse(p.stream, why);
             }
             return;
         }
@@ -153,6 +204,7 @@ impl Driver {
             Ok(n @ 1..) => p.len = (p.len + n).min(HANDOFF_BYTES),
             _ => {
                 // End of stream or an error before a LogonRequest: just close.
+                core.peer_closed();
                 drop(self.take(slot));
                 return;
             }
@@ -187,31 +239,43 @@ impl Driver {
     /// Takes pending connection `slot` out and gives its ring slot back.
     fn take(&mut self, slot: usize) -> Option<Pending> {
         let p = self.pending.get_mut(slot)?.take()?;
+        if p.closing.is_none() {
+            self.live -= 1;
+        }
         self.ring.release(slot);
         Some(p)
     }
 
+    /// Starts closing pending connection `slot` with LoggedOut(`why`): its receive is cancelled,
+    /// and its completion refuses it.
+    fn close(&mut self, slot: usize, why: &'static str) {
+        let Some(p) = self.pending[slot].as_mut() else { return };
+        if p.closing.is_some() {
+            return;
+        }
+        p.closing = Some(why);
+        self.live -= 1;
+        if !self.ring.cancel_recv(slot) {
+            // The receive is still ours to wait for: shutting the socket down ends it.
+            let _ = p.stream.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
     /// The earliest deadline of a pending connection still waiting.
     fn next_deadline(&self) -> Option<Timestamp> {
-        self.pending.iter().flatten().filter(|p| !p.expired).map(|p| p.deadline).min()
+        self.pending.iter().flatten().filter(|p| p.closing.is_none()).map(|p| p.deadline).min()
     }
 
     /// Cancels the receive of every pending connection past its deadline; its completion
     /// closes it.
     fn expire(&mut self, core: &mut Core, now: Timestamp) {
         for slot in 0..self.pending.len() {
-            let Some(p) = self.pending[slot].as_mut() else { continue };
-            if p.expired || now < p.deadline {
+            let Some(p) = self.pending[slot].as_ref() else { continue };
+            if p.closing.is_some() || now < p.deadline {
                 continue;
             }
-            p.expired = true;
-            let _ = core.timed_out();
-            if !self.ring.cancel_recv(slot) {
-                // The receive is still ours to wait for: shutting the socket down ends it.
-                if let Some(p) = self.pending[slot].as_ref() {
-                    let _ = p.stream.shutdown(std::net::Shutdown::Both);
-                }
-            }
+            let why = core.timed_out();
+            self.close(slot, why);
         }
     }
 }

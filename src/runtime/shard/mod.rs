@@ -1,13 +1,16 @@
-//! A shard: one pinned thread that owns an [`Endpoint`], an I/O backend, its TCP connections'
-//! deframers, counters and histograms (DESIGN.md §3). Nothing here is shared: input arrives
+//! A shard: one pinned thread that owns an [`Endpoint`], an I/O backend, its TCP connections
+//! ([`conn`]), counters and histograms (DESIGN.md §3). Nothing here is shared: input arrives
 //! from the acceptor over an SPSC queue, snapshots leave for housekeeping over another, and the
 //! buffers of both are recycled so the loop does not allocate once warm.
 //!
-//! The loop is a bounded duty cycle (Aeron's `do_work`): read the clock, take at most
-//! [`MAX_HANDOFFS`] handoffs, poll the backend (it reports at most a few batches), fire due
-//! timers, drain output, flush, and publish a snapshot once a second. The idle strategy parks in
-//! the kernel with a timeout equal to the next session deadline, or spins first for
-//! `gateway.spin_us` with `idle = "spin"`.
+//! [`Shard::do_work`] is one bounded pass of the duty cycle (STYLE rule 15, Aeron's
+//! `do_work`): take at most `gateway.handoffs_per_pass` handoffs, poll the backend without
+//! waiting (it reports at most a few batches), fire due timers, abort connections whose linger
+//! ran out, drain output within each connection's room, flush, and publish a snapshot every
+//! `gateway.snapshot_interval_ms`. It returns how much it did; after a pass with nothing done,
+//! the [`IdleStrategy`] ([`idle`]) decides how long the next pass's input step may wait in the
+//! kernel (until input or the next deadline), or spins first: one poll per pass. [`run`] is that loop on a shard thread; the simulator
+//! drives the same [`Shard`] over an in-memory backend in virtual time (`sim::MemBackend`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,472 +19,581 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::config::Config;
 use crate::counters::{Counter, Counters};
-use crate::io::{Backend, IoEvent, SendError};
-use crate::protocol::{Body, Deframer, DeviceUid, Message};
+use crate::io::{Backend, BackendSpec, IoEvent, SendError};
+use crate::protocol::{Body, Message};
 use crate::runtime::handoff::Handoff;
 use crate::runtime::report::Snapshot;
-use crate::session::handshake::cookie_keys;
-use crate::session::{Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, Link, State};
+use crate::session::handshake::{CookieKeys, cookie_keys};
+use crate::session::{Authenticator, ConnId, Endpoint, EndpointEvent, Link, State};
 use crate::time::{Clock, Timestamp};
 
+mod conn;
+pub mod idle;
 pub mod tap;
 
-use tap::{TraceFilter, TraceRecord, trace_datagram, trace_frame, trace_then_send_tcp};
+use conn::{Conn, Linger};
+pub use idle::IdleStrategy;
+use tap::{Seen, Tap, TraceFilter, TraceRecord};
 
-/// Handoffs taken per loop pass.
-pub const MAX_HANDOFFS: usize = 64;
-
-/// Everything a shard thread needs.
+/// Everything a shard thread needs: plain data and queue ends, `Send`, so the thread builds its
+/// backend and endpoint itself.
 pub struct ShardSpec {
     /// Index.
     pub index: usize,
-    /// Endpoint limits.
-    pub endpoint: EndpointConfig,
-    /// Largest inbound TCP message.
-    pub max_message_bytes: usize,
-    /// The backend, already built over the session socket and wake descriptor.
-    pub backend: Box<dyn Backend + Send>,
+    /// The configuration (limits, application, groups).
+    pub config: Arc<Config>,
+    /// What to build the backend from (on the shard thread).
+    pub backend: BackendSpec,
     /// Handoffs from the acceptor.
     pub handoffs: rtrb::Consumer<Handoff>,
-    /// Snapshots to housekeeping.
-    pub snapshots: rtrb::Producer<Box<Snapshot>>,
-    /// Empty snapshots back from housekeeping.
-    pub recycled: rtrb::Consumer<Box<Snapshot>>,
+    /// Snapshots to housekeeping, and the empty ones coming back.
+    pub publish: Publish,
     /// Credentials.
     pub auth: Arc<dyn Authenticator + Send + Sync>,
-    /// The application, built on the shard thread.
-    pub app: Box<dyn crate::session::Application + Send>,
-    /// Start-up secret for cookies.
+    /// Start-up secret for cookies and session ids.
     pub master: [u8; 32],
-    /// Cookie rotation period.
-    pub cookie_rotate: Duration,
     /// Time base.
     pub clock: Clock,
     /// Set by the signal handler.
     pub shutdown: Arc<AtomicBool>,
-    /// How long to wait for LoggedOut to go out on shutdown.
-    pub drain_timeout: Duration,
-    /// How long a connection the shard closes (after its LoggedOut) has to read what is queued
-    /// and close its end before it is aborted (`tcp.close_linger_ms`).
-    pub close_linger: Duration,
-    /// Spin this long before parking (zero: park at once).
-    pub spin: Duration,
     /// Core to pin to.
     pub core: Option<core_affinity::CoreId>,
-    /// Device groups.
-    pub groups: Option<crate::session::GroupPolicy>,
-    /// Applications device groups select, in the order the policy numbers them (from 1).
-    pub group_apps: Vec<Box<dyn crate::session::Application + Send>>,
     /// Protocol trace: which devices, and the queue to the writer.
     pub trace: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    /// Told once the backend is built (its name) or could not be (why).
+    pub ready: std::sync::mpsc::SyncSender<Result<&'static str, String>>,
 }
 
-struct SharedAuth(Arc<dyn Authenticator + Send + Sync>);
+/// The two ends of a shard's snapshot queues.
+pub struct Publish {
+    /// Filled snapshots to housekeeping.
+    pub snapshots: rtrb::Producer<Box<Snapshot>>,
+    /// Empty snapshots back from housekeeping.
+    pub recycled: rtrb::Consumer<Box<Snapshot>>,
+}
 
-impl Authenticator for SharedAuth {
-    fn check(&self, username: &[u8], password: &[u8]) -> bool {
-        self.0.check(username, password)
+/// The shard's settings, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Largest inbound TCP message (`tcp.max_message_bytes`).
+    pub max_message_bytes: usize,
+    /// TCP connection slots (`tcp.max_connections_per_shard`).
+    pub max_connections: usize,
+    /// Handoffs taken per pass (`gateway.handoffs_per_pass`).
+    pub handoffs_per_pass: usize,
+    /// How long a connection the shard closes has to read what is queued and close its end
+    /// (`tcp.close_linger_ms`).
+    pub close_linger: Duration,
+    /// How long to wait for LoggedOut to go out on shutdown (`gateway.drain_timeout_ms`).
+    pub drain_timeout: Duration,
+    /// Snapshot period (`gateway.snapshot_interval_ms`).
+    pub snapshot_interval: Duration,
+    /// Cookie key rotation period (`udp.cookie_rotate_s`).
+    pub cookie_rotate: Duration,
+    /// Histogram upper bound (`observability.latency_ns_max`).
+    pub latency_ns_max: u64,
+}
+
+impl Settings {
+    /// From the configuration.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            max_message_bytes: cfg.tcp.max_message_bytes,
+            max_connections: cfg.tcp.max_connections_per_shard,
+            handoffs_per_pass: cfg.gateway.handoffs_per_pass,
+            close_linger: Duration::from_millis(cfg.tcp.close_linger_ms),
+            drain_timeout: Duration::from_millis(cfg.gateway.drain_timeout_ms),
+            snapshot_interval: Duration::from_millis(cfg.gateway.snapshot_interval_ms),
+            cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
+            latency_ns_max: cfg.observability.latency_ns_max,
+        }
     }
 }
 
-/// Runs a shard until shutdown has drained it. Returns the final counters.
-pub fn run(mut spec: ShardSpec) -> Counters {
-    if let Some(core) = spec.core {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(shard = spec.index, core = core.id, "could not pin to core");
+/// One shard: an endpoint driven over a backend (see the module docs).
+pub struct Shard<B: Backend> {
+    index: usize,
+    endpoint: Endpoint,
+    backend: B,
+    conns: Vec<Conn>,
+    /// Closing connections in the order their lingers started, which is deadline order (every
+    /// linger is `close_linger` long): an index into `conns`, so the next deadline is the front.
+    lingering: std::collections::VecDeque<(ConnId, Timestamp)>,
+    /// Connections adopted and not yet reported closed.
+    open: usize,
+    tap: Tap,
+    counters: Counters,
+    /// This interval's histograms (merged into a recycled snapshot when published).
+    local: Snapshot,
+    handoffs: Option<rtrb::Consumer<Handoff>>,
+    publish: Option<Publish>,
+    settings: Settings,
+    master: [u8; 32],
+    keys: CookieKeys,
+    next_snapshot: Timestamp,
+    drain_deadline: Option<Timestamp>,
+    finished: bool,
+    /// Transmit buffer (64 KiB: the largest TCP write, `SessionConfig::max_tcp_write`).
+    buf: Vec<u8>,
+    /// One TCP frame, copied out of its deframer.
+    frame: Vec<u8>,
+    /// When this pass's first input arrived.
+    first_input: Option<Instant>,
+    /// What to do after a pass with nothing done.
+    idle: IdleStrategy,
+    /// When the current run of idle passes began.
+    idle_since: Option<Instant>,
+    /// How long the next pass's input step may wait.
+    wait: Duration,
+    /// Stamps input after a wait (`None`: the simulator's virtual time).
+    clock: Option<Clock>,
+}
+
+impl<B: Backend> Shard<B> {
+    /// A shard over `backend`, with `endpoint` built for it (cookie keys from `master` at
+    /// `now`).
+    pub fn new(
+        index: usize,
+        endpoint: Endpoint,
+        backend: B,
+        settings: Settings,
+        (master, now): ([u8; 32], Timestamp),
+        tap: Tap,
+    ) -> Self {
+        let keys = cookie_keys(&master, now, settings.cookie_rotate);
+        let mut endpoint = endpoint;
+        endpoint.rotate_keys(keys);
+        Self {
+            index,
+            endpoint,
+            backend,
+            conns: (0..settings.max_connections)
+                .map(|_| Conn::new(settings.max_message_bytes))
+                .collect(),
+            lingering: std::collections::VecDeque::with_capacity(settings.max_connections),
+            open: 0,
+            tap,
+            counters: Counters::default(),
+            local: Snapshot::new(0, settings.latency_ns_max),
+            handoffs: None,
+            publish: None,
+            settings,
+            master,
+            keys,
+            next_snapshot: now + settings.snapshot_interval,
+            drain_deadline: None,
+            finished: false,
+            buf: vec![0u8; 64 * 1024],
+            frame: vec![0u8; settings.max_message_bytes.max(64)],
+            first_input: None,
+            idle: IdleStrategy::Park,
+            idle_since: None,
+            wait: Duration::ZERO,
+            clock: None,
         }
     }
-    let clock = spec.clock;
-    let now = clock.now();
-    let keys = cookie_keys(&spec.master, now, spec.cookie_rotate);
-    let mut id_key = [0u8; 32];
-    id_key.copy_from_slice(blake3::derive_key("fleetgate session ids v1", &spec.master).as_slice());
-    id_key[0] ^= spec.index as u8;
-    let mut endpoint = Endpoint::new(
-        spec.endpoint,
-        keys,
-        id_key,
-        Box::new(SharedAuth(spec.auth.clone())),
-        spec.app,
-    );
-    endpoint.set_wall_offset(clock.wall_offset_ns());
-    for app in spec.group_apps.drain(..) {
-        endpoint.add_app(app);
+
+    /// Takes handoffs from `rx` and publishes snapshots to `publish` (the runtime; a simulation
+    /// does neither).
+    pub fn connect(&mut self, rx: rtrb::Consumer<Handoff>, publish: Publish) {
+        self.handoffs = Some(rx);
+        self.publish = Some(publish);
     }
-    if let Some(policy) = spec.groups.take() {
-        endpoint.set_groups(policy);
+
+    /// The endpoint (read-only: for tests and the simulator).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
-    let max_conns = spec.endpoint.max_connections;
-    let mut deframers: Vec<Deframer> =
-        (0..max_conns).map(|_| Deframer::new(spec.max_message_bytes)).collect();
-    let mut started = vec![false; max_conns];
-    let mut accepted_at = vec![Timestamp::ZERO; max_conns];
-    let mut conn_peer = vec![SocketAddr::from(([0, 0, 0, 0], 0)); max_conns];
-    let mut conn_who = vec![DeviceUid::default(); max_conns];
-    // Every connection the shard closes is `lingering` (with its deadline, and whether it was a
-    // slow reader) until it is closed.
-    let mut lingering: Vec<Linger> = Vec::with_capacity(max_conns);
-    let mut trace = spec.trace.take();
-    let shard_no = spec.index as u16;
-    let wall = clock.wall_offset_ns();
-    let mut backend = spec.backend;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut frame = vec![0u8; spec.max_message_bytes.max(64)];
-    let mut local = Snapshot::new(0, 60_000_000_000);
-    let mut sc = Counters::default();
-    let mut epoch_keys = keys;
-    let mut next_snapshot = now + Duration::from_secs(1);
-    let mut drain_deadline: Option<Timestamp> = None;
-    let mut idle_since: Option<Instant> = None;
-    tracing::info!(shard = spec.index, backend = backend.name(), "shard running");
 
-    loop {
-        let cycle_start = Instant::now();
-        let now = clock.now();
-        let mut work = 0usize;
+    /// The backend (for the simulator's in-memory one).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
 
-        // 1. Handoffs (bounded).
-        for _ in 0..MAX_HANDOFFS {
-            let Ok(h) = spec.handoffs.pop() else { break };
-            work += 1;
-            sc.incr(Counter::Handoffs);
-            match backend.register_tcp(h.stream) {
-                Ok(conn) => {
-                    let i = conn.0 as usize;
-                    deframers[i].reset();
-                    deframers[i].push(&h.initial[..h.len]);
-                    started[i] = false;
-                    accepted_at[i] = h.accepted;
-                    conn_peer[i] = h.peer;
-                    conn_who[i] = DeviceUid::default();
-                    let who = &mut conn_who[i];
-                    let mut on_frame = |f: &[u8]| {
-                        if let Ok(Message { body: Body::LogonRequest { username, .. }, .. }) =
-                            Message::decode_frame(f)
-                        {
-                            *who = username;
-                        }
-                        let w = *who;
-                        trace_frame(
-                            &mut trace, &mut sc, shard_no, wall, now, false, h.peer, 0, &w, f,
-                        );
-                    };
-                    feed_tcp(
-                        &mut endpoint,
-                        &mut deframers[i],
-                        &mut started[i],
-                        &mut frame,
-                        now,
-                        conn,
-                        h.peer,
-                        &mut on_frame,
-                    );
-                }
-                Err(_) => sc.incr(Counter::HandoffRejected),
-            }
-        }
+    /// The loop's own counters (the endpoint's are in [`Shard::endpoint`]).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
 
-        // 2. I/O, waiting only when there was nothing to do.
-        let timeout = if work > 0 || drain_deadline.is_some() {
-            Some(Duration::ZERO)
-        } else {
-            let until = endpoint
-                .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| t.saturating_since(now));
-            let until = lingering
-                .iter()
-                .map(|l| l.deadline.saturating_since(now))
-                .fold(until.min(Duration::from_millis(100)), Duration::min);
-            match idle_since {
-                Some(s) if s.elapsed() < spec.spin => Some(Duration::ZERO),
-                _ => Some(until),
-            }
-        };
-        let before_poll = cycle_start.elapsed();
-        let mut input = 0usize;
-        let mut first_input: Option<Instant> = None;
-        let polled = backend.poll(timeout, &mut |ev| {
-            input += 1;
-            first_input.get_or_insert_with(Instant::now);
-            match ev {
-                IoEvent::Datagram { from, data } => {
-                    let now = clock.now();
-                    if trace.is_some() {
-                        trace_datagram(
-                            &mut trace, &mut sc, &endpoint, shard_no, wall, now, false, from, data,
-                        );
-                    }
-                    endpoint.handle_datagram(now, from, data);
-                }
-                IoEvent::TcpData { conn, data } => {
-                    let i = conn.0 as usize;
-                    let mut rest = data;
-                    while !rest.is_empty() {
-                        let n = deframers[i].push(rest);
-                        rest = &rest[n..];
-                        let (peer, now, who) = (conn_peer[i], clock.now(), conn_who[i]);
-                        let mut on_frame = |f: &[u8]| {
-                            trace_frame(
-                                &mut trace, &mut sc, shard_no, wall, now, false, peer, 0, &who, f,
-                            );
-                        };
-                        feed_tcp(
-                            &mut endpoint,
-                            &mut deframers[i],
-                            &mut started[i],
-                            &mut frame,
-                            now,
-                            conn,
-                            peer,
-                            &mut on_frame,
-                        );
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                }
-                IoEvent::TcpClosed { conn } => {
-                    endpoint.handle_tcp_closed(clock.now(), conn);
-                    deframers[conn.0 as usize].reset();
-                    if let Some(k) = lingering.iter().position(|l| l.conn == conn) {
-                        lingering.swap_remove(k);
-                    }
-                }
-                IoEvent::Wake => {}
-            }
-        });
-        // Time spent waiting in the kernel is not part of the pass's work.
+    /// True once shutdown has drained the shard: the loop ends.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// One bounded pass of the duty cycle at `now` (see the module docs); returns the amount of
+    /// work done (0: nothing to do, the idle strategy may park).
+    pub fn do_work(&mut self, now: Timestamp) -> usize {
+        let started = Instant::now();
+        let mut work = self.take_handoffs(now);
+        // The input step waits as long as the idle strategy chose after the last pass (not at
+        // all when there is work): one poll per pass, which is where the shard parks.
+        let wait = if work > 0 { Duration::ZERO } else { self.wait };
+        let before_poll = started.elapsed();
+        let clock = self.clock;
+        work += self.poll_input(wait, &|| clock.map_or(now, |c| c.now()));
         let after_poll = Instant::now();
-        if let Err(e) = polled {
-            tracing::error!(shard = spec.index, error = %e, "poll failed");
+        // After a wait, the rest of the pass runs at the time it ended.
+        let now = match clock {
+            Some(c) if !wait.is_zero() => c.now(),
+            _ => now,
+        };
+        work += self.run_timers(now);
+        work += self.flush_output(now);
+        if now >= self.next_snapshot {
+            self.next_snapshot = now + self.settings.snapshot_interval;
+            let keys = cookie_keys(&self.master, now, self.settings.cookie_rotate);
+            if keys.current != self.keys.current {
+                self.keys = keys;
+                self.endpoint.rotate_keys(keys);
+            }
+            self.publish(now);
         }
-        work += input;
-
-        // 3. Timers.
-        let now = clock.now();
-        if endpoint.poll_timeout().is_some_and(|t| t <= now) {
-            endpoint.handle_timeout(now);
-            work += 1;
-        }
-        // Closing connections whose peer did not read the rest and close in time.
-        let mut k = 0;
-        while k < lingering.len() {
-            let l = lingering[k];
-            if l.deadline <= now {
-                sc.incr(Counter::TcpCloseAborted);
-                if l.slow {
-                    sc.incr(Counter::TcpSlowReaderAborted);
-                }
-                backend.abort_tcp(l.conn);
-                lingering.swap_remove(k);
-                work += 1;
-            } else {
-                k += 1;
+        if let Some(d) = self.drain_deadline {
+            let logging_out =
+                self.endpoint.sessions().any(|s| matches!(s.state, State::LoggingOut(..)));
+            if !logging_out || now >= d {
+                let _ = self.backend.flush();
+                self.publish(now);
+                self.finished = true;
             }
         }
+        if work > 0 {
+            // Time waiting in the kernel is not part of the pass's work.
+            let cycle = (before_poll + after_poll.elapsed()).as_nanos() as u64;
+            self.counters.raise(Counter::CycleNsMax, cycle);
+            if cycle > 1_000_000 {
+                self.counters.incr(Counter::CyclesOver1ms);
+            }
+            record(&mut self.local.cycle_ns, cycle, &mut self.counters);
+        }
+        let until = self.until_deadline(now);
+        self.wait = self.idle.park_for(work, &mut self.idle_since, until);
+        work
+    }
 
-        // 4. Output, within the room each connection's send queue has (sessions without room
-        // are parked until the next pass).
-        endpoint.unblock(now);
-        while let Some(t) =
-            endpoint.poll_transmit_within(now, &mut buf, &mut |c| backend.tcp_room(c))
-        {
+    /// Parks with `idle` after a pass with nothing done, stamping input with `clock` (the
+    /// runtime; a simulation keeps the defaults: never waits, time is what `do_work` is given).
+    pub fn set_idle(&mut self, idle: IdleStrategy, clock: Clock) {
+        self.idle = idle;
+        self.clock = Some(clock);
+    }
+
+    /// How long until the next deadline (a session timer, a linger, the next snapshot), from
+    /// `now`.
+    pub fn until_deadline(&self, now: Timestamp) -> Duration {
+        let mut next = self.next_snapshot;
+        if let Some(t) = self.endpoint.poll_timeout() {
+            next = next.min(t);
+        }
+        if let Some(&(_, deadline)) = self.lingering.front() {
+            next = next.min(deadline);
+        }
+        if self.drain_deadline.is_some() {
+            return Duration::ZERO;
+        }
+        next.saturating_since(now)
+    }
+
+    /// Starts the shutdown drain: every session is logged out, and the shard finishes once the
+    /// goodbyes are out or `gateway.drain_timeout_ms` has passed.
+    pub fn shutdown(&mut self, now: Timestamp) {
+        if self.drain_deadline.is_none() {
+            self.endpoint.shutdown(now);
+            self.drain_deadline = Some(now + self.settings.drain_timeout);
+        }
+    }
+
+    /// Adopts a connection the backend registered as `conn`: `initial` holds what the acceptor
+    /// read (starting with the LogonRequest), accepted at `accepted`.
+    pub fn adopt(&mut self, now: Timestamp, conn: ConnId, h: Adopted<'_>) {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
+        c.open(h.peer, h.accepted);
+        self.open += 1;
+        c.deframer.push(h.initial);
+        self.feed_tcp(now, conn);
+    }
+
+    fn take_handoffs(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        while n < self.settings.handoffs_per_pass {
+            let Some(h) = self.handoffs.as_mut().and_then(|rx| rx.pop().ok()) else { break };
+            n += 1;
+            self.counters.incr(Counter::Handoffs);
+            match self.backend.register_tcp(h.stream) {
+                Ok(conn) => {
+                    let initial = &h.initial[..h.len.min(h.initial.len())];
+                    self.adopt(now, conn, Adopted { peer: h.peer, initial, accepted: h.accepted });
+                }
+                Err(_) => self.counters.incr(Counter::HandoffRejected),
+            }
+        }
+        n
+    }
+
+    /// Polls the backend (waiting at most `timeout`) and feeds what it reports to the endpoint.
+    fn poll_input(&mut self, timeout: Duration, clock: &dyn Fn() -> Timestamp) -> usize {
+        let Self { backend, endpoint, conns, open, tap, frame, first_input, .. } = self;
+        let mut input = Input { endpoint, conns, open, tap, frame, first_input };
+        let polled = backend.poll(Some(timeout), &mut |ev| input.on_event(clock(), ev));
+        match polled {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(shard = self.index, error = %e, "poll failed");
+                0
+            }
+        }
+    }
+
+    /// Fires due session timers and aborts connections whose linger ran out.
+    fn run_timers(&mut self, now: Timestamp) -> usize {
+        let mut work = 0;
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
             work += 1;
+        }
+        while let Some(&(conn, deadline)) = self.lingering.front() {
+            let c = &mut self.conns[conn.0 as usize];
+            match c.linger {
+                // Closed before its deadline (and perhaps reused since): a stale entry.
+                Some(l) if l.deadline != deadline => {}
+                None => {}
+                Some(l) if l.deadline <= now => {
+                    c.linger = None;
+                    self.counters.incr(Counter::TcpCloseAborted);
+                    if l.slow {
+                        self.counters.incr(Counter::TcpSlowReaderAborted);
+                    }
+                    self.backend.abort_tcp(conn);
+                    work += 1;
+                }
+                Some(_) => break,
+            }
+            self.lingering.pop_front();
+        }
+        work
+    }
+
+    /// Drains the endpoint's output within the room each connection's send queue has (sessions
+    /// without room are parked until the next pass), then its events, then flushes.
+    fn flush_output(&mut self, now: Timestamp) -> usize {
+        let mut work = 0;
+        self.endpoint.unblock(now);
+        while let Some(t) = {
+            let backend = &self.backend;
+            self.endpoint.poll_transmit_within(now, &mut self.buf, &mut |c| backend.tcp_room(c))
+        } {
+            work += 1;
+            let bytes = &self.buf[..t.len];
             match t.dest {
                 Link::Udp(to) => {
-                    if trace.is_some() {
-                        trace_datagram(
-                            &mut trace,
-                            &mut sc,
-                            &endpoint,
-                            shard_no,
-                            wall,
-                            now,
-                            true,
-                            to,
-                            &buf[..t.len],
-                        );
-                    }
-                    let _ = backend.send_to(to, &buf[..t.len]);
+                    let at = Seen { now, outbound: true, peer: to };
+                    self.tap.datagram(&self.endpoint, at, bytes);
+                    let _ = self.backend.send_to(to, bytes);
                 }
                 Link::Tcp(conn) => {
-                    let i = conn.0 as usize;
-                    let last = t.last;
-                    match trace_then_send_tcp(
-                        &mut *backend,
-                        &mut trace,
-                        &mut sc,
-                        (shard_no, wall, now, last),
-                        conn,
-                        conn_peer[i],
-                        &conn_who[i],
-                        &buf[..t.len],
-                    ) {
-                        Ok(()) if last => {
-                            // A slow reader's LoggedOut is queued and the connection closing.
-                            linger(&mut lingering, conn, now + spec.close_linger, true);
-                        }
+                    let Some(c) = self.conns.get(conn.0 as usize) else { continue };
+                    self.tap.tcp_chunk(Seen { now, outbound: true, peer: c.peer }, &c.who, bytes);
+                    let sent = if t.last {
+                        self.backend.send_tcp_last(conn, bytes)
+                    } else {
+                        self.backend.send_tcp(conn, bytes)
+                    };
+                    match sent {
+                        // A slow reader's LoggedOut is queued and the connection closing.
+                        Ok(()) if t.last => self.linger(conn, now, true),
                         Ok(()) => {}
-                        Err(SendError::Full) if !last => {
+                        Err(SendError::Full) if !t.last => {
                             // Not session output (that stays within `tcp_room`): a reply. The
                             // session, if any, says LoggedOut next; else close at once.
-                            if !endpoint.handle_tcp_stalled(now, conn) {
-                                sc.incr(Counter::TcpSlowReaderClosed);
-                                backend.abort_tcp(conn);
-                                endpoint.handle_tcp_closed(now, conn);
+                            if !self.endpoint.handle_tcp_stalled(now, conn) {
+                                self.counters.incr(Counter::TcpSlowReaderClosed);
+                                self.backend.abort_tcp(conn);
+                                self.endpoint.handle_tcp_closed(now, conn);
                             }
                         }
-                        Err(_) => {
-                            if last {
-                                backend.abort_tcp(conn);
-                            }
-                        }
+                        Err(_) if t.last => self.backend.abort_tcp(conn),
+                        Err(_) => {}
                     }
                 }
                 Link::None => {}
             }
         }
-        while let Some(ev) = endpoint.poll_event() {
+        while let Some(ev) = self.endpoint.poll_event() {
             match ev {
                 EndpointEvent::CloseConnection(conn) => {
-                    backend.close_tcp(conn);
-                    linger(&mut lingering, conn, now + spec.close_linger, false);
+                    self.backend.close_tcp(conn);
+                    self.linger(conn, now, false);
                 }
-                EndpointEvent::LoggedOn(h) => {
-                    if let Some(Link::Tcp(conn)) =
-                        endpoint.sessions().find(|s| s.handle == h).map(|s| s.link)
-                    {
-                        let at = accepted_at[conn.0 as usize];
-                        if at != Timestamp::ZERO {
-                            record(
-                                &mut local.handshake_ns,
-                                now.saturating_since(at).as_nanos() as u64,
-                                &mut sc,
-                            );
-                            accepted_at[conn.0 as usize] = Timestamp::ZERO;
-                        }
-                    }
-                }
+                EndpointEvent::LoggedOn(h) => self.logged_on(now, h),
                 EndpointEvent::Ended(..) => {}
-                EndpointEvent::SlowReader(_) => sc.incr(Counter::TcpSlowReaderClosed),
+                EndpointEvent::SlowReader(_) => self.counters.incr(Counter::TcpSlowReaderClosed),
                 EndpointEvent::ResendServed(d) => {
-                    record(&mut local.resend_ns, d.as_nanos() as u64, &mut sc);
+                    record(&mut self.local.resend_ns, d.as_nanos() as u64, &mut self.counters);
                 }
             }
         }
-        if let Err(e) = backend.flush() {
-            tracing::error!(shard = spec.index, error = %e, "flush failed");
+        if let Err(e) = self.backend.flush() {
+            tracing::error!(shard = self.index, error = %e, "flush failed");
         }
-        sc.set(Counter::UdpSendDropped, backend.dropped_sends());
-        if let Some(t) = first_input {
+        self.counters.set(Counter::UdpSendDropped, self.backend.dropped_sends());
+        if let Some(t) = self.first_input.take() {
             // From the first input of this pass to its answers handed to the kernel.
-            record(&mut local.service_ns, t.elapsed().as_nanos() as u64, &mut sc);
+            record(&mut self.local.service_ns, t.elapsed().as_nanos() as u64, &mut self.counters);
         }
+        work
+    }
 
-        // 5. Housekeeping, once a second.
-        if now >= next_snapshot {
-            next_snapshot = now + Duration::from_secs(1);
-            let keys = cookie_keys(&spec.master, now, spec.cookie_rotate);
-            if keys.current != epoch_keys.current {
-                epoch_keys = keys;
-                endpoint.rotate_keys(keys);
+    /// Records the handshake time of a TCP session that just logged on.
+    fn logged_on(&mut self, now: Timestamp, h: crate::session::SessionHandle) {
+        let link = self.endpoint.sessions().find(|s| s.handle == h).map(|s| s.link);
+        let Some(Link::Tcp(conn)) = link else { return };
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
+        if c.accepted_at != Timestamp::ZERO {
+            let ns = now.saturating_since(c.accepted_at).as_nanos() as u64;
+            c.accepted_at = Timestamp::ZERO;
+            record(&mut self.local.handshake_ns, ns, &mut self.counters);
+        }
+    }
+
+    /// Starts the linger of a closing connection (once: the earliest close wins).
+    fn linger(&mut self, conn: ConnId, now: Timestamp, slow: bool) {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
+        if c.linger.is_none() {
+            let deadline = now + self.settings.close_linger;
+            c.linger = Some(Linger { deadline, slow });
+            // Bounded: at most one live entry per connection slot. Stale entries (closed early)
+            // are dropped as the front passes them, or all at once in the rare case that they
+            // fill the queue.
+            if self.lingering.len() == self.lingering.capacity() {
+                let conns = &self.conns;
+                self.lingering
+                    .retain(|&(c, d)| conns[c.0 as usize].linger.is_some_and(|l| l.deadline == d));
             }
-            publish(
-                &mut spec.snapshots,
-                &mut spec.recycled,
-                &endpoint,
-                &mut local,
-                &sc,
-                spec.index,
-                backend.name(),
-                now,
-            );
+            if self.lingering.len() < self.lingering.capacity() {
+                self.lingering.push_back((conn, deadline));
+            }
         }
+    }
 
-        // 6. Shutdown: log everyone out, wait for the goodbyes to leave, stop.
-        if spec.shutdown.load(Ordering::Relaxed) {
-            match drain_deadline {
-                None => {
-                    endpoint.shutdown(now);
-                    drain_deadline = Some(now + spec.drain_timeout);
-                }
-                Some(d) => {
-                    let attached =
-                        endpoint.sessions().any(|s| matches!(s.state, State::LoggingOut(..)));
-                    if !attached || now >= d {
-                        let _ = backend.flush();
-                        publish(
-                            &mut spec.snapshots,
-                            &mut spec.recycled,
-                            &endpoint,
-                            &mut local,
-                            &sc,
-                            spec.index,
-                            backend.name(),
-                            now,
-                        );
-                        return endpoint.counters().clone();
+    /// Feeds the complete frames buffered on `conn` to the endpoint.
+    fn feed_tcp(&mut self, now: Timestamp, conn: ConnId) {
+        let Self { endpoint, conns, tap, frame, .. } = self;
+        feed_frames(endpoint, &mut conns[conn.0 as usize], tap, frame, now, conn);
+    }
+
+    /// Fills a recycled snapshot with the counters, gauges, sessions and this interval's
+    /// histograms, and sends it to housekeeping.
+    fn publish(&mut self, now: Timestamp) {
+        let Some(p) = self.publish.as_mut() else { return };
+        // Only a recycled snapshot is filled: when housekeeping is behind, this interval is
+        // merged into the next one instead (the histograms keep accumulating).
+        let Ok(mut snap) = p.recycled.pop() else { return };
+        self.counters.set(Counter::TraceDropped, self.tap.dropped);
+        self.counters.set(Counter::TcpConnections, self.open as u64);
+        snap.shard = self.index;
+        snap.backend = self.backend.name();
+        snap.at = now;
+        snap.counters.clone_from(self.endpoint.counters());
+        snap.counters.merge(&self.counters);
+        snap.sessions.clear();
+        for s in self.endpoint.sessions() {
+            let gauge = match s.state {
+                State::AwaitingConfig => Counter::StateAwaitingConfig,
+                State::AwaitingLogon => Counter::StateAwaitingLogon,
+                State::Active => Counter::StateActive,
+                State::LoggingOut(..) => Counter::StateLoggingOut,
+                State::Detached => Counter::StateDetached,
+                State::Closed(_) => continue,
+            };
+            snap.counters.incr(gauge);
+            if snap.sessions.len() < snap.sessions.capacity() {
+                snap.sessions.push(s);
+            }
+        }
+        for (dst, src) in [
+            (&mut snap.service_ns, &mut self.local.service_ns),
+            (&mut snap.cycle_ns, &mut self.local.cycle_ns),
+            (&mut snap.handshake_ns, &mut self.local.handshake_ns),
+            (&mut snap.resend_ns, &mut self.local.resend_ns),
+        ] {
+            dst.reset();
+            let _ = dst.add(&*src);
+            src.reset();
+        }
+        let _ = p.snapshots.push(snap);
+    }
+}
+
+/// A connection handed over, as [`Shard::adopt`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Adopted<'a> {
+    /// The peer.
+    pub peer: SocketAddr,
+    /// What the acceptor read, starting with the LogonRequest.
+    pub initial: &'a [u8],
+    /// When the acceptor accepted it.
+    pub accepted: Timestamp,
+}
+
+/// What handling backend input needs: the shard's fields it touches, borrowed apart from the
+/// backend that reports it.
+struct Input<'a> {
+    endpoint: &'a mut Endpoint,
+    conns: &'a mut [Conn],
+    open: &'a mut usize,
+    tap: &'a mut Tap,
+    frame: &'a mut [u8],
+    first_input: &'a mut Option<Instant>,
+}
+
+impl Input<'_> {
+    fn on_event(&mut self, now: Timestamp, ev: IoEvent<'_>) {
+        self.first_input.get_or_insert_with(Instant::now);
+        match ev {
+            IoEvent::Datagram { from, data } => {
+                self.tap.datagram(self.endpoint, Seen { now, outbound: false, peer: from }, data);
+                self.endpoint.handle_datagram(now, from, data);
+            }
+            IoEvent::TcpData { conn, data } => {
+                let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let n = c.deframer.push(rest);
+                    rest = &rest[n..];
+                    feed_frames(self.endpoint, c, self.tap, self.frame, now, conn);
+                    if n == 0 {
+                        break;
                     }
                 }
             }
-        }
-
-        let cycle = (before_poll + after_poll.elapsed()).as_nanos() as u64;
-        if work > 0 {
-            idle_since = None;
-            sc.raise(Counter::CycleNsMax, cycle);
-            if cycle > 1_000_000 {
-                sc.incr(Counter::CyclesOver1ms);
+            IoEvent::TcpClosed { conn } => {
+                self.endpoint.handle_tcp_closed(now, conn);
+                if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                    c.deframer.reset();
+                    // Its `lingering` entry, if any, is now stale and dropped in turn.
+                    c.linger = None;
+                    *self.open = self.open.saturating_sub(1);
+                }
             }
-            record(&mut local.cycle_ns, cycle, &mut sc);
-        } else if idle_since.is_none() {
-            idle_since = Some(Instant::now());
+            IoEvent::Wake => {}
         }
     }
 }
 
-/// A connection the shard is closing: aborted at `deadline` unless closed before.
-#[derive(Clone, Copy)]
-struct Linger {
-    conn: ConnId,
-    deadline: Timestamp,
-    /// Closed as a slow reader (for the counters).
-    slow: bool,
-}
-
-/// Starts the linger of a closing connection (once: the earliest close wins).
-fn linger(lingering: &mut Vec<Linger>, conn: ConnId, deadline: Timestamp, slow: bool) {
-    if lingering.iter().any(|l| l.conn == conn) {
-        return;
-    }
-    // Bounded: one entry per open connection, within the capacity reserved at start-up.
-    if lingering.len() < lingering.capacity() {
-        lingering.push(Linger { conn, deadline, slow });
-    }
-}
-
-fn record(h: &mut Histogram<u64>, v: u64, sc: &mut Counters) {
-    if h.record(v.max(1)).is_err() {
-        sc.incr(Counter::HistogramSaturated);
-        h.saturating_record(v);
-    }
-}
-
-/// Splits buffered bytes of a connection into frames and feeds the endpoint.
-#[allow(clippy::too_many_arguments)]
-fn feed_tcp(
+/// Splits the bytes buffered on a connection into frames and feeds the endpoint: the first is
+/// its logon, the rest its session's frames.
+fn feed_frames(
     endpoint: &mut Endpoint,
-    deframer: &mut Deframer,
-    started: &mut bool,
+    c: &mut Conn,
+    tap: &mut Tap,
     frame: &mut [u8],
     now: Timestamp,
     conn: ConnId,
-    peer: SocketAddr,
-    on_frame: &mut dyn FnMut(&[u8]),
 ) {
     loop {
-        let len = match deframer.next_frame() {
+        let len = match c.deframer.next_frame() {
             Ok(Some(f)) => {
                 let n = f.len().min(frame.len());
                 frame[..n].copy_from_slice(&f[..n]);
@@ -490,63 +602,147 @@ fn feed_tcp(
             Ok(None) => return,
             Err(e) => {
                 endpoint.handle_tcp_error(now, conn, e);
-                deframer.reset();
+                c.deframer.reset();
                 return;
             }
         };
-        on_frame(&frame[..len]);
-        if *started {
-            endpoint.handle_tcp_frame(now, conn, &frame[..len]);
+        let f = &frame[..len];
+        if c.started {
+            tap.frame(Seen { now, outbound: false, peer: c.peer }, 0, &c.who, f);
+            endpoint.handle_tcp_frame(now, conn, f);
         } else {
-            *started = true;
-            endpoint.handle_tcp_logon(now, conn, peer, &frame[..len]);
+            c.started = true;
+            if let Ok(Message { body: Body::LogonRequest { username, .. }, .. }) =
+                Message::decode_frame(f)
+            {
+                c.who = username;
+            }
+            tap.frame(Seen { now, outbound: false, peer: c.peer }, 0, &c.who, f);
+            endpoint.handle_tcp_logon(now, conn, c.peer, f);
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn publish(
-    out: &mut rtrb::Producer<Box<Snapshot>>,
-    recycled: &mut rtrb::Consumer<Box<Snapshot>>,
-    endpoint: &Endpoint,
-    local: &mut Snapshot,
-    sc: &Counters,
-    shard: usize,
-    backend: &'static str,
-    now: Timestamp,
-) {
-    // Only a recycled snapshot is filled: when housekeeping is behind, this interval is merged
-    // into the next one instead (the histograms keep accumulating).
-    let Ok(mut snap) = recycled.pop() else { return };
-    snap.shard = shard;
-    snap.backend = backend;
-    snap.at = now;
-    snap.counters.clone_from(endpoint.counters());
-    snap.counters.merge(sc);
-    snap.sessions.clear();
-    for s in endpoint.sessions() {
-        let gauge = match s.state {
-            State::AwaitingConfig => Counter::StateAwaitingConfig,
-            State::AwaitingLogon => Counter::StateAwaitingLogon,
-            State::Active => Counter::StateActive,
-            State::LoggingOut(..) => Counter::StateLoggingOut,
-            State::Detached => Counter::StateDetached,
-            State::Closed(_) => continue,
-        };
-        snap.counters.incr(gauge);
-        if snap.sessions.len() < snap.sessions.capacity() {
-            snap.sessions.push(s);
+fn record(h: &mut Histogram<u64>, v: u64, counters: &mut Counters) {
+    if h.record(v.max(1)).is_err() {
+        counters.incr(Counter::HistogramSaturated);
+        h.saturating_record(v);
+    }
+}
+
+/// Credentials shared by the shards (the endpoint owns a `Box<dyn Authenticator>`).
+struct SharedAuth(Arc<dyn Authenticator + Send + Sync>);
+
+impl Authenticator for SharedAuth {
+    fn check(&self, username: &[u8], password: &[u8]) -> bool {
+        self.0.check(username, password)
+    }
+}
+
+/// Runs a shard thread: builds its backend and endpoint from `spec`, then runs the duty cycle
+/// with the configured idle strategy until shutdown has drained it. Returns the final counters
+/// (the endpoint's and the loop's).
+pub fn run(spec: ShardSpec) -> Counters {
+    let ShardSpec {
+        index,
+        config,
+        backend,
+        handoffs,
+        publish,
+        auth,
+        master,
+        clock,
+        shutdown,
+        core,
+        trace,
+        ready,
+    } = spec;
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(shard = index, core = core.id, "could not pin to core");
         }
     }
-    for (dst, src) in [
-        (&mut snap.service_ns, &mut local.service_ns),
-        (&mut snap.cycle_ns, &mut local.cycle_ns),
-        (&mut snap.handshake_ns, &mut local.handshake_ns),
-        (&mut snap.resend_ns, &mut local.resend_ns),
-    ] {
-        dst.reset();
-        let _ = dst.add(&*src);
-        src.reset();
+    let backend = match backend.build() {
+        Ok((b, note)) => {
+            if let Some(note) = note {
+                tracing::warn!(shard = index, "{note}");
+            }
+            let _ = ready.send(Ok(b.name()));
+            b
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {index}: backend: {e}")));
+            return Counters::default();
+        }
+    };
+    tracing::info!(shard = index, backend = backend.name(), "shard running");
+    let now = clock.now();
+    let mut endpoint = endpoint_for(&config, index, &master, Box::new(SharedAuth(auth)), now);
+    endpoint.set_wall_offset(clock.wall_offset_ns());
+    let mut shard = Shard::new(
+        index,
+        endpoint,
+        backend,
+        Settings::new(&config),
+        (master, now),
+        Tap::new(index as u16, clock.wall_offset_ns(), trace),
+    );
+    shard.connect(handoffs, publish);
+    let spin = Duration::from_micros(config.gateway.spin_us);
+    shard.set_idle(IdleStrategy::new(config.gateway.idle, spin), clock);
+    // Test-only fault injection, compiled in with the `sim` feature (the test builds) and never
+    // in a release binary: `FLEETGATE_TEST_PANIC_SHARD0_MS=N` makes shard 0 panic N ms after
+    // start, to test the panic policy with a real process.
+    #[cfg(feature = "sim")]
+    let panic_at = std::env::var("FLEETGATE_TEST_PANIC_SHARD0_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|_| index == 0)
+        .map(|ms| clock.now() + Duration::from_millis(ms));
+    loop {
+        let now = clock.now();
+        #[cfg(feature = "sim")]
+        if panic_at.is_some_and(|t| now >= t) {
+            panic!("injected by FLEETGATE_TEST_PANIC_SHARD0_MS");
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            shard.shutdown(now);
+        }
+        shard.do_work(now);
+        if shard.is_finished() {
+            let mut totals = shard.endpoint.counters().clone();
+            totals.merge(&shard.counters);
+            return totals;
+        }
     }
-    let _ = out.push(snap);
+}
+
+/// The endpoint of shard `index` at `now`: its limits, keys, application and device groups.
+pub fn endpoint_for(
+    cfg: &Config,
+    index: usize,
+    master: &[u8; 32],
+    auth: Box<dyn Authenticator>,
+    now: Timestamp,
+) -> Endpoint {
+    let feed_every = Duration::from_millis(cfg.gateway.feed_interval_ms);
+    let rotate = Duration::from_secs(cfg.udp.cookie_rotate_s.max(1));
+    let keys = cookie_keys(master, now, rotate);
+    let mut id_key = [0u8; 32];
+    id_key.copy_from_slice(blake3::derive_key("fleetgate session ids v1", master).as_slice());
+    id_key[0] ^= index as u8;
+    let mut endpoint = Endpoint::new(
+        cfg.endpoint_config(index as u16),
+        keys,
+        id_key,
+        auth,
+        crate::apps::builtin(cfg.gateway.app, feed_every),
+    );
+    for app in cfg.group_apps() {
+        endpoint.add_app(crate::apps::builtin(app, feed_every));
+    }
+    if let Some(policy) = cfg.group_policy() {
+        endpoint.set_groups(policy);
+    }
+    endpoint
 }

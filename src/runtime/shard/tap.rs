@@ -5,10 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::counters::{Counter, Counters};
-use crate::io::{Backend, SendError};
 use crate::protocol::{Body, Datagram, DeviceUid, Header, Message};
-use crate::session::{ConnId, Endpoint};
+use crate::session::Endpoint;
 use crate::time::Timestamp;
 
 /// One packet event.
@@ -91,94 +89,109 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// Traces the messages of a datagram if its device is traced.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn trace_datagram(
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut Counters,
-    endpoint: &Endpoint,
+/// Where and when a packet event happened, for [`Tap`].
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    /// When.
+    pub now: Timestamp,
+    /// True for output.
+    pub outbound: bool,
+    /// The device's address.
+    pub peer: SocketAddr,
+}
+
+/// A shard's protocol tap: the filter, the queue to the writer, and what it dropped.
+pub struct Tap {
+    out: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
     shard: u16,
+    /// Offset from the shard clock to Unix-epoch nanoseconds.
     wall: i64,
-    now: Timestamp,
-    outbound: bool,
-    peer: SocketAddr,
-    data: &[u8],
-) {
-    let Ok(dg) = Datagram::parse(data) else { return };
-    let lookup = |id: u64| {
-        endpoint.handle_by_id(id).and_then(|h| endpoint.session(h)).map(|s| *s.device_uid())
-    };
-    let mut session_id = dg.session_id;
-    let who = if session_id != 0 {
-        lookup(session_id).unwrap_or_default()
-    } else {
-        match dg
-            .frames()
-            .next()
-            .and_then(Result::ok)
-            .and_then(|f| Message::decode_frame(f).ok())
-            .map(|m| m.body)
-        {
-            Some(Body::RegistrationRequest { device_uid, .. }) => device_uid,
-            Some(Body::RegistrationAccept { session_id: id, .. }) => {
-                session_id = id;
-                lookup(id).unwrap_or_default()
-            }
-            _ => DeviceUid::default(),
+    /// Records dropped because the writer fell behind.
+    pub dropped: u64,
+}
+
+impl Tap {
+    /// A tap for `shard` writing to `out` (`None`: nothing is traced).
+    pub fn new(
+        shard: u16,
+        wall: i64,
+        out: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    ) -> Self {
+        Self { out, shard, wall, dropped: 0 }
+    }
+
+    /// True if anything may be traced (so callers skip the work otherwise).
+    pub fn is_on(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Traces the messages of a datagram if its device is traced.
+    pub fn datagram(&mut self, endpoint: &Endpoint, at: Seen, data: &[u8]) {
+        if !self.is_on() {
+            return;
         }
-    };
-    for f in dg.frames().flatten() {
-        trace_frame(trace, sc, shard, wall, now, outbound, peer, session_id, &who, f);
+        let Ok(dg) = Datagram::parse(data) else { return };
+        let lookup = |id: u64| {
+            endpoint.handle_by_id(id).and_then(|h| endpoint.session(h)).map(|s| *s.device_uid())
+        };
+        let mut session_id = dg.session_id;
+        let who = if session_id != 0 {
+            lookup(session_id).unwrap_or_default()
+        } else {
+            match dg
+                .frames()
+                .next()
+                .and_then(Result::ok)
+                .and_then(|f| Message::decode_frame(f).ok())
+                .map(|m| m.body)
+            {
+                Some(Body::RegistrationRequest { device_uid, .. }) => device_uid,
+                Some(Body::RegistrationAccept { session_id: id, .. }) => {
+                    session_id = id;
+                    lookup(id).unwrap_or_default()
+                }
+                _ => DeviceUid::default(),
+            }
+        };
+        for f in dg.frames().flatten() {
+            self.frame(at, session_id, &who, f);
+        }
     }
-}
 
-/// Pushes one trace record if the device is traced; drops and counts it if the writer is behind.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn trace_frame(
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut Counters,
-    shard: u16,
-    wall: i64,
-    now: Timestamp,
-    outbound: bool,
-    peer: SocketAddr,
-    session_id: u64,
-    who: &DeviceUid,
-    frame: &[u8],
-) {
-    let Some((filter, tx)) = trace.as_mut() else { return };
-    if !filter.matches(who, peer.ip()) {
-        return;
-    }
-    let Ok(header) = Header::decode(frame) else { return };
-    let at_ns = (now.as_nanos() as i64).wrapping_add(wall);
-    let r = TraceRecord { at_ns, shard, outbound, peer, session_id, who: *who, header };
-    if tx.push(r).is_err() {
-        sc.incr(Counter::TraceDropped);
-    }
-}
-
-/// Traces the frames of a TCP chunk if its device is traced, then queues it (`last`: as the
-/// connection's last message, see [`Backend::send_tcp_last`]).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn trace_then_send_tcp(
-    backend: &mut dyn Backend,
-    trace: &mut Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
-    sc: &mut Counters,
-    (shard, wall, now, last): (u16, i64, Timestamp, bool),
-    conn: ConnId,
-    peer: SocketAddr,
-    who: &DeviceUid,
-    bytes: &[u8],
-) -> Result<(), SendError> {
-    if trace.is_some() {
+    /// Traces each frame of a TCP chunk if its device is traced.
+    pub fn tcp_chunk(&mut self, at: Seen, who: &DeviceUid, bytes: &[u8]) {
+        if !self.is_on() {
+            return;
+        }
         let mut rest = bytes;
         while let Ok((f, padded)) = crate::protocol::split_frame(rest) {
-            trace_frame(trace, sc, shard, wall, now, true, peer, 0, who, f);
+            self.frame(at, 0, who, f);
             rest = &rest[padded..];
         }
     }
-    if last { backend.send_tcp_last(conn, bytes) } else { backend.send_tcp(conn, bytes) }
+
+    /// Pushes one trace record if the device is traced; drops and counts it if the writer is
+    /// behind.
+    pub fn frame(&mut self, at: Seen, session_id: u64, who: &DeviceUid, frame: &[u8]) {
+        let Some((filter, tx)) = self.out.as_mut() else { return };
+        if !filter.matches(who, at.peer.ip()) {
+            return;
+        }
+        let Ok(header) = Header::decode(frame) else { return };
+        let at_ns = (at.now.as_nanos() as i64).wrapping_add(self.wall);
+        let r = TraceRecord {
+            at_ns,
+            shard: self.shard,
+            outbound: at.outbound,
+            peer: at.peer,
+            session_id,
+            who: *who,
+            header,
+        };
+        if tx.push(r).is_err() {
+            self.dropped += 1;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! `fleetgate hist plot`: the percentile distribution drawn as HdrHistogram's plotter does (x:
 //! the percentile on a `1/(1-p)` log scale, y: the latency), as SVG, rasterized to PNG by
 //! `resvg` when asked.
+//!
+//! Hand-written SVG, kept (measured 2026-11-30): `plotters` with only its SVG backend and line
+//! series adds 9.4 s of release build on the 2-core CI-class machine and still needs a custom
+//! `1/(1-p)` percentile axis; this writer is 400 lines with no dependency (resvg aside).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
