@@ -169,6 +169,9 @@ pub(super) fn thread_main(
     clock: Clock,
     shared: &Shared,
 ) -> Result<ThreadResult, String> {
+    // The default 50 µs timer slack would make every timed wait (the next send, the next
+    // deadline) up to 50 µs late: measured, the median send lateness at 10k/s fell from 72 µs.
+    let _ = crate::io::floor::set_timer_slack(Duration::from_nanos(1));
     let mut e = Engine::new(cfg, thread, threads, clock, shared)?;
     let mut rx = RecvBatch::new(BATCH, SLOT);
     e.run(&mut rx)?;

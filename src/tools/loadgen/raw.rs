@@ -36,6 +36,8 @@ pub(super) fn thread_main(
     shared: &Shared,
     to: SocketAddr,
 ) -> Result<ThreadResult, String> {
+    // As in the device engine: timed waits on time.
+    let _ = crate::io::floor::set_timer_slack(Duration::from_nanos(1));
     let ep =
         epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create1: {e}"))?;
     let total = cfg.socket_count();
