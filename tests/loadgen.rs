@@ -172,6 +172,24 @@ fn churn_scenario() {
     assert!(num(&json, &["logons"]) > 44.0, "sessions must have come back: {json}");
 }
 
+/// TCP clients connect a few at a time (`sockets` bounds them as it bounds UDP handshakes):
+/// all log on, through the waiting queue.
+#[test]
+fn tcp_clients_wait_their_turn_and_all_log_on() {
+    let json = run(Scenario::Storm, &["gateway.max_sessions_per_shard=256"], |c| {
+        c.udp_devices = 0;
+        c.tcp_devices = 60;
+        c.sockets = 4;
+        c.warmup = Duration::ZERO;
+        c.duration = Duration::from_millis(300);
+        c.rate = 0.0;
+    });
+    check_common(&json, "handshake_ns");
+    assert_eq!(num(&json, &["logons"]), 60.0, "{json}");
+    assert_eq!(num(&json, &["active_at_end"]), 60.0, "{json}");
+    assert_eq!(num(&json, &["steps", "0", "connects"]), 60.0, "one attempt each: {json}");
+}
+
 /// Devices `0..n` as the generator names them (uid `DEV-000042` for prefix "dev"), counted per
 /// shard the way the gateway places them.
 fn per_shard(n: usize, shards: usize) -> Vec<usize> {

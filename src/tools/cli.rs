@@ -149,7 +149,7 @@ struct LoadArgs {
     source_ips: u32,
     /// UDP sockets over all threads, spread over the source addresses (0 = one per device up
     /// to 1,024). Many devices share each; one handshake at a time per socket, so this is also
-    /// the most handshakes in flight.
+    /// the most handshakes in flight (and the most TCP clients connecting at once).
     #[arg(long, default_value_t = 0)]
     sockets: usize,
     /// storm/idle: connect the fleet in this many equal steps (earlier steps stay logged on),

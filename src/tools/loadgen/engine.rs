@@ -187,6 +187,10 @@ struct Engine<'a> {
     devs: Vec<Dev>,
     socks: Vec<Sock>,
     tcp: Vec<TcpLink>,
+    /// TCP connects that may be in flight (connect to LogonResponse), like the UDP sockets'
+    /// one handshake each; and the TCP clients waiting for one.
+    tcp_free: usize,
+    tcp_waiting: VecDeque<u32>,
     sched: super::schedule::Schedule,
     dirty: Vec<u32>,
     dirty_next: Vec<u32>,
@@ -363,6 +367,10 @@ impl<'a> Engine<'a> {
             devs,
             socks,
             tcp,
+            tcp_free: (if cfg.sockets > 0 { cfg.sockets } else { super::DEFAULT_SOCKETS }
+                / threads)
+                .max(1),
+            tcp_waiting: VecDeque::new(),
             ep,
             events: Vec::with_capacity(256),
             tx: SendBatch::new(BATCH, SLOT),
@@ -689,7 +697,16 @@ impl<'a> Engine<'a> {
             self.by_id.remove(&old);
         }
         if d.flags & IS_TCP != 0 {
-            self.open_tcp(k, now);
+            if d.flags & SLOT_HELD != 0 {
+                self.open_tcp(k, now);
+            } else if self.tcp_free > 0 {
+                self.tcp_free -= 1;
+                d.flags |= SLOT_HELD;
+                self.open_tcp(k, now);
+            } else {
+                d.flags |= QUEUED;
+                self.tcp_waiting.push_back(k);
+            }
             return;
         }
         let s = d.link as usize;
@@ -719,10 +736,24 @@ impl<'a> Engine<'a> {
         self.mark_dirty(k);
     }
 
-    /// Frees `k`'s socket for the next device waiting for it.
+    /// Frees `k`'s socket (UDP) or connect slot (TCP) for the next device waiting for it.
     fn release_slot(&mut self, k: u32, now: Timestamp) {
         let d = &mut self.devs[k as usize];
         d.flags &= !SLOT_HELD;
+        if d.flags & IS_TCP != 0 {
+            self.tcp_free += 1;
+            while let Some(j) = self.tcp_waiting.pop_front() {
+                let dj = &mut self.devs[j as usize];
+                if dj.flags & QUEUED == 0 {
+                    continue;
+                }
+                dj.flags = (dj.flags & !QUEUED) | SLOT_HELD;
+                self.tcp_free -= 1;
+                self.open_tcp(j, now);
+                break;
+            }
+            return;
+        }
         let s = d.link as usize;
         if self.socks[s].owner != k {
             return;
@@ -770,7 +801,7 @@ impl<'a> Engine<'a> {
                 let d = &mut self.devs[k as usize];
                 d.attempts = d.attempts.saturating_add(1);
                 d.fail = ErrorKind::TcpConnectFailed.code();
-                self.failed_attempt(k, ErrorKind::TcpConnectFailed, now);
+                self.failed_attempt(k, ErrorKind::TcpConnectFailed, false, now);
             }
         }
     }
@@ -880,9 +911,12 @@ impl<'a> Engine<'a> {
     fn reconcile(&mut self, k: u32, now: Timestamp) {
         let d = &self.devs[k as usize];
         let state = d.dev.state();
-        if d.flags & SLOT_HELD != 0
-            && !matches!(state, DeviceState::Connecting | DeviceState::Registering)
-        {
+        let connecting = if d.flags & IS_TCP != 0 {
+            state == DeviceState::LoggingOn
+        } else {
+            matches!(state, DeviceState::Connecting | DeviceState::Registering)
+        };
+        if d.flags & SLOT_HELD != 0 && !connecting {
             self.release_slot(k, now);
         }
         let d = &self.devs[k as usize];
@@ -1131,7 +1165,7 @@ impl<'a> Engine<'a> {
                 let d = &mut self.devs[k as usize];
                 d.dev.transport_lost();
                 d.fail = ErrorKind::TcpConnectFailed.code();
-                self.failed_attempt(k, ErrorKind::TcpConnectFailed, now);
+                self.failed_attempt(k, ErrorKind::TcpConnectFailed, false, now);
                 self.mark_dirty(k);
                 return;
             }
@@ -1352,17 +1386,25 @@ impl<'a> Engine<'a> {
         let registered = d.flags & (REGISTERED | IS_TCP) != 0;
         let kind = ErrorKind::of_failed_connect(reason, registered);
         d.fail = kind.code();
-        self.failed_attempt(k, kind, now);
+        // The acceptor sheds pending TCP logons under pressure: come back later, as for
+        // RATE_LIMITED.
+        let shed = reason == EndReason::LoggedOut && text == b"server busy";
+        self.failed_attempt(k, kind, shed, now);
     }
 
-    /// An attempt to log on failed with `kind`: try again (with a pause) or give up.
-    fn failed_attempt(&mut self, k: u32, kind: ErrorKind, now: Timestamp) {
+    /// An attempt to log on failed with `kind`: try again (with a pause) or give up. `shed`: the
+    /// gateway refused it to shed load ("server busy").
+    fn failed_attempt(&mut self, k: u32, kind: ErrorKind, shed: bool, now: Timestamp) {
         let d = &mut self.devs[k as usize];
         let step = &mut self.st.steps[usize::from(d.step)];
         let retry = match kind {
             // The gateway asks us to slow down: that is no failure of the device. The step's
             // deadline bounds it.
             ErrorKind::ConnectionRejectedRateLimited => {
+                step.rate_limited += 1;
+                true
+            }
+            ErrorKind::LogonRefused if shed => {
                 step.rate_limited += 1;
                 true
             }

@@ -124,7 +124,8 @@ pub struct LoadConfig {
     /// Loopback source addresses used: 127.0.0.1 upwards (skipping .0 and .255).
     pub source_ips: u32,
     /// UDP sockets over all threads (0: one per device up to 1,024); each carries one handshake
-    /// at a time, so this bounds the handshakes in flight.
+    /// at a time, so this bounds the handshakes in flight. TCP clients connecting at once are
+    /// bounded by the same number.
     pub sockets: usize,
     /// storm/idle: connect the fleet in this many equal steps, one after the other (earlier
     /// steps stay logged on); each is reported on its own.
@@ -429,7 +430,7 @@ pub(crate) struct StepResult {
     pub(crate) registration_request_retries: u64,
     pub(crate) logon_requests: u64,
     pub(crate) logon_retries: u64,
-    /// Attempts refused with RATE_LIMITED (then tried again).
+    /// Attempts refused with RATE_LIMITED or shed ("server busy"), then tried again.
     pub(crate) rate_limited: u64,
     /// Attempts that timed out (or whose connection failed) and were tried again.
     pub(crate) timeouts_retried: u64,

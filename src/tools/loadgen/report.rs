@@ -123,7 +123,8 @@ pub struct Retransmissions {
     pub logon_requests: u64,
     /// ... of which repeats.
     pub logon_retries: u64,
-    /// Attempts refused with RATE_LIMITED and tried again.
+    /// Attempts refused with RATE_LIMITED or shed by the gateway ("server busy") and tried
+    /// again.
     pub rate_limited: u64,
     /// Attempts that timed out and were tried again.
     pub timeouts_retried: u64,
