@@ -394,6 +394,18 @@ fn dropped_handshakes_are_handshake_timeouts() {
     assert!(proxy.dropped_requests.load(Ordering::Relaxed) >= 2 * lost as u64, "{json}");
     assert!(num(&json, &["steps", "0", "retransmissions", "timeouts_retried"]) >= lost as f64);
     assert!(t0.elapsed() < Duration::from_secs(20));
+
+    // Devices that would retry for a long time are cut at the step's timeout: still errors of
+    // the kind they last saw, and the run ends on time.
+    let t0 = Instant::now();
+    let cfg = LoadConfig { attempts: 100, step_timeout: Duration::from_millis(2500), ..cfg };
+    let report = loadgen::run(&cfg).expect("load run");
+    let json = report.json();
+    assert!(report.failed(), "{}", report.table());
+    assert_eq!(num(&json, &["errors", "handshake_timeout"]), lost as f64, "{json}");
+    assert_eq!(num(&json, &["errors_total"]), lost as f64, "{json}");
+    assert_eq!(num(&json, &["logons"]), (n - lost) as f64, "{json}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
 /// The generator's floor: the steady scenario's datagrams against a plain echo thread, no

@@ -156,7 +156,8 @@ struct LoadArgs {
     /// each reported on its own.
     #[arg(long, default_value_t = 1)]
     steps: usize,
-    /// storm/idle: give up on a step's stragglers after this many seconds.
+    /// storm/idle: give up on a step's stragglers this many seconds after its last connect
+    /// started.
     #[arg(long, default_value_t = 120.0)]
     step_timeout: f64,
     /// Connect attempts per device (timeouts start another; rate-limited ones do not count).

@@ -212,6 +212,7 @@ struct Engine<'a> {
     step_ranges: Vec<(usize, usize)>,
     /// Devices resolved per step (this thread).
     resolved: Vec<u64>,
+    /// When the current step last started a connect (its timeout runs from there).
     step_started: Timestamp,
     cursor: usize,
     cursor_end: usize,
@@ -465,7 +466,7 @@ impl<'a> Engine<'a> {
                     self.shared.steps[s].done.fetch_add(1, Ordering::AcqRel);
                     self.phase = Phase::StepWait(s);
                 } else if now.saturating_since(self.step_started) > self.cfg.step_timeout {
-                    self.cut_step(s, now);
+                    self.cut_step(s);
                 }
             }
             Phase::StepWait(s) => {
@@ -534,13 +535,15 @@ impl<'a> Engine<'a> {
             self.cursor += 1;
             self.next_connect = self.next_connect + self.connect_interval;
             budget -= 1;
+            // A step paced by `rate` may take long: its timeout runs from its last connect.
+            self.step_started = now;
             self.begin_connect(k, now, true);
         }
     }
 
-    /// A step that ran past `step_timeout`: its unresolved devices are given up (their last
-    /// failure, or `never_logged_on`). Walks the step once.
-    fn cut_step(&mut self, s: usize, now: Timestamp) {
+    /// A step still unresolved `step_timeout` after its last connect started: its unresolved
+    /// devices are given up (their last failure, or `never_logged_on`). Walks the step once.
+    fn cut_step(&mut self, s: usize) {
         let (lo, hi) = self.step_ranges[s];
         // Devices not started yet are never started.
         self.cursor = self.cursor_end;
@@ -555,7 +558,6 @@ impl<'a> Engine<'a> {
             let kind = ErrorKind::from_code(d.fail).unwrap_or(ErrorKind::NeverLoggedOn);
             self.count_error(k as u32, kind);
         }
-        let _ = now;
     }
 
     /// Open-loop echo requests whose intended time has come (steady, resend, churn).

@@ -130,8 +130,8 @@ pub struct LoadConfig {
     /// storm/idle: connect the fleet in this many equal steps, one after the other (earlier
     /// steps stay logged on); each is reported on its own.
     pub steps: usize,
-    /// storm/idle: a step still unresolved after this long is cut short; its devices that have
-    /// not logged on are errors.
+    /// storm/idle: a step still unresolved this long after its last connect started is cut
+    /// short; its devices that have not logged on are errors.
     pub step_timeout: Duration,
     /// Connect attempts per device (a handshake or logon timeout starts another, up to this
     /// many; rate-limited attempts do not count).
