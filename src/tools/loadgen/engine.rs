@@ -583,7 +583,7 @@ impl<'a> Engine<'a> {
                 let d = &mut self.devs[k as usize];
                 match d.dev.send_app(now, 150, &self.body, true) {
                     Ok(_) => {
-                        d.sent += 1;
+                        d.sent = d.sent.saturating_add(1);
                         self.st.sent += 1;
                         self.shared.live.sent.fetch_add(1, Ordering::Relaxed);
                         self.mark_dirty(k);
@@ -611,7 +611,7 @@ impl<'a> Engine<'a> {
         let k = f.k;
         let d = &mut self.devs[k as usize];
         d.flags |= DARK;
-        f.report.owed_at_blackout = u64::from(d.sent - d.replies);
+        f.report.owed_at_blackout = u64::from(d.sent.saturating_sub(d.replies));
         d.wake_at = now + f.dark;
         d.action = Action::DarkEnd;
         self.mark_dirty(k);
@@ -1266,7 +1266,7 @@ impl<'a> Engine<'a> {
                 DeviceEvent::Registered { session_id, .. } => registered = Some(session_id),
                 DeviceEvent::LoggedOn { .. } => logged_on = true,
                 DeviceEvent::App { type_id: 250, body, resent: r, .. } if body.len() >= 8 => {
-                    d.replies += 1;
+                    d.replies = d.replies.saturating_add(1);
                     resent += u64::from(r);
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&body[..8]);
