@@ -48,8 +48,10 @@ stop_gateway() {
     if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
         curl -sf http://127.0.0.1:9464/metrics >"$OUT/metrics.txt" 2>/dev/null || true
         kill -TERM "$GW_PID"
-        # SIGTERM logs every session out and exits within 2 s.
-        timeout 5 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID" 2>/dev/null || true
+        # SIGTERM logs every session out and exits within 2 s (a gateway with a large slab
+        # takes longer: STOP_WAIT).
+        timeout "${STOP_WAIT:-5}" tail --pid="$GW_PID" -f /dev/null \
+            || kill -KILL "$GW_PID" 2>/dev/null || true
         wait "$GW_PID" 2>/dev/null || true
     fi
     GW_PID=

@@ -3,12 +3,11 @@
 //! `plot`) and, when the Python `hdrhistogram` package is installed, by an independent reader
 //! (`scripts/check_hlog.py`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, UNIX_EPOCH};
 
-use fleetgate::tools::loadgen::{FeedChecker, Report, Scenario};
+use fleetgate::tools::loadgen::{Report, Scenario};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
@@ -27,21 +26,14 @@ fn report(scale: u64) -> Report {
     handshake.record_n(200_000, 990).expect("record");
     handshake.record_n(5_000_000, 10).expect("record");
     Report {
-        scenario: Scenario::Steady,
         devices: 10,
         seconds: 8.0,
         sent: 10_000,
         received: 10_000,
         logons: 1000,
-        errors: BTreeMap::new(),
         latency,
         handshake,
-        feed: FeedChecker::default(),
-        feed_exact: (0, 0),
-        retransmits: 0,
-        resend_requests: 0,
-        max_error_share: 0.001,
-        forced: None,
+        ..Report::empty(Scenario::Steady)
     }
 }
 

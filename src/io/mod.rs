@@ -42,9 +42,12 @@
 //! whatever the config says. A backend is built on its shard's thread from a [`BackendSpec`]
 //! (plain data) and never leaves it: backends are not `Send`.
 //!
-//! Every `unsafe` block of the product lives under this module: the backends and the acceptor's
-//! ring ([`uring::accept`]). The other system calls the crate makes (`poll(2)`, epoll for the
-//! load generator, rlimits, eventfd, signals) go through the `rustix` and `signal-hook` crates.
+//! Every `unsafe` block of the product lives under this module: the backends, the acceptor's
+//! ring ([`uring::accept`]), the bare echo loops of the floor bench ([`floor`]), the load
+//! generator's batched UDP to many destinations ([`mmsg`]; `floor::Mmsg` sends on connected
+//! sockets only) and [`rusage_self`]. The other system calls the crate makes (`poll(2)`, epoll
+//! for the load generator, rlimits, eventfd, signals) go through the `rustix` and `signal-hook`
+//! crates.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -54,6 +57,7 @@ use crate::ids::ConnId;
 
 pub mod epoll;
 pub mod floor;
+pub mod mmsg;
 pub mod uring;
 
 /// An input reported by [`Backend::poll`].
@@ -310,6 +314,37 @@ pub fn eventfd() -> std::io::Result<OwnedFd> {
 /// harmless: the shard is already due to wake.
 pub fn wake(fd: std::os::fd::BorrowedFd<'_>) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// CPU time and peak resident memory of this process (`getrusage(RUSAGE_SELF)`): the load
+/// generator reports its own cost. (`rustix` 1.1 has no `getrusage`.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rusage {
+    /// User CPU time, all threads.
+    pub user: Duration,
+    /// System CPU time, all threads.
+    pub system: Duration,
+    /// Peak resident set size (bytes).
+    pub max_rss_bytes: u64,
+}
+
+/// This process's [`Rusage`]; zeros if the call fails.
+pub fn rusage_self() -> Rusage {
+    // SAFETY: rusage is a plain C struct (integers) for which all-zero bytes are a valid value.
+    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage; RUSAGE_SELF needs nothing else.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Rusage::default();
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Rusage {
+        user: tv(ru.ru_utime),
+        system: tv(ru.ru_stime),
+        // Linux reports kilobytes.
+        max_rss_bytes: (ru.ru_maxrss.max(0) as u64) * 1024,
+    }
 }
 
 /// Converts a `sockaddr_storage` filled by the kernel into a `SocketAddr`.

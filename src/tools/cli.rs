@@ -120,20 +120,21 @@ struct LoadArgs {
     /// TCP clients.
     #[arg(long, default_value_t = 0)]
     tcp_clients: usize,
-    /// steady/resend/churn: echo requests per second over all sessions; storm: logons per second
-    /// (0 = all at once).
+    /// steady/resend/churn: echo requests per second over all sessions; storm/idle: logons
+    /// started per second (0 = all at once).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Warm-up seconds (not measured).
+    /// steady/resend/churn: warm-up seconds (connect, not measured); storm/idle: settling
+    /// seconds between the last logon and the measured hold.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Measured seconds.
+    /// steady/resend/churn: measured seconds; storm/idle: seconds the fleet is held (measured).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Generator threads.
+    /// Generator threads (each owns a share of the devices and sockets).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// resend: share of received datagrams to drop.
@@ -142,9 +143,29 @@ struct LoadArgs {
     /// resend: reconnect + resume period; churn: session lifetime (seconds).
     #[arg(long, default_value_t = 3.0)]
     reconnect_every: f64,
-    /// Loopback source addresses to spread devices over (127.0.0.1 ..).
+    /// Loopback source addresses to spread devices over (127.0.0.1 upwards, .0 and .255
+    /// skipped).
     #[arg(long, default_value_t = 200)]
     source_ips: u32,
+    /// UDP sockets over all threads, spread over the source addresses (0 = one per device up
+    /// to 1,024). Many devices share each; one handshake at a time per socket, so this is also
+    /// the most handshakes in flight (and the most TCP clients connecting at once).
+    #[arg(long, default_value_t = 0)]
+    sockets: usize,
+    /// storm/idle: connect the fleet in this many equal steps (earlier steps stay logged on),
+    /// each reported on its own.
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// storm/idle: give up on a step's stragglers this many seconds after its last connect
+    /// started.
+    #[arg(long, default_value_t = 120.0)]
+    step_timeout: f64,
+    /// Connect attempts per device (timeouts start another; rate-limited ones do not count).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Seconds a device waits for each handshake or logon attempt ("host timeout").
+    #[arg(long, default_value_t = 5.0)]
+    handshake_timeout: f64,
     /// Username prefix.
     #[arg(long, default_value = "dev")]
     user_prefix: String,
@@ -154,16 +175,40 @@ struct LoadArgs {
     /// Echo body bytes (8..=200).
     #[arg(long, default_value_t = 16)]
     body_bytes: usize,
-    /// Fail (exit 1) when errors exceed this share of attempts.
+    /// Fail (exit 1) when message-level errors exceed this share of attempts (a lost device
+    /// fails the run whatever the share, churn aside).
     #[arg(long, default_value_t = 0.001)]
     max_error_share: f64,
+    /// Device retransmit buffer in messages (default by scenario: 4 for storm/idle, 64 for
+    /// echo, 1024 for resend).
+    #[arg(long)]
+    device_messages: Option<usize>,
+    /// Device retransmit buffer slot size in bytes (default by scenario: 64 for storm/idle).
+    #[arg(long)]
+    device_slot_bytes: Option<usize>,
+    /// Application bytes each device's event queue takes from one input (default by scenario:
+    /// 64 for storm/idle, 1400 otherwise).
+    #[arg(long)]
+    device_event_bytes: Option<usize>,
+    /// steady: send the same datagrams to this plain UDP echo server, without sessions: the
+    /// generator's own floor (e.g. `cargo bench --bench echo_floor -- serve`).
+    #[arg(long)]
+    raw_echo: Option<std::net::SocketAddr>,
+    /// Do not log the sessions out at the end.
+    #[arg(long)]
+    no_logout: bool,
+    /// Stop after this many seconds whatever the scenario's state, and report what happened
+    /// (devices not logged on by then are errors).
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Write the latency histograms as an HdrHistogram log.
+    /// Write the latency histograms as an HdrHistogram log (tags echo, lateness, handshake,
+    /// handshake_step<k>).
     #[arg(long)]
     hist_log: Option<PathBuf>,
-    /// With idle: report this gateway process's RSS and CPU from /proc.
+    /// The gateway's pid: report its RSS per session and its CPU per heartbeat over the hold.
     #[arg(long)]
     gateway_pid: Option<u32>,
 }
@@ -404,28 +449,49 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
 }
 
 fn load(a: LoadArgs) -> Result<ExitCode, String> {
-    let before = a.gateway_pid.and_then(proc_stat);
-    let cfg = crate::tools::loadgen::LoadConfig {
+    use crate::tools::loadgen::{LoadConfig, Scenario};
+    let secs = std::time::Duration::from_secs_f64;
+    let mut cfg = LoadConfig {
         scenario: a.scenario,
         handshake: a.handshake,
         tcp: a.tcp,
         udp_devices: a.devices,
         tcp_devices: a.tcp_clients,
         rate: a.rate,
-        warmup: std::time::Duration::from_secs_f64(a.warmup),
-        duration: std::time::Duration::from_secs_f64(a.duration),
+        warmup: secs(a.warmup),
+        duration: secs(a.duration),
         seed: a.seed,
         threads: a.threads,
         drop_share: a.drop,
-        reconnect_every: std::time::Duration::from_secs_f64(a.reconnect_every),
+        reconnect_every: secs(a.reconnect_every),
         source_ips: a.source_ips,
+        sockets: a.sockets,
+        steps: a.steps,
+        step_timeout: secs(a.step_timeout),
+        attempts: a.attempts,
+        handshake_timeout: secs(a.handshake_timeout),
         user_prefix: a.user_prefix,
         password: a.password,
         body_bytes: a.body_bytes,
         max_error_share: a.max_error_share,
         progress: !a.json,
-        forced_resume: None,
+        raw_echo: a.raw_echo,
+        gateway_pid: a.gateway_pid,
+        logout_at_end: !a.no_logout,
+        time_limit: a.time_limit.map(secs),
+        device_event_bytes: a.device_event_bytes,
+        ..LoadConfig::default()
     };
+    if a.device_messages.is_some() || a.device_slot_bytes.is_some() {
+        let p = crate::tools::loadgen::Profile::for_scenario(a.scenario, cfg.body_bytes).buffer;
+        cfg.device_buffer = Some(crate::journal::JournalConfig {
+            messages_per_session: a.device_messages.unwrap_or(p.messages_per_session),
+            slot_bytes: a.device_slot_bytes.unwrap_or(p.slot_bytes).max(64),
+        });
+    }
+    if cfg.raw_echo.is_some() && cfg.scenario != Scenario::Steady {
+        return Err("--raw-echo goes with the steady scenario".into());
+    }
     let report = crate::tools::loadgen::run(&cfg)?;
     if let Some(p) = &a.hist_log {
         report.write_hlog(p)?;
@@ -435,27 +501,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
     } else {
         print!("{}", report.table());
     }
-    if let (Some(pid), Some((cpu0, _))) = (a.gateway_pid, before) {
-        if let Some((cpu1, rss)) = proc_stat(pid) {
-            let secs = cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64();
-            tracing::info!(
-                "gateway pid {pid}: RSS {} MiB, CPU {:.1}% of one core over the run",
-                rss >> 20,
-                100.0 * (cpu1 - cpu0) / secs
-            );
-        }
-    }
     Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-/// (CPU seconds, RSS bytes) of a process, from /proc.
-fn proc_stat(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
-    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    Some((cpu, rss_pages * 4096))
 }
 
 fn demo(a: DemoArgs) -> Result<ExitCode, String> {

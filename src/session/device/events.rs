@@ -25,16 +25,22 @@ const RESERVE_EVENTS: usize = 4;
 /// Body bytes kept for the one LoggedOut text an input can end with.
 const RESERVE_BYTES: usize = 255;
 
-/// One queued event; bodies are ranges of [`EventQueue::bytes`].
+/// One queued event; bodies are ranges of [`EventQueue::bytes`], as `u16` (the buffer is at
+/// most [`MAX_BYTES`] long), which keeps an event at 24 bytes: every device of a million-device
+/// load generator carries a queue.
 #[derive(Clone, Copy, Debug)]
 enum Queued {
     Registered { session_id: u64, resumed: bool },
     LoggedOn { heartbeat_interval_s: i32, last_processed: i64 },
     StreamReset { unacked_dropped: usize },
-    App { seq: i64, type_id: u16, start: usize, len: usize, send_time: i64, resent: bool },
+    App { seq: i64, type_id: u16, start: u16, len: u16, send_time: i64, resent: bool },
     Rejected { ref_seq_num: i64, reason: u8 },
-    Ended { reason: EndReason, start: usize, len: usize },
+    Ended { reason: EndReason, start: u16, len: u16 },
 }
+
+/// Largest body buffer: ranges are `u16`. A frame is at most 65,535 bytes (`messageLength` is
+/// a `u16`), so an input larger than this cannot be one message anyway.
+const MAX_BYTES: usize = u16::MAX as usize;
 
 /// The bounded queue (see the module docs).
 #[derive(Debug)]
@@ -49,6 +55,7 @@ pub(super) struct EventQueue {
 impl EventQueue {
     /// A queue for inputs of at most `max_input` bytes.
     pub(super) fn new(max_input: usize) -> Self {
+        let max_input = max_input.min(MAX_BYTES - RESERVE_BYTES);
         let cap = max_input / 32 + RESERVE_EVENTS + 1;
         Self {
             events: VecDeque::with_capacity(cap),
@@ -78,14 +85,9 @@ impl EventQueue {
             return false;
         }
         let start = self.copy(body);
-        self.events.push_back(Queued::App {
-            seq,
-            type_id,
-            start,
-            len: body.len(),
-            send_time,
-            resent,
-        });
+        // Both fit in u16: the buffer is at most MAX_BYTES long.
+        let (start, len) = (start as u16, body.len() as u16);
+        self.events.push_back(Queued::App { seq, type_id, start, len, send_time, resent });
         true
     }
 
@@ -115,7 +117,8 @@ impl EventQueue {
             DeviceEvent::Ended { reason, text } => {
                 let text = &text[..text.len().min(self.bytes.len() - self.used)];
                 let start = self.copy(text);
-                Queued::Ended { reason, start, len: text.len() }
+                // Both fit in u16: the buffer is at most MAX_BYTES long.
+                Queued::Ended { reason, start: start as u16, len: text.len() as u16 }
             }
             DeviceEvent::App { seq, type_id, body, send_time, resent } => {
                 return self.push_app(seq, type_id, body, send_time, resent);
@@ -136,7 +139,10 @@ impl EventQueue {
             // waits for the returned borrow to end.
             self.used = 0;
         }
-        let body = |start: usize, len: usize| &self.bytes[start..start + len];
+        let body = |start: u16, len: u16| {
+            let start = usize::from(start);
+            &self.bytes[start..start + usize::from(len)]
+        };
         Some(match q {
             Queued::Registered { session_id, resumed } => {
                 DeviceEvent::Registered { session_id, resumed }
@@ -174,6 +180,12 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A queue costs 24 bytes per event place (a million-device generator holds a million).
+    #[test]
+    fn an_event_place_takes_24_bytes() {
+        assert!(core::mem::size_of::<Queued>() <= 24, "{}", core::mem::size_of::<Queued>());
+    }
 
     #[test]
     fn a_full_datagram_of_empty_messages_and_its_control_events_fit() {

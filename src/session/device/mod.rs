@@ -58,6 +58,12 @@ pub struct DeviceConfig {
     pub max_datagram: usize,
     /// Retransmit buffer: unacknowledged messages kept (`messages_per_session`).
     pub buffer: JournalConfig,
+    /// Application bytes one input may bring into the event queue ([`events`]); default
+    /// `max_datagram`, so that one input's events always fit. A lean fleet (idle devices, a
+    /// handshake storm: no application traffic) sets it small to save memory per device; an
+    /// input bringing more application bytes than this is then delayed (asked for again by
+    /// ResendRequest), never lost. The queue always holds at least one `buffer.slot_bytes`.
+    pub event_bytes: usize,
 }
 
 impl DeviceConfig {
@@ -75,6 +81,7 @@ impl DeviceConfig {
             heartbeat_default: Duration::from_secs(5),
             max_datagram: 1400,
             buffer: JournalConfig { messages_per_session: 256, slot_bytes: 256 },
+            event_bytes: 1400,
         }
     }
 }
@@ -262,7 +269,7 @@ impl Device {
             awaiting_replies: 0,
             test_corr: 0,
             stats: DeviceStats::default(),
-            events: EventQueue::new(cfg.max_datagram.max(cfg.buffer.slot_bytes)),
+            events: EventQueue::new(cfg.event_bytes.max(cfg.buffer.slot_bytes)),
         }
     }
 
