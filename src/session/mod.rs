@@ -97,6 +97,7 @@ mod timer;
 
 pub use auth::{Authenticator, Credentials, OpenLogon};
 pub use control::ReasonBuf;
+pub use device::servers::{self, MoveReason, ServerCursor};
 pub use device::{
     Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceInput, DeviceState, DeviceStats,
     DeviceTransmit, EndReason,

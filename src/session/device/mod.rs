@@ -28,6 +28,7 @@ use crate::protocol::{
 use crate::time::Timestamp;
 
 mod events;
+pub mod servers;
 mod state;
 
 use events::EventQueue;
