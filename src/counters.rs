@@ -222,6 +222,11 @@ counters! {
     ReplyQueueFull => "reply_queue_full_total",
     /// Sessions closed by a protocol violation (TCP sequence errors, framing errors).
     ProtocolViolations => "protocol_violations_total",
+    /// Sessions logged out at an operator drain's deadline (LoggedOut("gateway draining")), or
+    /// released there if detached.
+    DrainLogouts => "drain_logouts_total",
+    /// Sessions ended by `fleetgate ctl disconnect`.
+    OperatorDisconnects => "operator_disconnects_total",
 
     // ---- Sessions by state (set by each shard at each snapshot) ----
     /// Sessions by state.
@@ -260,6 +265,10 @@ counters! {
     TraceDropped => "trace_dropped_total",
     /// TCP connections open on the shard.
     TcpConnections => "tcp_connections".gauge(),
+    /// 1 while the shard is draining (`fleetgate ctl drain`, DESIGN.md §4), else 0.
+    Draining => "draining".gauge(),
+    /// Operator commands taken from the command queue (`fleetgate ctl`).
+    OperatorCommands => "operator_commands_total",
 
     // ---- The acceptor ----
     /// ConnectionRequests on the handshake port, by outcome.
@@ -269,6 +278,9 @@ counters! {
     /// ConnectionRequests on the handshake port, by outcome.
     ConnectionRequestsRateLimited =>
         "connection_requests_total".acceptor().label("outcome", "rate_limited"),
+    /// ConnectionRequests on the handshake port, by outcome (ConnectionReject(DRAINING)).
+    ConnectionRequestsDraining =>
+        "connection_requests_total".acceptor().label("outcome", "draining"),
     /// ConnectionRequests on the handshake port, by outcome.
     ConnectionRequestsDropped => "connection_requests_total".acceptor().label("outcome", "dropped"),
     /// Of the rate-limited ConnectionRequests, those from a source the limiter table could not
@@ -293,6 +305,9 @@ counters! {
     /// Accepted TCP connections, by what became of them before their logon (closed by the peer
     /// first).
     TcpPeerClosed => "tcp_accepts_total".acceptor().label("outcome", "peer_closed"),
+    /// Accepted TCP connections, by what became of them before their logon (refused with
+    /// LoggedOut("draining") while the gateway drains).
+    TcpDraining => "tcp_accepts_total".acceptor().label("outcome", "draining"),
     /// TCP connections waiting for their LogonRequest.
     TcpPendingLogons => "tcp_pending_logons".acceptor().gauge(),
 }

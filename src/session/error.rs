@@ -95,6 +95,10 @@ pub enum Deadline {
 pub enum LocalClose {
     /// The gateway is shutting down.
     Shutdown,
+    /// An operator drain reached its deadline (DESIGN.md §4).
+    Drain,
+    /// An operator disconnected the session (`fleetgate ctl disconnect`).
+    Operator,
 }
 
 /// Which bounded queue overflowed.
@@ -125,6 +129,8 @@ impl CloseReason {
             Self::Timeout(Deadline::Heartbeat) => "heartbeat timeout",
             Self::Timeout(Deadline::Detached) => "expired",
             Self::LocalClose(LocalClose::Shutdown) => "shutdown",
+            Self::LocalClose(LocalClose::Drain) => "drained",
+            Self::LocalClose(LocalClose::Operator) => "disconnected by operator",
             Self::Backpressure(Overflow::OutputQueue) => "output overflow",
             Self::Backpressure(Overflow::SendQueue) => "send queue full",
         }

@@ -30,6 +30,7 @@ use crate::protocol::{
 use crate::time::Timestamp;
 
 mod app;
+mod drain;
 mod flow;
 mod index;
 mod slab;
@@ -193,6 +194,8 @@ pub struct Endpoint {
     apps: Vec<Box<dyn Application>>,
     groups: Option<GroupPolicy>,
     draining: bool,
+    /// An operator drain (DESIGN.md §4; [`drain`]).
+    drain: drain::Drain,
     wall_offset_ns: i64,
 }
 
@@ -231,6 +234,7 @@ impl Endpoint {
             apps: vec![app],
             groups: None,
             draining: false,
+            drain: drain::Drain::default(),
             wall_offset_ns: 0,
         }
     }
@@ -384,7 +388,7 @@ impl Endpoint {
                 return;
             }
         }
-        if self.draining {
+        if self.draining || self.drain.on {
             c.incr(Counter::HandshakesDraining);
             self.registration_reject(from, RegistrationRejectReason::Draining, b"gateway draining");
             return;
@@ -648,6 +652,11 @@ impl Endpoint {
         if self.draining {
             self.sessions.counters.incr(Counter::HandshakesDraining);
             self.refuse_tcp(conn, b"gateway shutting down");
+            return;
+        }
+        if self.drain.on {
+            self.sessions.counters.incr(Counter::HandshakesDraining);
+            self.refuse_tcp(conn, drain::TCP_REFUSAL);
             return;
         }
         let c = &mut self.sessions.counters;
