@@ -80,6 +80,14 @@ pub struct GatewaySection {
     /// `snapshot_interval_ms`: how often a shard publishes its counters, sessions and
     /// histograms to housekeeping, and rotates cookie keys (default 1000 ms).
     pub snapshot_interval_ms: u64,
+    /// `admin_socket`: path of the operator channel's Unix socket (`fleetgate ctl`), created
+    /// with mode 0600; a stale socket there is replaced, any other file refuses the start; ""
+    /// = no operator channel (default "").
+    pub admin_socket: String,
+    /// `drain_logouts_per_s`: at a drain's deadline, each shard logs its remaining sessions out
+    /// at this rate, so that they do not all storm the other gateways at once (default 1000
+    /// sessions per second per shard).
+    pub drain_logouts_per_s: u32,
 }
 
 /// `gateway.idle`: what a shard does after a pass that found nothing to do.
@@ -113,6 +121,8 @@ impl Default for GatewaySection {
             io_batch: 64,
             reply_queue: 1024,
             snapshot_interval_ms: 1000,
+            admin_socket: String::new(),
+            drain_logouts_per_s: 1000,
         }
     }
 }
@@ -402,6 +412,9 @@ impl Config {
         }
         if self.gateway.reply_queue == 0 || self.observability.trace_queue == 0 {
             return bad("gateway.reply_queue and observability.trace_queue must be at least 1");
+        }
+        if self.gateway.drain_logouts_per_s == 0 {
+            return bad("gateway.drain_logouts_per_s must be at least 1");
         }
         if self.gateway.snapshot_interval_ms == 0 {
             return bad("gateway.snapshot_interval_ms must be at least 1");

@@ -6,9 +6,12 @@
 //! - [`metrics`]: `/metrics` (Prometheus text) and `/sessions` (JSON) from the view;
 //! - [`http`]: the HTTP endpoint serving them and `/healthz`;
 //! - [`traces`]: the per-device protocol trace files;
+//! - [`admin`]: the operator channel on a Unix socket (`fleetgate ctl`: sessions, show,
+//!   disconnect, drain, undrain, status);
 //! - [`Server`]: a gateway ([`crate::runtime::Gateway`]) with this side attached, as
 //!   `fleetgate serve`, `fleetgate demo` and the integration tests run it.
 
+pub mod admin;
 pub mod housekeeping;
 pub mod http;
 pub mod metrics;

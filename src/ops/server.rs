@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::admin;
 use super::housekeeping::{self, View};
 use super::http;
 use crate::config::Config;
@@ -25,6 +26,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     housekeeping: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -47,6 +49,12 @@ impl Server {
                 .map_err(|e| format!("cannot bind metrics {}: {e}", obs.metrics_addr))?;
             Some(l)
         };
+        let admin_path = PathBuf::from(&cfg.gateway.admin_socket);
+        let admin_listener = if cfg.gateway.admin_socket.is_empty() {
+            None
+        } else {
+            Some(admin::bind(&admin_path)?)
+        };
         let (gateway, published) = Gateway::start(cfg, auth, shutdown)?;
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -60,8 +68,25 @@ impl Server {
                 .spawn(move || housekeeping::run(published, view, log, trace_dir, stop, max))
                 .map_err(|e| e.to_string())?
         };
-        let mut server =
-            Self { gateway, metrics_addr: None, view, stop, housekeeping: Some(hk), http: None };
+        let mut server = Self {
+            gateway,
+            metrics_addr: None,
+            view,
+            stop,
+            housekeeping: Some(hk),
+            http: None,
+            admin: None,
+        };
+        if let (Some(l), Some(control)) = (admin_listener, server.gateway.take_control()) {
+            let a = admin::Admin::new(control, server.view.clone());
+            let stop = server.stop.clone();
+            tracing::info!(path = %admin_path.display(), "operator channel listening");
+            let h = std::thread::Builder::new()
+                .name("fleetgate-admin".into())
+                .spawn(move || admin::serve(l, admin_path, a, stop))
+                .map_err(|e| e.to_string())?;
+            server.admin = Some(h);
+        }
         if let Some(l) = listener {
             server.metrics_addr = l.local_addr().ok();
             let (view, stop) = (server.view.clone(), server.stop.clone());
@@ -100,13 +125,16 @@ impl Server {
         if let Some(h) = self.http.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.admin.take() {
+            let _ = h.join();
+        }
         totals
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.housekeeping.is_some() || self.http.is_some() {
+        if self.housekeeping.is_some() || self.http.is_some() || self.admin.is_some() {
             self.shutdown_flag().store(true, Ordering::Relaxed);
             let _ = self.wait();
         }

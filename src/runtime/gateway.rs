@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::io::{self, BackendConfig, BackendSpec};
 use crate::runtime::acceptor::{self, AcceptorSpec};
+use crate::runtime::control::{self, Control};
 use crate::runtime::report::{Published, ShardLink, Snapshot};
 use crate::runtime::shard::tap::TraceFilter;
 use crate::runtime::shard::{self, Publish, ShardSpec};
@@ -37,6 +38,9 @@ pub struct Gateway {
     shutdown: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
     acceptor: Option<JoinHandle<Counters>>,
+    /// Behind a mutex only so that a `Gateway` stays `Sync` (the queue ends are not); taken
+    /// once, off every hot path.
+    control: std::sync::Mutex<Option<Control>>,
 }
 
 /// What a stopped gateway counted.
@@ -147,6 +151,9 @@ impl Gateway {
         let obs = &cfg.observability;
         let filter = TraceFilter::new(&obs.trace_devices, &obs.trace_addrs)?;
         let mut trace_rx = Vec::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut control_wakes = Vec::new();
+        let mut shard_controls = Vec::new();
         for i in 0..shards {
             let port =
                 g.session_port_base.checked_add(i as u16).ok_or("session ports overflow u16")?;
@@ -155,6 +162,9 @@ impl Gateway {
             session_ports.push(port);
             let wake = io::eventfd().map_err(|e| format!("eventfd: {e}"))?;
             wakes.push(wake.try_clone().map_err(|e| format!("eventfd: {e}"))?);
+            control_wakes.push(wake.try_clone().map_err(|e| format!("eventfd: {e}"))?);
+            let (operator_ends, shard_control) = control::pair();
+            shard_controls.push(operator_ends);
             let backend = BackendSpec {
                 kind: selected.kind,
                 fallback: selected.fallback,
@@ -200,6 +210,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 core,
                 trace,
+                control: shard_control,
                 ready,
             };
             let h = std::thread::Builder::new()
@@ -235,6 +246,7 @@ impl Gateway {
             max_pending: cfg.tcp.max_pending_logons,
             max_message_bytes: cfg.tcp.max_message_bytes,
             report,
+            draining: draining.clone(),
         };
         let acceptor = std::thread::Builder::new()
             .name("fleetgate-acceptor".into())
@@ -250,10 +262,21 @@ impl Gateway {
             shutdown,
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),
+            control: std::sync::Mutex::new(Some(Control::new(
+                shard_controls,
+                control_wakes,
+                draining,
+            ))),
         };
         let published =
             Published { shards: links, traces: trace_rx, acceptor: acceptor_reports, clock };
         Ok((gateway, published))
+    }
+
+    /// The operator side of the command queues (drain, undrain, disconnect): taken once, by
+    /// the operator channel (`ops::admin`).
+    pub fn take_control(&self) -> Option<Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The flag that stops the gateway (for signal handlers).

@@ -5,10 +5,13 @@
 //! - [`shard`]: one pinned thread per core running an endpoint over an I/O backend, with its
 //!   protocol tap ([`shard::tap`]);
 //! - [`report`]: what the runtime publishes for the operator side to read;
+//! - [`control`]: operator commands (drain, undrain, disconnect) to the shards and the
+//!   acceptor, over SPSC queues and one flag;
 //! - [`gateway`]: start and stop of the whole data plane;
 //! - [`signals`]: SIGTERM and SIGINT to the shutdown flag.
 
 pub mod acceptor;
+pub mod control;
 pub mod gateway;
 pub mod handoff;
 pub mod report;

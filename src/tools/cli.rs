@@ -52,6 +52,56 @@ enum Command {
     Demo(DemoArgs),
     /// Summarize, compare and plot HdrHistogram interval logs (.hlog).
     Hist(HistArgs),
+    /// Operate a running gateway over its operator channel (`gateway.admin_socket`): list and
+    /// show sessions, disconnect one, drain for maintenance, undrain, status.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    /// The gateway's operator socket (`gateway.admin_socket`).
+    #[arg(long, default_value = "/run/fleetgate/admin.sock")]
+    socket: PathBuf,
+    /// Print the gateway's JSON answer as it is.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// The connections list, one page at a time (from the shards' latest snapshots).
+    Sessions {
+        /// First row (0-based): the `next` of the previous page.
+        #[arg(long, default_value_t = 0)]
+        from: usize,
+        /// Rows in this page (at most 1,000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One session, by deviceUid (UDP) or username (TCP).
+    Show {
+        /// deviceUid or username.
+        uid: String,
+    },
+    /// End one session: LoggedOut("disconnected by operator"), state released.
+    Disconnect {
+        /// deviceUid or username.
+        uid: String,
+    },
+    /// Refuse new sessions now (ConnectionReject DRAINING, TCP LoggedOut("draining")); log the
+    /// remaining ones out at the deadline with LoggedOut("gateway draining"), paced at
+    /// `gateway.drain_logouts_per_s` per shard, so that devices move to their next gateway.
+    Drain {
+        /// Seconds until the remaining sessions are logged out.
+        #[arg(long, default_value_t = 60)]
+        deadline: u64,
+    },
+    /// Accept new sessions again (and stop a drain's logouts).
+    Undrain,
+    /// Draining or not, the deadline, session counts by state, per shard.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +367,19 @@ pub fn main() -> ExitCode {
         Command::Load(a) => load(a),
         Command::Demo(a) => demo(a),
         Command::Hist(a) => hist(a),
+        Command::Ctl(a) => {
+            let request = match a.command {
+                CtlCommand::Sessions { from, limit } => {
+                    format!("sessions --from {from} --limit {limit}")
+                }
+                CtlCommand::Show { uid } => format!("show {uid}"),
+                CtlCommand::Disconnect { uid } => format!("disconnect {uid}"),
+                CtlCommand::Drain { deadline } => format!("drain --deadline {deadline}"),
+                CtlCommand::Undrain => "undrain".into(),
+                CtlCommand::Status => "status".into(),
+            };
+            crate::tools::ctl::run(&a.socket, &request, a.json)
+        }
     };
     match r {
         Ok(code) => code,

@@ -5,10 +5,12 @@
 //! - [`demo`]: `fleetgate demo`, a gateway and a fleet in one process;
 //! - [`hist`]: `fleetgate hist`, HdrHistogram interval logs shown, compared and plotted;
 //! - [`check`]: `fleetgate check`, host readiness;
+//! - [`ctl`]: `fleetgate ctl`, the operator channel's client;
 //! - [`passwd`]: `fleetgate passwd` and the credentials file on disk.
 
 pub mod check;
 pub mod cli;
+pub mod ctl;
 pub mod demo;
 pub mod hist;
 pub mod loadgen;

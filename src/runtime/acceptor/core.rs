@@ -62,6 +62,8 @@ pub struct Core {
     published: Timestamp,
     /// The counters.
     pub counters: Counters,
+    /// Set while an operator drain refuses new sessions.
+    draining: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -87,6 +89,7 @@ impl Core {
             tx: [0; 2048],
             published: Timestamp::ZERO,
             counters: Counters::default(),
+            draining: spec.draining,
         };
         (core, spec.udp, spec.tcp, spec.uring)
     }
@@ -102,18 +105,24 @@ impl Core {
             self.key = (now, cookie_keys(&self.master, now, self.cookie_rotate).current);
         }
         let (rate, burst) = (self.rate_per_s, self.burst);
-        let allowed = match self
-            .buckets
-            .entry(Source::of(from.ip()), now, || TokenBucket::full(now, burst))
-        {
-            Some(b) => b.take(now, rate, burst),
-            None => {
-                // Its set is full of empty buckets: it cannot be tracked, so it is limited.
-                self.counters.incr(Counter::ConnectionRequestsUntracked);
-                false
-            }
+        let draining = self.draining.load(Ordering::Relaxed);
+        let allowed = draining
+            || match self
+                .buckets
+                .entry(Source::of(from.ip()), now, || TokenBucket::full(now, burst))
+            {
+                Some(b) => b.take(now, rate, burst),
+                None => {
+                    // Its set is full of empty buckets: it cannot be tracked, so it is limited.
+                    self.counters.incr(Counter::ConnectionRequestsUntracked);
+                    false
+                }
+            };
+        let refuse = if draining {
+            Some(ConnectionRejectReason::Draining)
+        } else {
+            (!allowed).then_some(ConnectionRejectReason::RateLimited)
         };
-        let refuse = (!allowed).then_some(ConnectionRejectReason::RateLimited);
         let c = &mut self.counters;
         match answer_connection_request(
             &self.handshake,
@@ -129,10 +138,10 @@ impl Core {
                 Some(&self.tx[..len])
             }
             HandshakeOutcome::Rejected { len, reason } => {
-                c.incr(if reason == ConnectionRejectReason::RateLimited {
-                    Counter::ConnectionRequestsRateLimited
-                } else {
-                    Counter::ConnectionRequestsRejected
+                c.incr(match reason {
+                    ConnectionRejectReason::RateLimited => Counter::ConnectionRequestsRateLimited,
+                    ConnectionRejectReason::Draining => Counter::ConnectionRequestsDraining,
+                    _ => Counter::ConnectionRequestsRejected,
                 });
                 Some(&self.tx[..len])
             }
@@ -162,6 +171,11 @@ impl Core {
             }
         }
         match split_frame(bytes) {
+            Ok(_) if self.draining.load(Ordering::Relaxed) => {
+                // DESIGN.md §4: a new TCP logon while draining.
+                self.counters.incr(Counter::TcpDraining);
+                Step::Refuse("draining")
+            }
             Ok((frame, _)) => Step::HandOff(match Message::decode_frame(frame) {
                 Ok(Message { body: Body::LogonRequest { username, .. }, .. }) => {
                     shard_for(username.as_bytes(), self.handoffs.len())

@@ -76,6 +76,8 @@ pub struct AcceptorSpec {
     pub max_message_bytes: usize,
     /// Where the counters are published for /metrics (about every 200 ms).
     pub report: rtrb::Producer<AcceptorReport>,
+    /// Set while an operator drain refuses new sessions (`runtime::control`).
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Runs until shutdown on the chosen driver. Returns the counters.

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::io::{Backend, BackendSpec, IoEvent, SendError};
 use crate::protocol::{Body, Message};
+use crate::runtime::control::{Answer, COMMANDS_PER_PASS, Command, ShardControl};
 use crate::runtime::handoff::Handoff;
 use crate::runtime::report::Snapshot;
 use crate::session::handshake::{CookieKeys, cookie_keys};
@@ -62,6 +63,8 @@ pub struct ShardSpec {
     pub core: Option<core_affinity::CoreId>,
     /// Protocol trace: which devices, and the queue to the writer.
     pub trace: Option<(TraceFilter, rtrb::Producer<TraceRecord>)>,
+    /// Operator commands (drain, undrain, disconnect) and their answers.
+    pub control: ShardControl,
     /// Told once the backend is built (its name) or could not be (why).
     pub ready: std::sync::mpsc::SyncSender<Result<&'static str, String>>,
 }
@@ -94,6 +97,8 @@ pub struct Settings {
     pub cookie_rotate: Duration,
     /// Histogram upper bound (`observability.latency_ns_max`).
     pub latency_ns_max: u64,
+    /// Sessions logged out per second after a drain's deadline (`gateway.drain_logouts_per_s`).
+    pub drain_logouts_per_s: u32,
 }
 
 impl Settings {
@@ -108,6 +113,7 @@ impl Settings {
             snapshot_interval: Duration::from_millis(cfg.gateway.snapshot_interval_ms),
             cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
             latency_ns_max: cfg.observability.latency_ns_max,
+            drain_logouts_per_s: cfg.gateway.drain_logouts_per_s.max(1),
         }
     }
 }
@@ -134,6 +140,10 @@ pub struct Shard<B: Backend> {
     keys: CookieKeys,
     next_snapshot: Timestamp,
     drain_deadline: Option<Timestamp>,
+    /// An operator drain under way (its deadline and logouts).
+    operator_drain: Option<OperatorDrain>,
+    /// Operator commands, if connected.
+    control: Option<ShardControl>,
     finished: bool,
     /// Transmit buffer (64 KiB: the largest TCP write, `SessionConfig::max_tcp_write`).
     buf: Vec<u8>,
@@ -184,6 +194,8 @@ impl<B: Backend> Shard<B> {
             keys,
             next_snapshot: now + settings.snapshot_interval,
             drain_deadline: None,
+            operator_drain: None,
+            control: None,
             finished: false,
             buf: vec![0u8; 64 * 1024],
             frame: vec![0u8; settings.max_message_bytes.max(64)],
@@ -200,6 +212,82 @@ impl<B: Backend> Shard<B> {
     pub fn connect(&mut self, rx: rtrb::Consumer<Handoff>, publish: Publish) {
         self.handoffs = Some(rx);
         self.publish = Some(publish);
+    }
+
+    /// Takes operator commands from `control` and answers there (the runtime; see
+    /// [`crate::runtime::control`]).
+    pub fn set_control(&mut self, control: ShardControl) {
+        self.control = Some(control);
+    }
+
+    /// Applies one operator command at `now` (what the command queue delivers; public for
+    /// tests and the simulator).
+    pub fn command(&mut self, now: Timestamp, cmd: Command) -> Answer {
+        self.counters.incr(Counter::OperatorCommands);
+        match cmd {
+            Command::Drain { deadline } => {
+                self.endpoint.set_draining(true);
+                self.operator_drain =
+                    Some(OperatorDrain { deadline: now + deadline, logged_out: 0, walked: false });
+                tracing::info!(shard = self.index, ?deadline, "draining");
+                Answer::Done
+            }
+            Command::Undrain => {
+                self.endpoint.set_draining(false);
+                self.operator_drain = None;
+                tracing::info!(shard = self.index, "undrained");
+                Answer::Done
+            }
+            Command::Disconnect { key, len } => {
+                let key = &key[..usize::from(len).min(key.len())];
+                Answer::Disconnected(self.endpoint.disconnect(now, key))
+            }
+        }
+    }
+
+    /// Takes at most [`COMMANDS_PER_PASS`] operator commands and answers them.
+    fn take_commands(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        while n < COMMANDS_PER_PASS {
+            let Some(cmd) = self.control.as_mut().and_then(|c| c.commands.pop().ok()) else {
+                break;
+            };
+            n += 1;
+            let answer = self.command(now, cmd);
+            if let Some(c) = self.control.as_mut() {
+                // The queue holds as many answers as commands: never full for a prompt reader;
+                // a reader that gave up discards what is left before its next command.
+                let _ = c.answers.push(answer);
+            }
+        }
+        n
+    }
+
+    /// After a drain's deadline: logs out as many sessions as the pace allows by `now`
+    /// (`drain_logouts_per_s` from the deadline; at most 1,024 per pass).
+    fn drain_logouts(&mut self, now: Timestamp) -> usize {
+        let rate = u64::from(self.settings.drain_logouts_per_s);
+        let Some(d) = self.operator_drain.as_mut() else { return 0 };
+        if d.walked || now < d.deadline {
+            return 0;
+        }
+        let due = now.saturating_since(d.deadline).as_nanos() as u64 * rate / 1_000_000_000 + 1;
+        let budget = due.saturating_sub(d.logged_out).min(1024) as usize;
+        let (ended, walked) = self.endpoint.drain_logouts(now, budget);
+        d.logged_out += ended as u64;
+        d.walked = walked;
+        if walked {
+            tracing::info!(shard = self.index, sessions = d.logged_out, "drain deadline done");
+        }
+        ended + usize::from(walked)
+    }
+
+    /// When the operator drain next has something to do.
+    fn drain_due(&self) -> Option<Timestamp> {
+        let d = self.operator_drain.as_ref().filter(|d| !d.walked)?;
+        let rate = u64::from(self.settings.drain_logouts_per_s);
+        let next = Duration::from_nanos(d.logged_out.saturating_mul(1_000_000_000) / rate);
+        Some(d.deadline + next)
     }
 
     /// The endpoint (read-only: for tests and the simulator).
@@ -227,6 +315,7 @@ impl<B: Backend> Shard<B> {
     pub fn do_work(&mut self, now: Timestamp) -> usize {
         let started = Instant::now();
         let mut work = self.take_handoffs(now);
+        work += self.take_commands(now);
         // The input step waits as long as the idle strategy chose after the last pass (not at
         // all when there is work): one poll per pass, which is where the shard parks.
         let wait = if work > 0 { Duration::ZERO } else { self.wait };
@@ -240,6 +329,7 @@ impl<B: Backend> Shard<B> {
             _ => now,
         };
         work += self.run_timers(now);
+        work += self.drain_logouts(now);
         work += self.flush_output(now);
         if now >= self.next_snapshot {
             self.next_snapshot = now + self.settings.snapshot_interval;
@@ -289,6 +379,9 @@ impl<B: Backend> Shard<B> {
         }
         if let Some(&(_, deadline)) = self.lingering.front() {
             next = next.min(deadline);
+        }
+        if let Some(t) = self.drain_due() {
+            next = next.min(t);
         }
         if self.drain_deadline.is_some() {
             return Duration::ZERO;
@@ -492,6 +585,7 @@ impl<B: Backend> Shard<B> {
         let Ok(mut snap) = p.recycled.pop() else { return };
         self.counters.set(Counter::TraceDropped, self.tap.dropped);
         self.counters.set(Counter::TcpConnections, self.open as u64);
+        self.counters.set(Counter::Draining, u64::from(self.endpoint.is_operator_draining()));
         snap.shard = self.index;
         snap.backend = self.backend.name();
         snap.at = now;
@@ -524,6 +618,17 @@ impl<B: Backend> Shard<B> {
         }
         let _ = p.snapshots.push(snap);
     }
+}
+
+/// An operator drain on one shard: from its deadline, the remaining sessions are logged out at
+/// `gateway.drain_logouts_per_s`.
+#[derive(Clone, Copy, Debug)]
+struct OperatorDrain {
+    deadline: Timestamp,
+    /// Sessions logged out (or released) since the deadline.
+    logged_out: u64,
+    /// The walk over the slab is complete.
+    walked: bool,
 }
 
 /// A connection handed over, as [`Shard::adopt`] takes it.
@@ -655,6 +760,7 @@ pub fn run(spec: ShardSpec) -> Counters {
         shutdown,
         core,
         trace,
+        control,
         ready,
     } = spec;
     if let Some(core) = core {
@@ -688,6 +794,7 @@ pub fn run(spec: ShardSpec) -> Counters {
         Tap::new(index as u16, clock.wall_offset_ns(), trace),
     );
     shard.connect(handoffs, publish);
+    shard.set_control(control);
     let spin = Duration::from_micros(config.gateway.spin_us);
     shard.set_idle(IdleStrategy::new(config.gateway.idle, spin), clock);
     // Test-only fault injection, compiled in with the `sim` feature (the test builds) and never

@@ -1,0 +1,185 @@
+//! Several gateways (DESIGN.md §4) on real sockets on 127.0.0.1: the operator channel
+//! (`gateway.admin_socket`, `fleetgate ctl`) listing, showing and disconnecting sessions and
+//! draining a gateway; and a fleet with a server list over three gateway processes, one drained
+//! and one killed with SIGKILL, every device ending on a live gateway. Every wait is bounded.
+
+#[allow(dead_code)]
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use fleetgate::session::{DeviceState, EndReason};
+use serde_json::Value;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+macro_rules! backends {
+    ($($(#[$attr:meta])* $body:ident => $epoll:ident, $uring:ident;)*) => {$(
+        #[test]
+        $(#[$attr])*
+        fn $epoll() {
+            $body("epoll");
+        }
+
+        #[test]
+        $(#[$attr])*
+        fn $uring() {
+            if fleetgate::sim::uring_available(stringify!($uring)) {
+                $body("uring");
+            }
+        }
+    )*};
+}
+
+backends! {
+    operator_channel => epoll_operator_channel, uring_operator_channel;
+}
+
+fn ctl(path: &Path, request: &str) -> Value {
+    fleetgate::tools::ctl::call(path, request).unwrap_or_else(|e| panic!("{request}: {e}"))
+}
+
+/// Steps every device for `d` (they keep heartbeating and answering).
+fn step_all(udp: &mut [Udp], tcp: &mut [Tcp], d: Duration) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < d {
+        for u in udp.iter_mut() {
+            u.step();
+        }
+        for t in tcp.iter_mut() {
+            t.step();
+        }
+    }
+}
+
+/// One gateway with its operator channel: sessions paged, show, disconnect, drain (new
+/// sessions refused with the §4 answers, existing ones kept until the deadline, then
+/// LoggedOut("gateway draining")), the draining gauge, undrain.
+fn operator_channel(io: &str) {
+    let dir = TempDir::new(&format!("admin-{io}"));
+    let sock = dir.0.join("admin.sock");
+    let gw = start(
+        io,
+        &[
+            &format!("gateway.admin_socket=\"{}\"", sock.display()),
+            "gateway.snapshot_interval_ms=100",
+        ],
+    );
+    let meta = std::fs::symlink_metadata(&sock).expect("the socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "mode 0600");
+    let addr = gw.metrics_addr.expect("metrics enabled");
+
+    let mut udp: Vec<Udp> = (0..3).map(|i| Udp::new(&gw, &format!("ADM-{i}"))).collect();
+    for (i, u) in udp.iter_mut().enumerate() {
+        u.log_on(i as u64 + 1);
+    }
+    let mut tcp = vec![Tcp::new(&gw, "tcpuser")];
+    tcp[0].log_on();
+
+    // The connections list, a page at a time.
+    let mut total = 0;
+    until("4 sessions listed", 5 * SECOND, || {
+        step_all(&mut udp, &mut tcp, Duration::from_millis(20));
+        total = ctl(&sock, "sessions --limit 1000")["total"].as_u64().unwrap_or(0);
+        total == 4
+    });
+    let first = ctl(&sock, "sessions --limit 3");
+    assert_eq!(first["sessions"].as_array().unwrap().len(), 3, "{first}");
+    assert_eq!(first["next"], 3);
+    let last = ctl(&sock, "sessions --from 3 --limit 3");
+    assert_eq!(last["sessions"].as_array().unwrap().len(), 1, "{last}");
+    assert_eq!(last["next"], Value::Null);
+    let shown = ctl(&sock, "show ADM-1");
+    assert_eq!(shown["session"]["state"], "active", "{shown}");
+    assert_eq!(ctl(&sock, "show tcpuser")["session"]["username"], "tcpuser");
+    assert_eq!(ctl(&sock, "show NOBODY")["ok"], false);
+    assert_eq!(ctl(&sock, "frobnicate")["ok"], false);
+
+    // Disconnect one.
+    assert_eq!(ctl(&sock, "disconnect ADM-0")["disconnected"], true);
+    udp[0].run_until("LoggedOut", 3 * SECOND, |d| d.seen.ended.is_some());
+    assert_eq!(udp[0].seen.logged_out(), Some("disconnected by operator"));
+    assert_eq!(ctl(&sock, "disconnect ADM-0")["disconnected"], false, "already gone");
+    let status = ctl(&sock, "status");
+    assert_eq!(status["draining"], false, "{status}");
+
+    // Drain with a 2 s deadline: new sessions are refused at once...
+    let drained = ctl(&sock, "drain --deadline 2");
+    assert_eq!(drained["draining"], true, "{drained}");
+    let mut late = Udp::new(&gw, "ADM-LATE");
+    late.connect(77, true);
+    late.run_until("ConnectionReject", 3 * SECOND, |d| d.seen.ended.is_some());
+    assert_eq!(late.seen.ended.as_ref().map(|e| e.0), Some(EndReason::ConnectionRejected(3)));
+    let mut late_tcp = Tcp::new(&gw, "latetcp");
+    late_tcp.run_until("LoggedOut", 3 * SECOND, |d| d.seen.ended.is_some());
+    assert_eq!(late_tcp.seen.logged_out(), Some("draining"));
+    // ...the existing ones keep working until the deadline...
+    udp[1].echo(&bodies(0..3));
+    tcp[0].echo(&bodies(0..3));
+    let status = ctl(&sock, "status");
+    assert_eq!(status["draining"], true, "{status}");
+    assert!(status["deadline_in_s"].as_f64().unwrap() > 0.0, "{status}");
+    wait_metric(addr, "draining", 2, 3 * SECOND, || {});
+    // ...then get LoggedOut("gateway draining").
+    until("every session logged out", 6 * SECOND, || {
+        step_all(&mut udp[1..], &mut tcp, Duration::from_millis(20));
+        udp[1..].iter().all(|u| u.seen.ended.is_some()) && tcp[0].seen.ended.is_some()
+    });
+    for u in &udp[1..] {
+        assert_eq!(u.seen.logged_out(), Some("gateway draining"), "{:?}", u.seen.events);
+    }
+    assert_eq!(tcp[0].seen.logged_out(), Some("gateway draining"));
+    wait_metric(addr, "drain_logouts_total", 3, 3 * SECOND, || {});
+    // The acceptor counted both refusals (it publishes every 200 ms).
+    until("the acceptor's drain counters", 3 * SECOND, || {
+        let body = http_get(addr, "/metrics");
+        body.contains("fleetgate_connection_requests_total{outcome=\"draining\"} 1")
+            && body.contains("fleetgate_tcp_accepts_total{outcome=\"draining\"} 1")
+    });
+
+    // Undrain: new sessions are welcome again.
+    assert_eq!(ctl(&sock, "undrain")["draining"], false);
+    let mut back = Udp::new(&gw, "ADM-BACK");
+    back.log_on(99);
+    assert_eq!(back.dev.state(), DeviceState::Active);
+    drop(gw);
+    assert!(!sock.exists(), "the socket is removed at shutdown");
+}
+
+#[test]
+fn the_admin_socket_refuses_a_file_and_an_active_socket_and_replaces_a_stale_one() {
+    let dir = TempDir::new("admin-path");
+    let path = dir.0.join("admin.sock");
+    let set = format!("gateway.admin_socket=\"{}\"", path.display());
+    std::fs::write(&path, b"not a socket").unwrap();
+    let cfg = fleetgate::config::Config::load(
+        None,
+        &[
+            set.clone(),
+            "gateway.shards=1".into(),
+            "gateway.handshake_addr=\"127.0.0.1:0\"".into(),
+            "gateway.tcp_addr=\"127.0.0.1:0\"".into(),
+            "observability.metrics_addr=\"\"".into(),
+        ],
+    )
+    .unwrap();
+    let auth = std::sync::Arc::new(fleetgate::session::OpenLogon);
+    let err = fleetgate::ops::Server::start(&cfg, auth.clone()).err().expect("refused");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket", "left alone");
+    // A stale socket (its listener gone) is replaced.
+    std::fs::remove_file(&path).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let gw = start("epoll", &[&set]);
+    assert_eq!(ctl(&path, "status")["ok"], true);
+    // A socket some gateway answers on is not taken over.
+    let err = fleetgate::ops::Server::start(&cfg, auth).err().expect("refused");
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(ctl(&path, "status")["ok"], true, "the first one still answers");
+    drop(gw);
+}
