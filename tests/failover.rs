@@ -183,3 +183,116 @@ fn the_admin_socket_refuses_a_file_and_an_active_socket_and_replaces_a_stale_one
     assert_eq!(ctl(&path, "status")["ok"], true, "the first one still answers");
     drop(gw);
 }
+
+/// A `fleetgate serve` process (the real binary) on free loopback ports with its operator
+/// socket; killed (SIGKILL) when dropped.
+struct Serve {
+    child: std::process::Child,
+    handshake: u16,
+    tcp: u16,
+    admin: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, name: &str, io: &str, extra: &[&str]) -> Self {
+        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tcp =
+            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (handshake, tcp_port, session) = (udp(), tcp(), udp());
+        let admin = dir.join(format!("{name}.sock"));
+        let log = dir.join(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["serve", "--open-logon", "--shards", "1", "--io", io])
+            .args(["--handshake-addr", &format!("127.0.0.1:{handshake}")])
+            .args(["--tcp-addr", &format!("127.0.0.1:{tcp_port}")])
+            .args(["--session-port-base", &session.to_string()])
+            .args(["--metrics-addr", ""])
+            .args(["--set", &format!("gateway.admin_socket=\"{}\"", admin.display())])
+            .args(extra.iter().flat_map(|s| ["--set", s]))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn fleetgate serve");
+        let s = Self { child, handshake, tcp: tcp_port, admin, log };
+        until(&format!("gateway {name} up"), 10 * SECOND, || {
+            std::thread::sleep(Duration::from_millis(20));
+            fleetgate::tools::ctl::call(&s.admin, "status").is_ok()
+        });
+        s
+    }
+
+    fn active(&self) -> u64 {
+        ctl(&self.admin, "status")["sessions"]["active"].as_u64().unwrap_or(0)
+    }
+
+    fn server(&self) -> fleetgate::tools::loadgen::fleet::Server {
+        fleetgate::tools::loadgen::fleet::loopback(self.handshake, self.tcp)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// DESIGN.md §4 with three gateway processes and 300 devices (270 UDP, 30 TCP) carrying the
+/// list: gateway 1 is drained (1 s deadline) and gateway 2 killed with SIGKILL while the fleet
+/// is held. Every device ends logged on to gateway 0 with none lost, and the devices that first
+/// logged on to gateway 0 were never disturbed (no session end, no ResendRequest).
+#[test]
+fn a_fleet_with_a_server_list_survives_a_drain_and_a_sigkill() {
+    use fleetgate::tools::loadgen::{LoadConfig, Scenario};
+    let dir = TempDir::new("failover");
+    let extra = ["session.heartbeat_interval_s=2", "gateway.max_sessions_per_shard=512"];
+    let gws: Vec<Serve> =
+        (0..3).map(|i| Serve::start(&dir.0, &format!("gw{i}"), "auto", &extra)).collect();
+    let cfg = LoadConfig {
+        scenario: Scenario::Idle,
+        udp_devices: 270,
+        tcp_devices: 30,
+        rate: 0.0,
+        warmup: SECOND,
+        duration: 16 * SECOND,
+        sockets: 270,
+        source_ips: 30,
+        handshake_timeout: 2 * SECOND,
+        step_timeout: 20 * SECOND,
+        servers: gws.iter().map(Serve::server).collect(),
+        progress: false,
+        ..LoadConfig::default()
+    };
+    let load = std::thread::spawn(move || fleetgate::tools::loadgen::run(&cfg));
+    until("the fleet logged on", 20 * SECOND, || {
+        std::thread::sleep(Duration::from_millis(100));
+        gws.iter().map(Serve::active).sum::<u64>() == 300
+    });
+    let before: Vec<u64> = gws.iter().map(Serve::active).collect();
+    assert!(before.iter().all(|&n| n > 50), "the hash spreads the fleet: {before:?}");
+    let mut gws = gws;
+    assert_eq!(ctl(&gws[1].admin, "drain --deadline 1")["draining"], true);
+    std::thread::sleep(SECOND);
+    let _ = gws[2].child.kill();
+    let _ = gws[2].child.wait();
+    let report = load.join().expect("the generator").expect("the run");
+    let logs: Vec<String> =
+        gws.iter().map(|g| std::fs::read_to_string(&g.log).unwrap_or_default()).collect();
+    let f = report.fleet.clone().expect("a fleet report");
+    let why = format!("{}\n{:?}\ngateway logs: {logs:?}", report.table(), report.errors);
+    assert_eq!(report.error_count(), 0, "{why}");
+    assert!(!report.failed(), "{why}");
+    assert_eq!(f.at_end_by_gateway, [300, 0, 0], "{why}");
+    assert_eq!(f.first_by_gateway, before, "{why}");
+    assert_eq!(f.undisturbed_by_gateway[0], before[0], "gateway 0's devices untouched: {why}");
+    assert_eq!(f.sessions_ended_by_gateway[0], 0, "{why}");
+    // Gateway 1's devices moved on at its deadline; gateway 2's after SIGKILL.
+    assert!(f.moves.get("drain_deadline").copied().unwrap_or(0) >= before[1], "{why}");
+    assert!(f.back_ns.count >= before[1] + before[2], "{why}");
+    assert_eq!(gws[0].active(), 300, "{why}");
+    let status = ctl(&gws[1].admin, "status");
+    assert_eq!(status["draining"], true, "{status}");
+    assert_eq!(status["sessions"]["total"], 0, "{status}");
+}

@@ -251,6 +251,16 @@ struct LoadArgs {
     /// (devices not logged on by then are errors).
     #[arg(long)]
     time_limit: Option<f64>,
+    /// A server list (DESIGN.md §4), comma-separated or repeated: entries `HOST`,
+    /// `HOST:UDP_PORT` or `HOST:UDP_PORT/TCP_PORT` (default ports 3006 and 4210). Each device
+    /// starts at the entry FNV-1a-64(deviceUid) mod N (TCP clients: of the username), resumes
+    /// at the gateway holding its session, and moves to the next entry on host timeout,
+    /// SERVER_FULL, DRAINING, a refused TCP connection or LoggedOut("gateway draining"); a
+    /// session that ends comes back. The report adds moves by reason, the time back after a
+    /// session's end, and per gateway the devices never disturbed. Overrides --handshake and
+    /// --tcp.
+    #[arg(long, value_name = "LIST")]
+    servers: Vec<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -543,6 +553,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         logout_at_end: !a.no_logout,
         time_limit: a.time_limit.map(secs),
         device_event_bytes: a.device_event_bytes,
+        servers: crate::tools::loadgen::fleet::parse_servers(&a.servers)?,
         ..LoadConfig::default()
     };
     if a.device_messages.is_some() || a.device_slot_bytes.is_some() {

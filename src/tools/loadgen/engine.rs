@@ -27,7 +27,7 @@ use crate::protocol::{
 };
 use crate::rng::Rng;
 use crate::session::{Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason};
-use crate::session::{SendError, Transport};
+use crate::session::{MoveReason, SendError, Transport};
 use crate::time::{Clock, Timestamp};
 
 /// No device / no socket.
@@ -227,6 +227,8 @@ struct Engine<'a> {
     leaving: u64,
     forced: Option<ForcedState>,
     logged_out_reasons: BTreeMap<String, u64>,
+    /// With a server list: each device's place in it (empty without one).
+    fleet: Vec<super::fleet::FleetDev>,
 }
 
 /// The forced resume of one device (the demo's).
@@ -278,10 +280,14 @@ impl<'a> Engine<'a> {
             })
             .collect();
         let mut st = ThreadResult::new(steps);
+        if !cfg.servers.is_empty() {
+            st.fleet = Some(super::fleet::FleetResult::new(cfg.servers.len()));
+        }
         for (s, &(lo, hi)) in step_ranges.iter().enumerate() {
             st.steps[s].devices = (hi - lo) as u64;
         }
         let mut devs = Vec::with_capacity(globals.len());
+        let mut fleet = Vec::new();
         let mut tcp = Vec::new();
         let mut udp_ordinal = 0usize;
         for (k, &i) in globals.iter().enumerate() {
@@ -298,6 +304,12 @@ impl<'a> Engine<'a> {
             dc.buffer = profile.buffer;
             dc.event_bytes = profile.event_bytes;
             dc.handshake_timeout = cfg.handshake_timeout;
+            if !cfg.servers.is_empty() {
+                // DESIGN.md §4: the deviceUid picks the first entry; a TCP client has none
+                // and goes by its username.
+                let key = if udp { uid.as_bytes() } else { user.as_bytes() };
+                fleet.push(super::fleet::FleetDev::new(key, cfg.servers.len()));
+            }
             let mut dev = Device::new(dc);
             dev.set_wall_offset(clock.wall_offset_ns());
             dev.set_device_config(
@@ -398,6 +410,7 @@ impl<'a> Engine<'a> {
             leaving: 0,
             forced,
             logged_out_reasons: BTreeMap::new(),
+            fleet,
         })
     }
 
@@ -630,9 +643,14 @@ impl<'a> Engine<'a> {
             if d.flags & COUNTED != 0 || (cycles && d.flags & EVER_ON != 0) {
                 continue;
             }
-            let kind = ErrorKind::from_code(d.fail).unwrap_or(ErrorKind::NeverLoggedOn);
+            let kind = if !self.fleet.is_empty() && d.flags & EVER_ON != 0 {
+                ErrorKind::NeverBack
+            } else {
+                ErrorKind::from_code(d.fail).unwrap_or(ErrorKind::NeverLoggedOn)
+            };
             self.count_error(k as u32, kind);
         }
+        self.fleet_end_counts();
         let unanswered = self.st.sent.saturating_sub(self.st.received);
         match self.cfg.scenario {
             Scenario::Steady | Scenario::Resend => {
@@ -782,7 +800,7 @@ impl<'a> Engine<'a> {
         let src = source_ip(
             (self.thread as u32 + l as u32 * self.threads as u32) % self.cfg.source_ips.max(1),
         );
-        match connect_tcp(self.cfg.tcp, src) {
+        match connect_tcp(self.tcp_addr(k), src) {
             Ok((stream, connecting)) => {
                 let flags = epoll::EventFlags::IN | epoll::EventFlags::OUT;
                 let data = epoll::EventData::new_u64(TCP_TOKEN | l as u64);
@@ -798,6 +816,10 @@ impl<'a> Engine<'a> {
                 link.deframer.reset();
                 self.devs[k as usize].flags |= REGISTERED;
                 self.start_attempt(k, now);
+            }
+            Err(_) if !self.fleet.is_empty() => {
+                let why = self.fleet[k as usize].cursor.connect_refused();
+                self.fleet_moved(k, why, now);
             }
             Err(_) => {
                 let d = &mut self.devs[k as usize];
@@ -839,7 +861,11 @@ impl<'a> Engine<'a> {
         match a {
             Action::None => {}
             Action::Retry => {
-                let reset = self.cfg.scenario != Scenario::Resend;
+                let reset = match self.fleet.get(k as usize) {
+                    // Resume only at the gateway that holds the session.
+                    Some(f) => !f.cursor.can_resume(),
+                    None => self.cfg.scenario != Scenario::Resend,
+                };
                 self.begin_connect(k, now, reset);
             }
             Action::Cycle if state == DeviceState::Active => {
@@ -946,6 +972,7 @@ impl<'a> Engine<'a> {
 
     fn flush_udp_device(&mut self, k: u32, now: Timestamp) {
         let link = self.devs[k as usize].link;
+        let handshake = self.handshake_addr(k);
         if self.tx_sock != link {
             self.send_tx();
             self.tx_sock = link;
@@ -959,8 +986,8 @@ impl<'a> Engine<'a> {
             let d = &mut self.devs[k as usize];
             let Some(t) = d.dev.poll_transmit(now, slot) else { return };
             let to = match t.dest {
-                DeviceDest::Handshake => self.cfg.handshake,
-                DeviceDest::SessionPort(p) => SocketAddr::new(self.cfg.handshake.ip(), p),
+                DeviceDest::Handshake => handshake,
+                DeviceDest::SessionPort(p) => SocketAddr::new(handshake.ip(), p),
                 DeviceDest::Stream => return,
             };
             let payload = &slot[DATAGRAM_PREFIX_LEN.min(t.len)..t.len];
@@ -1166,8 +1193,13 @@ impl<'a> Engine<'a> {
                 self.close_tcp(l);
                 let d = &mut self.devs[k as usize];
                 d.dev.transport_lost();
-                d.fail = ErrorKind::TcpConnectFailed.code();
-                self.failed_attempt(k, ErrorKind::TcpConnectFailed, false, now);
+                if self.fleet.is_empty() {
+                    d.fail = ErrorKind::TcpConnectFailed.code();
+                    self.failed_attempt(k, ErrorKind::TcpConnectFailed, false, now);
+                } else {
+                    let why = self.fleet[k as usize].cursor.connect_refused();
+                    self.fleet_moved(k, why, now);
+                }
                 self.mark_dirty(k);
                 return;
             }
@@ -1321,6 +1353,23 @@ impl<'a> Engine<'a> {
     }
 
     fn on_logon(&mut self, k: u32, now: Timestamp) {
+        if let Some(f) = self.fleet.get_mut(k as usize) {
+            let fr = self.st.fleet.as_mut();
+            if let Some(fr) = fr {
+                if f.ended_at != Timestamp::ZERO {
+                    let back = now.saturating_since(f.ended_at).as_nanos().max(1) as u64;
+                    let _ = fr.back.record(back.min(LATENCY_MAX_NS));
+                    fr.resumed_at_holder += u64::from(f.cursor.can_resume());
+                }
+                let at = f.cursor.current();
+                if f.first == u16::MAX {
+                    f.first = at as u16;
+                    fr.first[at] += 1;
+                }
+            }
+            f.ended_at = Timestamp::ZERO;
+            f.cursor.logged_on();
+        }
         let d = &mut self.devs[k as usize];
         d.flags |= ON | EVER_ON;
         d.fail = 0;
@@ -1376,6 +1425,10 @@ impl<'a> Engine<'a> {
             let t = String::from_utf8_lossy(text).into_owned();
             *self.logged_out_reasons.entry(t).or_default() += 1;
         }
+        if !self.fleet.is_empty() && self.fleet_end(k, reason, text, was_on, now) {
+            return;
+        }
+        let d = &mut self.devs[k as usize];
         if was_on {
             self.count_error(k, ErrorKind::of_lost_session(reason));
             if cycles {
@@ -1459,6 +1512,92 @@ impl<'a> Engine<'a> {
         }
         self.st.errors.add(kind, 1);
         self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // ------------------------------------------------------------------------------------
+    // The server list (DESIGN.md §4; `super::fleet`).
+
+    /// Where `k` handshakes: its current entry, or the one gateway.
+    fn handshake_addr(&self, k: u32) -> SocketAddr {
+        match self.fleet.get(k as usize) {
+            Some(f) => self.cfg.servers[f.cursor.current()].handshake,
+            None => self.cfg.handshake,
+        }
+    }
+
+    /// Where `k` connects over TCP: its current entry, or the one gateway.
+    fn tcp_addr(&self, k: u32) -> SocketAddr {
+        match self.fleet.get(k as usize) {
+            Some(f) => self.cfg.servers[f.cursor.current()].tcp,
+            None => self.cfg.tcp,
+        }
+    }
+
+    /// A session or an attempt of `k` ended: moves along the list, or comes back to the
+    /// holder after losing a logged-on session. False: handle it as with one gateway.
+    fn fleet_end(
+        &mut self,
+        k: u32,
+        reason: EndReason,
+        text: &[u8],
+        was_on: bool,
+        now: Timestamp,
+    ) -> bool {
+        let f = &mut self.fleet[k as usize];
+        if was_on {
+            if let (Some(h), Some(fr)) = (f.cursor.holder(), self.st.fleet.as_mut()) {
+                fr.ended_at[h] += 1;
+            }
+            f.ends = f.ends.saturating_add(1);
+            f.ended_at = now;
+        }
+        if let Some(why) = f.cursor.on_end(reason, text) {
+            self.fleet_moved(k, why, now);
+            return true;
+        }
+        if was_on && matches!(reason, EndReason::Lost | EndReason::TransportClosed) {
+            // Resume at the gateway that holds the session (only it has its journal).
+            let pause = 100 + self.rng.below(400);
+            let d = &mut self.devs[k as usize];
+            d.fail = ErrorKind::NeverBack.code();
+            d.wake_at = now + Duration::from_millis(pause);
+            d.action = Action::Retry;
+            self.mark_dirty(k);
+            return true;
+        }
+        false
+    }
+
+    /// `k` moved to its next entry for `why`: counted, and it connects there after a pause (a
+    /// longer one once the whole list has been tried since its last logon).
+    fn fleet_moved(&mut self, k: u32, why: MoveReason, now: Timestamp) {
+        if let Some(fr) = self.st.fleet.as_mut() {
+            fr.moved(why);
+        }
+        let round = self.fleet[k as usize].cursor.moves_since_logon() >= self.cfg.servers.len();
+        let pause = if round { 1000 + self.rng.below(1000) } else { 50 + self.rng.below(250) };
+        let d = &mut self.devs[k as usize];
+        if d.flags & EVER_ON != 0 {
+            d.fail = ErrorKind::NeverBack.code();
+        }
+        d.wake_at = now + Duration::from_millis(pause);
+        d.action = Action::Retry;
+        self.mark_dirty(k);
+    }
+
+    /// The end of the run: where each device is, and who was never disturbed.
+    fn fleet_end_counts(&mut self) {
+        let Some(fr) = self.st.fleet.as_mut() else { return };
+        for (d, f) in self.devs.iter().zip(&self.fleet) {
+            if d.dev.state() != DeviceState::Active {
+                continue;
+            }
+            let at = f.cursor.current();
+            fr.at_end[at] += 1;
+            if usize::from(f.first) == at && f.ends == 0 && d.dev.stats().resend_requests == 0 {
+                fr.undisturbed[at] += 1;
+            }
+        }
     }
 
     fn finish(mut self) -> ThreadResult {

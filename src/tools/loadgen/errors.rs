@@ -45,6 +45,9 @@ pub enum ErrorKind {
     SessionLost,
     /// The TCP connection closed under a logged-on client.
     ConnectionClosed,
+    /// With a server list (`--servers`): logged on once, its session ended (its gateway was
+    /// drained, killed or went silent), and not logged on again anywhere by the end.
+    NeverBack,
     /// Never logged on by the end, with no other failure seen (still queued or connecting).
     NeverLoggedOn,
     /// Echo requests whose reply never came (after the drain at the end).
@@ -63,7 +66,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in report order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::HandshakeTimeout,
         Self::LogonTimeout,
         Self::ConnectionRejectedServerFull,
@@ -80,6 +83,7 @@ impl ErrorKind {
         Self::LoggedOutUnexpectedly,
         Self::SessionLost,
         Self::ConnectionClosed,
+        Self::NeverBack,
         Self::NeverLoggedOn,
         Self::LostReplies,
         Self::SendFailed,
@@ -108,6 +112,7 @@ impl ErrorKind {
             Self::LoggedOutUnexpectedly => "logged_out_unexpectedly",
             Self::SessionLost => "session_lost",
             Self::ConnectionClosed => "connection_closed",
+            Self::NeverBack => "never_back",
             Self::NeverLoggedOn => "never_logged_on",
             Self::LostReplies => "lost_replies",
             Self::SendFailed => "send_failed",

@@ -56,6 +56,7 @@ use crate::time::{Clock, Timestamp};
 pub mod check;
 mod engine;
 pub mod errors;
+pub mod fleet;
 mod raw;
 pub mod report;
 pub mod schedule;
@@ -167,6 +168,10 @@ pub struct LoadConfig {
     /// Stop the scenario after this long whatever its state, and report (default: the
     /// scenario's own bound, from its durations and `step_timeout`).
     pub time_limit: Option<Duration>,
+    /// A server list (DESIGN.md §4; [`fleet`]): each device starts at the entry its deviceUid
+    /// hashes to and moves along the list; a session that ends comes back. Empty: the one
+    /// gateway at `handshake` and `tcp`.
+    pub servers: Vec<fleet::Server>,
 }
 
 impl Default for LoadConfig {
@@ -202,6 +207,7 @@ impl Default for LoadConfig {
             gateway_pid: None,
             logout_at_end: true,
             time_limit: None,
+            servers: Vec::new(),
         }
     }
 }
@@ -382,6 +388,8 @@ pub(crate) struct ThreadResult {
     pub(crate) wire: WireCounts,
     pub(crate) active_at_end: u64,
     pub(crate) unanswered: u64,
+    /// With a server list.
+    pub(crate) fleet: Option<fleet::FleetResult>,
 }
 
 impl ThreadResult {
@@ -406,6 +414,7 @@ impl ThreadResult {
             wire: WireCounts::default(),
             active_at_end: 0,
             unanswered: 0,
+            fleet: None,
         }
     }
 }

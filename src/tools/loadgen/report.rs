@@ -77,6 +77,8 @@ pub struct Report {
     pub active_at_end: u64,
     /// Echo requests without a reply where that is by design (churn).
     pub unanswered: u64,
+    /// With a server list: moves, time back, per-gateway counts.
+    pub fleet: Option<super::fleet::FleetReport>,
 }
 
 /// One storm step.
@@ -266,6 +268,7 @@ impl Report {
             raw_echo: false,
             active_at_end: 0,
             unanswered: 0,
+            fleet: None,
         }
     }
 
@@ -283,7 +286,13 @@ impl Report {
         let steps = shared.steps.len();
         let mut step_parts: Vec<super::StepResult> =
             (0..steps).map(|_| super::StepResult::default()).collect();
+        let mut fleet: Option<super::fleet::FleetResult> = None;
         for p in parts {
+            if let Some(f) = &p.fleet {
+                fleet
+                    .get_or_insert_with(|| super::fleet::FleetResult::new(cfg.servers.len()))
+                    .merge(f);
+            }
             let _ = r.latency.add(&p.latency);
             let _ = r.handshake.add(&p.handshake);
             let _ = r.lateness.add(&p.lateness);
@@ -331,6 +340,7 @@ impl Report {
             r.error_counts.add(ErrorKind::FeedNotExactlyOnce, r.feed.missing + r.feed.duplicates);
         }
         r.errors = r.error_counts.by_name();
+        r.fleet = fleet.map(|f| super::fleet::FleetReport::of(&cfg.servers, &f));
         let secs = |t: Timestamp| t.as_nanos() as f64 / 1e9;
         r.steps = step_parts
             .into_iter()
@@ -523,6 +533,9 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+        }
+        if let Some(f) = &self.fleet {
+            s.push_str(&f.table());
         }
         if self.scenario == Scenario::Resend {
             let _ = writeln!(
@@ -751,6 +764,7 @@ impl Report {
             wire: &self.wire,
             generator: &self.generator,
             gateway: self.gateway.as_ref(),
+            fleet: self.fleet.as_ref(),
             failed: self.failed(),
         };
         // Plain data with string keys: serializing it cannot fail.
@@ -822,6 +836,7 @@ struct Summary<'a> {
     wire: &'a WireCounts,
     generator: &'a GeneratorReport,
     gateway: Option<&'a GatewayReport>,
+    fleet: Option<&'a super::fleet::FleetReport>,
     failed: bool,
 }
 
