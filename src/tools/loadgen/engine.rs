@@ -1360,6 +1360,8 @@ impl<'a> Engine<'a> {
                     let back = now.saturating_since(f.ended_at).as_nanos().max(1) as u64;
                     let _ = fr.back.record(back.min(LATENCY_MAX_NS));
                     fr.resumed_at_holder += u64::from(f.cursor.can_resume());
+                    let wall = (now.as_nanos() as i64).saturating_add(self.clock.wall_offset_ns());
+                    fr.last_back_unix_ns = fr.last_back_unix_ns.max(wall.max(0) as u64);
                 }
                 let at = f.cursor.current();
                 if f.first == u16::MAX {

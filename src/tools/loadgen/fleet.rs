@@ -111,6 +111,8 @@ pub(crate) struct FleetResult {
     pub(super) back: Histogram<u64>,
     /// Resumes at the holder after a lost session.
     pub(super) resumed_at_holder: u64,
+    /// The latest logon that followed a session's end (ns since the Unix epoch; 0: none).
+    pub(super) last_back_unix_ns: u64,
     /// Per entry: sessions that ended there while logged on.
     pub(super) ended_at: Vec<u64>,
     /// Per entry: devices logged on there at the end.
@@ -127,6 +129,7 @@ impl FleetResult {
             moves: [0; MoveReason::ALL.len()],
             back: hist(),
             resumed_at_holder: 0,
+            last_back_unix_ns: 0,
             ended_at: vec![0; n],
             at_end: vec![0; n],
             first: vec![0; n],
@@ -146,6 +149,7 @@ impl FleetResult {
         }
         let _ = self.back.add(&o.back);
         self.resumed_at_holder += o.resumed_at_holder;
+        self.last_back_unix_ns = self.last_back_unix_ns.max(o.last_back_unix_ns);
         for (a, b) in [
             (&mut self.ended_at, &o.ended_at),
             (&mut self.at_end, &o.at_end),
@@ -170,6 +174,9 @@ pub struct FleetReport {
     pub resumed_at_holder: u64,
     /// A session's end (LoggedOut, loss, closed connection) to the device's next logon (ns).
     pub back_ns: Latency,
+    /// When the last device came back: the latest logon that followed a session's end (s since
+    /// the Unix epoch; null: none), to compare with when a gateway was drained or killed.
+    pub last_back_unix_s: Option<f64>,
     /// Per entry: sessions that ended there while logged on.
     pub sessions_ended_by_gateway: Vec<u64>,
     /// Per entry: devices logged on there at the end.
@@ -193,6 +200,7 @@ impl FleetReport {
                 .collect(),
             resumed_at_holder: r.resumed_at_holder,
             back_ns: Latency::of(&r.back),
+            last_back_unix_s: (r.last_back_unix_ns > 0).then(|| r.last_back_unix_ns as f64 / 1e9),
             sessions_ended_by_gateway: r.ended_at.clone(),
             at_end_by_gateway: r.at_end.clone(),
             first_by_gateway: r.first.clone(),
