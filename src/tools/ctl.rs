@@ -74,14 +74,16 @@ pub fn render(v: &Value) -> String {
             out.push_str(&format!("drain deadline     {when}\n"));
         }
         out.push_str(&format!("shards             {}\n", v["shards"]));
-        for (k, n) in v["sessions"].as_object().into_iter().flatten() {
-            out.push_str(&format!("sessions {k:<10} {n}\n"));
-        }
+        let n = &v["sessions"];
+        out.push_str(&format!(
+            "sessions           {} (active {}, awaiting_config {}, awaiting_logon {}, logging_out {}, detached {})\n",
+            n["total"], n["active"], n["awaiting_config"], n["awaiting_logon"], n["logging_out"], n["detached"]
+        ));
         for s in v["per_shard"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "shard {}: draining={} active={} detached={} logging_out={} drain_logouts={}\n",
-                s["shard"],
-                s["draining"],
+                "{:<18} {}active {}, detached {}, logging_out {}, drain_logouts {}\n",
+                format!("shard {}", s["shard"]),
+                if s["draining"] == Value::Bool(true) { "draining, " } else { "" },
                 s["active"],
                 s["detached"],
                 s["logging_out"],
@@ -140,6 +142,17 @@ mod tests {
         assert!(text.starts_with("DEVICE_UID"), "{text}");
         assert!(text.contains("DEV-1") && text.contains("udp:127.0.0.1:4000"), "{text}");
         assert!(text.ends_with("2 of 3 sessions from 0; next page: sessions --from 2\n"), "{text}");
+        let status = serde_json::json!({"ok": true, "draining": true, "deadline_in_s": -1.5,
+            "shards": 1, "sessions": {"total": 3, "active": 2, "awaiting_config": 0,
+            "awaiting_logon": 0, "logging_out": 1, "detached": 0},
+            "per_shard": [{"shard": 0, "draining": true, "active": 2, "detached": 0,
+            "logging_out": 1, "drain_logouts": 7}]});
+        assert_eq!(
+            render(&status),
+            "draining           true\ndrain deadline     passed 1.5 s ago\nshards             1\n\
+             sessions           3 (active 2, awaiting_config 0, awaiting_logon 0, logging_out 1, detached 0)\n\
+             shard 0            draining, active 2, detached 0, logging_out 1, drain_logouts 7\n"
+        );
         let drained = serde_json::json!({"ok": true, "draining": true, "deadline_s": 30});
         // Keys in name order.
         assert_eq!(render(&drained), "deadline_s         30\ndraining           true\n");
