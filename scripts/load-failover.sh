@@ -16,11 +16,13 @@
 source "$(dirname "$0")/lib.sh"
 DEVICES="${DEVICES:-3000}" TCP="${TCP:-300}" IO="${IO:-auto}" HB="${HB:-5}"
 DEADLINE="${DEADLINE:-5}" HOLD="${HOLD:-60}" RATE="${DRAIN_RATE:-1000}"
+LOGON_RATE="${LOGON_RATE:-1000}"
 TOTAL=$(( DEVICES + TCP ))
 new_results failover
 {
     echo "fleet: $DEVICES UDP devices + $TCP TCP clients, server list of 3 gateways, io=$IO," \
-        "heartbeat $HB s, drain deadline $DEADLINE s, drain pace $RATE sessions/s, hold $HOLD s"
+        "heartbeat $HB s, logons at $LOGON_RATE/s, drain deadline $DEADLINE s, drain pace $RATE sessions/s," \
+        "hold $HOLD s"
     echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee -a "$OUT/placement.txt"
 
@@ -58,16 +60,18 @@ for i in 0 1 2; do
 done
 echo "servers: $SERVERS"
 
-# The fleet, held for HOLD s; one socket per UDP device so that no handshake waits for another's.
-timeout $(( HOLD + 120 )) taskset -c "$LOAD_CPUS" "$BIN" load idle --json --servers "$SERVERS" \
-    --devices "$DEVICES" --tcp-clients "$TCP" --rate 0 --warmup 2 --duration "$HOLD" \
-    --sockets "$DEVICES" --source-ips 100 >"$OUT/summary.json" &
+# The fleet logs on at LOGON_RATE per second (a storm is `scripts/load-storm.sh`'s business) and
+# is held for HOLD s; one socket per UDP device so that no handshake waits for another's.
+timeout $(( HOLD + 180 )) taskset -c "$LOAD_CPUS" "$BIN" load idle --json --servers "$SERVERS" \
+    --devices "$DEVICES" --tcp-clients "$TCP" --rate "$LOGON_RATE" --warmup 2 --duration "$HOLD" \
+    --step-timeout 60 --sockets "$DEVICES" --source-ips 100 >"$OUT/summary.json" &
 LOAD_PID=$!
 
-for _ in $(seq 1 600); do
+T0=$SECONDS
+while [ $(( SECONDS - T0 )) -lt 90 ]; do
     n=$(( $(active 0) + $(active 1) + $(active 2) ))
     [ "$n" -ge "$TOTAL" ] && break
-    sleep 0.1
+    sleep 0.2
 done
 echo "logged on: $(active 0) + $(active 1) + $(active 2) of $TOTAL" | tee "$OUT/events.txt"
 sleep 3
