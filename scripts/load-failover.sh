@@ -89,9 +89,9 @@ for t in 5 15 30; do
     echo "+${t}s after the kill: gateway 0 active $(active 0), gateway 1 active $(active 1)" | tee -a "$OUT/events.txt"
 done
 ctl 1 status | tee "$OUT/gw1-status.txt"
+ctl 0 sessions --limit 5 >"$OUT/gw0-sessions.txt" || true
 rc=0
 wait "$LOAD_PID" || rc=$?
-ctl 0 sessions --limit 5 >"$OUT/gw0-sessions.txt" || true
 
 python3 - "$OUT/summary.json" "$T_DRAIN" "$T_KILL" "$TOTAL" <<'EOF' | tee "$OUT/figures.txt"
 import json, sys
