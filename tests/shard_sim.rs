@@ -61,7 +61,13 @@ impl Dev {
 
 impl World {
     fn new() -> Self {
-        let mut cfg = Config::load(None, &[]).unwrap();
+        Self::with(&[])
+    }
+
+    /// With `--set` overrides.
+    fn with(set: &[&str]) -> Self {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let mut cfg = Config::load(None, &set).unwrap();
         cfg.gateway.max_sessions_per_shard = 16;
         cfg.tcp.max_connections_per_shard = 16;
         let now = Timestamp::ZERO + Duration::from_secs(1);
@@ -207,4 +213,49 @@ fn a_udp_and_a_tcp_device_log_on_and_echo_through_a_shard_in_virtual_time() {
     }
     assert!(matches!(udp.dev.state(), DeviceState::Ended(_)), "{:?}", udp.dev.state());
     assert!(matches!(tcp.dev.state(), DeviceState::Ended(_)), "{:?}", tcp.dev.state());
+}
+
+/// An operator drain (DESIGN.md §4) taken from the command queue: nothing happens to the
+/// sessions before the deadline, then they are logged out with "gateway draining" at
+/// `gateway.drain_logouts_per_s` (here 4 per second), and the shard wakes for both.
+#[test]
+fn a_drain_logs_sessions_out_from_its_deadline_at_the_configured_pace() {
+    use fleetgate::runtime::control::{Answer, Command};
+    let mut w = World::with(&["gateway.drain_logouts_per_s=4"]);
+    let mut devs: Vec<Dev> =
+        (0..10).map(|i| Dev::new(Transport::Udp, &format!("SIM-DRAIN-{i}"), 41_000 + i)).collect();
+    for (i, d) in devs.iter_mut().enumerate() {
+        d.dev.connect(w.now, i as u64 + 1, true);
+    }
+    let t0 = w.now;
+    while devs.iter().any(|d| d.dev.state() != DeviceState::Active) {
+        assert!(w.now.saturating_since(t0) < Duration::from_secs(5), "no logon in 5 s");
+        w.step(&mut devs.iter_mut().collect::<Vec<_>>());
+    }
+    let answer = w.shard.command(w.now, Command::Drain { deadline: Duration::from_secs(1) });
+    assert_eq!(answer, Answer::Done);
+    assert!(w.shard.until_deadline(w.now) <= Duration::from_secs(1), "wakes for the deadline");
+    let deadline = w.now + Duration::from_secs(1);
+    let mut ended_at = vec![None; devs.len()];
+    while ended_at.iter().any(Option::is_none) {
+        assert!(w.now.saturating_since(deadline) < Duration::from_secs(5), "{ended_at:?}");
+        w.step(&mut devs.iter_mut().collect::<Vec<_>>());
+        for (i, d) in devs.iter().enumerate() {
+            if ended_at[i].is_none() && matches!(d.dev.state(), DeviceState::Ended(_)) {
+                assert!(w.now >= deadline, "device {i} logged out before the deadline");
+                ended_at[i] = Some(w.now.saturating_since(deadline));
+            }
+        }
+    }
+    let mut after: Vec<Duration> = ended_at.into_iter().flatten().collect();
+    after.sort();
+    assert!(after[0] < Duration::from_millis(50), "the first at the deadline: {after:?}");
+    // Four per second: the k-th (from 0) no earlier than k / 4 s after the deadline.
+    for (k, t) in after.iter().enumerate() {
+        let earliest = Duration::from_millis(250 * k as u64);
+        assert!(*t + Duration::from_millis(2) >= earliest, "logout {k} at {t:?}: {after:?}");
+        assert!(*t <= earliest + Duration::from_millis(100), "logout {k} at {t:?}: {after:?}");
+    }
+    assert_eq!(w.shard.endpoint().session_count(), 0);
+    assert_eq!(w.shard.endpoint().counters().get(fleetgate::counters::Counter::DrainLogouts), 10);
 }
