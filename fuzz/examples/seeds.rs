@@ -329,17 +329,17 @@ fn device() -> Vec<(String, Vec<u8>)> {
     let gw = |prefix, frames| Op::Gateway { prefix, frames, tail: vec![] };
     let f = |seq, body| dv::Frame { seq, resend: false, ack: Ack::All, body };
     let hs = |body| f(Seq::Next, body);
+    let accept =
+        |cookie| hs(G::ConnectionAccept { right_nonce: true, nonce: 0, port: 5000, cookie });
+    let gap_fill = |ahead| dv::Frame {
+        seq: Seq::Next,
+        resend: true,
+        ack: Ack::All,
+        body: G::GapFill { ahead },
+    };
     let udp_active = vec![
         Op::Connect { nonce: 7, reset: true },
-        gw(
-            Prefix::Zero,
-            vec![hs(G::ConnectionAccept {
-                right_nonce: true,
-                nonce: 0,
-                port: 5000,
-                cookie: [1; 4],
-            })],
-        ),
+        gw(Prefix::Zero, vec![accept([1; 4])]),
         gw(Prefix::Zero, vec![hs(G::RegistrationAccept { id: 77, resumed: false })]),
         gw(Prefix::Session, vec![hs(G::GetDeviceConfig(1))]),
         gw(Prefix::Session, vec![f(Seq::Next, G::LogonResponse(5))]),
@@ -362,15 +362,7 @@ fn device() -> Vec<(String, Vec<u8>)> {
                         send(1),
                         gw(Prefix::Session, vec![app(101), f(Seq::Next, G::Heartbeat(0))]),
                         gw(Prefix::Session, vec![f(Seq::Delta(2), G::App { type_id: 3, len: 8 })]),
-                        gw(
-                            Prefix::Session,
-                            vec![dv::Frame {
-                                seq: Seq::Next,
-                                resend: true,
-                                ack: Ack::All,
-                                body: G::GapFill { ahead: 2 },
-                            }],
-                        ),
+                        gw(Prefix::Session, vec![gap_fill(2)]),
                         Op::Wait { ms: 6_000 },
                         Op::WaitForTimer,
                     ],
@@ -406,15 +398,7 @@ fn device() -> Vec<(String, Vec<u8>)> {
                     udp_active.clone(),
                     vec![send(1), Op::Connect { nonce: 8, reset: false }],
                     vec![
-                        gw(
-                            Prefix::Zero,
-                            vec![hs(G::ConnectionAccept {
-                                right_nonce: true,
-                                nonce: 0,
-                                port: 5000,
-                                cookie: [2; 4],
-                            })],
-                        ),
+                        gw(Prefix::Zero, vec![accept([2; 4])]),
                         gw(
                             Prefix::Zero,
                             vec![hs(G::RegistrationAccept { id: 78, resumed: false })],
@@ -461,15 +445,7 @@ fn device() -> Vec<(String, Vec<u8>)> {
                         Op::TransportLost,
                         Op::Connect { nonce: 2, reset: false },
                         gw(Prefix::Zero, vec![f(Seq::Delta(3), G::LogonResponse(5))]),
-                        gw(
-                            Prefix::Zero,
-                            vec![dv::Frame {
-                                seq: Seq::Next,
-                                resend: true,
-                                ack: Ack::All,
-                                body: G::GapFill { ahead: 3 },
-                            }],
-                        ),
+                        gw(Prefix::Zero, vec![gap_fill(3)]),
                     ],
                 ]
                 .concat(),
