@@ -2,7 +2,8 @@
 //! seed inputs can be written as values (`examples/seeds.rs`). Integers are little-endian,
 //! `bool` is one byte, `Option` a `bool` then the value, a `Vec` each element after a `1` byte
 //! and a `0` byte at the end, an enum the `u32` that selects its variant, then its fields.
-//! [`check`] parses the bytes back, so a change in `arbitrary`'s format is caught.
+//! [`check`] parses the bytes back, so a change in `arbitrary`'s format is caught. The input
+//! types are declared with `input!`, which writes their [`Emit`] impl from the same definition.
 
 use arbitrary::{Arbitrary, Unstructured};
 
