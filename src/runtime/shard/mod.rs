@@ -578,6 +578,7 @@ impl Input<'_> {
                 }
             }
             IoEvent::Wake => {}
+            IoEvent::TcpConnected { .. } | IoEvent::TcpConnectFailed { .. } => {}
         }
     }
 }
