@@ -533,6 +533,41 @@ impl Config {
         Ok(())
     }
 
+    /// Connection ids of a shard: its devices' TCP connections and, with `[[hosts]]`, its host
+    /// connections, which share the id space.
+    pub fn connection_ids_per_shard(&self) -> usize {
+        let hosts = if self.hosts.is_empty() { 0 } else { self.host_limits.max_sessions_per_shard };
+        self.tcp.max_connections_per_shard + hosts
+    }
+
+    /// The shard's host bridge limits.
+    pub fn bridge_limits(&self) -> crate::apps::host::BridgeLimits {
+        crate::apps::host::BridgeLimits {
+            max_hosts: self.host_limits.max_sessions_per_shard,
+            max_sessions: self.gateway.max_sessions_per_shard,
+            max_conn_ids: self.connection_ids_per_shard(),
+            read_bytes: self.host_limits.read_bytes,
+            to_host_bytes: self.host_limits.to_host_bytes,
+            max_chunk: crate::apps::host::BridgeLimits::chunk_for_slot(self.journal.slot_bytes),
+        }
+    }
+
+    /// The `[[hosts]]` entries as the shards use them.
+    pub fn host_specs(&self) -> Vec<crate::apps::HostSpec> {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        self.hosts
+            .iter()
+            .map(|h| crate::apps::HostSpec {
+                name: h.name.clone(),
+                addr: h.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                connect_timeout: Duration::from_millis(h.connect_timeout_ms),
+                keepalive: secs(h.keepalive_s),
+                idle_timeout: secs(h.inactivity_timeout_s),
+                idle_message: h.inactivity_message.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+
     /// The index of the `[[hosts]]` entry named `name`.
     pub fn host_index(&self, name: &str) -> Option<usize> {
         self.hosts.iter().position(|h| h.name == name)
@@ -613,7 +648,7 @@ impl Config {
         EndpointConfig {
             session: self.session_config(),
             max_sessions: self.gateway.max_sessions_per_shard,
-            max_connections: self.tcp.max_connections_per_shard,
+            max_connections: self.connection_ids_per_shard(),
             shard,
             reply_queue: self.gateway.reply_queue,
             session_burst: self.session.burst,

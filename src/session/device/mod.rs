@@ -210,6 +210,9 @@ pub struct Device {
     logon_sent: bool,
     reset_next_logon: bool,
     has_stream: bool,
+    /// Host output (DESIGN.md §1.6) arrived since the last sequenced message: acknowledge it
+    /// within [`HOST_ACK_DELAY`], so the gateway's window to the host reopens.
+    ack_owed: bool,
     heartbeat: Duration,
     // Outbound.
     next_out: i64,
@@ -231,6 +234,11 @@ pub struct Device {
 
 /// Places in the retransmit buffer kept for session messages.
 const SESSION_RESERVE: usize = 4;
+
+/// How soon a device acknowledges host output it received (with a Heartbeat when it has
+/// nothing else to send): the gateway reads a host only as far as the device has acknowledged
+/// a journal's worth (the `udp.ack_delay_ms` default, mirrored).
+pub(super) const HOST_ACK_DELAY: Duration = Duration::from_millis(20);
 
 impl Device {
     /// A device with its retransmit buffer allocated.
@@ -255,6 +263,7 @@ impl Device {
             logon_sent: false,
             reset_next_logon: true,
             has_stream: false,
+            ack_owed: false,
             heartbeat: cfg.heartbeat_default,
             next_out: 1,
             acked: 0,
@@ -442,6 +451,8 @@ impl Device {
         }
         let seq = self.next_out;
         let msg = self.msg(now, seq, 0, body);
+        // Its header acknowledges everything received so far.
+        self.ack_owed = false;
         let len = msg.encoded_len();
         if self
             .unacked
@@ -658,6 +669,12 @@ impl Device {
             }
             _ => {}
         }
+        if matches!(body, Body::App { type_id: crate::protocol::HOST_DATA_FROM_HOST, .. })
+            && !self.ack_owed
+        {
+            self.ack_owed = true;
+            self.timers.set(Timer::Heartbeat, now + HOST_ACK_DELAY);
+        }
         self.progress(now);
     }
 
@@ -820,7 +837,7 @@ impl Device {
             self.timers.set(Timer::ReplyWait, now + self.rto);
         }
         if self.timers.take_expired(Timer::Heartbeat, now) {
-            if now.saturating_since(self.last_sent) >= self.heartbeat
+            if (self.ack_owed || now.saturating_since(self.last_sent) >= self.heartbeat)
                 && self.live_ord == self.unacked.tail()
             {
                 self.push_sequenced(now, Body::Heartbeat { correlation_id: 0 });
