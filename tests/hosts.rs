@@ -45,6 +45,7 @@ backends! {
     silent_host_hits_the_inactivity_timeout => epoll_silent_host, uring_silent_host;
     device_logout_closes_the_host => epoll_device_logout_closes_host, uring_device_logout_closes_host;
     out_of_file_descriptors => epoll_out_of_file_descriptors, uring_out_of_file_descriptors;
+    load_host_streams_are_exact_across_roams => epoll_load_host, uring_load_host;
 }
 
 /// How the scripted host behaves on each connection.
@@ -58,6 +59,8 @@ enum Script {
     Flood(usize),
     /// Reads and never writes; reports what it read when the gateway closes.
     Silent,
+    /// Echoes every byte.
+    Echo,
 }
 
 /// A scripted host on an ephemeral port; what each connection read when it ended comes back on
@@ -117,6 +120,15 @@ fn serve(mut s: TcpStream, script: Script, ended: &mpsc::Sender<Vec<u8>>) {
             let mut got = Vec::new();
             let _ = s.read_to_end(&mut got);
             let _ = ended.send(got);
+        }
+        Script::Echo => {
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -385,6 +397,48 @@ fn out_of_file_descriptors(io: &str) {
     e.run_until("CONNECTED", 5 * SECOND, |d| {
         statuses(d).iter().any(|(s, _)| *s == HostState::Connected)
     });
+    let _ = gw.stop();
+}
+
+/// `fleetgate load host` (the generator's host scenario) over a real gateway and echo host:
+/// every keystroke echoed once and in order on both paths, every roam resumed its session, and
+/// a host that echoes nothing would fail it.
+fn load_host_streams_are_exact_across_roams(io: &str) {
+    use fleetgate::tools::loadhost::{HostLoadConfig, run};
+    let host = LineHost::start(Script::Echo);
+    let gw = gateway(io, host.addr, "", &[]);
+    let cfg = HostLoadConfig {
+        handshake: gw.gateway.handshake_addr,
+        host: host.addr,
+        serve_echo: false,
+        devices: 5,
+        rate: 500.0,
+        duration: 2 * SECOND,
+        roam_every: Duration::from_millis(300),
+        device_config: String::from_utf8(SEED_CONFIG.to_vec()).unwrap(),
+        uid_prefix: "LH".into(),
+        user: "user".into(),
+        password: "pw".into(),
+    };
+    let r = run(&cfg).unwrap();
+    assert!(!r.failed(), "{}", r.table());
+    assert_eq!((r.typed, r.echoed), (1000, 1000), "{}", r.table());
+    assert_eq!((r.typed_direct, r.echoed_direct), (1000, 1000));
+    assert!(r.roams >= 4 && r.resumed == r.roams, "{}", r.table());
+    assert_eq!(r.stream_errors, 0);
+    let _ = gw.stop();
+    // A host that answers nothing fails the run (the generator never hides a lost echo).
+    let mute = LineHost::start(Script::Silent);
+    let gw = gateway(io, mute.addr, "", &[]);
+    let cfg = HostLoadConfig {
+        handshake: gw.gateway.handshake_addr,
+        host: mute.addr,
+        duration: Duration::from_millis(300),
+        roam_every: Duration::ZERO,
+        ..cfg
+    };
+    let r = run(&cfg).unwrap();
+    assert!(r.failed() && r.echoed == 0 && r.typed > 0, "{}", r.table());
     let _ = gw.stop();
 }
 
