@@ -99,6 +99,8 @@ pub enum LocalClose {
     Drain,
     /// An operator disconnected the session (`fleetgate ctl disconnect`).
     Operator,
+    /// The session's host connection ended (closed, unreachable, inactive: DESIGN.md §1.6).
+    Host,
 }
 
 /// Which bounded queue overflowed.
@@ -131,6 +133,7 @@ impl CloseReason {
             Self::LocalClose(LocalClose::Shutdown) => "shutdown",
             Self::LocalClose(LocalClose::Drain) => "drained",
             Self::LocalClose(LocalClose::Operator) => "disconnected by operator",
+            Self::LocalClose(LocalClose::Host) => "host",
             Self::Backpressure(Overflow::OutputQueue) => "output overflow",
             Self::Backpressure(Overflow::SendQueue) => "send queue full",
         }

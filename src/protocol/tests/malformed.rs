@@ -396,3 +396,64 @@ fn encode_refuses_headers_the_decoder_refuses() {
     };
     assert!(m.encode(&mut buf).is_err(), "handshake message with sequenceNum 1");
 }
+
+// Host data (DESIGN.md §1.6).
+
+#[test]
+fn host_data_must_carry_a_byte() {
+    for t in [HOST_DATA_TO_HOST, HOST_DATA_FROM_HOST] {
+        let e = HostMessage::decode(t, b"").unwrap_err();
+        assert_eq!(e, DecodeError::LengthMismatch { type_id: t, declared: 32, expected: 33 });
+        assert_eq!(e.reject_reason(), RejectReason::InvalidLength);
+    }
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        HostMessage::ToHost(b"").encode_body(&mut buf),
+        Err(EncodeError::InvalidField(Field::HostData))
+    );
+}
+
+#[test]
+fn host_status_length_must_match_details() {
+    // Shorter than the fixed part.
+    for body in [&b""[..], &[1u8][..]] {
+        let e = HostMessage::decode(HOST_STATUS, body).unwrap_err();
+        assert!(matches!(e, DecodeError::LengthMismatch { expected: 34, .. }), "{e:?}");
+    }
+    // detailsLength 3, two bytes given; detailsLength 1, two bytes given.
+    let e = HostMessage::decode(HOST_STATUS, &[1, 3, b'a', b'b']).unwrap_err();
+    assert_eq!(e, DecodeError::LengthMismatch { type_id: 402, declared: 36, expected: 37 });
+    let e = HostMessage::decode(HOST_STATUS, &[1, 1, b'a', b'b']).unwrap_err();
+    assert_eq!(e, DecodeError::LengthMismatch { type_id: 402, declared: 36, expected: 35 });
+    assert_eq!(e.reject_reason(), RejectReason::InvalidLength);
+}
+
+#[test]
+fn host_status_state_outside_1_to_5() {
+    for s in [0u8, 6, 0x80, 0xff] {
+        let e = HostMessage::decode(HOST_STATUS, &[s, 0]).unwrap_err();
+        assert_eq!(e, DecodeError::InvalidFieldValue(Field::HostState));
+        assert_eq!(e.reject_reason(), RejectReason::InvalidFieldValue);
+    }
+}
+
+#[test]
+fn host_status_details_must_be_printable() {
+    for bad in [0x00u8, 0x1f, 0x7f, 0xff] {
+        let e = HostMessage::decode(HOST_STATUS, &[4, 2, b'a', bad]).unwrap_err();
+        assert_eq!(e, DecodeError::InvalidChars(Field::Details));
+    }
+    let mut buf = [0u8; 8];
+    let bad = HostMessage::Status { state: HostState::Unreachable, details: b"a\n" };
+    assert_eq!(bad.encode_body(&mut buf), Err(EncodeError::InvalidField(Field::Details)));
+    // StatusBuf cleans what it is given rather than refuse it.
+    assert_eq!(StatusBuf::new(HostState::Unreachable, b"a\nb").as_bytes(), b"\x04\x03a?b");
+    assert_eq!(StatusBuf::new(HostState::Connected, &[b'x'; 300]).as_bytes().len(), 257);
+}
+
+#[test]
+fn other_app_types_are_not_host_messages() {
+    for t in [100u16, 150, 300, 399, 403, u16::MAX] {
+        assert_eq!(HostMessage::decode(t, b"anything"), Ok(None));
+    }
+}
