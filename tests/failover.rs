@@ -107,9 +107,15 @@ fn operator_channel(io: &str) {
     let status = ctl(&sock, "status");
     assert_eq!(status["draining"], false, "{status}");
 
-    // Drain with a 2 s deadline: new sessions are refused at once...
-    let drained = ctl(&sock, "drain --deadline 2");
+    // Drain with a 4 s deadline: the existing sessions keep working until the deadline...
+    let drained = ctl(&sock, "drain --deadline 4");
     assert_eq!(drained["draining"], true, "{drained}");
+    udp[1].echo(&bodies(0..3));
+    tcp[0].echo(&bodies(0..3));
+    let status = ctl(&sock, "status");
+    assert_eq!(status["draining"], true, "{status}");
+    assert!(status["deadline_in_s"].as_f64().unwrap() > 0.0, "{status}");
+    // ...and new sessions are refused (before the deadline and after it).
     let mut late = Udp::new(&gw, "ADM-LATE");
     late.connect(77, true);
     late.run_until("ConnectionReject", 3 * SECOND, |d| d.seen.ended.is_some());
@@ -117,15 +123,9 @@ fn operator_channel(io: &str) {
     let mut late_tcp = Tcp::new(&gw, "latetcp");
     late_tcp.run_until("LoggedOut", 3 * SECOND, |d| d.seen.ended.is_some());
     assert_eq!(late_tcp.seen.logged_out(), Some("draining"));
-    // ...the existing ones keep working until the deadline...
-    udp[1].echo(&bodies(0..3));
-    tcp[0].echo(&bodies(0..3));
-    let status = ctl(&sock, "status");
-    assert_eq!(status["draining"], true, "{status}");
-    assert!(status["deadline_in_s"].as_f64().unwrap() > 0.0, "{status}");
     wait_metric(addr, "draining", 2, 3 * SECOND, || {});
     // ...then get LoggedOut("gateway draining").
-    until("every session logged out", 6 * SECOND, || {
+    until("every session logged out", 10 * SECOND, || {
         step_all(&mut udp[1..], &mut tcp, Duration::from_millis(20));
         udp[1..].iter().all(|u| u.seen.ended.is_some()) && tcp[0].seen.ended.is_some()
     });
