@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::io::{self, BackendConfig, BackendSpec};
 use crate::runtime::acceptor::{self, AcceptorSpec};
-use crate::runtime::report::{Published, ShardLink, Snapshot};
+use crate::runtime::report::{Published, SESSION_ROWS, ShardLink, Snapshot};
 use crate::runtime::shard::tap::TraceFilter;
 use crate::runtime::shard::{self, Publish, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
@@ -177,8 +177,10 @@ impl Gateway {
             let (snapshots, snap_rx) = rtrb::RingBuffer::new(4);
             let (mut recycle, recycled) = rtrb::RingBuffer::new(4);
             for _ in 0..2 {
-                let _ = recycle
-                    .push(Box::new(Snapshot::new(g.max_sessions_per_shard, obs.latency_ns_max)));
+                let _ = recycle.push(Box::new(Snapshot::new(
+                    g.max_sessions_per_shard.min(SESSION_ROWS),
+                    obs.latency_ns_max,
+                )));
             }
             links.push(ShardLink { snapshots: snap_rx, recycle });
             let core = if g.cpus.is_empty() {

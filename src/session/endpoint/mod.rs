@@ -9,9 +9,8 @@
 //! - [`app`]: application dispatch and device groups;
 //! - credentials and the failed-logon limiter are [`super::auth`]'s.
 
-use core::cmp::Reverse;
 use core::time::Duration;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::SessionConfig;
@@ -33,10 +32,12 @@ mod app;
 mod flow;
 mod index;
 mod slab;
+mod wheel;
 
 pub use app::{Application, GroupPolicy, GroupSettings, Outbox};
 use index::{Index, Key};
-use slab::Sessions;
+use slab::{NIL, Sessions};
+use wheel::Wheel;
 
 /// Where a session's output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +165,21 @@ pub struct SessionInfo {
     pub last_heard: Timestamp,
 }
 
+/// Sessions in use by state ([`Endpoint::state_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// UDP, waiting for DeviceConfig.
+    pub awaiting_config: u32,
+    /// Waiting for LogonRequest.
+    pub awaiting_logon: u32,
+    /// Logged on.
+    pub active: u32,
+    /// A LoggedOut queued.
+    pub logging_out: u32,
+    /// Kept for resume.
+    pub detached: u32,
+}
+
 /// A stateless reply (registration rejects, refused TCP logons, a displaced transport's
 /// LoggedOut), sent before any session output.
 struct Reply {
@@ -179,7 +195,8 @@ pub struct Endpoint {
     index: Index,
     /// The session of each TCP connection id.
     conns: Vec<Option<u32>>,
-    deadlines: BinaryHeap<Reverse<(Timestamp, u32)>>,
+    /// Each session's next deadline.
+    wheel: Wheel,
     replies: VecDeque<Reply>,
     /// Sessions parked for want of room on their connection (see [`flow`]).
     blocked: Vec<u32>,
@@ -221,7 +238,7 @@ impl Endpoint {
             sessions: Sessions::new(n, cfg.session),
             index: Index::new(n, id_key, cfg.shard),
             conns: vec![None; cfg.max_connections],
-            deadlines: BinaryHeap::with_capacity(4 * n + 16),
+            wheel: Wheel::new(n),
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
             events: VecDeque::with_capacity(4 * n + cfg.max_connections + 16),
@@ -237,7 +254,8 @@ impl Endpoint {
 
     /// Bytes the session slab reserves (journals included), for the start-up report.
     pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
-        cfg.max_sessions * (cfg.session.journal.bytes_per_session() + Sessions::SLOT_BYTES)
+        cfg.max_sessions
+            * (cfg.session.journal.bytes_per_session() + Sessions::SLOT_BYTES + Wheel::ENTRY_BYTES)
     }
 
     /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
@@ -260,10 +278,43 @@ impl Endpoint {
         self.sessions.in_use()
     }
 
-    /// The connections list.
+    /// The connections list: every session in use, walking the whole slab. For tests and
+    /// tools; the shard publishes [`Self::sessions_page`] instead.
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
-        self.sessions.slots.iter().enumerate().filter(|(_, s)| s.in_use).map(|(i, s)| SessionInfo {
-            handle: SessionHandle::new(i as u32, s.generation),
+        (0..self.sessions.slots.len() as u32).filter_map(|i| self.info(i))
+    }
+
+    /// One page of the connections list, bounded: the rows of the sessions in use among slots
+    /// `from..`, at most `max_rows` of them and at most `max_slots` slots looked at, pushed
+    /// onto `out` (within its capacity). Returns the slot to continue from (0 once past the
+    /// end). The shard publishes one page per snapshot, so the list costs the same per cycle
+    /// at any fleet size, and a full pass takes `max_sessions / max_slots` snapshots.
+    pub fn sessions_page(
+        &self,
+        from: u32,
+        max_rows: usize,
+        max_slots: usize,
+        out: &mut Vec<SessionInfo>,
+    ) -> u32 {
+        let n = self.sessions.slots.len() as u32;
+        let mut i = from.min(n);
+        let end = i.saturating_add(max_slots as u32).min(n);
+        let mut rows = 0;
+        while i < end && rows < max_rows && out.len() < out.capacity() {
+            if let Some(info) = self.info(i) {
+                out.push(info);
+                rows += 1;
+            }
+            i += 1;
+        }
+        if i >= n { 0 } else { i }
+    }
+
+    /// The row of slot `i`, if in use.
+    fn info(&self, i: u32) -> Option<SessionInfo> {
+        let s = &self.sessions.slots[i as usize];
+        s.in_use.then(|| SessionInfo {
+            handle: SessionHandle::new(i, s.generation),
             id: s.session.id(),
             device_uid: *s.session.device_uid(),
             username: *s.session.username(),
@@ -273,6 +324,23 @@ impl Endpoint {
             next_out: s.session.next_out(),
             last_heard: s.session.last_heard(),
         })
+    }
+
+    /// How many sessions in use are in each state, kept as they change (no walk).
+    pub fn state_counts(&self) -> StateCounts {
+        let g = self.sessions.gauges;
+        StateCounts {
+            awaiting_config: g[0],
+            awaiting_logon: g[1],
+            active: g[2],
+            logging_out: g[3],
+            detached: g[4],
+        }
+    }
+
+    /// Where a session's output goes.
+    pub fn link(&self, h: SessionHandle) -> Option<Link> {
+        self.sessions.get(h).map(|s| s.link)
     }
 
     /// The session behind a handle.
@@ -817,6 +885,7 @@ impl Endpoint {
         match slot.session.state() {
             State::Closed(reason) => {
                 self.unlink(index);
+                self.wheel.remove(index);
                 let handle = self.sessions.release(index);
                 self.index.remove(index);
                 self.events.push_back(EndpointEvent::Ended(handle, reason));
@@ -833,32 +902,18 @@ impl Endpoint {
             slot.pending = None;
             self.sessions.counters.incr(Counter::AttachesPendingDropped);
         }
-        let slot = &mut self.sessions.slots[index as usize];
-        if let Some(t) = slot.poll_timeout() {
-            if slot.scheduled.is_none_or(|s| t < s) {
-                slot.scheduled = Some(t);
-                if self.deadlines.len() == self.deadlines.capacity() {
-                    // Rebuild from the slots rather than grow: one entry per scheduled session,
-                    // this one included. (Keeping the entries that match their slot kept
-                    // duplicates: a slot released and reused at the same instant schedules the
-                    // same deadlines again, and the heap grew.)
-                    self.deadlines.clear();
-                    for (i, s) in self.sessions.slots.iter().enumerate() {
-                        if let (true, Some(t)) = (s.in_use, s.scheduled) {
-                            self.deadlines.push(Reverse((t, i as u32)));
-                        }
-                    }
-                } else {
-                    self.deadlines.push(Reverse((t, index)));
-                }
-            }
+        let slot = &self.sessions.slots[index as usize];
+        match slot.poll_timeout() {
+            Some(t) => self.wheel.insert(index, t),
+            None => self.wheel.remove(index),
         }
+        self.sessions.recount(index);
         self.sessions.mark_dirty(index);
     }
 
     /// The earliest deadline of any session or of the application.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let s = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        let s = self.wheel.next_deadline();
         let a = self.apps_poll_timeout();
         match (s, a) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -869,16 +924,11 @@ impl Endpoint {
     /// Fires every due session timer and the application's.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.apps_timeout(now);
-        while let Some(&Reverse((t, index))) = self.deadlines.peek() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop();
+        while let Some(index) = self.wheel.poll(now) {
             let slot = &mut self.sessions.slots[index as usize];
-            if !slot.in_use || slot.scheduled != Some(t) {
+            if !slot.in_use {
                 continue;
             }
-            slot.scheduled = None;
             slot.session.handle_timeout(now, &mut self.sessions.counters);
             if let Some((_, p)) = slot.pending.as_mut() {
                 p.handle_timeout(now, &mut self.sessions.counters);
@@ -892,26 +942,29 @@ impl Endpoint {
         self.events.pop_front()
     }
 
-    /// Stops accepting and logs every attached session out ("gateway shutting down").
+    /// Stops accepting and logs every attached session out ("gateway shutting down"). Walks
+    /// the sessions in use (the applications' lists), not the slab.
     pub fn shutdown(&mut self, now: Timestamp) {
         self.draining = true;
-        for index in 0..self.sessions.slots.len() as u32 {
-            let slot = &mut self.sessions.slots[index as usize];
-            if !slot.in_use {
-                continue;
+        for app in 0..self.apps.len() {
+            let mut index = self.sessions.app_head(app as u8);
+            while index != NIL {
+                let slot = &mut self.sessions.slots[index as usize];
+                let next = slot.app_next;
+                if let Some((_, p)) = slot.pending.as_mut() {
+                    p.refuse(b"gateway shutting down");
+                }
+                if slot.session.state().is_attached() {
+                    slot.session.close(
+                        now,
+                        CloseReason::LocalClose(LocalClose::Shutdown),
+                        b"gateway shutting down",
+                        &mut self.sessions.counters,
+                    );
+                }
+                self.settle(now, index);
+                index = next;
             }
-            if let Some((_, p)) = slot.pending.as_mut() {
-                p.refuse(b"gateway shutting down");
-            }
-            if slot.session.state().is_attached() {
-                slot.session.close(
-                    now,
-                    CloseReason::LocalClose(LocalClose::Shutdown),
-                    b"gateway shutting down",
-                    &mut self.sessions.counters,
-                );
-            }
-            self.settle(now, index);
         }
     }
 

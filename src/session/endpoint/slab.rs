@@ -12,6 +12,7 @@ use crate::ids::SessionHandle;
 use crate::session::SessionConfig;
 use crate::session::gateway::GatewaySession;
 use crate::session::pending::PendingAttach;
+use crate::session::state::State;
 use crate::time::Timestamp;
 
 /// One place of the slab: a session and what the endpoint keeps about it.
@@ -26,8 +27,11 @@ pub(super) struct Slot {
     pub(super) dirty: bool,
     /// Buffers produced in a row (pacing, `EndpointConfig::session_burst`).
     pub(super) burst: u32,
-    /// The deadline it is scheduled for in the endpoint's heap.
-    pub(super) scheduled: Option<Timestamp>,
+    /// The state gauge it is counted under (`Gauge::NONE` when not in use).
+    pub(super) gauge: u8,
+    /// Its neighbours in the list of its application's sessions (`NIL` at the ends).
+    pub(super) app_next: u32,
+    pub(super) app_prev: u32,
     /// Parked by `poll_transmit_within`: its TCP send queue had no room (see `flow.rs`).
     pub(super) blocked: bool,
     /// A slow reader: its next transmit is its LoggedOut, sent with `Transmit::last`.
@@ -59,6 +63,12 @@ pub(super) struct Sessions {
     /// Sessions that may have output, in the order they got it.
     pub(super) dirty: VecDeque<u32>,
     pub(super) counters: Counters,
+    /// Sessions in use by state (`gauge_of`), kept as they change: the `/metrics` gauges and
+    /// the drain check without a walk over the slab.
+    pub(super) gauges: [u32; GAUGES],
+    /// First session of each application's list (`NIL` if none): a broadcast walks only its
+    /// application's sessions.
+    app_heads: Vec<u32>,
 }
 
 impl Sessions {
@@ -72,7 +82,9 @@ impl Sessions {
                 link: Link::None,
                 dirty: false,
                 burst: 0,
-                scheduled: None,
+                gauge: GAUGE_NONE,
+                app_next: NIL,
+                app_prev: NIL,
                 blocked: false,
                 stalled: false,
                 pending: None,
@@ -83,6 +95,8 @@ impl Sessions {
             free: (0..n as u32).rev().collect(),
             dirty: VecDeque::with_capacity(n),
             counters: Counters::default(),
+            gauges: [0; GAUGES],
+            app_heads: vec![NIL; 256],
         }
     }
 
@@ -104,6 +118,8 @@ impl Sessions {
         slot.burst = 0;
         slot.pending = None;
         slot.session.open(id, wall_offset_ns);
+        self.link_app(index);
+        self.recount(index);
         Some(index)
     }
 
@@ -118,10 +134,72 @@ impl Sessions {
         }
         slot.link = Link::None;
         slot.in_use = false;
-        slot.scheduled = None;
         slot.generation = slot.generation.wrapping_add(1);
+        self.unlink_app(index);
+        self.recount(index);
         self.free.push(index);
         handle
+    }
+
+    /// Counts slot `index` under the gauge of its current state (none once released).
+    pub(super) fn recount(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        let g = if slot.in_use { gauge_of(slot.session.state()) } else { GAUGE_NONE };
+        if g != slot.gauge {
+            if let Some(n) = self.gauges.get_mut(usize::from(slot.gauge)) {
+                *n -= 1;
+            }
+            if let Some(n) = self.gauges.get_mut(usize::from(g)) {
+                *n += 1;
+            }
+            slot.gauge = g;
+        }
+    }
+
+    /// The first session of application `app`'s list.
+    pub(super) fn app_head(&self, app: u8) -> u32 {
+        self.app_heads[usize::from(app)]
+    }
+
+    /// Moves slot `index` to application `app`'s list.
+    pub(super) fn set_app(&mut self, index: u32, app: u8) {
+        self.unlink_app(index);
+        self.slots[index as usize].session.set_app(app);
+        self.link_app(index);
+    }
+
+    /// Enters slot `index` at the head of its application's list.
+    fn link_app(&mut self, index: u32) {
+        let app = usize::from(self.slots[index as usize].session.app());
+        let head = core::mem::replace(&mut self.app_heads[app], index);
+        if head != NIL {
+            self.slots[head as usize].app_prev = index;
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.app_next = head;
+        slot.app_prev = NIL;
+    }
+
+    /// Takes slot `index` out of its application's list.
+    fn unlink_app(&mut self, index: u32) {
+        let (next, prev) = {
+            let s = &self.slots[index as usize];
+            (s.app_next, s.app_prev)
+        };
+        if prev == NIL {
+            let app = usize::from(self.slots[index as usize].session.app());
+            if self.app_heads[app] == index {
+                self.app_heads[app] = next;
+            }
+        } else {
+            self.slots[prev as usize].app_next = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].app_prev = prev;
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.app_next = NIL;
+        slot.app_prev = NIL;
     }
 
     /// The current handle of slot `index`.
@@ -142,5 +220,24 @@ impl Sessions {
             slot.dirty = true;
             self.dirty.push_back(index);
         }
+    }
+}
+
+/// The state gauges: how many sessions in use are in each state.
+pub(super) const GAUGES: usize = 5;
+/// `Slot::gauge` of a slot not in use.
+const GAUGE_NONE: u8 = u8::MAX;
+/// End of an intrusive list.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// The gauge a state is counted under: the order of [`super::StateCounts`]' fields.
+fn gauge_of(s: State) -> u8 {
+    match s {
+        State::AwaitingConfig => 0,
+        State::AwaitingLogon => 1,
+        State::Active => 2,
+        State::LoggingOut(..) => 3,
+        State::Detached => 4,
+        State::Closed(_) => GAUGE_NONE,
     }
 }
