@@ -32,8 +32,10 @@ pub struct Gateway {
     pub session_ports: Vec<u16>,
     /// Backend chosen for the shards and why.
     pub backend: String,
-    /// Bytes reserved for session slabs and journals, all shards.
+    /// Bytes reserved for session slabs, journals and device config strings, all shards.
     pub reserved_bytes: usize,
+    /// Of those, the journals'.
+    pub journal_bytes: usize,
     shutdown: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
     acceptor: Option<JoinHandle<Counters>>,
@@ -243,12 +245,14 @@ impl Gateway {
             .spawn(move || acceptor::run(spec))
             .map_err(|e| e.to_string())?;
         let reserved_bytes = shards * Endpoint::reserved_bytes(&cfg.endpoint_config(0));
+        let journal_bytes = shards * Endpoint::journal_bytes(&cfg.endpoint_config(0));
         let gateway = Self {
             handshake_addr,
             tcp_addr,
             session_ports,
             backend: selected.why,
             reserved_bytes,
+            journal_bytes,
             shutdown,
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),

@@ -6,6 +6,7 @@ use core::time::Duration;
 
 use super::slab::{NIL, Sessions};
 use super::{Endpoint, EndpointEvent};
+use crate::counters::Counter;
 use crate::ids::SessionHandle;
 use crate::session::error::SendError;
 use crate::time::Timestamp;
@@ -150,11 +151,19 @@ impl Endpoint {
         }
     }
 
-    /// Slot `index` received its device config: apply its device group, if any.
-    pub(super) fn configured(&mut self, index: u32) {
+    /// Slot `index` received its device config: keep it, and apply its device group, if any
+    /// (from the string as it arrived, kept or not).
+    pub(super) fn configured(&mut self, index: u32, config: &[u8]) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let old = core::mem::replace(&mut slot.config, super::ConfigRef::NONE);
+        self.configs.remove(old);
+        match self.configs.insert(config) {
+            Some(kept) => self.sessions.slots[index as usize].config = kept,
+            None => self.sessions.counters.incr(Counter::DeviceConfigNotKept),
+        }
         if let Some(policy) = self.groups.as_ref() {
             let session = &mut self.sessions.slots[index as usize].session;
-            let g = policy(session.device_config());
+            let g = policy(config);
             session.apply_group(g.heartbeat, g.journal_depth);
             if let Some(app) = g.app.filter(|&a| usize::from(a) < self.apps.len()) {
                 self.sessions.set_app(index, app);

@@ -29,12 +29,14 @@ use crate::protocol::{
 use crate::time::Timestamp;
 
 mod app;
+mod configs;
 mod flow;
 mod index;
 mod slab;
 mod wheel;
 
 pub use app::{Application, GroupPolicy, GroupSettings, Outbox};
+use configs::{ConfigRef, Configs};
 use index::{Index, Key};
 use slab::{NIL, Sessions};
 use wheel::Wheel;
@@ -92,6 +94,14 @@ pub struct EndpointConfig {
     pub max_sessions: usize,
     /// TCP connection ids are below this (`tcp.max_connections_per_shard`, default 4096).
     pub max_connections: usize,
+    /// Newer UDP attaches held pending beside their session at once (DESIGN.md §2 rule 9; a
+    /// side table, 424 bytes a place; default 4096, at most `max_sessions`). When all are
+    /// taken a further one is dropped unanswered and counted; the device repeats its request.
+    pub max_pending_attaches: usize,
+    /// Bytes of device config strings kept per session on average, reserved for the shard
+    /// (`gateway.device_config_bytes`, default 128; the seed's example config is 116 bytes).
+    /// A string that finds no room is not kept, and counted.
+    pub device_config_bytes: usize,
     /// This shard's index (bound into cookies).
     pub shard: u16,
     /// Stateless replies waiting to be sent (`gateway.reply_queue`, default 1024).
@@ -131,6 +141,8 @@ impl Default for EndpointConfig {
             session: SessionConfig::default(),
             max_sessions: 4096,
             max_connections: 4096,
+            max_pending_attaches: 4096,
+            device_config_bytes: 128,
             shard: 0,
             reply_queue: 1024,
             session_burst: 8,
@@ -197,6 +209,8 @@ pub struct Endpoint {
     conns: Vec<Option<u32>>,
     /// Each session's next deadline.
     wheel: Wheel,
+    /// The device config strings.
+    configs: Configs,
     replies: VecDeque<Reply>,
     /// Sessions parked for want of room on their connection (see [`flow`]).
     blocked: Vec<u32>,
@@ -235,10 +249,11 @@ impl Endpoint {
         let n = cfg.max_sessions;
         Self {
             cfg,
-            sessions: Sessions::new(n, cfg.session),
+            sessions: Sessions::new(n, cfg.max_pending_attaches.min(n), cfg.session),
             index: Index::new(n, id_key, cfg.shard),
             conns: vec![None; cfg.max_connections],
             wheel: Wheel::new(n),
+            configs: Configs::new(n.saturating_mul(cfg.device_config_bytes)),
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
             events: VecDeque::with_capacity(4 * n + cfg.max_connections + 16),
@@ -254,9 +269,19 @@ impl Endpoint {
 
     /// Bytes the session slab reserves (journals included), for the start-up report.
     pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
-        cfg.max_sessions
-            * (cfg.session.journal.bytes_per_session() + Sessions::SLOT_BYTES + Wheel::ENTRY_BYTES)
+        Self::journal_bytes(cfg)
+            + cfg.max_sessions * Self::RECORD_BYTES
+            + cfg.max_sessions.saturating_mul(cfg.device_config_bytes)
     }
+
+    /// Bytes the journals reserve (data and per-slot metadata), for the start-up report.
+    pub fn journal_bytes(cfg: &EndpointConfig) -> usize {
+        cfg.max_sessions * cfg.session.journal.bytes_per_session()
+    }
+
+    /// Bytes of each session's record besides its journal: its slot in the slab (the session
+    /// and what the endpoint keeps about it) and its timer wheel entry.
+    pub const RECORD_BYTES: usize = Sessions::SLOT_BYTES + Wheel::ENTRY_BYTES;
 
     /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
     pub fn set_wall_offset(&mut self, ns: i64) {
@@ -338,6 +363,11 @@ impl Endpoint {
         }
     }
 
+    /// The device config string a session's device sent (empty if none, or not kept).
+    pub fn device_config(&self, h: SessionHandle) -> Option<&[u8]> {
+        self.sessions.get(h).map(|s| self.configs.get(s.config))
+    }
+
     /// Where a session's output goes.
     pub fn link(&self, h: SessionHandle) -> Option<Link> {
         self.sessions.get(h).map(|s| s.link)
@@ -382,9 +412,10 @@ impl Endpoint {
             c.incr(Counter::DropUnknownSession);
             return;
         };
+        let pending = self.sessions.pending(index).is_some_and(|(addr, _)| *addr == from);
         let slot = &self.sessions.slots[index as usize];
-        let pending = slot.pending.is_some_and(|(addr, _)| addr == from);
         let live = slot.link == Link::Udp(from) && slot.session.transport() == Transport::Udp;
+        let c = &mut self.sessions.counters;
         if !pending && !live {
             c.incr(Counter::DropWrongAddress);
             return;
@@ -517,19 +548,24 @@ impl Endpoint {
     /// GetDeviceConfig, and takes the session over only once it has logged on. A repeat (same
     /// nonce, same address) gets the same answer; any other newer attach replaces it.
     fn pend(&mut self, now: Timestamp, index: u32, from: SocketAddr, nonce: u64) {
-        let c = &mut self.sessions.counters;
-        let slot = &mut self.sessions.slots[index as usize];
-        match &mut slot.pending {
-            Some((addr, p)) if *addr == from && p.nonce() == nonce => {
+        let fresh = (from, PendingAttach::new(now, nonce, &self.cfg.session));
+        match self.sessions.pending_mut(index) {
+            (Some((addr, p)), c) if *addr == from && p.nonce() == nonce => {
                 c.incr(Counter::HandshakesRepeated);
                 p.repeat_registration();
             }
-            other => {
-                if other.is_some() {
-                    c.incr(Counter::AttachesPendingDropped);
-                }
+            (Some(other), c) => {
+                c.incr(Counter::AttachesPendingDropped);
                 c.incr(Counter::AttachesPending);
-                *other = Some((from, PendingAttach::new(now, nonce, &self.cfg.session)));
+                *other = fresh;
+            }
+            (None, _) => {
+                if !self.sessions.set_pending(index, fresh) {
+                    // The pool is full: dropped unanswered, the device repeats its request.
+                    self.sessions.counters.incr(Counter::AttachesPendingFull);
+                    return;
+                }
+                self.sessions.counters.incr(Counter::AttachesPending);
             }
         }
         self.settle(now, index);
@@ -544,9 +580,8 @@ impl Endpoint {
         msgs: &Decoded<'_>,
     ) {
         for msg in msgs.iter() {
-            let slot = &mut self.sessions.slots[index as usize];
-            let Some((_, p)) = slot.pending.as_mut() else { return };
-            if let Some(logon) = p.handle_message(now, msg, &mut self.sessions.counters) {
+            let (Some((_, p)), c) = self.sessions.pending_mut(index) else { return };
+            if let Some(logon) = p.handle_message(now, msg, c) {
                 self.pending_logon(now, index, from, logon);
                 return;
             }
@@ -567,28 +602,27 @@ impl Endpoint {
             Ok(()) => slot.session.logon_refusal(seq, reset).map(|(_, why)| why),
         };
         if let Some(why) = refused {
-            if let Some((_, p)) = slot.pending.as_mut() {
+            if let (Some((_, p)), _) = self.sessions.pending_mut(index) {
                 p.refuse(why);
             }
             return;
         }
         // Logged on: a logout of the older transport still queued completes first.
         self.finish_logout(now, index);
-        let slot = &mut self.sessions.slots[index as usize];
-        if !slot.in_use {
+        if !self.sessions.slots[index as usize].in_use {
             return; // that logout released the session (and dropped the attach)
         }
-        let Some((addr, p)) = slot.pending.take() else { return };
-        if slot.session.state().is_attached() {
+        let Some((addr, p)) = self.sessions.take_pending(index) else { return };
+        if self.sessions.slots[index as usize].session.state().is_attached() {
             self.displace(now, index);
         }
         let c = &mut self.sessions.counters;
         c.incr(Counter::HandshakesResumed);
         c.incr(Counter::SessionsResumed);
         let slot = &mut self.sessions.slots[index as usize];
-        slot.session.adopt_udp(now, p.nonce(), p.device_config());
+        slot.session.adopt_udp(now, p.nonce());
         slot.link = Link::Udp(addr);
-        self.configured(index);
+        self.configured(index, p.device_config());
         let default = self.cfg.session.heartbeat_interval;
         let slot = &mut self.sessions.slots[index as usize];
         let hb = slot.session.heartbeat_for_logon(default);
@@ -857,7 +891,7 @@ impl Endpoint {
                     .accept_logon(now, seq, username, reset, hb, c);
                 self.logged_on(now, index);
             }
-            Deliver::Config => self.configured(index),
+            Deliver::Config { config } => self.configured(index, config),
         }
     }
 
@@ -886,6 +920,9 @@ impl Endpoint {
             State::Closed(reason) => {
                 self.unlink(index);
                 self.wheel.remove(index);
+                let slot = &mut self.sessions.slots[index as usize];
+                let kept = core::mem::replace(&mut slot.config, ConfigRef::NONE);
+                self.configs.remove(kept);
                 let handle = self.sessions.release(index);
                 self.index.remove(index);
                 self.events.push_back(EndpointEvent::Ended(handle, reason));
@@ -897,13 +934,11 @@ impl Endpoint {
             }
             _ => {}
         }
-        let slot = &mut self.sessions.slots[index as usize];
-        if slot.pending.is_some_and(|(_, p)| p.is_done()) {
-            slot.pending = None;
+        if self.sessions.pending(index).is_some_and(|(_, p)| p.is_done()) {
+            self.sessions.take_pending(index);
             self.sessions.counters.incr(Counter::AttachesPendingDropped);
         }
-        let slot = &self.sessions.slots[index as usize];
-        match slot.poll_timeout() {
+        match self.sessions.poll_timeout(index) {
             Some(t) => self.wheel.insert(index, t),
             None => self.wheel.remove(index),
         }
@@ -930,8 +965,8 @@ impl Endpoint {
                 continue;
             }
             slot.session.handle_timeout(now, &mut self.sessions.counters);
-            if let Some((_, p)) = slot.pending.as_mut() {
-                p.handle_timeout(now, &mut self.sessions.counters);
+            if let (Some((_, p)), c) = self.sessions.pending_mut(index) {
+                p.handle_timeout(now, c);
             }
             self.settle(now, index);
         }
@@ -949,11 +984,11 @@ impl Endpoint {
         for app in 0..self.apps.len() {
             let mut index = self.sessions.app_head(app as u8);
             while index != NIL {
-                let slot = &mut self.sessions.slots[index as usize];
-                let next = slot.app_next;
-                if let Some((_, p)) = slot.pending.as_mut() {
+                if let (Some((_, p)), _) = self.sessions.pending_mut(index) {
                     p.refuse(b"gateway shutting down");
                 }
+                let slot = &mut self.sessions.slots[index as usize];
+                let next = slot.app_next;
                 if slot.session.state().is_attached() {
                     slot.session.close(
                         now,
