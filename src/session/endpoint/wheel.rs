@@ -266,15 +266,20 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Set(u8, u32),
+        /// Up to 400 s ahead (levels 2 and 3).
+        SetFar(u8, u32),
         Cancel(u8),
         Advance(u32),
+        AdvanceFar(u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0u8..16, 0u32..200_000).prop_map(|(i, d)| Op::Set(i, d)),
+            (0u8..16, 0u32..200_000).prop_map(|(i, d)| Op::SetFar(i, d)),
             (0u8..16).prop_map(Op::Cancel),
             (0u32..100_000).prop_map(Op::Advance),
+            (0u32..100_000).prop_map(Op::AdvanceFar),
         ]
     }
 
@@ -286,9 +291,14 @@ mod tests {
             let mut model = BTreeSet::new();
             let mut now = Timestamp::ZERO;
             for op in ops {
+                let (op, far) = match op {
+                    Op::SetFar(i, d) => (Op::Set(i, d), 2_000),
+                    Op::AdvanceFar(d) => (Op::Advance(d), 300),
+                    op => (op, 1),
+                };
                 match op {
                     Op::Set(i, d) => {
-                        let t = now + core::time::Duration::from_micros(u64::from(d) * 7);
+                        let t = now + core::time::Duration::from_micros(u64::from(d) * 7 * far);
                         if let Some(old) = at[usize::from(i)].take() {
                             model.remove(&(old, i));
                         }
@@ -296,6 +306,7 @@ mod tests {
                         at[usize::from(i)] = Some(t);
                         model.insert((t, i));
                     }
+                    Op::SetFar(..) | Op::AdvanceFar(_) => unreachable!(),
                     Op::Cancel(i) => {
                         if let Some(old) = at[usize::from(i)].take() {
                             model.remove(&(old, i));
@@ -303,7 +314,7 @@ mod tests {
                         w.remove(u32::from(i));
                     }
                     Op::Advance(d) => {
-                        now = now + core::time::Duration::from_micros(u64::from(d) * 13);
+                        now = now + core::time::Duration::from_micros(u64::from(d) * 13 * far);
                         let mut fired = BTreeSet::new();
                         while let Some(i) = w.poll(now) {
                             let t = at[i as usize].take().unwrap();
