@@ -13,6 +13,11 @@ NCPU=$(nproc)
 GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
 LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
 SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
+# Ports (override to run beside another gateway on the same host).
+GW_HANDSHAKE="${GW_HANDSHAKE:-127.0.0.1:3006}"
+GW_TCP="${GW_TCP:-127.0.0.1:4210}"
+GW_SESSION_PORT_BASE="${GW_SESSION_PORT_BASE:-5000}"
+GW_METRICS="${GW_METRICS:-127.0.0.1:9464}"
 
 # results/<timestamp>-<name>
 new_results() {
@@ -31,12 +36,13 @@ start_gateway() {
     local profile="$1"; shift
     PROFILE="$profile"
     taskset -c "$GATEWAY_CPUS" "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" \
-        --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
-        --metrics-addr 127.0.0.1:9464 --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
+        --handshake-addr "$GW_HANDSHAKE" --tcp-addr "$GW_TCP" \
+        --session-port-base "$GW_SESSION_PORT_BASE" --metrics-addr "$GW_METRICS" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
     GW_PID=$!
     trap stop_gateway EXIT
     for _ in $(seq 1 50); do
-        if curl -sf http://127.0.0.1:9464/healthz >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$GW_PID" 2>/dev/null; then break; fi
+        if curl -sf "http://$GW_METRICS/healthz" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
     echo "gateway did not come up; log:" >&2
@@ -46,7 +52,7 @@ start_gateway() {
 
 stop_gateway() {
     if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        curl -sf http://127.0.0.1:9464/metrics >"$OUT/metrics.txt" 2>/dev/null || true
+        curl -sf "http://$GW_METRICS/metrics" >"$OUT/metrics.txt" 2>/dev/null || true
         kill -TERM "$GW_PID"
         # SIGTERM logs every session out and exits within 2 s (a gateway with a large slab
         # takes longer: STOP_WAIT).
