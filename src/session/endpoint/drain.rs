@@ -91,13 +91,13 @@ impl Endpoint {
     /// Ends the session in slot `index` (LoggedOut `why` if attached, released if detached);
     /// false if the slot is free or its session already ending.
     fn end_session(&mut self, now: Timestamp, index: u32, why: LocalClose, text: &[u8]) -> bool {
-        let slot = &mut self.sessions.slots[index as usize];
-        if !slot.in_use {
+        if !self.sessions.slots[index as usize].in_use {
             return false;
         }
-        if let Some((_, p)) = slot.pending.as_mut() {
+        if let (Some((_, p)), _) = self.sessions.pending_mut(index) {
             p.refuse(text);
         }
+        let slot = &mut self.sessions.slots[index as usize];
         let state = slot.session.state();
         let reason = CloseReason::LocalClose(why);
         let ended = if state.is_attached() {
