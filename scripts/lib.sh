@@ -13,6 +13,11 @@ NCPU=$(nproc)
 GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
 LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
 SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
+# PORT_OFFSET moves every gateway port (3006, 4210, 5000.., 9464), for a run beside another
+# gateway on the defaults.
+PORT_OFFSET="${PORT_OFFSET:-0}"
+HS_ADDR="127.0.0.1:$(( 3006 + PORT_OFFSET ))" TCP_ADDR="127.0.0.1:$(( 4210 + PORT_OFFSET ))"
+METRICS_ADDR="127.0.0.1:$(( 9464 + PORT_OFFSET ))"
 
 # results/<timestamp>-<name>
 new_results() {
@@ -31,12 +36,12 @@ start_gateway() {
     local profile="$1"; shift
     PROFILE="$profile"
     taskset -c "$GATEWAY_CPUS" "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" \
-        --handshake-addr 127.0.0.1:3006 --tcp-addr 127.0.0.1:4210 --session-port-base 5000 \
-        --metrics-addr 127.0.0.1:9464 --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
+        --handshake-addr "$HS_ADDR" --tcp-addr "$TCP_ADDR" --session-port-base $(( 5000 + PORT_OFFSET )) \
+        --metrics-addr "$METRICS_ADDR" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
     GW_PID=$!
     trap stop_gateway EXIT
     for _ in $(seq 1 50); do
-        if curl -sf http://127.0.0.1:9464/healthz >/dev/null 2>&1; then return 0; fi
+        if curl -sf "http://$METRICS_ADDR/healthz" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
     echo "gateway did not come up; log:" >&2
@@ -46,7 +51,7 @@ start_gateway() {
 
 stop_gateway() {
     if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        curl -sf http://127.0.0.1:9464/metrics >"$OUT/metrics.txt" 2>/dev/null || true
+        curl -sf "http://$METRICS_ADDR/metrics" >"$OUT/metrics.txt" 2>/dev/null || true
         kill -TERM "$GW_PID"
         # SIGTERM logs every session out and exits within 2 s (a gateway with a large slab
         # takes longer: STOP_WAIT).
@@ -62,6 +67,7 @@ load() {
     local scenario="$1"; shift
     local rc=0
     timeout "${LOAD_TIMEOUT:-300}" taskset -c "$LOAD_CPUS" "$BIN" load "$scenario" --json \
+        --handshake "$HS_ADDR" --tcp "$TCP_ADDR" \
         --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
     echo "summary: $(cat "$OUT/summary.json")"
     return $rc

@@ -52,6 +52,59 @@ enum Command {
     Demo(DemoArgs),
     /// Summarize, compare and plot HdrHistogram interval logs (.hlog).
     Hist(HistArgs),
+    /// Floods and faults against a gateway process it starts, with canaries (scripts/chaos.sh).
+    #[command(hide = true)]
+    Chaos(ChaosArgs),
+    /// The chaos run's slowloris worker: holds idle TCP connections.
+    #[command(hide = true, name = "chaos-hold")]
+    ChaosHold(HoldArgs),
+}
+
+#[derive(Args, Debug)]
+struct ChaosArgs {
+    /// The gateway binary (default: this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// TOML profile for the gateway.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Results folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// A few seconds per case.
+    #[arg(long)]
+    short: bool,
+    /// First port (handshake; TCP +1, session port +2, HTTP +9).
+    #[arg(long, default_value_t = 23000)]
+    base_port: u16,
+    /// Only this case (repeatable).
+    #[arg(long)]
+    case: Vec<String>,
+    /// I/O backend: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Worst canary gap that passes (ms).
+    #[arg(long, default_value_t = 1000)]
+    max_gap_ms: u64,
+    /// Idle connections the slowloris case holds (0 = up to the gateway's open-files limit).
+    #[arg(long, default_value_t = 0)]
+    slowloris: usize,
+}
+
+#[derive(Args, Debug)]
+struct HoldArgs {
+    /// The gateway's TCP address.
+    #[arg(long)]
+    tcp: std::net::SocketAddr,
+    /// Connections to hold.
+    #[arg(long)]
+    conns: usize,
+    /// Seconds to hold them.
+    #[arg(long)]
+    seconds: f64,
+    /// Source addresses 127.<net>.x.y.
+    #[arg(long)]
+    net: u8,
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +370,10 @@ pub fn main() -> ExitCode {
         Command::Load(a) => load(a),
         Command::Demo(a) => demo(a),
         Command::Hist(a) => hist(a),
+        Command::Chaos(a) => chaos(a),
+        Command::ChaosHold(a) => {
+            crate::tools::chaos::hold(a.tcp, a.conns, a.seconds, a.net).map(|()| ExitCode::SUCCESS)
+        }
     };
     match r {
         Ok(code) => code,
@@ -325,6 +382,26 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn chaos(a: ChaosArgs) -> Result<ExitCode, String> {
+    let bin = match a.bin {
+        Some(b) => b,
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let opts = crate::tools::chaos::Options {
+        bin,
+        config: a.config,
+        out: a.out,
+        short: a.short,
+        base_port: a.base_port,
+        cases: a.case,
+        io: a.io,
+        max_gap_ms: a.max_gap_ms,
+        slowloris: a.slowloris,
+    };
+    let pass = crate::tools::chaos::run(opts)?;
+    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Logs go to stderr through `tracing`: `level` (or RUST_LOG, else `info`) filters them, and
