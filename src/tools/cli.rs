@@ -425,17 +425,21 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
 }
 
 /// The gateway's panic policy: a panic on any thread (a shard, the acceptor, housekeeping) is
-/// logged with the thread's name and aborts the process. A gateway with a dead shard would keep
-/// answering `/healthz` and handshakes for sessions it can no longer serve; aborting lets the
-/// supervisor (`Restart=on-failure` in tuning/fleetgate.service) start a whole one, and devices
-/// resume on it.
+/// logged with the thread's name, the message and its location, and aborts the process at once.
+/// A gateway with a dead shard would keep answering `/healthz` and handshakes for sessions it can
+/// no longer serve; aborting lets the supervisor (`Restart=on-failure` in
+/// tuning/fleetgate.service) start a whole one, and devices resume on it.
+///
+/// The standard hook is not called: with `RUST_BACKTRACE` set it symbolizes a backtrace before
+/// returning, which took over 5 s on a loaded 2-core host while the other shards kept serving
+/// (the flaky `a_panicking_shard_aborts_the_process` in tests/ops.rs). The backtrace is in the
+/// core dump (`coredumpctl debug fleetgate`).
 fn install_panic_policy() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
+    std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         tracing::error!(thread = name, "panic: {info}; aborting the process");
-        default(info);
+        eprintln!("thread '{name}' {info}; aborting the process");
         std::process::abort();
     }));
 }

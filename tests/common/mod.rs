@@ -319,6 +319,8 @@ pub(crate) struct Tcp {
     pub(crate) seen: Seen,
     /// The gateway closed the connection (read returned 0).
     pub(crate) closed: bool,
+    /// The read error that ended the connection, if it was not a clean end of stream.
+    pub(crate) error: Option<String>,
 }
 
 impl Tcp {
@@ -341,6 +343,7 @@ impl Tcp {
             deframer: Deframer::new(64 * 1024),
             seen: Seen::default(),
             closed: false,
+            error: None,
         }
     }
 
@@ -349,6 +352,7 @@ impl Tcp {
         self.stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
         self.deframer.reset();
         self.closed = false;
+        self.error = None;
         let now = self.clock.now();
         self.dev.connect(now, nonce, reset);
     }
@@ -379,7 +383,10 @@ impl Tcp {
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => self.closed = true,
+            Err(e) => {
+                self.closed = true;
+                self.error = Some(e.to_string());
+            }
         }
     }
 
