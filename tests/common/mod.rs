@@ -383,6 +383,10 @@ impl Tcp {
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // A read with a timeout is never restarted after a signal: not an end of stream.
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                eprintln!("note: a TCP read was interrupted (EINTR); retrying");
+            }
             Err(e) => {
                 self.closed = true;
                 self.error = Some(e.to_string());
@@ -396,9 +400,10 @@ impl Tcp {
         while !done(self) {
             assert!(
                 t0.elapsed() < limit,
-                "timed out waiting for {what}: state {:?}, closed {}, events {:?}",
+                "timed out waiting for {what}: state {:?}, closed {} (read error {:?}), events {:?}",
                 self.dev.state(),
                 self.closed,
+                self.error,
                 self.seen.events
             );
             self.step();

@@ -233,6 +233,19 @@ impl Dev {
         }
     }
 
+    /// Sends raw bytes from the device's own UDP socket (false for TCP or on error).
+    pub(crate) fn send_raw(&self, to: SocketAddr, bytes: &[u8]) -> bool {
+        match &self.link {
+            Link::Udp(s) => s.send_to(bytes, to).is_ok(),
+            Link::Tcp { .. } => false,
+        }
+    }
+
+    /// The sequence number of the device's next message.
+    pub(crate) fn next_out(&self) -> i64 {
+        self.dev.next_out()
+    }
+
     /// The session id (UDP), 0 before registration.
     pub(crate) fn session_id(&self) -> u64 {
         self.dev.session_id()

@@ -545,7 +545,7 @@ pub fn run(opts: Options) -> Result<bool, String> {
         ("slowpoke".into(), PW),
         ("resender".into(), PW),
     ];
-    for k in 1..=3 {
+    for k in 1..=4 {
         users.push((format!("victim{k}"), VICTIM_PW));
     }
     for k in 0..200 {
@@ -592,7 +592,7 @@ pub fn run(opts: Options) -> Result<bool, String> {
     }
 
     type CaseFn = fn(&mut Ctx, &mut CaseResult);
-    let cases: [(&'static str, &'static str, CaseFn); 15] = [
+    let cases: [(&'static str, &'static str, CaseFn); 18] = [
         ("baseline", "canaries echo undisturbed", case_baseline),
         (
             "handshake_fuzz",
@@ -610,6 +610,16 @@ pub fn run(opts: Options) -> Result<bool, String> {
             case_connreq_flood,
         ),
         ("forged_registration", "rule 2: a bad cookie allocates nothing", case_forged_registration),
+        (
+            "forged_attach",
+            "rule 9: a known deviceUid without credentials displaces nobody",
+            case_forged_attach,
+        ),
+        (
+            "datagram_rule12",
+            "rule 12: oversized or partly malformed datagrams dropped whole",
+            case_datagram_rule12,
+        ),
         (
             "slowloris",
             "rule 12: a prompt logon gets in within 1 s under idle connections",
@@ -629,6 +639,11 @@ pub fn run(opts: Options) -> Result<bool, String> {
             "brute_many",
             "rule 11: one username slowed across networks, its owner not locked out",
             case_brute_many,
+        ),
+        (
+            "brute_collision",
+            "rule 11: a refused address stays refused after 300 others fail",
+            case_brute_collision,
         ),
         (
             "slow_reader",
@@ -971,6 +986,112 @@ fn case_forged_registration(ctx: &mut Ctx, r: &mut CaseResult) {
     if registered > 0.0 {
         fail(r, format!("{registered} forged registrations accepted"));
     }
+}
+
+fn case_forged_attach(ctx: &mut Ctx, r: &mut CaseResult) {
+    // The UDP canary's deviceUid, from another address, with no credentials: the handshake and
+    // registration complete, and the attacker never logs on.
+    let sock = udp_from(attacker_ip(26, 1)).expect("bind");
+    let _ = sock.set_nonblocking(false);
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+    let nonce = u64::from(rand_u32());
+    let mut got = Vec::new();
+    let mut accept = None;
+    let mut buf = [0u8; 2048];
+    for _ in 0..6 {
+        let _ = sock.send_to(&connection_request("CANARY-UDP", nonce), ctx.target.handshake);
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Some(Body::ConnectionAccept { session_port, cookie, .. }) = first_body(&buf[..n])
+            {
+                accept = Some((session_port, cookie));
+                break;
+            }
+        }
+    }
+    let Some((port, cookie)) = accept else {
+        fail(r, "no ConnectionAccept for the forged attach");
+        return;
+    };
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let _ = sock.send_to(&registration_request("CANARY-UDP", nonce, cookie), to);
+    let t0 = Instant::now();
+    while t0.elapsed() < secs(ctx, 5.0, 3.0) {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Some(t) = first_body(&buf[..n]).and_then(|b| b.message_type()) {
+                got.push(format!("{t:?}"));
+            }
+        }
+    }
+    got.dedup();
+    r.requests = 2;
+    r.pass = true;
+    r.detail = format!("the attacker registered as CANARY-UDP and got {got:?}, never logging on");
+}
+
+/// The first message of a datagram from the gateway.
+fn first_body(dg: &[u8]) -> Option<Body<'_>> {
+    let d = crate::protocol::Datagram::parse(dg).ok()?;
+    let f = d.frames().next()?.ok()?;
+    Some(Message::decode_frame(f).ok()?.body)
+}
+
+fn case_datagram_rule12(ctx: &mut Ctx, r: &mut CaseResult) {
+    let clock = Clock::new();
+    let mut d = vec![Dev::udp(&clock, ctx.target, attacker_ip(25, 1), "RULE12", "fuzzer", PW)];
+    if !drive_until(&mut d, &clock, Duration::from_secs(10), |d| {
+        d[0].state() == DeviceState::Active
+    }) {
+        fail(r, "the device did not log on");
+        return;
+    }
+    let to = SocketAddr::from(([127, 0, 0, 1], ctx.session_port));
+    let (sid, seq) = (d[0].session_id(), d[0].next_out());
+    // A valid echo request with 8 bytes of garbage after it.
+    let mut tail = datagram(sid, &[encode(seq, Body::App { type_id: 150, body: b"rule12-a" })]);
+    tail.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]);
+    // 30 valid echo requests: 1,688 bytes, over udp.max_datagram (1,400).
+    let msgs: Vec<Vec<u8>> = (0..30)
+        .map(|k| encode(seq + k, Body::App { type_id: 150, body: &[k as u8; 24] }))
+        .collect();
+    let big = datagram(sid, &msgs);
+    let mut answered = Vec::new();
+    for (what, dg) in [("garbage after a valid message", &tail), ("1,688-byte datagram", &big)] {
+        let before = d[0].replies;
+        d[0].send_raw(to, dg);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1500) {
+            d[0].step(&clock);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        answered.push((what, d[0].replies - before));
+    }
+    r.requests = 2;
+    r.pass = answered.iter().all(|(_, n)| *n == 0);
+    r.detail = format!("echo replies to the datagrams that must be dropped whole: {answered:?}");
+}
+
+fn case_brute_collision(ctx: &mut Ctx, r: &mut CaseResult) {
+    let a = Ipv4Addr::new(127, 44, 0, 1);
+    let (checked, refused, _) = guesses(ctx, "victim4", &[a], 8);
+    // 300 other addresses, each in its own /24, fail once each (unknown usernames).
+    let others = if ctx.opts.short { 300 } else { 600 };
+    let mut failed = 0;
+    for i in 0..others {
+        let ip = Ipv4Addr::new(127, 45 + (i / 250) as u8, (i % 250) as u8, 1);
+        if one_logon(ctx.target.tcp, ip, &format!("nobody{i}"), "x").as_deref()
+            == Some("invalid credentials")
+        {
+            failed += 1;
+        }
+    }
+    // The refused address, now with the right password: still refused within the window.
+    let again = one_logon(ctx.target.tcp, a, "victim4", VICTIM_PW);
+    r.requests = (8 + others + 1) as u64;
+    r.pass = again.as_deref() == Some("too many failed logons");
+    r.detail = format!(
+        "8 guesses from A: {checked} checked, {refused} refused; then {failed} of {others} other \
+         addresses failed once; A with the right password: {again:?}"
+    );
 }
 
 fn case_slowloris(ctx: &mut Ctx, r: &mut CaseResult) {
