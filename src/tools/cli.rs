@@ -105,6 +105,9 @@ struct HoldArgs {
     /// Source addresses 127.<net>.x.y.
     #[arg(long)]
     net: u8,
+    /// Reopen every connection the gateway closes.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    reconnect: bool,
 }
 
 #[derive(Args, Debug)]
@@ -372,7 +375,8 @@ pub fn main() -> ExitCode {
         Command::Hist(a) => hist(a),
         Command::Chaos(a) => chaos(a),
         Command::ChaosHold(a) => {
-            crate::tools::chaos::hold(a.tcp, a.conns, a.seconds, a.net).map(|()| ExitCode::SUCCESS)
+            crate::tools::chaos::hold(a.tcp, a.conns, a.seconds, a.net, a.reconnect)
+                .map(|()| ExitCode::SUCCESS)
         }
     };
     match r {
