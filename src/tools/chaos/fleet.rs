@@ -42,7 +42,9 @@ pub(crate) fn tcp_from(ip: Ipv4Addr, to: SocketAddr, nonblocking: bool) -> std::
             Err(e) => return Err(e),
         }
     } else {
-        s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+        // Long enough for two SYN retransmissions (after 1 s and 3 s) when a connect storm
+        // fills the listen backlog.
+        s.connect_timeout(&to.into(), Duration::from_secs(4))?;
         s.set_nonblocking(true)?;
     }
     s.set_nodelay(true)?;
