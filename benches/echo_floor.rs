@@ -43,6 +43,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleetgate::io::floor::{
     CLOSED, Epoll, Mmsg, READABLE, UringUdpEcho, WRITABLE, set_timer_slack,
 };
+use fleetgate::tools::hist::{Interval, write_log};
 use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug)]
@@ -786,21 +787,16 @@ fn hist_json(h: &Histogram<u64>) -> String {
 }
 
 fn write_hlog(path: &std::path::Path, h: &Histogram<u64>, secs: f64) -> Result<(), String> {
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
     let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut ser = V2DeflateSerializer::new();
-    let now = std::time::SystemTime::now();
-    let mut w = IntervalLogWriterBuilder::new()
-        .add_comment("echo_floor client: latency from the intended send time, ns")
-        .with_start_time(now)
-        .with_base_time(now)
-        .with_max_value_divisor(1.0)
-        .begin_log_with(&mut f, &mut ser)
-        .map_err(|e| e.to_string())?;
-    w.write_histogram(h, Duration::ZERO, Duration::from_secs_f64(secs), Tag::new("floor"))
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(())
+    let interval = Interval {
+        tag: "floor",
+        start: Duration::ZERO,
+        len: Duration::from_secs_f64(secs),
+        hist: h,
+    };
+    let comment = "echo_floor client: latency from the intended send time, ns";
+    write_log(&mut f, comment, std::time::SystemTime::now(), [interval])
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn client_main(a: &ClientArgs) -> Result<String, String> {

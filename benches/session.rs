@@ -31,7 +31,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_main};
 use fleetgate::counters::Counter;
 use fleetgate::journal::JournalConfig;
 use fleetgate::protocol::{Body, DATAGRAM_PREFIX_LEN, offset};
@@ -50,12 +51,25 @@ fn name(transport: Transport) -> &'static str {
     }
 }
 
-fn round_trip(c: &mut Criterion) {
-    let mut g = c.benchmark_group("round_trip");
+/// The group `group` (one round trip per iteration), with `bench` run once per transport on a
+/// freshly logged-on pair.
+fn per_transport(
+    c: &mut Criterion,
+    group: &str,
+    mut bench: impl FnMut(&mut BenchmarkGroup<'_, WallTime>, Transport, Pair),
+) {
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
-    let body = [0x5au8; BODY];
     for transport in [Transport::Udp, Transport::Tcp] {
-        let mut pair = Pair::logged_on(transport, JournalConfig::default().messages_per_session);
+        let pair = Pair::logged_on(transport, JournalConfig::default().messages_per_session);
+        bench(&mut g, transport, pair);
+    }
+    g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let body = [0x5au8; BODY];
+    per_transport(c, "round_trip", |g, transport, mut pair| {
         for _ in 0..10_000 {
             pair.round_trip(STEP, &body);
         }
@@ -70,16 +84,12 @@ fn round_trip(c: &mut Criterion) {
         // Every round trip really delivered its echo.
         assert_eq!(pair.received() - received, rounds, "echoes delivered");
         assert_eq!(pair.dev().unacked(), 0);
-    }
-    g.finish();
+    });
 }
 
 fn gateway_only(c: &mut Criterion) {
-    let mut g = c.benchmark_group("gateway_only");
-    g.throughput(Throughput::Elements(1));
     let body = [0x5au8; BODY];
-    for transport in [Transport::Udp, Transport::Tcp] {
-        let mut pair = Pair::logged_on(transport, JournalConfig::default().messages_per_session);
+    per_transport(c, "gateway_only", |g, transport, mut pair| {
         // From here on the bench stands in for the device.
         let mut seq = pair.dev().next_out();
         let mut input = [0u8; 256];
@@ -104,8 +114,7 @@ fn gateway_only(c: &mut Criterion) {
         let echoed = pair.ep.counters().get(Counter::AppMessagesSent) - echoed;
         assert_eq!(echoed, rounds, "every message echoed");
         assert!(pair.discarded_bytes >= rounds * 96);
-    }
-    g.finish();
+    });
 }
 
 // `criterion_group!` expands to an undocumented `pub fn`; keep the allowance to that one item.

@@ -61,34 +61,23 @@ def why_missing(tool):
 # ------------------------------------------------------------------ parsers (latency in µs)
 
 
-def fg_latency(name):
-    j = load_json(f"{name}.json")
-    if not j or not j.get("latency_ns", {}).get("count"):
-        return None
-    l = j["latency_ns"]
-    return {
-        "p50": l["p50"] / 1e3,
-        "p90": l["p90"] / 1e3,
-        "p99": l["p99"] / 1e3,
-        "p99.9": l["p99_9"] / 1e3,
-        "p99.99": l["p99_99"] / 1e3,
-        "max": l["max"] / 1e3,
-    }
-
-
-def floor_latency(name, key="latency_ns"):
-    j = load_json(f"{name}.client.json")
+def json_latency(name, key="latency_ns"):
+    """The percentiles (µs) of the nanosecond summary `key` in a fleetgate JSON file."""
+    j = load_json(name)
     if not j or not j.get(key, {}).get("count"):
         return None
     l = j[key]
-    return {
-        "p50": l["p50"] / 1e3,
-        "p90": l["p90"] / 1e3,
-        "p99": l["p99"] / 1e3,
-        "p99.9": l["p99_9"] / 1e3,
-        "p99.99": l["p99_99"] / 1e3,
-        "max": l["max"] / 1e3,
-    }
+    fields = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99_9"),
+              ("p99.99", "p99_99"), ("max", "max")]
+    return {label: l[field] / 1e3 for label, field in fields}
+
+
+def fg_latency(name):
+    return json_latency(f"{name}.json")
+
+
+def floor_latency(name, key="latency_ns"):
+    return json_latency(f"{name}.client.json", key)
 
 
 def sockperf(name):

@@ -13,11 +13,12 @@ NCPU=$(nproc)
 GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
 LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
 SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
-# PORT_OFFSET moves every gateway port (3006, 4210, 5000.., 9464), for a run beside another
-# gateway on the defaults.
+# Ports (override to run beside another gateway on the same host; PORT_OFFSET moves all four).
 PORT_OFFSET="${PORT_OFFSET:-0}"
-HS_ADDR="127.0.0.1:$(( 3006 + PORT_OFFSET ))" TCP_ADDR="127.0.0.1:$(( 4210 + PORT_OFFSET ))"
-METRICS_ADDR="127.0.0.1:$(( 9464 + PORT_OFFSET ))"
+GW_HANDSHAKE="${GW_HANDSHAKE:-127.0.0.1:$(( 3006 + PORT_OFFSET ))}"
+GW_TCP="${GW_TCP:-127.0.0.1:$(( 4210 + PORT_OFFSET ))}"
+GW_SESSION_PORT_BASE="${GW_SESSION_PORT_BASE:-$(( 5000 + PORT_OFFSET ))}"
+GW_METRICS="${GW_METRICS:-127.0.0.1:$(( 9464 + PORT_OFFSET ))}"
 
 # results/<timestamp>-<name>
 new_results() {
@@ -36,12 +37,13 @@ start_gateway() {
     local profile="$1"; shift
     PROFILE="$profile"
     taskset -c "$GATEWAY_CPUS" "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" \
-        --handshake-addr "$HS_ADDR" --tcp-addr "$TCP_ADDR" --session-port-base $(( 5000 + PORT_OFFSET )) \
-        --metrics-addr "$METRICS_ADDR" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
+        --handshake-addr "$GW_HANDSHAKE" --tcp-addr "$GW_TCP" \
+        --session-port-base "$GW_SESSION_PORT_BASE" --metrics-addr "$GW_METRICS" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
     GW_PID=$!
     trap stop_gateway EXIT
     for _ in $(seq 1 50); do
-        if curl -sf "http://$METRICS_ADDR/healthz" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$GW_PID" 2>/dev/null; then break; fi
+        if curl -sf "http://$GW_METRICS/healthz" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
     echo "gateway did not come up; log:" >&2
@@ -51,7 +53,7 @@ start_gateway() {
 
 stop_gateway() {
     if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        curl -sf "http://$METRICS_ADDR/metrics" >"$OUT/metrics.txt" 2>/dev/null || true
+        curl -sf "http://$GW_METRICS/metrics" >"$OUT/metrics.txt" 2>/dev/null || true
         kill -TERM "$GW_PID"
         # SIGTERM logs every session out and exits within 2 s (a gateway with a large slab
         # takes longer: STOP_WAIT).
@@ -67,8 +69,7 @@ load() {
     local scenario="$1"; shift
     local rc=0
     timeout "${LOAD_TIMEOUT:-300}" taskset -c "$LOAD_CPUS" "$BIN" load "$scenario" --json \
-        --handshake "$HS_ADDR" --tcp "$TCP_ADDR" \
-        --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
+        --handshake "$GW_HANDSHAKE" --tcp "$GW_TCP" --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
     echo "summary: $(cat "$OUT/summary.json")"
     return $rc
 }

@@ -32,7 +32,7 @@ start_gateway tuning/default.toml --app feed --set gateway.feed_interval_ms=500 
 gen() {
     local name="$1" limit="$2" scenario="$3"; shift 3
     timeout "$limit" taskset -c "$LOAD_CPUS" "$BIN" load "$scenario" --json \
-        --handshake "$HS_ADDR" --tcp "$TCP_ADDR" "$@" \
+        --handshake "$GW_HANDSHAKE" --tcp "$GW_TCP" "$@" \
         >"$OUT/$name.json" 2>"$OUT/$name.err"
 }
 
@@ -43,7 +43,7 @@ sampler() {
         now=$(date +%s.%N)
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
         fds=$(ls "/proc/$GW_PID/fd" 2>/dev/null | wc -l)
-        read -r sessions active < <(curl -sf --max-time 2 http://$METRICS_ADDR/metrics 2>/dev/null \
+        read -r sessions active < <(curl -sf --max-time 2 http://$GW_METRICS/metrics 2>/dev/null \
             | awk '/^fleetgate_sessions\{/ {s += $2; if ($0 ~ /active/) a += $2} END {print s+0, a+0}')
         echo "$now,$rss,$fds,${sessions:-0},${active:-0},$(cut -d' ' -f1 /proc/loadavg)" \
             >>"$OUT/samples.csv"

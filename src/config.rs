@@ -34,6 +34,10 @@ pub struct Config {
     pub observability: ObservabilitySection,
     /// `[[groups]]`: device groups matched on device-config fields.
     pub groups: Vec<DeviceGroup>,
+    /// `[[hosts]]`: TCP hosts a device group may bridge its sessions to (DESIGN.md §1.6).
+    pub hosts: Vec<HostEntry>,
+    /// `[host_limits]`: what each shard reserves for host connections.
+    pub host_limits: HostLimits,
 }
 
 /// `[gateway]`.
@@ -353,6 +357,65 @@ pub struct DeviceGroup {
     pub journal_depth: Option<usize>,
     /// `app`: built-in application serving the group ("echo", "feed" or "none").
     pub app: Option<AppKind>,
+    /// `host`: the `[[hosts]]` entry (by name) the group's sessions are bridged to; exclusive
+    /// with `app`.
+    pub host: Option<String>,
+}
+
+/// `[[hosts]]`: a TCP host (DESIGN.md §1.6, §4). Each logged-on session of a group naming it
+/// gets its own connection, opened by its shard and kept through detach and resume.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostEntry {
+    /// `name`: what `[[groups]] host` refers to (required, unique; the `host` label on
+    /// `/metrics`).
+    pub name: String,
+    /// `addr`: the host's TCP address, "IP:port" (required).
+    pub addr: Option<SocketAddr>,
+    /// `connect_timeout_ms`: a connection not up by then is UNREACHABLE (default 5000 ms).
+    pub connect_timeout_ms: u64,
+    /// `keepalive_s`: TCP keepalive idle time on the host connection; 0 = off (default 60 s).
+    pub keepalive_s: u64,
+    /// `inactivity_timeout_s`: nothing crossed the connection for this long → IDLE_TIMEOUT,
+    /// then LoggedOut; 0 = never (default 0).
+    pub inactivity_timeout_s: u64,
+    /// `inactivity_message`: sent to the host before closing on inactivity (TOML escapes such
+    /// as "\r\n" allowed; default none).
+    pub inactivity_message: String,
+}
+
+impl Default for HostEntry {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            addr: None,
+            connect_timeout_ms: 5000,
+            keepalive_s: 60,
+            inactivity_timeout_s: 0,
+            inactivity_message: String::new(),
+        }
+    }
+}
+
+/// `[host_limits]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostLimits {
+    /// `max_sessions_per_shard`: host connections a shard holds at once (each one file
+    /// descriptor); a session beyond gets HostStatus(UNREACHABLE) (default 1024).
+    pub max_sessions_per_shard: usize,
+    /// `read_bytes`: most bytes read from a host at a time, and what each host connection
+    /// holds while its session cannot take more (default 4096 bytes).
+    pub read_bytes: usize,
+    /// `to_host_bytes`: device bytes a host connection holds while the host does not read;
+    /// one more ends the session with LoggedOut("host not reading") (default 16384 bytes).
+    pub to_host_bytes: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self { max_sessions_per_shard: 1024, read_bytes: 4096, to_host_bytes: 16384 }
+    }
 }
 
 /// A configuration problem, for the operator.
@@ -429,7 +492,85 @@ impl Config {
         if self.tcp.send_queue_bytes < 4096 {
             return bad("tcp.send_queue_bytes must be at least 4096");
         }
+        self.validate_hosts()?;
         self.session_config().validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    fn validate_hosts(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.name.is_empty() {
+                return bad(format!("hosts[{i}].name is required"));
+            }
+            if self.hosts[..i].iter().any(|o| o.name == h.name) {
+                return bad(format!("hosts: the name {:?} is used twice", h.name));
+            }
+            if h.addr.is_none() {
+                return bad(format!("hosts {:?}: addr is required (\"IP:port\")", h.name));
+            }
+            if h.connect_timeout_ms == 0 {
+                return bad(format!("hosts {:?}: connect_timeout_ms must be at least 1", h.name));
+            }
+        }
+        if self.hosts.len() > 128 {
+            return bad("at most 128 [[hosts]] entries".into());
+        }
+        for g in &self.groups {
+            let Some(name) = g.host.as_ref() else { continue };
+            if g.app.is_some() {
+                return bad(format!("groups {:?}: set app or host, not both", g.name));
+            }
+            if !self.hosts.iter().any(|h| &h.name == name) {
+                return bad(format!("groups {:?}: no [[hosts]] entry named {name:?}", g.name));
+            }
+        }
+        let l = &self.host_limits;
+        if l.read_bytes < 64 || l.to_host_bytes < 64 {
+            return bad(
+                "host_limits.read_bytes and host_limits.to_host_bytes must be at least 64".into()
+            );
+        }
+        Ok(())
+    }
+
+    /// Connection ids of a shard: its devices' TCP connections and, with `[[hosts]]`, its host
+    /// connections, which share the id space.
+    pub fn connection_ids_per_shard(&self) -> usize {
+        let hosts = if self.hosts.is_empty() { 0 } else { self.host_limits.max_sessions_per_shard };
+        self.tcp.max_connections_per_shard + hosts
+    }
+
+    /// The shard's host bridge limits.
+    pub fn bridge_limits(&self) -> crate::apps::host::BridgeLimits {
+        crate::apps::host::BridgeLimits {
+            max_hosts: self.host_limits.max_sessions_per_shard,
+            max_sessions: self.gateway.max_sessions_per_shard,
+            max_conn_ids: self.connection_ids_per_shard(),
+            read_bytes: self.host_limits.read_bytes,
+            to_host_bytes: self.host_limits.to_host_bytes,
+            max_chunk: crate::apps::host::BridgeLimits::chunk_for_slot(self.journal.slot_bytes),
+        }
+    }
+
+    /// The `[[hosts]]` entries as the shards use them.
+    pub fn host_specs(&self) -> Vec<crate::apps::HostSpec> {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        self.hosts
+            .iter()
+            .map(|h| crate::apps::HostSpec {
+                name: h.name.clone(),
+                addr: h.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                connect_timeout: Duration::from_millis(h.connect_timeout_ms),
+                keepalive: secs(h.keepalive_s),
+                idle_timeout: secs(h.inactivity_timeout_s),
+                idle_message: h.inactivity_message.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    /// The index of the `[[hosts]]` entry named `name`.
+    pub fn host_index(&self, name: &str) -> Option<usize> {
+        self.hosts.iter().position(|h| h.name == name)
     }
 
     /// The device-group policy for the shards (`None` without `[[groups]]`).
@@ -439,15 +580,21 @@ impl Config {
         }
         let groups = self.groups.clone();
         let names = self.group_apps();
+        let hosts: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
         Some(Box::new(move |config: &[u8]| {
             groups.iter().find(|g| g.matches(config)).map_or_else(Default::default, |g| {
                 crate::session::GroupSettings {
                     heartbeat: g.heartbeat_interval_s.map(Duration::from_secs),
                     journal_depth: g.journal_depth,
                     // Group applications are added after the default one, in this order.
+                    // Host applications follow, one per `[[hosts]]` entry in order.
                     app: g
                         .app
                         .and_then(|a| names.iter().position(|n| *n == a))
+                        .or_else(|| {
+                            let h = g.host.as_ref()?;
+                            Some(names.len() + hosts.iter().position(|n| n == h)?)
+                        })
                         .map(|i| i as u8 + 1),
                 }
             })
@@ -501,7 +648,7 @@ impl Config {
         EndpointConfig {
             session: self.session_config(),
             max_sessions: self.gateway.max_sessions_per_shard,
-            max_connections: self.tcp.max_connections_per_shard,
+            max_connections: self.connection_ids_per_shard(),
             shard,
             reply_queue: self.gateway.reply_queue,
             session_burst: self.session.burst,
@@ -645,5 +792,41 @@ mod tests {
         assert_eq!(policy(b"XX~1~1~1~OTHER~16~26"), crate::session::GroupSettings::default());
         assert!(Config::load(None, &[]).unwrap().group_policy().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_groups_pick_host_applications_after_the_builtins() {
+        let toml = "[[hosts]]\nname = \"wms\"\naddr = \"127.0.0.1:2323\"\n\
+                    inactivity_timeout_s = 600\ninactivity_message = \"logoff\\r\\n\"\n\n\
+                    [[hosts]]\nname = \"erp\"\naddr = \"[::1]:23\"\n\n\
+                    [[groups]]\nname = \"feeds\"\nscreen_rows = 24\napp = \"feed\"\n\n\
+                    [[groups]]\nname = \"pdt\"\ndevice_type = \"PDT9090_E5\"\nhost = \"erp\"\n";
+        let table: toml::Table = toml.parse().unwrap();
+        let c: Config = toml::Value::Table(table).try_into().unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.hosts[0].inactivity_message, "logoff\r\n");
+        assert_eq!(c.hosts[0].connect_timeout_ms, 5000);
+        assert_eq!(c.hosts[1].addr, Some("[::1]:23".parse().unwrap()));
+        assert_eq!(c.host_index("erp"), Some(1));
+        // Application 0 is the default, 1 the group's "feed", then wms = 2 and erp = 3.
+        let policy = c.group_policy().unwrap();
+        assert_eq!(policy(SEED).app, Some(3));
+        for (bad, why) in [
+            ("hosts=[{name=\"a\"}]", "addr is required"),
+            ("hosts=[{addr=\"127.0.0.1:1\"}]", "name is required"),
+            (
+                "hosts=[{name=\"a\", addr=\"127.0.0.1:1\"}, {name=\"a\", addr=\"127.0.0.1:2\"}]",
+                "used twice",
+            ),
+            ("groups=[{name=\"g\", host=\"nowhere\"}]", "no [[hosts]] entry"),
+        ] {
+            let e = Config::load(None, &[bad.into()]).unwrap_err();
+            assert!(e.0.contains(why), "{bad}: {e}");
+        }
+        let both = [
+            "hosts=[{name=\"a\", addr=\"127.0.0.1:1\"}]".to_string(),
+            "groups=[{name=\"g\", host=\"a\", app=\"echo\"}]".to_string(),
+        ];
+        assert!(Config::load(None, &both).unwrap_err().0.contains("not both"));
     }
 }

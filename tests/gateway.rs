@@ -89,10 +89,8 @@ fn udp_flow(io: &str) {
         assert_eq!(a.type_id, 250);
         assert_eq!(a.body, (k as u32).to_le_bytes());
     }
-    let now = d.clock.now();
-    d.dev.logout(now);
-    d.run_until("LoggedOut", 5 * SECOND, |d| matches!(d.dev.state(), DeviceState::Ended(_)));
-    assert_eq!(d.seen.logged_out(), Some("logout"));
+    d.log_out();
+    assert!(matches!(d.dev.state(), DeviceState::Ended(_)), "{:?}", d.dev.state());
     let totals = gw.stop();
     assert_eq!(totals.acceptor.get(Counter::ConnectionRequestsAccepted), 1);
     assert_eq!(totals.counters.get(Counter::LogonsAccepted), 1);
@@ -111,10 +109,7 @@ fn tcp_flow(io: &str) {
             .enumerate()
             .all(|(k, a)| a.type_id == 220 && a.body == (k as u32).to_le_bytes())
     );
-    let now = d.clock.now();
-    d.dev.logout(now);
-    d.run_until("LoggedOut", 5 * SECOND, |d| d.seen.ended.is_some());
-    assert_eq!(d.seen.logged_out(), Some("logout"));
+    d.log_out();
     let totals = gw.stop();
     assert_eq!(totals.counters.get(Counter::AppMessagesReceived), 50);
 }
@@ -377,10 +372,7 @@ fn tcp_resume(io: &str) {
     c.echo(&bodies(10..20));
     let replies: Vec<_> = c.seen.of_type(220).map(|a| a.body.clone()).collect();
     assert_eq!(replies, bodies(0..20));
-    let now = c.clock.now();
-    c.dev.logout(now);
-    c.run_until("LoggedOut", 5 * SECOND, |c| c.seen.ended.is_some());
-    assert_eq!(c.seen.logged_out(), Some("logout"));
+    c.log_out();
     let totals = gw.stop();
     assert_eq!(totals.counters.get(Counter::SessionsResumed), 1);
     assert_eq!(totals.counters.get(Counter::LogonsAccepted), 2);

@@ -1,5 +1,5 @@
 //! `fleetgate hist` end to end: logs written by `Report::write_hlog` and by `hdrhistogram`'s
-//! writer with the housekeeping thread's settings, read back by the binary (`show`, `compare`,
+//! writer (through `hist::write_log`) with the housekeeping thread's settings, read back by the binary (`show`, `compare`,
 //! `plot`) and, when the Python `hdrhistogram` package is installed, by an independent reader
 //! (`scripts/check_hlog.py`).
 
@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, UNIX_EPOCH};
 
+use fleetgate::tools::hist::{Interval, write_log};
 use fleetgate::tools::loadgen::{Report, Scenario};
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::V2DeflateSerializer;
-use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 
 fn hist() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds")
@@ -40,25 +39,25 @@ fn report(scale: u64) -> Report {
 /// A log like the housekeeping thread's: tags service, cycle and handshake, one interval per
 /// second, with empty handshake intervals. service: second k holds 100 × (k+1) µs.
 fn write_gateway_log(path: &Path) {
-    let mut f = std::fs::File::create(path).expect("create");
-    let mut ser = V2DeflateSerializer::new();
-    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut w = IntervalLogWriterBuilder::new()
-        .add_comment("fleetgate gateway histograms (ns): service, cycle, handshake")
-        .with_start_time(t0)
-        .with_base_time(t0)
-        .with_max_value_divisor(1.0)
-        .begin_log_with(&mut f, &mut ser)
-        .expect("begin");
+    let mut seconds = Vec::new();
     for k in 0..3u64 {
         let (mut service, mut cycle, handshake) = (hist(), hist(), hist());
         service.record_n((k + 1) * 100_000, 100).expect("record");
         cycle.record_n(50_000, 1000).expect("record");
-        let start = Duration::from_millis(100 + 1000 * k);
-        for (tag, h) in [("service", &service), ("cycle", &cycle), ("handshake", &handshake)] {
-            w.write_histogram(h, start, Duration::from_secs(1), Tag::new(tag)).expect("write");
-        }
+        seconds.push((Duration::from_millis(100 + 1000 * k), [service, cycle, handshake]));
     }
+    let intervals = seconds.iter().flat_map(|(start, hists)| {
+        ["service", "cycle", "handshake"].into_iter().zip(hists).map(|(tag, hist)| Interval {
+            tag,
+            start: *start,
+            len: Duration::from_secs(1),
+            hist,
+        })
+    });
+    let mut f = std::fs::File::create(path).expect("create");
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let comment = "fleetgate gateway histograms (ns): service, cycle, handshake";
+    write_log(&mut f, comment, t0, intervals).expect("write log");
 }
 
 fn fleetgate(args: &[&str]) -> Output {

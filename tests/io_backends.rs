@@ -44,7 +44,106 @@ per_backend!(
     poll_zero_returns_promptly,
     conn_id_reuse_delivers_no_stale_events,
     runs_on_the_thread_that_built_it,
+    tcp_connect_refused_reports_failed_then_closed,
+    tcp_connect_queues_until_up_then_both_ways,
+    tcp_connect_paused_reading_applies_backpressure,
 );
+
+/// A connect to a port nobody listens on: `TcpConnectFailed(ECONNREFUSED)`, then `TcpClosed`,
+/// and the id is free again.
+fn tcp_connect_refused_reports_failed_then_closed(flavor: Flavor) {
+    let Some(mut h) = Harness::start(flavor, cfg()) else { return };
+    // Bind then drop: the port is (almost certainly) closed.
+    let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
+    let conn = h.b.connect_tcp(addr, io::ConnectOpts::default()).unwrap();
+    h.b.flush().unwrap();
+    assert!(h.poll_until(WAIT, |ev| closed(ev, conn) == 1), "no close: {:?}", h.events);
+    let failed: Vec<_> = h.events.iter().filter(|e| matches!(e, Ev::ConnectFailed(..))).collect();
+    assert_eq!(failed, vec![&Ev::ConnectFailed(conn, libc::ECONNREFUSED)]);
+    assert!(!h.events.contains(&Ev::Connected(conn)));
+    let failed_at = h.events.iter().position(|e| *e == Ev::ConnectFailed(conn, libc::ECONNREFUSED));
+    let closed_at = h.events.iter().position(|e| *e == Ev::TcpClosed(conn));
+    assert!(failed_at < closed_at, "failed before closed: {:?}", h.events);
+}
+
+/// Bytes queued before the connection is up go out once it is; then both directions work,
+/// read in pieces of at most `read_bytes`, and the peer's close is reported.
+fn tcp_connect_queues_until_up_then_both_ways(flavor: Flavor) {
+    let Some(mut h) = Harness::start(flavor, cfg()) else { return };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let opts = io::ConnectOpts { keepalive: Some(Duration::from_secs(30)), read_bytes: 100 };
+    let conn = h.b.connect_tcp(listener.local_addr().unwrap(), opts).unwrap();
+    h.b.send_tcp(conn, b"early bytes;").unwrap();
+    h.b.flush().unwrap();
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert!(h.poll_until(WAIT, |ev| ev.contains(&Ev::Connected(conn))), "{:?}", h.events);
+    // Keepalive was set on the gateway's side (read back through the peer's view is not
+    // possible; the accepted socket is the host's): the connection works either way.
+    h.b.send_tcp(conn, b"late bytes").unwrap();
+    h.b.flush().unwrap();
+    let mut got = vec![0u8; 22];
+    let reader = std::thread::spawn(move || host.read_exact(&mut got).map(|()| (host, got)));
+    let (mut host, got) = h.join_while_polling(reader);
+    assert_eq!(&got, b"early bytes;late bytes");
+    let data = pattern(3, 1000);
+    host.write_all(&data).unwrap();
+    assert!(h.poll_until(WAIT, |ev| tcp_bytes(ev, conn).len() == 1000), "{:?}", h.events.len());
+    assert_eq!(tcp_bytes(&h.events, conn), data);
+    for e in &h.events {
+        if let Ev::TcpData(_, d) = e {
+            assert!(d.len() <= 100, "a read of {} bytes, over read_bytes", d.len());
+        }
+    }
+    drop(host);
+    assert!(h.poll_until(WAIT, |ev| closed(ev, conn) == 1));
+}
+
+/// While reading is paused nothing is reported and the host's writes stall in TCP (its
+/// buffers fill); resumed, everything arrives in order.
+fn tcp_connect_paused_reading_applies_backpressure(flavor: Flavor) {
+    let Some(mut h) = Harness::start(flavor, cfg()) else { return };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let opts = io::ConnectOpts { keepalive: None, read_bytes: 4096 };
+    let conn = h.b.connect_tcp(listener.local_addr().unwrap(), opts).unwrap();
+    h.b.flush().unwrap();
+    let (host, _) = listener.accept().unwrap();
+    assert!(h.poll_until(WAIT, |ev| ev.contains(&Ev::Connected(conn))));
+    h.b.set_tcp_reading(conn, false);
+    // Let a receive armed before the pause complete, then count what arrives while paused.
+    h.poll_for(Duration::from_millis(50));
+    let before = tcp_bytes(&h.events, conn).len();
+    let total = 8 << 20;
+    let data = pattern(9, total);
+    let writer = {
+        let data = data.clone();
+        let mut host = host.try_clone().unwrap();
+        host.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        std::thread::spawn(move || -> std::io::Result<usize> {
+            let mut sent = 0;
+            for chunk in data.chunks(64 * 1024) {
+                match host.write_all(chunk) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(_) => break, // the write timed out: TCP pushed back
+                }
+            }
+            Ok(sent)
+        })
+    };
+    h.poll_for(Duration::from_millis(300));
+    assert!(
+        tcp_bytes(&h.events, conn).len() <= before + 4096,
+        "paused, yet {} bytes were read",
+        tcp_bytes(&h.events, conn).len() - before
+    );
+    let sent = writer.join().unwrap().unwrap();
+    assert!(sent < total, "the host wrote all {total} bytes: no backpressure");
+    h.b.set_tcp_reading(conn, true);
+    assert!(h.poll_until(WAIT, |ev| tcp_bytes(ev, conn).len() >= sent), "resumed, but stuck");
+    let got = tcp_bytes(&h.events, conn);
+    assert_eq!(&got[..sent], &data[..sent]);
+    drop(host);
+}
 
 /// Many datagrams each way, from and to two peers, up to 1400 bytes: payload and addresses
 /// preserved.
@@ -503,6 +602,8 @@ enum Ev {
     TcpData(ConnId, Vec<u8>),
     TcpClosed(ConnId),
     Wake,
+    Connected(ConnId),
+    ConnectFailed(ConnId, i32),
 }
 
 struct Harness {
@@ -598,6 +699,8 @@ fn own(ev: IoEvent<'_>) -> Ev {
         IoEvent::TcpData { conn, data } => Ev::TcpData(conn, data.to_vec()),
         IoEvent::TcpClosed { conn } => Ev::TcpClosed(conn),
         IoEvent::Wake => Ev::Wake,
+        IoEvent::TcpConnected { conn } => Ev::Connected(conn),
+        IoEvent::TcpConnectFailed { conn, errno } => Ev::ConnectFailed(conn, errno),
     }
 }
 

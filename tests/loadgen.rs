@@ -40,6 +40,18 @@ fn run(scenario: Scenario, extra: &[&str], tweak: impl FnOnce(&mut LoadConfig)) 
     json
 }
 
+/// A storm of `udp` + `tcp` devices at a gateway with room for them all: no warm-up and no
+/// request traffic; `tweak` sets the rest.
+fn storm(udp: usize, tcp: usize, tweak: impl FnOnce(&mut LoadConfig)) -> String {
+    run(Scenario::Storm, &["gateway.max_sessions_per_shard=256"], |c| {
+        c.udp_devices = udp;
+        c.tcp_devices = tcp;
+        c.warmup = Duration::ZERO;
+        c.rate = 0.0;
+        tweak(c);
+    })
+}
+
 /// The number at `path` in the generator's JSON summary (numbers index arrays).
 fn num(json: &str, path: &[&str]) -> f64 {
     let v: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
@@ -82,13 +94,7 @@ fn steady_scenario() {
 
 #[test]
 fn storm_scenario() {
-    let json = run(Scenario::Storm, &["gateway.max_sessions_per_shard=256"], |c| {
-        c.udp_devices = 200;
-        c.tcp_devices = 10;
-        c.warmup = Duration::ZERO;
-        c.rate = 0.0;
-        c.source_ips = 50;
-    });
+    let json = storm(200, 10, |c| c.source_ips = 50);
     check_common(&json, "handshake_ns");
     assert_eq!(num(&json, &["logons"]), 210.0, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -105,13 +111,9 @@ fn storm_scenario() {
 /// A storm in steps: each step reported on its own, earlier steps still logged on at the end.
 #[test]
 fn storm_in_steps() {
-    let json = run(Scenario::Storm, &["gateway.max_sessions_per_shard=256"], |c| {
-        c.udp_devices = 300;
-        c.tcp_devices = 0;
+    let json = storm(300, 0, |c| {
         c.steps = 3;
-        c.warmup = Duration::ZERO;
         c.duration = Duration::from_millis(500);
-        c.rate = 0.0;
         c.source_ips = 20;
         c.sockets = 30;
     });
@@ -176,18 +178,46 @@ fn churn_scenario() {
 /// all log on, through the waiting queue.
 #[test]
 fn tcp_clients_wait_their_turn_and_all_log_on() {
-    let json = run(Scenario::Storm, &["gateway.max_sessions_per_shard=256"], |c| {
-        c.udp_devices = 0;
-        c.tcp_devices = 60;
+    let json = storm(0, 60, |c| {
         c.sockets = 4;
-        c.warmup = Duration::ZERO;
         c.duration = Duration::from_millis(300);
-        c.rate = 0.0;
     });
     check_common(&json, "handshake_ns");
     assert_eq!(num(&json, &["logons"]), 60.0, "{json}");
     assert_eq!(num(&json, &["active_at_end"]), 60.0, "{json}");
     assert_eq!(num(&json, &["steps", "0", "connects"]), 60.0, "one attempt each: {json}");
+}
+
+/// Runs a load that must fail; its JSON summary.
+fn run_failing(cfg: &LoadConfig) -> String {
+    let report = loadgen::run(cfg).expect("load run");
+    assert!(report.failed(), "{}", report.table());
+    report.json()
+}
+
+/// `lost` of the `n` devices ended with error `kind` and nothing else went wrong; the others
+/// logged on.
+fn check_lost(json: &str, kind: &str, lost: usize, n: usize) {
+    assert_eq!(num(json, &["errors", kind]), lost as f64, "{json}");
+    assert_eq!(num(json, &["errors_total"]), lost as f64, "{json}");
+    assert_eq!(num(json, &["logons"]), (n - lost) as f64, "{json}");
+}
+
+/// A short storm of `n` UDP devices from 4 source addresses, for the runs that must fail (their
+/// own gateway or proxy in front).
+fn udp_storm(handshake: SocketAddr, tcp: SocketAddr, n: usize) -> LoadConfig {
+    LoadConfig {
+        scenario: Scenario::Storm,
+        handshake,
+        tcp,
+        udp_devices: n,
+        tcp_devices: 0,
+        rate: 0.0,
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(300),
+        source_ips: 4,
+        ..LoadConfig::default()
+    }
 }
 
 /// Devices `0..n` as the generator names them (uid `DEV-000042` for prefix "dev"), counted per
@@ -210,30 +240,11 @@ fn a_full_gateway_loses_devices_and_the_run_says_so() {
     let n = 60;
     let refused: usize = per_shard(n, 2).iter().map(|&c| c.saturating_sub(cap)).sum();
     assert!(refused > 20, "the fleet must overflow the gateway ({refused})");
-    let cfg = LoadConfig {
-        scenario: Scenario::Storm,
-        handshake: gw.gateway.handshake_addr,
-        tcp: gw.gateway.tcp_addr,
-        udp_devices: n,
-        tcp_devices: 0,
-        rate: 0.0,
-        warmup: Duration::ZERO,
-        duration: Duration::from_millis(300),
-        source_ips: 4,
-        sockets: 8,
-        ..LoadConfig::default()
-    };
-    let report = loadgen::run(&cfg).expect("load run");
-    let json = report.json();
-    assert!(report.failed(), "{}", report.table());
-    assert_eq!(
-        num(&json, &["errors", "registration_rejected_server_full"]),
-        refused as f64,
-        "{json}"
-    );
-    assert_eq!(num(&json, &["errors_total"]), refused as f64, "{json}");
+    let cfg =
+        LoadConfig { sockets: 8, ..udp_storm(gw.gateway.handshake_addr, gw.gateway.tcp_addr, n) };
+    let json = run_failing(&cfg);
+    check_lost(&json, "registration_rejected_server_full", refused, n);
     assert_eq!(num(&json, &["device_errors"]), refused as f64, "{json}");
-    assert_eq!(num(&json, &["logons"]), (n - refused) as f64, "{json}");
     assert_eq!(num(&json, &["steps", "0", "logged_on"]), (n - refused) as f64, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["failed"], true, "{json}");
@@ -369,26 +380,13 @@ fn dropped_handshakes_are_handshake_timeouts() {
     let lost = (0..n).filter(|i| i % 7 == 0).count();
     let t0 = Instant::now();
     let cfg = LoadConfig {
-        scenario: Scenario::Storm,
-        handshake: proxy.handshake,
-        tcp: gw.gateway.tcp_addr,
-        udp_devices: n,
-        tcp_devices: 0,
-        rate: 0.0,
-        warmup: Duration::ZERO,
-        duration: Duration::from_millis(300),
-        source_ips: 4,
         sockets: 10,
         attempts: 2,
         handshake_timeout: Duration::from_millis(800),
-        ..LoadConfig::default()
+        ..udp_storm(proxy.handshake, gw.gateway.tcp_addr, n)
     };
-    let report = loadgen::run(&cfg).expect("load run");
-    let json = report.json();
-    assert!(report.failed(), "{}", report.table());
-    assert_eq!(num(&json, &["errors", "handshake_timeout"]), lost as f64, "{json}");
-    assert_eq!(num(&json, &["errors_total"]), lost as f64, "{json}");
-    assert_eq!(num(&json, &["logons"]), (n - lost) as f64, "{json}");
+    let json = run_failing(&cfg);
+    check_lost(&json, "handshake_timeout", lost, n);
     assert_eq!(num(&json, &["active_at_end"]), (n - lost) as f64, "{json}");
     // Two attempts each, every 500 ms a ConnectionRequest: at least 2 dropped per lost device.
     assert!(proxy.dropped_requests.load(Ordering::Relaxed) >= 2 * lost as u64, "{json}");
@@ -399,12 +397,8 @@ fn dropped_handshakes_are_handshake_timeouts() {
     // the kind they last saw, and the run ends on time.
     let t0 = Instant::now();
     let cfg = LoadConfig { attempts: 100, step_timeout: Duration::from_millis(2500), ..cfg };
-    let report = loadgen::run(&cfg).expect("load run");
-    let json = report.json();
-    assert!(report.failed(), "{}", report.table());
-    assert_eq!(num(&json, &["errors", "handshake_timeout"]), lost as f64, "{json}");
-    assert_eq!(num(&json, &["errors_total"]), lost as f64, "{json}");
-    assert_eq!(num(&json, &["logons"]), (n - lost) as f64, "{json}");
+    let json = run_failing(&cfg);
+    check_lost(&json, "handshake_timeout", lost, n);
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 

@@ -329,17 +329,17 @@ fn device() -> Vec<(String, Vec<u8>)> {
     let gw = |prefix, frames| Op::Gateway { prefix, frames, tail: vec![] };
     let f = |seq, body| dv::Frame { seq, resend: false, ack: Ack::All, body };
     let hs = |body| f(Seq::Next, body);
+    let accept =
+        |cookie| hs(G::ConnectionAccept { right_nonce: true, nonce: 0, port: 5000, cookie });
+    let gap_fill = |ahead| dv::Frame {
+        seq: Seq::Next,
+        resend: true,
+        ack: Ack::All,
+        body: G::GapFill { ahead },
+    };
     let udp_active = vec![
         Op::Connect { nonce: 7, reset: true },
-        gw(
-            Prefix::Zero,
-            vec![hs(G::ConnectionAccept {
-                right_nonce: true,
-                nonce: 0,
-                port: 5000,
-                cookie: [1; 4],
-            })],
-        ),
+        gw(Prefix::Zero, vec![accept([1; 4])]),
         gw(Prefix::Zero, vec![hs(G::RegistrationAccept { id: 77, resumed: false })]),
         gw(Prefix::Session, vec![hs(G::GetDeviceConfig(1))]),
         gw(Prefix::Session, vec![f(Seq::Next, G::LogonResponse(5))]),
@@ -350,142 +350,94 @@ fn device() -> Vec<(String, Vec<u8>)> {
     ];
     let app = |n| f(Seq::Next, G::App { type_id: n, len: 16 });
     let send = |n| Op::Send { type_id: n, len: 20, expect_reply: true };
+    // A device logged on over UDP (or TCP) with a buffer of `buffer`, then `ops`.
+    let on_udp = |buffer, ops: Vec<Op>| dv::Input {
+        tcp: false,
+        buffer,
+        ops: [udp_active.clone(), ops].concat(),
+    };
+    let on_tcp = |buffer, ops: Vec<Op>| dv::Input {
+        tcp: true,
+        buffer,
+        ops: [tcp_active.clone(), ops].concat(),
+    };
     let scenarios: Vec<(&str, dv::Input)> = vec![
         (
             "udp_flow_gap_and_gapfill",
-            dv::Input {
-                tcp: false,
-                buffer: 4,
-                ops: [
-                    udp_active.clone(),
-                    vec![
-                        send(1),
-                        gw(Prefix::Session, vec![app(101), f(Seq::Next, G::Heartbeat(0))]),
-                        gw(Prefix::Session, vec![f(Seq::Delta(2), G::App { type_id: 3, len: 8 })]),
-                        gw(
-                            Prefix::Session,
-                            vec![dv::Frame {
-                                seq: Seq::Next,
-                                resend: true,
-                                ack: Ack::All,
-                                body: G::GapFill { ahead: 2 },
-                            }],
-                        ),
-                        Op::Wait { ms: 6_000 },
-                        Op::WaitForTimer,
-                    ],
-                ]
-                .concat(),
-            },
+            on_udp(
+                4,
+                vec![
+                    send(1),
+                    gw(Prefix::Session, vec![app(101), f(Seq::Next, G::Heartbeat(0))]),
+                    gw(Prefix::Session, vec![f(Seq::Delta(2), G::App { type_id: 3, len: 8 })]),
+                    gw(Prefix::Session, vec![gap_fill(2)]),
+                    Op::Wait { ms: 6_000 },
+                    Op::WaitForTimer,
+                ],
+            ),
         ),
         (
             "udp_retransmit_then_logout",
-            dv::Input {
-                tcp: false,
-                buffer: 2,
-                ops: [
-                    udp_active.clone(),
-                    vec![
-                        send(1),
-                        send(2),
-                        Op::Wait { ms: 250 },
-                        Op::WaitForTimer,
-                        Op::Logout,
-                        gw(Prefix::Session, vec![f(Seq::Next, G::LoggedOut(Text::Printable(6)))]),
-                    ],
-                ]
-                .concat(),
-            },
+            on_udp(
+                2,
+                vec![
+                    send(1),
+                    send(2),
+                    Op::Wait { ms: 250 },
+                    Op::WaitForTimer,
+                    Op::Logout,
+                    gw(Prefix::Session, vec![f(Seq::Next, G::LoggedOut(Text::Printable(6)))]),
+                ],
+            ),
         ),
         (
             "udp_rehandshake_stream_reset",
-            dv::Input {
-                tcp: false,
-                buffer: 4,
-                ops: [
-                    udp_active.clone(),
-                    vec![send(1), Op::Connect { nonce: 8, reset: false }],
-                    vec![
-                        gw(
-                            Prefix::Zero,
-                            vec![hs(G::ConnectionAccept {
-                                right_nonce: true,
-                                nonce: 0,
-                                port: 5000,
-                                cookie: [2; 4],
-                            })],
-                        ),
-                        gw(
-                            Prefix::Zero,
-                            vec![hs(G::RegistrationAccept { id: 78, resumed: false })],
-                        ),
-                        gw(Prefix::Session, vec![hs(G::GetDeviceConfig(2))]),
-                    ],
-                ]
-                .concat(),
-            },
+            on_udp(
+                4,
+                vec![
+                    send(1),
+                    Op::Connect { nonce: 8, reset: false },
+                    gw(Prefix::Zero, vec![accept([2; 4])]),
+                    gw(Prefix::Zero, vec![hs(G::RegistrationAccept { id: 78, resumed: false })]),
+                    gw(Prefix::Session, vec![hs(G::GetDeviceConfig(2))]),
+                ],
+            ),
         ),
         (
             "tcp_flow_test_request_reject",
-            dv::Input {
-                tcp: true,
-                buffer: 3,
-                ops: [
-                    tcp_active.clone(),
-                    vec![
-                        send(1),
-                        gw(
-                            Prefix::Zero,
-                            vec![
-                                app(101),
-                                f(Seq::Next, G::TestRequest(4)),
-                                f(Seq::Next, G::Reject(2, 4)),
-                            ],
-                        ),
-                        Op::Wait { ms: 5_000 },
-                        Op::WaitForTimer,
-                    ],
-                ]
-                .concat(),
-            },
+            on_tcp(
+                3,
+                vec![
+                    send(1),
+                    gw(
+                        Prefix::Zero,
+                        vec![
+                            app(101),
+                            f(Seq::Next, G::TestRequest(4)),
+                            f(Seq::Next, G::Reject(2, 4)),
+                        ],
+                    ),
+                    Op::Wait { ms: 5_000 },
+                    Op::WaitForTimer,
+                ],
+            ),
         ),
         (
             "tcp_resume_with_gap",
-            dv::Input {
-                tcp: true,
-                buffer: 3,
-                ops: [
-                    tcp_active.clone(),
-                    vec![
-                        send(1),
-                        Op::TransportLost,
-                        Op::Connect { nonce: 2, reset: false },
-                        gw(Prefix::Zero, vec![f(Seq::Delta(3), G::LogonResponse(5))]),
-                        gw(
-                            Prefix::Zero,
-                            vec![dv::Frame {
-                                seq: Seq::Next,
-                                resend: true,
-                                ack: Ack::All,
-                                body: G::GapFill { ahead: 3 },
-                            }],
-                        ),
-                    ],
-                ]
-                .concat(),
-            },
+            on_tcp(
+                3,
+                vec![
+                    send(1),
+                    Op::TransportLost,
+                    Op::Connect { nonce: 2, reset: false },
+                    gw(Prefix::Zero, vec![f(Seq::Delta(3), G::LogonResponse(5))]),
+                    gw(Prefix::Zero, vec![gap_fill(3)]),
+                ],
+            ),
         ),
         (
             "tcp_silent_gateway",
-            dv::Input {
-                tcp: true,
-                buffer: 3,
-                ops: [
-                    tcp_active.clone(),
-                    vec![Op::WaitForTimer, Op::WaitForTimer, Op::WaitForTimer, Op::WaitForTimer],
-                ]
-                .concat(),
-            },
+            on_tcp(3, vec![Op::WaitForTimer, Op::WaitForTimer, Op::WaitForTimer, Op::WaitForTimer]),
         ),
     ];
     scenarios.into_iter().map(|(name, i)| (format!("{name}.bin"), check(&i))).collect()

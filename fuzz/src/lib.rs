@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use arbitrary::Arbitrary;
-use emit::{Emit, variant};
+use emit::input;
 use fleetgate::protocol::{
     Body, DeviceUid, FLAG_RESEND, Header, Message, Password, Username, split_frame,
 };
@@ -115,27 +115,31 @@ pub fn user(i: u8) -> Username {
     Username::new(USERS[usize::from(i) % USERS.len()]).unwrap_or_default()
 }
 
-/// A sequence number relative to what the receiver expects next.
-#[derive(Arbitrary, Clone, Copy, Debug)]
-pub enum Seq {
-    /// The next number in this batch (the receiver's expected number for the first frame).
-    Next,
-    /// `expected + delta`, clamped at 0.
-    Delta(i8),
-    /// Any value (negative ones make the frame fail to decode).
-    Raw(i64),
+input! {
+    /// A sequence number relative to what the receiver expects next.
+    #[derive(Arbitrary, Clone, Copy, Debug)]
+    pub enum Seq {
+        /// The next number in this batch (the receiver's expected number for the first frame).
+        Next,
+        /// `expected + delta`, clamped at 0.
+        Delta(i8),
+        /// Any value (negative ones make the frame fail to decode).
+        Raw(i64),
+    }
 }
 
-/// Fields a fuzzer can choose for a string: one of a few printable values, or raw bytes (which
-/// may make the encoder refuse the message: then it is sent as raw bytes instead).
-#[derive(Arbitrary, Clone, Debug)]
-pub enum Text {
-    /// Empty.
-    Empty,
-    /// `n` printable bytes.
-    Printable(u8),
-    /// Whatever the fuzzer wrote.
-    Raw(Vec<u8>),
+input! {
+    /// Fields a fuzzer can choose for a string: one of a few printable values, or raw bytes (which
+    /// may make the encoder refuse the message: then it is sent as raw bytes instead).
+    #[derive(Arbitrary, Clone, Debug)]
+    pub enum Text {
+        /// Empty.
+        Empty,
+        /// `n` printable bytes.
+        Printable(u8),
+        /// Whatever the fuzzer wrote.
+        Raw(Vec<u8>),
+    }
 }
 
 impl Text {
@@ -151,38 +155,6 @@ impl Text {
                 &scratch[..n]
             }
             Self::Raw(v) => v,
-        }
-    }
-}
-
-impl Emit for Seq {
-    fn emit(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Next => variant(out, 0, 3),
-            Self::Delta(d) => {
-                variant(out, 1, 3);
-                d.emit(out);
-            }
-            Self::Raw(v) => {
-                variant(out, 2, 3);
-                v.emit(out);
-            }
-        }
-    }
-}
-
-impl Emit for Text {
-    fn emit(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Empty => variant(out, 0, 3),
-            Self::Printable(n) => {
-                variant(out, 1, 3);
-                n.emit(out);
-            }
-            Self::Raw(v) => {
-                variant(out, 2, 3);
-                v.emit(out);
-            }
         }
     }
 }

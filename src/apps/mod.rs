@@ -7,10 +7,12 @@ use std::time::Duration;
 
 mod echo;
 mod feed;
+pub mod host;
 mod silent;
 
 pub use echo::Echo;
 pub use feed::{FEED_TYPE, Feed};
+pub use host::{HostApp, HostBridge, HostIo, HostSpec, HostStats};
 pub use silent::Silent;
 
 pub use crate::session::Application;

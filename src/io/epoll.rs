@@ -9,7 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{
-    Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr, to_sockaddr,
+    Backend, BackendConfig, ConnectOpts, IoEvent, LAST_WORD_BYTES, SendError, from_sockaddr,
+    to_sockaddr,
 };
 use crate::ids::ConnId;
 
@@ -25,6 +26,40 @@ struct Conn {
     /// Our FIN is queued; reading and discarding until the peer's end of stream.
     half_closed: bool,
     writable_armed: bool,
+    /// An outbound connection not up yet: waiting for writability.
+    connecting: bool,
+    /// Reading stopped ([`Backend::set_tcp_reading`]).
+    paused: bool,
+    /// Bytes per read, one read per poll (0: `READ_CHUNK`, up to 4 reads).
+    read_bytes: usize,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, out: VecDeque<u8>) -> Self {
+        Self {
+            stream,
+            out,
+            closing: false,
+            half_closed: false,
+            writable_armed: false,
+            connecting: false,
+            paused: false,
+            read_bytes: 0,
+        }
+    }
+
+    /// The epoll interest: writability while connecting; else input unless paused, and
+    /// writability while output is queued.
+    fn interest(&self) -> u32 {
+        if self.connecting {
+            return libc::EPOLLOUT as u32;
+        }
+        let mut ev = if self.paused { 0 } else { libc::EPOLLIN as u32 };
+        if !self.out.is_empty() {
+            ev |= libc::EPOLLOUT as u32;
+        }
+        ev
+    }
 }
 
 /// The epoll backend.
@@ -170,10 +205,17 @@ impl Epoll {
     fn read_tcp(&mut self, idx: usize, on_event: &mut dyn FnMut(IoEvent<'_>)) -> usize {
         let conn = ConnId(idx as u32);
         let mut reported = 0;
-        // Bounded: at most 4 chunks per poll per connection.
-        for _ in 0..4 {
+        let (rounds, limit) = match self.conns[idx].as_ref() {
+            Some(c) if c.paused && !c.closing => return 0,
+            Some(c) if c.read_bytes > 0 => (1, c.read_bytes.min(self.scratch.len())),
+            Some(_) => (4, self.scratch.len()),
+            None => return 0,
+        };
+        // Bounded: at most 4 chunks per poll per connection (one for an outbound connection
+        // read in `read_bytes` pieces).
+        for _ in 0..rounds {
             let Some(c) = self.conns[idx].as_mut() else { return reported };
-            match c.stream.read(&mut self.scratch) {
+            match c.stream.read(&mut self.scratch[..limit]) {
                 Ok(0) => {
                     self.drop_conn(idx);
                     break;
@@ -184,7 +226,7 @@ impl Epoll {
                         on_event(IoEvent::TcpData { conn, data: &self.scratch[..n] });
                         reported += 1;
                     }
-                    if n < self.scratch.len() {
+                    if n < limit {
                         break;
                     }
                 }
@@ -201,6 +243,9 @@ impl Epoll {
 
     fn write_tcp(&mut self, idx: usize) {
         let Some(c) = self.conns[idx].as_mut() else { return };
+        if c.connecting {
+            return;
+        }
         while !c.out.is_empty() {
             let (a, _) = c.out.as_slices();
             match c.stream.write(a) {
@@ -226,7 +271,7 @@ impl Epoll {
             c.half_closed = true;
         }
         if empty == armed {
-            let events = if empty { libc::EPOLLIN } else { libc::EPOLLIN | libc::EPOLLOUT } as u32;
+            let events = c.interest();
             if self.ctl(libc::EPOLL_CTL_MOD, fd, events, idx as u64).is_ok() {
                 if let Some(c) = self.conns[idx].as_mut() {
                     c.writable_armed = !empty;
@@ -250,7 +295,7 @@ impl Epoll {
             return Err(SendError::Full);
         }
         let mut rest = data;
-        if c.out.is_empty() {
+        if c.out.is_empty() && !c.connecting {
             match c.stream.write(data) {
                 Ok(n) => rest = &data[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -264,8 +309,37 @@ impl Epoll {
             return Ok(());
         }
         c.out.extend(rest);
-        self.write_tcp(idx);
+        if !c.connecting {
+            self.write_tcp(idx);
+        }
         Ok(())
+    }
+
+    /// An outbound connection became writable (or failed): reports how its connect ended.
+    fn finish_connect(&mut self, idx: usize, on_event: &mut dyn FnMut(IoEvent<'_>)) -> usize {
+        let Some(c) = self.conns[idx].as_mut() else { return 0 };
+        let err = match c.stream.take_error() {
+            Ok(None) => None,
+            Ok(Some(e)) | Err(e) => Some(e.raw_os_error().unwrap_or(libc::EIO)),
+        };
+        // Writable without an error can still be unconnected (a reset raced the check).
+        let err = err
+            .or_else(|| c.stream.peer_addr().err().map(|e| e.raw_os_error().unwrap_or(libc::EIO)));
+        if let Some(errno) = err {
+            on_event(IoEvent::TcpConnectFailed { conn: ConnId(idx as u32), errno });
+            self.drop_conn(idx);
+            return 1;
+        }
+        c.connecting = false;
+        let (fd, events) = (c.stream.as_raw_fd(), c.interest());
+        c.writable_armed = !c.out.is_empty();
+        let write = c.closing || !c.out.is_empty();
+        let _ = self.ctl(libc::EPOLL_CTL_MOD, fd, events, idx as u64);
+        on_event(IoEvent::TcpConnected { conn: ConnId(idx as u32) });
+        if write {
+            self.write_tcp(idx);
+        }
+        1
     }
 
     fn drop_conn(&mut self, idx: usize) {
@@ -327,6 +401,13 @@ impl Backend for Epoll {
                     on_event(IoEvent::Wake);
                     reported += 1;
                 }
+                idx if self
+                    .conns
+                    .get(idx as usize)
+                    .is_some_and(|c| c.as_ref().is_some_and(|c| c.connecting)) =>
+                {
+                    reported += self.finish_connect(idx as usize, on_event);
+                }
                 idx => {
                     let idx = idx as usize;
                     if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -383,9 +464,49 @@ impl Backend for Epoll {
             .spare_queues
             .pop()
             .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
-        self.conns[idx as usize] =
-            Some(Conn { stream, out, closing: false, half_closed: false, writable_armed: false });
+        self.conns[idx as usize] = Some(Conn::new(stream, out));
         Ok(ConnId(idx))
+    }
+
+    fn connect_tcp(&mut self, addr: SocketAddr, opts: ConnectOpts) -> std::io::Result<ConnId> {
+        if self.free.is_empty() {
+            return Err(std::io::Error::other("no free connection slot"));
+        }
+        let (sock, _) = super::start_connect(addr, opts)?;
+        let stream = TcpStream::from(sock);
+        let Some(idx) = self.free.pop() else {
+            return Err(std::io::Error::other("no free connection slot"));
+        };
+        // Writability (or an error) says the connect finished, even when it already has.
+        if let Err(e) =
+            self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLOUT as u32, u64::from(idx))
+        {
+            self.free.push(idx);
+            return Err(e);
+        }
+        let out = self
+            .spare_queues
+            .pop()
+            .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
+        let mut c = Conn::new(stream, out);
+        c.connecting = true;
+        c.read_bytes = opts.read_bytes;
+        self.conns[idx as usize] = Some(c);
+        Ok(ConnId(idx))
+    }
+
+    fn set_tcp_reading(&mut self, conn: ConnId, on: bool) {
+        let idx = conn.0 as usize;
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else { return };
+        if c.paused != on {
+            return;
+        }
+        c.paused = !on;
+        if c.connecting {
+            return;
+        }
+        let (fd, events) = (c.stream.as_raw_fd(), c.interest());
+        let _ = self.ctl(libc::EPOLL_CTL_MOD, fd, events, idx as u64);
     }
 
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {

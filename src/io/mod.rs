@@ -34,6 +34,16 @@
 //! [`Backend::register_tcp`] adopts an accepted, connected socket (from the acceptor's
 //! handoff) and returns its `ConnId`, below `max_connections`.
 //!
+//! [`Backend::connect_tcp`] opens an outbound connection (a host, DESIGN.md §1.6) in the same
+//! `ConnId` space: the socket is created non-blocking with its options (keepalive, no delay)
+//! and the id returned at once; the backend waits for it to become writable and reports
+//! [`IoEvent::TcpConnected`], or [`IoEvent::TcpConnectFailed`] followed by
+//! [`IoEvent::TcpClosed`]. Bytes queued while it connects go out once it is up. A connection
+//! opened with [`ConnectOpts::read_bytes`] is read at most that many bytes per poll (one read),
+//! and [`Backend::set_tcp_reading`] stops and resumes reading it: the host then meets TCP
+//! flow control while its session cannot take more. An error from `connect_tcp` itself (such
+//! as `EMFILE`, out of file descriptors) is returned and no id is used.
+//!
 //! Two implementations pass the same tests: [`uring`] (io_uring, default) and [`epoll`]
 //! (portable: epoll with `recvmmsg`/`sendmmsg`). [`select`] chooses once for the shards and the
 //! acceptor: `"uring"`, `"epoll"`, or `"auto"`, which probes io_uring (every opcode the shards
@@ -84,6 +94,50 @@ pub enum IoEvent<'a> {
     },
     /// The wake descriptor fired (a handoff is waiting).
     Wake,
+    /// An outbound connection ([`Backend::connect_tcp`]) is up.
+    TcpConnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// An outbound connection could not be made; [`IoEvent::TcpClosed`] follows.
+    TcpConnectFailed {
+        /// The connection.
+        conn: ConnId,
+        /// The `errno` (`ECONNREFUSED`, `ETIMEDOUT`, `ENETUNREACH`, ...).
+        errno: i32,
+    },
+}
+
+/// Options of an outbound connection ([`Backend::connect_tcp`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectOpts {
+    /// TCP keepalive idle time (`None`: off).
+    pub keepalive: Option<Duration>,
+    /// At most this many bytes per read, one read per poll (0: the backend's own chunking).
+    pub read_bytes: usize,
+}
+
+/// Creates the non-blocking socket of an outbound connection and starts connecting:
+/// `Ok((socket, true))` when connected at once, `Ok((socket, false))` when in progress.
+pub(crate) fn start_connect(
+    addr: SocketAddr,
+    opts: ConnectOpts,
+) -> std::io::Result<(socket2::Socket, bool)> {
+    use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    let _ = sock.set_nodelay(true);
+    if let Some(idle) = opts.keepalive {
+        let interval = (idle / 4).max(Duration::from_secs(1));
+        let ka = TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(4);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => Ok((sock, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((sock, false)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a send was not queued.
@@ -134,6 +188,10 @@ pub trait Backend {
     fn send_to(&mut self, to: SocketAddr, data: &[u8]) -> Result<(), SendError>;
     /// Adopts a connected TCP socket.
     fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId>;
+    /// Starts an outbound connection (see the module docs).
+    fn connect_tcp(&mut self, addr: SocketAddr, opts: ConnectOpts) -> std::io::Result<ConnId>;
+    /// Stops (`false`) or resumes (`true`) reading a connection.
+    fn set_tcp_reading(&mut self, conn: ConnId, on: bool);
     /// Queues bytes on a connection.
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError>;
     /// Bytes [`Backend::send_tcp`] takes on this connection now (0 once it is closing).
@@ -169,6 +227,12 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId> {
         (**self).register_tcp(stream)
+    }
+    fn connect_tcp(&mut self, addr: SocketAddr, opts: ConnectOpts) -> std::io::Result<ConnId> {
+        (**self).connect_tcp(addr, opts)
+    }
+    fn set_tcp_reading(&mut self, conn: ConnId, on: bool) {
+        (**self).set_tcp_reading(conn, on)
     }
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
         (**self).send_tcp(conn, data)

@@ -129,6 +129,17 @@ impl Journal {
         self.limit = n.clamp(1, self.meta.len());
     }
 
+    /// Messages kept at most (the group's depth within the capacity).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Messages held whose number is above `acked`.
+    pub fn count_after(&self, acked: i64) -> usize {
+        let from = self.lower_bound(acked.saturating_add(1)).max(self.head);
+        (self.tail - from.min(self.tail)) as usize
+    }
+
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.meta.len()

@@ -44,6 +44,8 @@ pub struct ShardView {
     pub counters: Counters,
     /// JSON rows of the connections list.
     pub sessions_json: String,
+    /// Per-host figures (DESIGN.md §1.6), by host name.
+    pub hosts: Vec<(String, crate::apps::HostStats)>,
 }
 
 /// Runs until `stop`: collects snapshots every 100 ms, writes the interval log each second.
@@ -108,6 +110,7 @@ pub fn run(
                         backend: snap.backend,
                         counters: snap.counters.clone(),
                         sessions_json: json,
+                        hosts: snap.hosts.clone(),
                     });
                 }
                 drop(v);

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use super::housekeeping::View;
+use crate::apps::HostStats;
 use crate::counters::{Counter, Counters, Kind, Scope};
 use crate::runtime::report::Snapshot;
 use crate::session::{Link, State};
@@ -103,7 +104,12 @@ struct Scrape {
     /// The acceptor's driver and counters, once it has published.
     acceptor: Option<(&'static str, Counters)>,
     histograms: Vec<(&'static str, &'static str, Buckets)>,
+    /// Per-host figures summed over shards, in `[[hosts]]` order.
+    hosts: Vec<(String, HostStats)>,
 }
+
+/// A per-host family: name, help, type and how to read it from [`HostStats`].
+type HostFamily = (&'static str, &'static str, MetricType, fn(&HostStats) -> u64);
 
 /// A histogram in Prometheus' shape: the count in each bucket (the encoder makes them
 /// cumulative), sum and count.
@@ -144,7 +150,14 @@ impl Scrape {
         .into_iter()
         .filter_map(|(name, help, h)| h.as_ref().map(|h| (name, help, Buckets::of(h))))
         .collect();
-        Self { shards, acceptor, histograms }
+        let mut hosts: Vec<(String, HostStats)> = Vec::new();
+        for (name, st) in v.shards.iter().flatten().flat_map(|s| s.hosts.iter()) {
+            match hosts.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => sum.merge(st),
+                None => hosts.push((name.clone(), *st)),
+            }
+        }
+        Self { shards, acceptor, histograms, hosts }
     }
 }
 
@@ -231,6 +244,63 @@ impl Collector for Scrape {
                 }
             }
         }
+        // Hosts: one series per `[[hosts]]` entry (a bounded label set, named in the config),
+        // summed over shards. They are not in the counter table, whose labels are static.
+        let host_families: [HostFamily; 9] = [
+            ("host_connected", "Host connections up.", MetricType::Gauge, |s| s.connected),
+            ("host_connecting", "Host connections being opened.", MetricType::Gauge, |s| {
+                s.connecting
+            }),
+            ("host_bytes_in", "Bytes read from the host.", MetricType::Counter, |s| s.bytes_in),
+            ("host_bytes_out", "Bytes written to the host.", MetricType::Counter, |s| s.bytes_out),
+            (
+                "host_unreachable",
+                "Sessions ended with HostStatus(UNREACHABLE): refused, timed out, no descriptors, \
+                 no room.",
+                MetricType::Counter,
+                |s| s.unreachable,
+            ),
+            (
+                "host_closed_by_host",
+                "Sessions ended with HostStatus(CLOSED_BY_HOST).",
+                MetricType::Counter,
+                |s| s.closed_by_host,
+            ),
+            (
+                "host_idle_timeout",
+                "Sessions ended with HostStatus(IDLE_TIMEOUT).",
+                MetricType::Counter,
+                |s| s.idle_timeout,
+            ),
+            (
+                "host_no_fds",
+                "Host connects refused for want of file descriptors (also in unreachable).",
+                MetricType::Counter,
+                |s| s.no_fds,
+            ),
+            (
+                "host_not_reading",
+                "Sessions ended because the host did not read what the device sent.",
+                MetricType::Counter,
+                |s| s.not_reading,
+            ),
+        ];
+        if !self.hosts.is_empty() {
+            for (name, help, kind, get) in host_families {
+                let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+                for (host, st) in &self.hosts {
+                    let labels = [("host", host.as_str())];
+                    let mut sample = m.encode_family(&labels)?;
+                    let value = get(st);
+                    match kind {
+                        MetricType::Counter => {
+                            sample.encode_counter::<NoLabelSet, _, u64>(&value, None)?
+                        }
+                        _ => sample.encode_gauge(&value)?,
+                    }
+                }
+            }
+        }
         for (name, help, b) in &self.histograms {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             m.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.le, None)?;
@@ -262,11 +332,19 @@ mod tests {
                     backend: "epoll",
                     counters: c.clone(),
                     sessions_json: String::new(),
+                    hosts: vec![(
+                        "wms".into(),
+                        HostStats { connected: 2, bytes_in: 10, ..Default::default() },
+                    )],
                 }),
                 Some(super::super::housekeeping::ShardView {
                     backend: "epoll",
                     counters: c,
                     sessions_json: String::new(),
+                    hosts: vec![(
+                        "wms".into(),
+                        HostStats { connected: 1, bytes_in: 5, ..Default::default() },
+                    )],
                 }),
             ],
             acceptor: Some(AcceptorReport { counters: a, backend: "poll" }),
@@ -274,6 +352,9 @@ mod tests {
             ..View::default()
         };
         let text = metrics(&v);
+        // Hosts: summed over shards, one series per host.
+        assert!(text.contains("fleetgate_host_connected{host=\"wms\"} 3\n"), "{text}");
+        assert!(text.contains("fleetgate_host_bytes_in_total{host=\"wms\"} 15\n"), "{text}");
         assert!(text.contains("fleetgate_logons_accepted_total{shard=\"1\"} 3\n"), "{text}");
         assert!(text.contains("fleetgate_sessions{shard=\"0\",state=\"active\"} 2\n"), "{text}");
         assert!(text.contains("fleetgate_cycle_ns_max{shard=\"0\"} 1234\n"), "{text}");

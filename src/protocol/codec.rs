@@ -147,6 +147,10 @@ pub enum Field {
     Config,
     /// Header `messageTypeId` (an application body with a type below 100).
     TypeId,
+    /// HostStatus `state` (DESIGN.md §1.6).
+    HostState,
+    /// HostData body (at least one byte, DESIGN.md §1.6).
+    HostData,
 }
 
 /// Why a message could not be encoded.

@@ -77,11 +77,16 @@
 mod codec;
 mod framer;
 mod header;
+mod host;
 mod message;
 
 pub use codec::{DecodeError, EncodeError, Field, Reader, Writer, align8, is_printable};
 pub use framer::{DATAGRAM_PREFIX_LEN, Datagram, Deframer, Frames, write_prefix};
 pub use header::{FLAG_RESEND, HEADER_LEN, Header, PROTOCOL_ID, PROTOCOL_VERSION, offset};
+pub use host::{
+    HOST_DATA_FROM_HOST, HOST_DATA_TO_HOST, HOST_STATUS, HOST_STATUS_DETAILS_MAX, HostMessage,
+    HostState, StatusBuf,
+};
 pub use message::{
     APP_TYPE_MIN, Body, CONNECTION_REJECT_DETAILS_MAX, CONNECTION_REQUEST_LEN,
     ConnectionRejectReason, DeviceUid, FixedStr, Message, MessageType, Password,

@@ -163,7 +163,7 @@ impl Gateway {
                 cfg: BackendConfig {
                     max_datagram: cfg.udp.max_datagram,
                     batch: g.io_batch,
-                    max_connections: cfg.tcp.max_connections_per_shard,
+                    max_connections: cfg.connection_ids_per_shard(),
                     send_queue_bytes: cfg.tcp.send_queue_bytes,
                 },
             };

@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub resend_ns: Histogram<u64>,
     /// Taken at.
     pub at: Timestamp,
+    /// Per-host figures of this shard (`[[hosts]]` order) and the hosts' names.
+    pub hosts: Vec<(String, crate::apps::HostStats)>,
 }
 
 impl Snapshot {
@@ -81,6 +83,7 @@ impl Snapshot {
             handshake_ns: h(),
             resend_ns: h(),
             at: Timestamp::ZERO,
+            hosts: Vec::new(),
         }
     }
 }

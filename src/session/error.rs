@@ -95,6 +95,8 @@ pub enum Deadline {
 pub enum LocalClose {
     /// The gateway is shutting down.
     Shutdown,
+    /// The session's host connection ended (closed, unreachable, inactive: DESIGN.md §1.6).
+    Host,
 }
 
 /// Which bounded queue overflowed.
@@ -125,6 +127,7 @@ impl CloseReason {
             Self::Timeout(Deadline::Heartbeat) => "heartbeat timeout",
             Self::Timeout(Deadline::Detached) => "expired",
             Self::LocalClose(LocalClose::Shutdown) => "shutdown",
+            Self::LocalClose(LocalClose::Host) => "host",
             Self::Backpressure(Overflow::OutputQueue) => "output overflow",
             Self::Backpressure(Overflow::SendQueue) => "send queue full",
         }

@@ -724,6 +724,14 @@ impl GatewaySession {
         let _ = now;
     }
 
+    /// Application messages the session takes before one more would push a message the device
+    /// has not acknowledged (through `acked`) out of the journal, or be refused: the window a
+    /// host's output is held to (DESIGN.md §1.6).
+    pub(crate) fn app_window(&self, acked: i64) -> usize {
+        let acked = acked.min(self.next_out - 1);
+        self.journal.limit().saturating_sub(self.journal.count_after(acked))
+    }
+
     /// True when the journal holds only unsent messages: one more application message would be
     /// refused (backpressure).
     pub(crate) fn output_full(&self) -> bool {

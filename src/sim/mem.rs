@@ -2,13 +2,16 @@
 //! input ([`MemBackend::deliver`], [`MemBackend::deliver_tcp`]) and takes what the shard sent
 //! ([`MemBackend::take_sent`]). Nothing touches a socket: a TCP connection is opened with
 //! [`MemBackend::open_tcp`] (a handoff's socket cannot be adopted: `register_tcp` refuses).
+//! An outbound connection (`connect_tcp`, a host) is recorded ([`MemBackend::connects`]) and
+//! stays connecting until the test decides: [`MemBackend::accept_connect`] or
+//! [`MemBackend::refuse_connect`]; reading it can be paused ([`MemBackend::is_reading`]).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::ids::ConnId;
-use crate::io::{Backend, IoEvent, SendError};
+use crate::io::{Backend, ConnectOpts, IoEvent, SendError};
 
 /// Input waiting for the next `poll`.
 #[derive(Debug)]
@@ -16,6 +19,8 @@ enum Input {
     Datagram(SocketAddr, Vec<u8>),
     Tcp(ConnId, Vec<u8>),
     Closed(ConnId),
+    Connected(ConnId),
+    ConnectFailed(ConnId, i32),
 }
 
 /// Output the shard handed over.
@@ -34,6 +39,12 @@ pub struct MemBackend {
     sent: Vec<Sent>,
     /// Per connection id: open, and closing (after `close_tcp`).
     conns: Vec<(bool, bool)>,
+    /// Outbound connections asked for, in order: id and address.
+    connects: Vec<(ConnId, SocketAddr)>,
+    /// Connections whose reading is paused.
+    paused: Vec<ConnId>,
+    /// `connect_tcp` fails with this errno (`EMFILE`: out of descriptors) while set.
+    pub connect_error: Option<i32>,
 }
 
 impl MemBackend {
@@ -63,6 +74,32 @@ impl MemBackend {
     /// Queues bytes arriving on `conn` for the next poll.
     pub fn deliver_tcp(&mut self, conn: ConnId, data: &[u8]) {
         self.input.push_back(Input::Tcp(conn, data.to_vec()));
+    }
+
+    /// Outbound connections asked for so far: id and address.
+    pub fn connects(&self) -> &[(ConnId, SocketAddr)] {
+        &self.connects
+    }
+
+    /// Completes the outbound connection `conn`.
+    pub fn accept_connect(&mut self, conn: ConnId) {
+        self.input.push_back(Input::Connected(conn));
+    }
+
+    /// Fails the outbound connection `conn` with `errno`; it is closed after.
+    pub fn refuse_connect(&mut self, conn: ConnId, errno: i32) {
+        self.input.push_back(Input::ConnectFailed(conn, errno));
+        self.close(conn);
+    }
+
+    /// The peer of `conn` closes it (end of stream).
+    pub fn peer_close(&mut self, conn: ConnId) {
+        self.close(conn);
+    }
+
+    /// False while the shard has paused reading `conn`.
+    pub fn is_reading(&self, conn: ConnId) -> bool {
+        !self.paused.contains(&conn)
     }
 
     /// What the shard sent since the last call.
@@ -109,7 +146,12 @@ impl Backend for MemBackend {
                 }
                 Input::Closed(conn) => {
                     self.conns[conn.0 as usize] = (false, false);
+                    self.paused.retain(|&c| c != conn);
                     on_event(IoEvent::TcpClosed { conn });
+                }
+                Input::Connected(conn) => on_event(IoEvent::TcpConnected { conn }),
+                Input::ConnectFailed(conn, errno) => {
+                    on_event(IoEvent::TcpConnectFailed { conn, errno });
                 }
             }
         }
@@ -123,6 +165,22 @@ impl Backend for MemBackend {
 
     fn register_tcp(&mut self, _stream: TcpStream) -> std::io::Result<ConnId> {
         Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "in-memory backend"))
+    }
+
+    fn connect_tcp(&mut self, addr: SocketAddr, _opts: ConnectOpts) -> std::io::Result<ConnId> {
+        if let Some(errno) = self.connect_error {
+            return Err(std::io::Error::from_raw_os_error(errno));
+        }
+        let conn = self.open_tcp();
+        self.connects.push((conn, addr));
+        Ok(conn)
+    }
+
+    fn set_tcp_reading(&mut self, conn: ConnId, on: bool) {
+        self.paused.retain(|&c| c != conn);
+        if !on {
+            self.paused.push(conn);
+        }
     }
 
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {

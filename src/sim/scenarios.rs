@@ -141,36 +141,11 @@ pub fn property_run(seed: u64, max_loss: f64) -> Result<PropStats, String> {
             }
         }
         let want: Vec<Vec<u8>> = (0..sent[i]).map(|k| k.to_le_bytes().to_vec()).collect();
-        let got = net.gateway_app(i);
-        if got != want {
-            return Err(format!(
-                "seed {seed}: device {i} ({:?}) sent {} but the gateway got {} (first diff at {:?}); state {:?}",
-                net.devices[i].transport,
-                want.len(),
-                got.len(),
-                got.iter().zip(&want).position(|(a, b)| a != b),
-                net.devices[i].dev.state(),
-            ));
-        }
-        let echoed = net.gateway_echoed(i);
+        same_stream(seed, &net, i, "requests at the gateway", &net.gateway_app(i), &want)?;
         let app = net.device_app(i);
         let replies: Vec<Vec<u8>> =
             app.iter().filter(|m| m.1 == 201).map(|m| m.2.clone()).collect();
-        if replies != echoed {
-            return Err(format!(
-                "seed {seed}: device {i} ({:?}) got {} echo replies, gateway queued {}; state {:?}; first diff {:?}",
-                net.devices[i].transport,
-                replies.len(),
-                echoed.len(),
-                net.devices[i].dev.state(),
-                replies
-                    .iter()
-                    .zip(&echoed)
-                    .enumerate()
-                    .find(|(_, (a, b))| a != b)
-                    .map(|(k, (a, b))| (k, a.clone(), b.clone()))
-            ));
-        }
+        same_stream(seed, &net, i, "echo replies at the device", &replies, &net.gateway_echoed(i))?;
         if app.windows(2).any(|w| w[1].0 <= w[0].0) {
             return Err(format!("seed {seed}: device {i} got application messages out of order"));
         }
@@ -189,6 +164,33 @@ pub fn property_run(seed: u64, max_loss: f64) -> Result<PropStats, String> {
         stats.feed_received += feed.len() as u64;
     }
     Ok(stats)
+}
+
+/// Fails unless device `i`'s stream `what` arrived (`got`) exactly as it was sent (`sent`),
+/// message for message; the error names both lengths, the first difference and the device's
+/// state.
+fn same_stream(
+    seed: u64,
+    net: &Net,
+    i: usize,
+    what: &str,
+    got: &[Vec<u8>],
+    sent: &[Vec<u8>],
+) -> Result<(), String> {
+    if got == sent {
+        return Ok(());
+    }
+    let first = got.iter().zip(sent).position(|(a, b)| a != b);
+    Err(format!(
+        "seed {seed}: device {i} ({:?}) {what}: {} arrived of {} sent; first difference at {:?} \
+         (arrived, sent): {:?}; state {:?}",
+        net.devices[i].transport,
+        got.len(),
+        sent.len(),
+        first,
+        first.map(|k| (&got[k], &sent[k])),
+        net.devices[i].dev.state(),
+    ))
 }
 
 fn property_seeds(seeds: std::ops::Range<u64>, max_loss: f64) {

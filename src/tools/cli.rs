@@ -159,11 +159,45 @@ enum HistCommand {
     },
 }
 
+/// `fleetgate load SCENARIO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LoadScenario {
+    /// Handshake + config + logon as fast as possible (or at `--rate`), then held.
+    Storm,
+    /// Open loop echo at a constant aggregate rate.
+    Steady,
+    /// Sessions that only heartbeat.
+    Idle,
+    /// Dropped datagrams and periodic resumes; every feed event exactly once, in order.
+    Resend,
+    /// Sessions arrive and leave continually.
+    Churn,
+    /// Devices bridged to an echo host: keystroke-to-echo latency through gateway and host
+    /// against the host reached directly, with forced roams and exact streams.
+    Host,
+}
+
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// Scenario.
+    /// Scenario (`host`: devices bridged to an echo host, against the host reached directly;
+    /// see `--host`).
     #[arg(value_enum)]
-    scenario: crate::tools::loadgen::Scenario,
+    scenario: LoadScenario,
+    /// host: the echo host (the gateway's `[[hosts]]` entry names it).
+    #[arg(long, default_value = "127.0.0.1:7023")]
+    host: std::net::SocketAddr,
+    /// host: serve a byte echo at `--host` in this process (else one must be running there).
+    #[arg(long)]
+    echo_host: bool,
+    /// host: one device roams (new address, resume) this often, in seconds (0 = never).
+    #[arg(long, default_value_t = 0.5)]
+    roam_every: f64,
+    /// host: the devices' config string (their device group must name the host).
+    #[arg(
+        long,
+        default_value = "AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~"
+    )]
+    device_config: String,
     /// Gateway UDP handshake address.
     #[arg(long, default_value = "127.0.0.1:3006")]
     handshake: std::net::SocketAddr,
@@ -533,11 +567,42 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+fn load_host(a: &LoadArgs) -> Result<ExitCode, String> {
+    let cfg = crate::tools::loadhost::HostLoadConfig {
+        handshake: a.handshake,
+        host: a.host,
+        serve_echo: a.echo_host,
+        devices: a.devices,
+        rate: a.rate,
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        roam_every: std::time::Duration::from_secs_f64(a.roam_every.max(0.0)),
+        device_config: a.device_config.clone(),
+        uid_prefix: "HOST".into(),
+        user: a.user_prefix.clone(),
+        password: a.password.clone(),
+    };
+    let report = crate::tools::loadhost::run(&cfg)?;
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn load(a: LoadArgs) -> Result<ExitCode, String> {
     use crate::tools::loadgen::{LoadConfig, Scenario};
+    let scenario = match a.scenario {
+        LoadScenario::Storm => Scenario::Storm,
+        LoadScenario::Steady => Scenario::Steady,
+        LoadScenario::Idle => Scenario::Idle,
+        LoadScenario::Resend => Scenario::Resend,
+        LoadScenario::Churn => Scenario::Churn,
+        LoadScenario::Host => return load_host(&a),
+    };
     let secs = std::time::Duration::from_secs_f64;
     let mut cfg = LoadConfig {
-        scenario: a.scenario,
+        scenario,
         handshake: a.handshake,
         tcp: a.tcp,
         udp_devices: a.devices,
@@ -568,7 +633,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         ..LoadConfig::default()
     };
     if a.device_messages.is_some() || a.device_slot_bytes.is_some() {
-        let p = crate::tools::loadgen::Profile::for_scenario(a.scenario, cfg.body_bytes).buffer;
+        let p = crate::tools::loadgen::Profile::for_scenario(scenario, cfg.body_bytes).buffer;
         cfg.device_buffer = Some(crate::journal::JournalConfig {
             messages_per_session: a.device_messages.unwrap_or(p.messages_per_session),
             slot_bytes: a.device_slot_bytes.unwrap_or(p.slot_bytes).max(64),

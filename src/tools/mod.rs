@@ -14,4 +14,5 @@ pub mod cli;
 pub mod demo;
 pub mod hist;
 pub mod loadgen;
+pub mod loadhost;
 pub mod passwd;

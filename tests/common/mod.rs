@@ -174,6 +174,23 @@ impl Seen {
     }
 }
 
+/// Calls `step` on `driver` until `done`; fails after `limit`, naming `what` and `describe`'s
+/// account of the driver.
+fn drive<T>(
+    driver: &mut T,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&T) -> bool,
+    step: fn(&mut T),
+    describe: fn(&T) -> String,
+) {
+    let t0 = Instant::now();
+    while !done(driver) {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}: {}", describe(driver));
+        step(driver);
+    }
+}
+
 /// A UDP device over a real socket.
 pub(crate) struct Udp {
     /// Its socket (replace it to reconnect from another port).
@@ -261,16 +278,9 @@ impl Udp {
 
     /// Steps until `done`; fails after `limit` with the device's state and events.
     pub(crate) fn run_until(&mut self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
-        let t0 = Instant::now();
-        while !done(self) {
-            assert!(
-                t0.elapsed() < limit,
-                "timed out waiting for {what}: state {:?}, events {:?}",
-                self.dev.state(),
-                self.seen.events
-            );
-            self.step();
-        }
+        drive(self, what, limit, done, Self::step, |d| {
+            format!("state {:?}, events {:?}", d.dev.state(), d.seen.events)
+        });
     }
 
     /// Steps for `d`.
@@ -285,6 +295,14 @@ impl Udp {
     pub(crate) fn log_on(&mut self, nonce: u64) {
         self.connect(nonce, true);
         self.run_until("logon", Duration::from_secs(5), |d| d.dev.state() == DeviceState::Active);
+    }
+
+    /// Logs out and waits for the gateway's LoggedOut("logout").
+    pub(crate) fn log_out(&mut self) {
+        let now = self.clock.now();
+        self.dev.logout(now);
+        self.run_until("LoggedOut", Duration::from_secs(5), |d| d.seen.ended.is_some());
+        assert_eq!(self.seen.logged_out(), Some("logout"));
     }
 
     /// Queues an application message.
@@ -396,18 +414,23 @@ impl Tcp {
 
     /// Steps until `done`; fails after `limit`.
     pub(crate) fn run_until(&mut self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
-        let t0 = Instant::now();
-        while !done(self) {
-            assert!(
-                t0.elapsed() < limit,
-                "timed out waiting for {what}: state {:?}, closed {} (read error {:?}), events {:?}",
-                self.dev.state(),
-                self.closed,
-                self.error,
-                self.seen.events
-            );
-            self.step();
-        }
+        drive(self, what, limit, done, Self::step, |d| {
+            format!(
+                "state {:?}, closed {} (read error {:?}), events {:?}",
+                d.dev.state(),
+                d.closed,
+                d.error,
+                d.seen.events
+            )
+        });
+    }
+
+    /// Logs out and waits for the gateway's LoggedOut("logout").
+    pub(crate) fn log_out(&mut self) {
+        let now = self.clock.now();
+        self.dev.logout(now);
+        self.run_until("LoggedOut", Duration::from_secs(5), |d| d.seen.ended.is_some());
+        assert_eq!(self.seen.logged_out(), Some("logout"));
     }
 
     /// Waits for the logon.

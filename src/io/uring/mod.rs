@@ -19,6 +19,8 @@
 //! | wake        | multishot `POLL_ADD` on the eventfd           | none (the eventfd is read inline)  |
 //! | TCP close   | queue drained, `shutdown(SHUT_WR)`, multishot `RECV` (discarding) to end of stream | none |
 //! | TCP abort   | `shutdown(SHUT_RDWR)`, then `ASYNC_CANCEL` of its ops | none                       |
+//! | TCP connect | non-blocking `connect(2)`, then one `POLL_ADD` (`POLLOUT`) and `SO_ERROR` | none       |
+//! | host receive | one single-shot `RECV` of at most `read_bytes` at a time, not re-armed while paused | group 1 |
 //!
 //! `send_to`, `send_tcp` and `close_tcp` only fill memory and queue SQEs; [`Backend::flush`] and
 //! [`Backend::poll`] hand the whole queue to the kernel in one `io_uring_enter`. `poll` waits
@@ -62,7 +64,7 @@ use ring::{
     SendSlots, Token, cancel_all_and_wait, setup_ring, sockaddr_from_name, transient,
 };
 
-use super::{Backend, BackendConfig, IoEvent, LAST_WORD_BYTES, SendError};
+use super::{Backend, BackendConfig, ConnectOpts, IoEvent, LAST_WORD_BYTES, SendError};
 use crate::ids::ConnId;
 
 /// Checks that io_uring can be used here, by the shards and the acceptor alike: the ring sets
@@ -321,6 +323,7 @@ impl Uring {
                 self.on_tcp_send(token, res);
                 0
             }
+            Some(Op::TcpConnect) => self.on_tcp_connect(token, res, on_event),
             Some(Op::Cancel | Op::Accept) | None => 0,
         }
     }
@@ -423,6 +426,49 @@ impl Uring {
         reported
     }
 
+    /// An outbound connection's writability poll completed: its connect has finished.
+    fn on_tcp_connect(
+        &mut self,
+        token: Token,
+        res: i32,
+        on_event: &mut dyn FnMut(IoEvent<'_>),
+    ) -> usize {
+        let idx = token.index();
+        if self.gens.get(idx) != Some(&token.generation()) {
+            return 0;
+        }
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else { return 0 };
+        let was = core::mem::replace(&mut c.recv, Lifecycle::Idle);
+        if was == Lifecycle::Orphaned {
+            self.release(idx);
+            return 0;
+        }
+        if c.phase != Phase::Connecting {
+            return 0;
+        }
+        let sock = socket2::SockRef::from(&c.fd);
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let err = if res < 0 {
+            Some(-res)
+        } else {
+            match sock.take_error() {
+                Ok(Some(e)) | Err(e) => Some(errno(e)),
+                // Writable without an error can still be unconnected (a reset raced the check).
+                Ok(None) => sock.peer_addr().err().map(errno),
+            }
+        };
+        let conn = ConnId(idx as u32);
+        if let Some(errno) = err {
+            on_event(IoEvent::TcpConnectFailed { conn, errno });
+            self.teardown(idx);
+        } else {
+            c.phase = Phase::Open;
+            on_event(IoEvent::TcpConnected { conn });
+            self.kick(idx);
+        }
+        1
+    }
+
     fn on_tcp_send(&mut self, token: Token, res: i32) {
         let idx = token.index();
         if self.gens.get(idx) != Some(&token.generation()) {
@@ -487,9 +533,25 @@ impl Uring {
         let generation = self.gens[idx];
         let Some(c) = self.conns[idx].as_ref() else { return true };
         let (fd, phase, recv, send) = (c.fd.as_raw_fd(), c.phase, c.recv, c.send);
+        let (paused, read_bytes) = (c.paused, c.read_bytes);
         let (ptr, queued) = self.outs[idx].as_ref().map_or((core::ptr::null(), 0), SendRing::front);
         match phase {
             Phase::Draining => return true,
+            Phase::Connecting => {
+                if recv == Lifecycle::Idle {
+                    let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                        .build()
+                        .user_data(Token::new(Op::TcpConnect, idx, generation).0);
+                    // SAFETY: no pointers; `fd` stays open until this op's final CQE.
+                    if !unsafe { self.push(&sqe) } {
+                        return false;
+                    }
+                    if let Some(c) = self.conns[idx].as_mut() {
+                        c.recv = Lifecycle::Submitted;
+                    }
+                }
+                return true;
+            }
             Phase::Closing if send == Lifecycle::Idle && queued == 0 => {
                 // Everything queued is handed to the kernel: the FIN follows it. Keep reading
                 // (and discarding) until the peer closes its end, so that no unread input makes
@@ -502,10 +564,18 @@ impl Uring {
             }
             Phase::Open | Phase::Closing | Phase::HalfClosed => {}
         }
-        if recv == Lifecycle::Idle {
-            let sqe = opcode::RecvMulti::new(types::Fd(fd), TCP_BGID)
-                .build()
-                .user_data(Token::new(Op::TcpRecv, idx, generation).0);
+        // A paused connection is not read (its open phase only: a closing one reads to discard).
+        if recv == Lifecycle::Idle && !(paused && phase == Phase::Open) {
+            let sqe = if read_bytes > 0 {
+                // One bounded read at a time, so that a pause takes effect at once.
+                opcode::Recv::new(types::Fd(fd), core::ptr::null_mut(), read_bytes)
+                    .buf_group(TCP_BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            } else {
+                opcode::RecvMulti::new(types::Fd(fd), TCP_BGID).build()
+            }
+            .user_data(Token::new(Op::TcpRecv, idx, generation).0);
             // SAFETY: no pointers: the kernel takes buffers from group TCP_BGID, kept until the
             // ring quiesces; `fd` stays open until this op's final CQE (see `release`).
             if !unsafe { self.push(&sqe) } {
@@ -549,6 +619,8 @@ impl Uring {
         if c.phase == Phase::Draining {
             return;
         }
+        // While connecting, the op in the receive's place is the writability poll.
+        let recv_op = if c.phase == Phase::Connecting { Op::TcpConnect } else { Op::TcpRecv };
         c.phase = Phase::Draining;
         // Completes a pending RECV (end of stream) and SEND (EPIPE) promptly; after a graceful
         // close, the FIN follows the bytes already written. The cancels cover the rest.
@@ -557,7 +629,7 @@ impl Uring {
         let mut cancel = [None, None];
         if c.recv == Lifecycle::Submitted {
             c.recv = Lifecycle::Orphaned;
-            cancel[0] = Some(Token::new(Op::TcpRecv, idx, generation));
+            cancel[0] = Some(Token::new(recv_op, idx, generation));
         }
         if c.send == Lifecycle::Submitted {
             c.send = Lifecycle::Orphaned;
@@ -689,15 +761,52 @@ impl Backend for Uring {
             phase: Phase::Open,
             recv: Lifecycle::Idle,
             send: Lifecycle::Idle,
+            paused: false,
+            read_bytes: 0,
         });
         self.kick(idx);
         Ok(ConnId(idx as u32))
     }
 
+    fn connect_tcp(&mut self, addr: SocketAddr, opts: ConnectOpts) -> std::io::Result<ConnId> {
+        let Some(&idx) = self.free.last() else {
+            return Err(std::io::Error::other("no free connection slot"));
+        };
+        let idx = idx as usize;
+        let (sock, _) = super::start_connect(addr, opts)?;
+        if self.outs[idx].is_none() {
+            self.outs[idx] = Some(SendRing::new(self.cfg.send_queue_bytes)?);
+        }
+        self.free.pop();
+        self.conns[idx] = Some(Conn {
+            fd: OwnedFd::from(sock),
+            phase: Phase::Connecting,
+            recv: Lifecycle::Idle,
+            send: Lifecycle::Idle,
+            paused: false,
+            read_bytes: opts.read_bytes.min(TCP_BUF_LEN) as u32,
+        });
+        self.kick(idx);
+        Ok(ConnId(idx as u32))
+    }
+
+    fn set_tcp_reading(&mut self, conn: ConnId, on: bool) {
+        let idx = conn.0 as usize;
+        if let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+            if c.paused == on {
+                c.paused = !on;
+                if on {
+                    self.kick(idx);
+                }
+            }
+        }
+    }
+
     fn send_tcp(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
         let idx = conn.0 as usize;
         match self.conns.get(idx).and_then(Option::as_ref) {
-            Some(c) if c.phase == Phase::Open => {}
+            // Queued while connecting, sent once up.
+            Some(c) if matches!(c.phase, Phase::Open | Phase::Connecting) => {}
             _ => return Err(SendError::Closed),
         }
         let Some(out) = self.outs[idx].as_mut() else { return Err(SendError::Closed) };
@@ -714,7 +823,7 @@ impl Backend for Uring {
     fn tcp_room(&self, conn: ConnId) -> usize {
         let idx = conn.0 as usize;
         match (self.conns.get(idx).and_then(Option::as_ref), self.outs.get(idx)) {
-            (Some(c), Some(Some(out))) if c.phase == Phase::Open => {
+            (Some(c), Some(Some(out))) if matches!(c.phase, Phase::Open | Phase::Connecting) => {
                 out.free().saturating_sub(LAST_WORD_BYTES)
             }
             _ => 0,
@@ -739,7 +848,10 @@ impl Backend for Uring {
     fn close_tcp(&mut self, conn: ConnId) {
         let idx = conn.0 as usize;
         if let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) {
-            if c.phase == Phase::Open {
+            if c.phase == Phase::Connecting {
+                // Nothing was said yet: no FIN to wait for.
+                self.teardown(idx);
+            } else if c.phase == Phase::Open {
                 c.phase = Phase::Closing;
                 self.kick(idx);
             }
@@ -791,6 +903,8 @@ impl Drop for Uring {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// An outbound connection waiting for its connect to finish (`POLL_ADD` in `recv`'s place).
+    Connecting,
     Open,
     /// `close_tcp` was called: send what is queued, then half-close.
     Closing,
@@ -805,6 +919,10 @@ struct Conn {
     phase: Phase,
     recv: Lifecycle,
     send: Lifecycle,
+    /// Reading stopped ([`Backend::set_tcp_reading`]).
+    paused: bool,
+    /// Bytes per single-shot read (0: multishot).
+    read_bytes: u32,
 }
 
 /// A connection's bounded send queue: a byte ring whose front may be in flight.

@@ -74,10 +74,12 @@ pub(super) enum Op {
     Cancel = 6,
     /// The acceptor's multishot accept ([`accept`]).
     Accept = 7,
+    /// An outbound connection's `POLL_ADD` for writability (its connect finished).
+    TcpConnect = 8,
 }
 
 impl Op {
-    pub(super) const VALUES: [Self; 7] = [
+    pub(super) const VALUES: [Self; 8] = [
         Self::UdpRecv,
         Self::UdpSend,
         Self::Wake,
@@ -85,6 +87,7 @@ impl Op {
         Self::TcpSend,
         Self::Cancel,
         Self::Accept,
+        Self::TcpConnect,
     ];
 
     pub(super) fn from_bits(bits: u8) -> Option<Self> {

@@ -549,3 +549,94 @@ fn full_width_fixed_strings_have_no_nul() {
     assert!(Username::new(b"a\0b").is_none(), "NUL is not a printable value byte");
     assert!(Username::new(b"").unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Host data (DESIGN.md §1.6): application messages whose bodies `HostMessage` reads
+// ---------------------------------------------------------------------------------------------
+
+/// Type 400 (0x0190, HostData C→S), body "ls\r\n": messageLength 36 (0x24), padded 40.
+pub(super) const GOLDEN_HOST_DATA_TO_HOST: &str = concat!(
+    "db 00 24 00 90 01 01 00", // length 36, type 0x0190
+    "08 07 06 05 04 03 02 01", //
+    "18 17 16 15 14 13 12 11", //
+    "28 27 26 25 24 23 22 21", //
+    "6c 73 0d 0a 00 00 00 00", // "ls" CR LF, 4 bytes padding
+);
+
+/// Type 401 (0x0191, HostData S→C), body IAC WILL ECHO (ff fb 01): messageLength 35 (0x23).
+pub(super) const GOLDEN_HOST_DATA_FROM_HOST: &str = concat!(
+    "db 00 23 00 91 01 01 00", // length 35, type 0x0191
+    "08 07 06 05 04 03 02 01", //
+    "18 17 16 15 14 13 12 11", //
+    "28 27 26 25 24 23 22 21", //
+    "ff fb 01 00 00 00 00 00", // telnet IAC WILL ECHO, 5 bytes padding
+);
+
+/// Type 402 (0x0192, HostStatus), UNREACHABLE (4) "refused": messageLength 41 (0x29), padded 48.
+pub(super) const GOLDEN_HOST_STATUS: &str = concat!(
+    "db 00 29 00 92 01 01 00", // length 41, type 0x0192
+    "08 07 06 05 04 03 02 01", //
+    "18 17 16 15 14 13 12 11", //
+    "28 27 26 25 24 23 22 21", //
+    "04 07 72 65 66 75 73 65", // state 4, detailsLength 7, "refuse" ...
+    "64 00 00 00 00 00 00 00", // ... "d", 7 bytes padding
+);
+
+#[test]
+fn golden_host_data_to_host() {
+    let expected = Message {
+        header: seq_header(0, 36, 400),
+        body: Body::App { type_id: 400, body: b"ls\r\n" },
+    };
+    check_golden(GOLDEN_HOST_DATA_TO_HOST, &expected);
+    assert_eq!(HostMessage::decode(400, b"ls\r\n"), Ok(Some(HostMessage::ToHost(b"ls\r\n"))));
+    let mut body = [0u8; 4];
+    assert_eq!(HostMessage::ToHost(b"ls\r\n").encode_body(&mut body), Ok(4));
+    assert_eq!(&body, &hex(GOLDEN_HOST_DATA_TO_HOST)[32..36]);
+    assert_eq!(HostMessage::ToHost(b"x").type_id(), HOST_DATA_TO_HOST);
+}
+
+#[test]
+fn golden_host_data_from_host() {
+    let bytes = hex(GOLDEN_HOST_DATA_FROM_HOST);
+    let expected = Message {
+        header: seq_header(0, 35, 401),
+        body: Body::App { type_id: 401, body: &[0xff, 0xfb, 0x01] },
+    };
+    check_golden(GOLDEN_HOST_DATA_FROM_HOST, &expected);
+    // Host bytes are opaque: telnet commands (0xff) pass through untouched.
+    let (m, _) = Message::decode(&bytes).unwrap();
+    let Body::App { type_id, body } = m.body else { panic!("not an app body: {m:?}") };
+    assert_eq!(
+        HostMessage::decode(type_id, body),
+        Ok(Some(HostMessage::FromHost(&[0xff, 0xfb, 1])))
+    );
+    assert_eq!(HostMessage::FromHost(b"x").type_id(), HOST_DATA_FROM_HOST);
+}
+
+#[test]
+fn golden_host_status() {
+    let bytes = hex(GOLDEN_HOST_STATUS);
+    let expected = Message {
+        header: seq_header(0, 41, 402),
+        body: Body::App { type_id: 402, body: &bytes[32..41] },
+    };
+    check_golden(GOLDEN_HOST_STATUS, &expected);
+    let got = HostMessage::decode(402, &bytes[32..41]).unwrap().unwrap();
+    assert_eq!(got, HostMessage::Status { state: HostState::Unreachable, details: b"refused" });
+    let mut body = [0u8; 9];
+    assert_eq!(got.encode_body(&mut body), Ok(9));
+    assert_eq!(&body[..], &bytes[32..41]);
+    assert_eq!(StatusBuf::new(HostState::Unreachable, b"refused").as_bytes(), &bytes[32..41]);
+    // Every state has the number DESIGN.md §1.6 gives it.
+    for (v, s) in [
+        (1, HostState::Connected),
+        (2, HostState::Connecting),
+        (3, HostState::ClosedByHost),
+        (4, HostState::Unreachable),
+        (5, HostState::IdleTimeout),
+    ] {
+        assert_eq!(HostState::from_u8(v), Some(s));
+        assert_eq!(s as u8, v);
+    }
+}

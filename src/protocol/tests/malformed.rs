@@ -58,141 +58,128 @@ fn length_below_header() {
     }
 }
 
+/// Golden bytes cut to `len`, with messageLength saying so.
+fn cut_to(golden_hex: &str, len: u16) -> Vec<u8> {
+    golden_with(golden_hex, |b| {
+        set_u16(b, 2, len);
+        b.truncate(usize::from(len));
+    })
+}
+
+/// Each case must fail with `LengthMismatch { type_id, declared, expected }`.
+fn check_length_mismatches(cases: &[(&str, Vec<u8>, u16, u16, usize)]) {
+    for &(what, ref b, type_id, declared, expected) in cases {
+        assert_eq!(
+            decode_err(b),
+            DecodeError::LengthMismatch { type_id, declared, expected },
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn fixed_type_length_mismatch() {
-    // Heartbeat declaring 41 bytes (padded to 48, so the padding check passes).
-    let b = golden_with(GOLDEN_HEARTBEAT, |b| {
-        set_u16(b, 2, 41);
-        b.resize(48, 0);
-    });
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 10, declared: 41, expected: 40 }
-    );
-    // Heartbeat with no body at all.
-    let b = golden_with(GOLDEN_HEARTBEAT, |b| {
-        set_u16(b, 2, 32);
-        b.truncate(32);
-    });
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 10, declared: 32, expected: 40 }
-    );
-    // LogonRequest one byte short (80 instead of 81).
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| {
-        set_u16(b, 2, 80);
-        b.truncate(80);
-    });
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 1, declared: 80, expected: 81 }
-    );
-    // A ConnectionRequest cut to 120 bytes (the "shorter than 128" of DESIGN.md §2 rule 2).
-    let b = golden_with(GOLDEN_CONNECTION_REQUEST, |b| {
-        set_u16(b, 2, 120);
-        b.truncate(120);
-    });
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 50, declared: 120, expected: 128 }
-    );
+    check_length_mismatches(&[
+        (
+            "Heartbeat declaring 41 bytes (padded to 48, so the padding check passes)",
+            golden_with(GOLDEN_HEARTBEAT, |b| {
+                set_u16(b, 2, 41);
+                b.resize(48, 0);
+            }),
+            10,
+            41,
+            40,
+        ),
+        ("Heartbeat with no body at all", cut_to(GOLDEN_HEARTBEAT, 32), 10, 32, 40),
+        (
+            "LogonRequest one byte short (80 instead of 81)",
+            cut_to(GOLDEN_LOGON_REQUEST, 80),
+            1,
+            80,
+            81,
+        ),
+        (
+            "a ConnectionRequest cut to 120 bytes (the \"shorter than 128\" of DESIGN.md §2 rule 2)",
+            cut_to(GOLDEN_CONNECTION_REQUEST, 120),
+            50,
+            120,
+            128,
+        ),
+    ]);
 }
 
 #[test]
 fn variable_type_length_mismatch() {
-    // LoggedOut: messageLength 68 means reasonLength 35 (0x23).
-    let b = golden_with(GOLDEN_LOGGED_OUT, |b| b[32] = 0x22);
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 5, declared: 68, expected: 67 }
-    );
-    let b = golden_with(GOLDEN_LOGGED_OUT, |b| b[32] = 0x24);
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 5, declared: 68, expected: 69 }
-    );
-    // LoggedOut without even the length byte.
-    let b = golden_with(GOLDEN_LOGGED_OUT, |b| {
-        set_u16(b, 2, 32);
-        b.truncate(32);
-    });
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 5, declared: 32, expected: 33 }
-    );
-    // Reject whose detailsLength says 8 while messageLength says 7.
-    let b = golden_with(GOLDEN_REJECT, |b| b[41] = 8);
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 30, declared: 49, expected: 50 }
-    );
-    // DeviceConfig whose configLength says 0 while messageLength says 9.
-    let b = golden_with(GOLDEN_DEVICE_CONFIG, |b| b[40] = 0);
-    assert_eq!(
-        decode_err(&b),
-        DecodeError::LengthMismatch { type_id: 57, declared: 50, expected: 41 }
-    );
+    check_length_mismatches(&[
+        // LoggedOut: messageLength 68 means reasonLength 35 (0x23).
+        ("LoggedOut, reasonLength 34", golden_with(GOLDEN_LOGGED_OUT, |b| b[32] = 0x22), 5, 68, 67),
+        ("LoggedOut, reasonLength 36", golden_with(GOLDEN_LOGGED_OUT, |b| b[32] = 0x24), 5, 68, 69),
+        ("LoggedOut without even the length byte", cut_to(GOLDEN_LOGGED_OUT, 32), 5, 32, 33),
+        (
+            "Reject whose detailsLength says 8 while messageLength says 7",
+            golden_with(GOLDEN_REJECT, |b| b[41] = 8),
+            30,
+            49,
+            50,
+        ),
+        (
+            "DeviceConfig whose configLength says 0 while messageLength says 9",
+            golden_with(GOLDEN_DEVICE_CONFIG, |b| b[40] = 0),
+            57,
+            50,
+            41,
+        ),
+    ]);
 }
 
 #[test]
 fn variable_details_over_their_maximum() {
-    // ConnectionReject with 91 detail bytes: consistent lengths, but over the 90-byte limit.
-    let details = [b'x'; CONNECTION_REJECT_DETAILS_MAX + 1];
-    let len = 34 + details.len();
-    let mut b = hex(GOLDEN_CONNECTION_REJECT)[..32].to_vec();
-    set_u16(&mut b, 2, len as u16);
-    b.extend_from_slice(&[1, details.len() as u8]);
-    b.extend_from_slice(&details);
-    b.resize(align8(len), 0);
-    assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Details));
-
-    let details = [b'x'; REGISTRATION_REJECT_DETAILS_MAX + 1];
-    let len = 34 + details.len();
-    let mut b = hex(GOLDEN_REGISTRATION_REJECT)[..32].to_vec();
-    set_u16(&mut b, 2, len as u16);
-    b.extend_from_slice(&[1, details.len() as u8]);
-    b.extend_from_slice(&details);
-    b.resize(align8(len), 0);
-    assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Details));
+    // A reject with one detail byte over its limit: consistent lengths, but over the limit (90
+    // bytes for ConnectionReject, 50 for RegistrationReject).
+    for (golden, max) in [
+        (GOLDEN_CONNECTION_REJECT, CONNECTION_REJECT_DETAILS_MAX),
+        (GOLDEN_REGISTRATION_REJECT, REGISTRATION_REJECT_DETAILS_MAX),
+    ] {
+        let details = vec![b'x'; max + 1];
+        let len = 34 + details.len();
+        let mut b = hex(golden)[..32].to_vec();
+        set_u16(&mut b, 2, len as u16);
+        b.extend_from_slice(&[1, details.len() as u8]);
+        b.extend_from_slice(&details);
+        b.resize(align8(len), 0);
+        assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Details), "max {max}");
+    }
 }
 
 #[test]
 fn bad_chars() {
-    // Non-printable byte in the username.
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[34] = 0x07);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Username));
-    // DEL (0x7f) is not printable either.
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[32] = 0x7f);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Username));
-    // A non-NUL byte after the first NUL: "alice\0\0x".
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[39] = b'x');
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Username));
-    // ... even in the last byte of the field.
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[47] = b'x');
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Username));
-    // Password: high byte, and text after the NUL.
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[48] = 0x80);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Password));
-    let b = golden_with(GOLDEN_LOGON_REQUEST, |b| b[79] = b'!');
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Password));
-    // deviceUid in ConnectionRequest and RegistrationRequest.
-    let b = golden_with(GOLDEN_CONNECTION_REQUEST, |b| b[40] = b'Z');
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::DeviceUid));
-    let b = golden_with(GOLDEN_REGISTRATION_REQUEST, |b| b[32] = 0x1f);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::DeviceUid));
-    // Variable fields: NUL or control bytes are refused.
-    let b = golden_with(GOLDEN_LOGGED_OUT, |b| b[33] = 0x00);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Reason));
-    let b = golden_with(GOLDEN_LOGOUT_REQUEST, |b| b[35] = b'\n');
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Reason));
-    let b = golden_with(GOLDEN_REJECT, |b| b[42] = 0xff);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Details));
-    let b = golden_with(GOLDEN_CONNECTION_REJECT, |b| b[34] = 0x00);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Details));
-    let b = golden_with(GOLDEN_REGISTRATION_REJECT, |b| b[40] = 0x09);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Details));
-    let b = golden_with(GOLDEN_DEVICE_CONFIG, |b| b[49] = 0x7f);
-    assert_eq!(decode_err(&b), DecodeError::InvalidChars(Field::Config));
+    let cases = [
+        ("non-printable byte in the username", GOLDEN_LOGON_REQUEST, 34, 0x07, Field::Username),
+        ("DEL (0x7f) is not printable either", GOLDEN_LOGON_REQUEST, 32, 0x7f, Field::Username),
+        (
+            "username \"alice\\0\\0x\": text after a NUL",
+            GOLDEN_LOGON_REQUEST,
+            39,
+            b'x',
+            Field::Username,
+        ),
+        ("... even in the last byte of the field", GOLDEN_LOGON_REQUEST, 47, b'x', Field::Username),
+        ("password: high byte", GOLDEN_LOGON_REQUEST, 48, 0x80, Field::Password),
+        ("password: text after the NUL", GOLDEN_LOGON_REQUEST, 79, b'!', Field::Password),
+        ("uid in ConnectionRequest", GOLDEN_CONNECTION_REQUEST, 40, b'Z', Field::DeviceUid),
+        ("uid in RegistrationRequest", GOLDEN_REGISTRATION_REQUEST, 32, 0x1f, Field::DeviceUid),
+        // Variable fields: NUL or control bytes are refused.
+        ("NUL in a LoggedOut reason", GOLDEN_LOGGED_OUT, 33, 0x00, Field::Reason),
+        ("newline in a LogoutRequest reason", GOLDEN_LOGOUT_REQUEST, 35, b'\n', Field::Reason),
+        ("0xff in Reject details", GOLDEN_REJECT, 42, 0xff, Field::Details),
+        ("NUL in ConnectionReject details", GOLDEN_CONNECTION_REJECT, 34, 0x00, Field::Details),
+        ("tab in RegistrationReject details", GOLDEN_REGISTRATION_REJECT, 40, 0x09, Field::Details),
+        ("DEL in a DeviceConfig config", GOLDEN_DEVICE_CONFIG, 49, 0x7f, Field::Config),
+    ];
+    for (what, golden, at, byte, field) in cases {
+        let b = golden_with(golden, |b| b[at] = byte);
+        assert_eq!(decode_err(&b), DecodeError::InvalidChars(field), "{what}");
+    }
 }
 
 #[test]
@@ -203,18 +190,25 @@ fn bad_booleans_and_reserved_bytes() {
         let b = golden_with(GOLDEN_REGISTRATION_ACCEPT, |b| b[40] = v);
         assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Resumed));
     }
-    // ConnectionRequest: body bytes 26..96 (message 58..128) must be zero.
-    for at in [58, 64, 100, 127] {
-        let b = golden_with(GOLDEN_CONNECTION_REQUEST, |b| b[at] = 1);
-        assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Reserved), "at {at}");
-    }
-    // ConnectionAccept: reserved u16 at body offset 2.
-    let b = golden_with(GOLDEN_CONNECTION_ACCEPT, |b| b[35] = 0x80);
-    assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Reserved));
-    // RegistrationAccept: body bytes 9..16 must be zero.
-    for at in [41, 47] {
-        let b = golden_with(GOLDEN_REGISTRATION_ACCEPT, |b| b[at] = 1);
-        assert_eq!(decode_err(&b), DecodeError::InvalidFieldValue(Field::Reserved), "at {at}");
+    // ConnectionRequest: body bytes 26..96 (message 58..128) must be zero; ConnectionAccept: the
+    // reserved u16 at body offset 2; RegistrationAccept: body bytes 9..16 must be zero.
+    let cases = [
+        (GOLDEN_CONNECTION_REQUEST, 58, 1),
+        (GOLDEN_CONNECTION_REQUEST, 64, 1),
+        (GOLDEN_CONNECTION_REQUEST, 100, 1),
+        (GOLDEN_CONNECTION_REQUEST, 127, 1),
+        (GOLDEN_CONNECTION_ACCEPT, 35, 0x80),
+        (GOLDEN_REGISTRATION_ACCEPT, 41, 1),
+        (GOLDEN_REGISTRATION_ACCEPT, 47, 1),
+    ];
+    for (golden, at, v) in cases {
+        let b = golden_with(golden, |b| b[at] = v);
+        assert_eq!(
+            decode_err(&b),
+            DecodeError::InvalidFieldValue(Field::Reserved),
+            "type {}, at {at}",
+            b[4]
+        );
     }
 }
 
@@ -337,31 +331,39 @@ fn reject_reasons_follow_design() {
 #[test]
 fn encode_errors() {
     let mut buf = [0u8; 512];
-    let m =
-        Message { header: seq_header(0, 0, 0), body: Body::LoggedOut { reason: b"bad\0reason" } };
-    assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(Field::Reason)));
     let long = [b'x'; 256];
-    let m = Message { header: seq_header(0, 0, 0), body: Body::LogoutRequest { reason: &long } };
-    assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(Field::Reason)));
-    let m = Message {
-        header: hs_header(0, 0),
-        body: Body::ConnectionReject { reason: 1, details: &long[..91] },
-    };
-    assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(Field::Details)));
-    let m = Message {
-        header: hs_header(0, 0),
-        body: Body::RegistrationReject { reason: 1, details: &long[..51] },
-    };
-    assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(Field::Details)));
-    let m = Message {
-        header: hs_header(0, 0),
-        body: Body::DeviceConfig { correlation_id: 1, config: b"tab\there" },
-    };
-    assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(Field::Config)));
+    let seq = seq_header(0, 0, 0);
+    let hs = hs_header(0, 0);
+    let cases = [
+        ("NUL in a reason", seq, Body::LoggedOut { reason: b"bad\0reason" }, Field::Reason),
+        ("256-byte reason", seq, Body::LogoutRequest { reason: &long }, Field::Reason),
+        (
+            "91 bytes of ConnectionReject details",
+            hs,
+            Body::ConnectionReject { reason: 1, details: &long[..91] },
+            Field::Details,
+        ),
+        (
+            "51 bytes of RegistrationReject details",
+            hs,
+            Body::RegistrationReject { reason: 1, details: &long[..51] },
+            Field::Details,
+        ),
+        (
+            "tab in a config",
+            hs,
+            Body::DeviceConfig { correlation_id: 1, config: b"tab\there" },
+            Field::Config,
+        ),
+    ];
+    for (what, header, body, field) in cases {
+        let m = Message { header, body };
+        assert_eq!(m.encode(&mut buf), Err(EncodeError::InvalidField(field)), "{what}");
+    }
     let huge = vec![0u8; usize::from(u16::MAX) - HEADER_LEN + 1];
-    let m = Message { header: seq_header(0, 0, 0), body: Body::App { type_id: 100, body: &huge } };
+    let m = Message { header: seq, body: Body::App { type_id: 100, body: &huge } };
     assert_eq!(m.encode(&mut vec![0u8; 70_000]), Err(EncodeError::BodyTooLong));
-    let m = Message { header: seq_header(0, 0, 0), body: Body::Heartbeat { correlation_id: 1 } };
+    let m = Message { header: seq, body: Body::Heartbeat { correlation_id: 1 } };
     assert_eq!(m.encode(&mut buf[..39]), Err(EncodeError::BufferTooSmall { needed: 40 }));
     assert_eq!(m.encode(&mut buf[..40]), Ok(40));
 }
@@ -393,4 +395,65 @@ fn encode_refuses_headers_the_decoder_refuses() {
         body: Body::GetDeviceConfig { correlation_id: 1 },
     };
     assert!(m.encode(&mut buf).is_err(), "handshake message with sequenceNum 1");
+}
+
+// Host data (DESIGN.md §1.6).
+
+#[test]
+fn host_data_must_carry_a_byte() {
+    for t in [HOST_DATA_TO_HOST, HOST_DATA_FROM_HOST] {
+        let e = HostMessage::decode(t, b"").unwrap_err();
+        assert_eq!(e, DecodeError::LengthMismatch { type_id: t, declared: 32, expected: 33 });
+        assert_eq!(e.reject_reason(), RejectReason::InvalidLength);
+    }
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        HostMessage::ToHost(b"").encode_body(&mut buf),
+        Err(EncodeError::InvalidField(Field::HostData))
+    );
+}
+
+#[test]
+fn host_status_length_must_match_details() {
+    // Shorter than the fixed part.
+    for body in [&b""[..], &[1u8][..]] {
+        let e = HostMessage::decode(HOST_STATUS, body).unwrap_err();
+        assert!(matches!(e, DecodeError::LengthMismatch { expected: 34, .. }), "{e:?}");
+    }
+    // detailsLength 3, two bytes given; detailsLength 1, two bytes given.
+    let e = HostMessage::decode(HOST_STATUS, &[1, 3, b'a', b'b']).unwrap_err();
+    assert_eq!(e, DecodeError::LengthMismatch { type_id: 402, declared: 36, expected: 37 });
+    let e = HostMessage::decode(HOST_STATUS, &[1, 1, b'a', b'b']).unwrap_err();
+    assert_eq!(e, DecodeError::LengthMismatch { type_id: 402, declared: 36, expected: 35 });
+    assert_eq!(e.reject_reason(), RejectReason::InvalidLength);
+}
+
+#[test]
+fn host_status_state_outside_1_to_5() {
+    for s in [0u8, 6, 0x80, 0xff] {
+        let e = HostMessage::decode(HOST_STATUS, &[s, 0]).unwrap_err();
+        assert_eq!(e, DecodeError::InvalidFieldValue(Field::HostState));
+        assert_eq!(e.reject_reason(), RejectReason::InvalidFieldValue);
+    }
+}
+
+#[test]
+fn host_status_details_must_be_printable() {
+    for bad in [0x00u8, 0x1f, 0x7f, 0xff] {
+        let e = HostMessage::decode(HOST_STATUS, &[4, 2, b'a', bad]).unwrap_err();
+        assert_eq!(e, DecodeError::InvalidChars(Field::Details));
+    }
+    let mut buf = [0u8; 8];
+    let bad = HostMessage::Status { state: HostState::Unreachable, details: b"a\n" };
+    assert_eq!(bad.encode_body(&mut buf), Err(EncodeError::InvalidField(Field::Details)));
+    // StatusBuf cleans what it is given rather than refuse it.
+    assert_eq!(StatusBuf::new(HostState::Unreachable, b"a\nb").as_bytes(), b"\x04\x03a?b");
+    assert_eq!(StatusBuf::new(HostState::Connected, &[b'x'; 300]).as_bytes().len(), 257);
+}
+
+#[test]
+fn other_app_types_are_not_host_messages() {
+    for t in [100u16, 150, 300, 399, 403, u16::MAX] {
+        assert_eq!(HostMessage::decode(t, b"anything"), Ok(None));
+    }
 }

@@ -152,3 +152,15 @@ proptest! {
         prop_assert!(is_truncated, "cut at {}: {:?}", cut, err);
     }
 }
+
+proptest! {
+    #[test]
+    fn host_decode_never_panics(type_id in 398u16..=404, body in vec(any::<u8>(), 0..300)) {
+        if let Ok(Some(m)) = HostMessage::decode(type_id, &body) {
+            // Whatever decodes encodes back to the same bytes.
+            let mut out = vec![0u8; m.len()];
+            prop_assert_eq!(m.encode_body(&mut out), Ok(body.len()));
+            prop_assert_eq!(out, body);
+        }
+    }
+}

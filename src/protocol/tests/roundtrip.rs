@@ -67,3 +67,39 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+proptest! {
+    #[test]
+    fn round_trip_host_messages(
+        kind in 0u8..3,
+        data in vec(any::<u8>(), 1..600),
+        state in 1u8..=5,
+        details in vec(0x20u8..=0x7e, 0..=255),
+    ) {
+        let state = HostState::from_u8(state).unwrap();
+        let m = match kind {
+            0 => HostMessage::ToHost(&data),
+            1 => HostMessage::FromHost(&data),
+            _ => HostMessage::Status { state, details: &details },
+        };
+        let mut body = vec![0u8; m.len()];
+        prop_assert_eq!(m.encode_body(&mut body), Ok(m.len()));
+        prop_assert_eq!(HostMessage::decode(m.type_id(), &body), Ok(Some(m)));
+        // And as a whole application message on the wire.
+        let msg = Message {
+            header: Header { seq: 7, ..Header::default() },
+            body: Body::App { type_id: m.type_id(), body: &body },
+        };
+        let mut wire = vec![0u8; msg.encoded_len()];
+        let n = msg.encode(&mut wire).unwrap();
+        let (back, _) = Message::decode(&wire[..n]).unwrap();
+        let Body::App { type_id, body: b } = back.body else { panic!("not app") };
+        prop_assert_eq!(HostMessage::decode(type_id, b), Ok(Some(m)));
+        if m.len() > 1 {
+            prop_assert_eq!(
+                m.encode_body(&mut body[..m.len() - 1]),
+                Err(EncodeError::BufferTooSmall { needed: m.len() })
+            );
+        }
+    }
+}

@@ -12,16 +12,19 @@
 //! kernel (until input or the next deadline), or spins first: one poll per pass. [`run`] is that loop on a shard thread; the simulator
 //! drives the same [`Shard`] over an in-memory backend in virtual time (`sim::MemBackend`).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::apps::host::{EndpointSink, HostApp, HostBridge, HostIo};
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
-use crate::io::{Backend, BackendSpec, IoEvent, SendError};
+use crate::io::{Backend, BackendSpec, ConnectOpts, IoEvent, SendError};
 use crate::protocol::{Body, Message};
 use crate::runtime::handoff::Handoff;
 use crate::runtime::report::Snapshot;
@@ -94,6 +97,8 @@ pub struct Settings {
     pub cookie_rotate: Duration,
     /// Histogram upper bound (`observability.latency_ns_max`).
     pub latency_ns_max: u64,
+    /// Bytes read from a host at a time (`host_limits.read_bytes`).
+    pub host_read_bytes: usize,
 }
 
 impl Settings {
@@ -101,13 +106,14 @@ impl Settings {
     pub fn new(cfg: &Config) -> Self {
         Self {
             max_message_bytes: cfg.tcp.max_message_bytes,
-            max_connections: cfg.tcp.max_connections_per_shard,
+            max_connections: cfg.connection_ids_per_shard(),
             handoffs_per_pass: cfg.gateway.handoffs_per_pass,
             close_linger: Duration::from_millis(cfg.tcp.close_linger_ms),
             drain_timeout: Duration::from_millis(cfg.gateway.drain_timeout_ms),
             snapshot_interval: Duration::from_millis(cfg.gateway.snapshot_interval_ms),
             cookie_rotate: Duration::from_secs(cfg.udp.cookie_rotate_s.max(1)),
             latency_ns_max: cfg.observability.latency_ns_max,
+            host_read_bytes: cfg.host_limits.read_bytes,
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct Shard<B: Backend> {
     wait: Duration,
     /// Stamps input after a wait (`None`: the simulator's virtual time).
     clock: Option<Clock>,
+    /// Host connections (DESIGN.md §1.6), shared with the endpoint's host applications.
+    hosts: Option<Rc<RefCell<HostBridge>>>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -192,7 +200,19 @@ impl<B: Backend> Shard<B> {
             idle_since: None,
             wait: Duration::ZERO,
             clock: None,
+            hosts: None,
         }
+    }
+
+    /// Bridges host groups' sessions to their hosts with `bridge` (whose [`HostApp`]s the
+    /// endpoint holds: see [`attach_hosts`]).
+    pub fn set_hosts(&mut self, bridge: Rc<RefCell<HostBridge>>) {
+        self.hosts = Some(bridge);
+    }
+
+    /// The host bridge, if any (for tests and the simulator).
+    pub fn hosts(&self) -> Option<&Rc<RefCell<HostBridge>>> {
+        self.hosts.as_ref()
     }
 
     /// Takes handoffs from `rx` and publishes snapshots to `publish` (the runtime; a simulation
@@ -240,6 +260,7 @@ impl<B: Backend> Shard<B> {
             _ => now,
         };
         work += self.run_timers(now);
+        work += self.run_hosts(now);
         work += self.flush_output(now);
         if now >= self.next_snapshot {
             self.next_snapshot = now + self.settings.snapshot_interval;
@@ -290,6 +311,14 @@ impl<B: Backend> Shard<B> {
         if let Some(&(_, deadline)) = self.lingering.front() {
             next = next.min(deadline);
         }
+        if let Some(b) = self.hosts.as_ref().map(|b| b.borrow()) {
+            if b.has_io() {
+                return Duration::ZERO;
+            }
+            if let Some(t) = b.poll_timeout() {
+                next = next.min(t);
+            }
+        }
         if self.drain_deadline.is_some() {
             return Duration::ZERO;
         }
@@ -334,8 +363,9 @@ impl<B: Backend> Shard<B> {
 
     /// Polls the backend (waiting at most `timeout`) and feeds what it reports to the endpoint.
     fn poll_input(&mut self, timeout: Duration, clock: &dyn Fn() -> Timestamp) -> usize {
-        let Self { backend, endpoint, conns, open, tap, frame, first_input, .. } = self;
-        let mut input = Input { endpoint, conns, open, tap, frame, first_input };
+        let Self { backend, endpoint, conns, open, tap, frame, first_input, hosts, .. } = self;
+        let hosts = hosts.as_deref();
+        let mut input = Input { endpoint, conns, open, tap, frame, first_input, hosts };
         let polled = backend.poll(Some(timeout), &mut |ev| input.on_event(clock(), ev));
         match polled {
             Ok(n) => n,
@@ -371,6 +401,56 @@ impl<B: Backend> Shard<B> {
                 Some(_) => break,
             }
             self.lingering.pop_front();
+        }
+        work
+    }
+
+    /// The host bridge's turn: its deadlines, host bytes waiting for room, then its I/O
+    /// requests (connect, send, close, pause or resume reading, log a session out), each
+    /// carried out on this shard's backend.
+    fn run_hosts(&mut self, now: Timestamp) -> usize {
+        let Some(bridge) = self.hosts.clone() else { return 0 };
+        let mut b = bridge.borrow_mut();
+        let mut work = 0;
+        {
+            let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+            if b.poll_timeout().is_some_and(|t| t <= now) {
+                b.handle_timeout(now, &mut send);
+                work += 1;
+            }
+            b.retry(&mut send);
+        }
+        // Requests queued while these run wait for the next pass (which does not wait).
+        let mut budget = 4 * b.specs().len().max(1) + b.in_use() * 2 + 64;
+        while budget > 0 {
+            let Some(io) = b.take_io() else { break };
+            budget -= 1;
+            work += 1;
+            match io {
+                HostIo::Connect { slot, addr, keepalive } => {
+                    let opts = ConnectOpts { keepalive, read_bytes: self.settings.host_read_bytes };
+                    let r = self.backend.connect_tcp(addr, opts);
+                    if let Err(e) = &r {
+                        tracing::debug!(shard = self.index, %addr, error = %e, "host connect");
+                    }
+                    let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+                    b.connect_started(now, slot, r, &mut send);
+                }
+                HostIo::Send { slot } => {
+                    let backend = &mut self.backend;
+                    b.flush_to_host(slot, &mut |c, d| backend.send_tcp(c, d));
+                }
+                HostIo::Close { conn } if b.owns(conn) => {
+                    self.backend.close_tcp(conn);
+                    self.linger(conn, now, false);
+                }
+                HostIo::Read { conn, on } if b.owns(conn) => self.backend.set_tcp_reading(conn, on),
+                HostIo::Close { .. } | HostIo::Read { .. } => {}
+                HostIo::Logout { session, why } => {
+                    // A session away from its device is told when it resumes.
+                    self.endpoint.end_for_host(now, session, why.as_bytes());
+                }
+            }
         }
         work
     }
@@ -427,7 +507,11 @@ impl<B: Backend> Shard<B> {
                     self.linger(conn, now, false);
                 }
                 EndpointEvent::LoggedOn(h) => self.logged_on(now, h),
-                EndpointEvent::Ended(..) => {}
+                EndpointEvent::Ended(h, _) => {
+                    if let Some(b) = self.hosts.as_ref() {
+                        b.borrow_mut().session_ended(h);
+                    }
+                }
                 EndpointEvent::SlowReader(_) => self.counters.incr(Counter::TcpSlowReaderClosed),
                 EndpointEvent::ResendServed(d) => {
                     record(&mut self.local.resend_ns, d.as_nanos() as u64, &mut self.counters);
@@ -497,6 +581,18 @@ impl<B: Backend> Shard<B> {
         snap.at = now;
         snap.counters.clone_from(self.endpoint.counters());
         snap.counters.merge(&self.counters);
+        if let Some(b) = self.hosts.as_ref().map(|b| b.borrow()) {
+            // Names are copied once: later snapshots reuse the strings.
+            snap.hosts.resize_with(b.specs().len(), Default::default);
+            for ((name, stats), (spec, now)) in
+                snap.hosts.iter_mut().zip(b.specs().iter().zip(b.stats()))
+            {
+                if name != &spec.name {
+                    name.clone_from(&spec.name);
+                }
+                *stats = *now;
+            }
+        }
         snap.sessions.clear();
         for s in self.endpoint.sessions() {
             let gauge = match s.state {
@@ -546,6 +642,7 @@ struct Input<'a> {
     tap: &'a mut Tap,
     frame: &'a mut [u8],
     first_input: &'a mut Option<Instant>,
+    hosts: Option<&'a RefCell<HostBridge>>,
 }
 
 impl Input<'_> {
@@ -555,6 +652,33 @@ impl Input<'_> {
             IoEvent::Datagram { from, data } => {
                 self.tap.datagram(self.endpoint, Seen { now, outbound: false, peer: from }, data);
                 self.endpoint.handle_datagram(now, from, data);
+            }
+            IoEvent::TcpData { conn, data } if self.is_host(conn) => {
+                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                if let Some(b) = self.hosts {
+                    b.borrow_mut().from_host(now, conn, data, &mut send);
+                }
+            }
+            IoEvent::TcpClosed { conn } if self.is_host(conn) => {
+                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                if let Some(b) = self.hosts {
+                    b.borrow_mut().host_closed(now, conn, &mut send);
+                }
+                if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+                    c.linger = None;
+                }
+            }
+            IoEvent::TcpConnected { conn } => {
+                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                if let Some(b) = self.hosts {
+                    b.borrow_mut().connected(now, conn, &mut send);
+                }
+            }
+            IoEvent::TcpConnectFailed { conn, errno } => {
+                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                if let Some(b) = self.hosts {
+                    b.borrow_mut().connect_failed(now, conn, errno, &mut send);
+                }
             }
             IoEvent::TcpData { conn, data } => {
                 let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
@@ -579,6 +703,10 @@ impl Input<'_> {
             }
             IoEvent::Wake => {}
         }
+    }
+
+    fn is_host(&self, conn: ConnId) -> bool {
+        self.hosts.is_some_and(|b| b.borrow().owns(conn))
     }
 }
 
@@ -679,6 +807,7 @@ pub fn run(spec: ShardSpec) -> Counters {
     let now = clock.now();
     let mut endpoint = endpoint_for(&config, index, &master, Box::new(SharedAuth(auth)), now);
     endpoint.set_wall_offset(clock.wall_offset_ns());
+    let hosts = attach_hosts(&config, &mut endpoint);
     let mut shard = Shard::new(
         index,
         endpoint,
@@ -688,6 +817,9 @@ pub fn run(spec: ShardSpec) -> Counters {
         Tap::new(index as u16, clock.wall_offset_ns(), trace),
     );
     shard.connect(handoffs, publish);
+    if let Some(b) = hosts {
+        shard.set_hosts(b);
+    }
     let spin = Duration::from_micros(config.gateway.spin_us);
     shard.set_idle(IdleStrategy::new(config.gateway.idle, spin), clock);
     // Test-only fault injection, compiled in with the `sim` feature (the test builds) and never
@@ -745,4 +877,19 @@ pub fn endpoint_for(
         endpoint.set_groups(policy);
     }
     endpoint
+}
+
+/// With `[[hosts]]`, the shard's host bridge, and one [`HostApp`] per host added to `endpoint`
+/// after its other applications (the indexes `Config::group_policy` gives host groups).
+/// `None` without hosts.
+pub fn attach_hosts(cfg: &Config, endpoint: &mut Endpoint) -> Option<Rc<RefCell<HostBridge>>> {
+    if cfg.hosts.is_empty() {
+        return None;
+    }
+    let bridge = Rc::new(RefCell::new(HostBridge::new(cfg.host_specs(), cfg.bridge_limits())));
+    endpoint.track_acks();
+    for i in 0..cfg.hosts.len() {
+        endpoint.add_app(Box::new(HostApp::new(bridge.clone(), i as u8)));
+    }
+    Some(bridge)
 }

@@ -159,6 +159,21 @@ pub enum DeviceEvent<'a> {
     },
 }
 
+impl<'a> DeviceEvent<'a> {
+    /// A host message (DESIGN.md §1.6): HostData from the host (401) or HostStatus (402), as
+    /// an application event carries it; `None` for other events and malformed host bodies.
+    /// (A device bridged to a host also acknowledges host output promptly: see
+    /// `HOST_ACK_DELAY`.)
+    pub fn host(&self) -> Option<crate::protocol::HostMessage<'a>> {
+        match *self {
+            Self::App { type_id, body, .. } => {
+                crate::protocol::HostMessage::decode(type_id, body).ok().flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Outstanding {
     /// Highest number seen beyond the gap.
@@ -210,6 +225,9 @@ pub struct Device {
     logon_sent: bool,
     reset_next_logon: bool,
     has_stream: bool,
+    /// Host output (DESIGN.md §1.6) arrived since the last sequenced message: acknowledge it
+    /// within [`HOST_ACK_DELAY`], so the gateway's window to the host reopens.
+    ack_owed: bool,
     heartbeat: Duration,
     // Outbound.
     next_out: i64,
@@ -231,6 +249,11 @@ pub struct Device {
 
 /// Places in the retransmit buffer kept for session messages.
 const SESSION_RESERVE: usize = 4;
+
+/// How soon a device acknowledges host output it received (with a Heartbeat when it has
+/// nothing else to send): the gateway reads a host only as far as the device has acknowledged
+/// a journal's worth (the `udp.ack_delay_ms` default, mirrored).
+pub(super) const HOST_ACK_DELAY: Duration = Duration::from_millis(20);
 
 impl Device {
     /// A device with its retransmit buffer allocated.
@@ -255,6 +278,7 @@ impl Device {
             logon_sent: false,
             reset_next_logon: true,
             has_stream: false,
+            ack_owed: false,
             heartbeat: cfg.heartbeat_default,
             next_out: 1,
             acked: 0,
@@ -442,6 +466,8 @@ impl Device {
         }
         let seq = self.next_out;
         let msg = self.msg(now, seq, 0, body);
+        // Its header acknowledges everything received so far.
+        self.ack_owed = false;
         let len = msg.encoded_len();
         if self
             .unacked
@@ -658,6 +684,12 @@ impl Device {
             }
             _ => {}
         }
+        if matches!(body, Body::App { type_id: crate::protocol::HOST_DATA_FROM_HOST, .. })
+            && !self.ack_owed
+        {
+            self.ack_owed = true;
+            self.timers.set(Timer::Heartbeat, now + HOST_ACK_DELAY);
+        }
         self.progress(now);
     }
 
@@ -820,7 +852,7 @@ impl Device {
             self.timers.set(Timer::ReplyWait, now + self.rto);
         }
         if self.timers.take_expired(Timer::Heartbeat, now) {
-            if now.saturating_since(self.last_sent) >= self.heartbeat
+            if (self.ack_owed || now.saturating_since(self.last_sent) >= self.heartbeat)
                 && self.live_ord == self.unacked.tail()
             {
                 self.push_sequenced(now, Body::Heartbeat { correlation_id: 0 });
@@ -1188,5 +1220,31 @@ mod tests {
         dev.handle_frame(NOW, &frame(0, 0, Body::ConnectionReject { reason: 1, details: b"" }));
         assert_eq!(dev.state(), DeviceState::Active);
         assert!(dev.poll_event().is_none());
+    }
+
+    #[test]
+    fn host_output_is_acknowledged_within_the_ack_delay_and_read_as_host_messages() {
+        let mut dev = logged_on();
+        let status = crate::protocol::StatusBuf::new(crate::protocol::HostState::Connected, b"wms");
+        dev.handle_frame(NOW, &frame(2, 0, Body::App { type_id: 402, body: status.as_bytes() }));
+        dev.handle_frame(NOW, &frame(3, 0, Body::App { type_id: 401, body: b"login: " }));
+        let mut got = Vec::new();
+        while let Some(e) = dev.poll_event() {
+            if let Some(h) = e.host() {
+                got.push(format!("{h:?}"));
+            }
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].contains("Connected") && got[1].contains("FromHost"), "{got:?}");
+        // Nothing to send yet; within HOST_ACK_DELAY a Heartbeat acknowledges number 3.
+        assert!(sent(&mut dev).is_empty(), "nothing owed before the ack delay");
+        assert!(dev.poll_timeout().is_some_and(|t| t <= NOW + HOST_ACK_DELAY));
+        let later = NOW + HOST_ACK_DELAY;
+        dev.handle_timeout(later);
+        let mut buf = [0u8; 2048];
+        let t = dev.poll_transmit(later, &mut buf).expect("an acknowledgement");
+        let (m, _) = Message::decode(&buf[..t.len]).unwrap();
+        assert!(matches!(m.body, Body::Heartbeat { correlation_id: 0 }), "{m:?}");
+        assert_eq!(m.header.last_processed, 3);
     }
 }

@@ -198,6 +198,9 @@ pub struct Endpoint {
     groups: Option<GroupPolicy>,
     draining: bool,
     wall_offset_ns: i64,
+    /// Per session slot, the device's last `lastProcessedSeqNum`: kept beside the slab, and
+    /// only when [`Endpoint::track_acks`] asked for it (hosts).
+    peer_acked: Vec<i64>,
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -236,7 +239,26 @@ impl Endpoint {
             groups: None,
             draining: false,
             wall_offset_ns: 0,
+            peer_acked: Vec::new(),
         }
+    }
+
+    /// Keeps each session's acknowledgement from its device, for [`Endpoint::app_window`]
+    /// (host bridging; 8 bytes per session slot, beside the slab).
+    pub fn track_acks(&mut self) {
+        self.peer_acked = vec![0; self.cfg.max_sessions];
+    }
+
+    /// Application messages `session` takes now before one would push a message its device
+    /// has not acknowledged out of its journal (or be refused); 0 for a gone session. Without
+    /// [`Endpoint::track_acks`], every message counts as acknowledged (the journal's depth).
+    pub fn app_window(&self, session: SessionHandle) -> usize {
+        let Some(slot) = self.sessions.get(session) else { return 0 };
+        let acked = match self.peer_acked.get(session.index() as usize) {
+            Some(&a) => a,
+            None => slot.session.next_out(),
+        };
+        slot.session.app_window(acked)
     }
 
     /// Bytes the session slab reserves (journals included), for the start-up report.
@@ -766,6 +788,9 @@ impl Endpoint {
 
     /// One message for the session in slot `index`, from `ip`.
     fn session_message(&mut self, now: Timestamp, index: u32, msg: Message<'_>, ip: IpAddr) {
+        if let Some(a) = self.peer_acked.get_mut(index as usize) {
+            *a = msg.header.last_processed;
+        }
         let slot = &mut self.sessions.slots[index as usize];
         let Some(deliver) = slot.session.handle_message(now, msg, &mut self.sessions.counters)
         else {
@@ -801,6 +826,9 @@ impl Endpoint {
     fn allocate(&mut self) -> Option<u32> {
         let id = self.index.new_id();
         let index = self.sessions.allocate(id, self.wall_offset_ns)?;
+        if let Some(a) = self.peer_acked.get_mut(index as usize) {
+            *a = 0;
+        }
         self.index.insert(index, Key::Id(id));
         Some(index)
     }
@@ -917,6 +945,24 @@ impl Endpoint {
             }
             self.settle(now, index);
         }
+    }
+
+    /// Ends `session` with LoggedOut(`why`) for its host's sake (DESIGN.md §1.6): true if it
+    /// was attached and told; false if it is away from its device (it is not ended: the caller
+    /// tells it when it resumes) or gone.
+    pub fn end_for_host(&mut self, now: Timestamp, session: SessionHandle, why: &[u8]) -> bool {
+        if self.sessions.get(session).is_none() {
+            return false;
+        }
+        let index = session.index();
+        let slot = &mut self.sessions.slots[index as usize];
+        if !slot.session.state().is_active() {
+            return false;
+        }
+        let reason = CloseReason::LocalClose(LocalClose::Host);
+        slot.session.close(now, reason, why, &mut self.sessions.counters);
+        self.settle(now, index);
+        true
     }
 
     /// True once [`Self::shutdown`] was called.

@@ -16,11 +16,14 @@
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry, LogIteratorError};
+use hdrhistogram::serialization::interval_log::{
+    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, LogIteratorError, Tag,
+};
+use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 
 mod plot;
 
@@ -192,6 +195,43 @@ impl fmt::Display for LogError {
 }
 
 impl std::error::Error for LogError {}
+
+/// One interval of a log written by [`write_log`]: `hist`, tagged `tag`, covering `len` from
+/// `start` after the log's start time.
+#[derive(Clone, Copy, Debug)]
+pub struct Interval<'a> {
+    /// The interval's tag (`Tag=` in the log).
+    pub tag: &'a str,
+    /// When the interval starts, after the log's start time.
+    pub start: Duration,
+    /// How long the interval lasts.
+    pub len: Duration,
+    /// The values.
+    pub hist: &'a Histogram<u64>,
+}
+
+/// Writes an HdrHistogram interval log (V2 deflate) to `out` with `hdrhistogram`'s writer: the
+/// `comment`, `StartTime` and `BaseTime` both `start`, then the intervals in order.
+pub fn write_log<'a>(
+    out: &mut impl std::io::Write,
+    comment: &str,
+    start: SystemTime,
+    intervals: impl IntoIterator<Item = Interval<'a>>,
+) -> Result<(), String> {
+    let mut ser = V2DeflateSerializer::new();
+    let mut w = IntervalLogWriterBuilder::new()
+        .add_comment(comment)
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1.0)
+        .begin_log_with(out, &mut ser)
+        .map_err(|e| e.to_string())?;
+    for i in intervals {
+        w.write_histogram(i.hist, i.start, i.len, Tag::new(i.tag))
+            .map_err(|e| format!("interval {}: {e:?}", i.tag))?;
+    }
+    Ok(())
+}
 
 /// Reads and parses the interval log at `path`, whose values are in `unit`.
 pub fn read_log(path: &Path, unit: Unit) -> Result<Log, LogError> {
@@ -376,6 +416,25 @@ fn header(first: &str, width: usize) -> String {
     s
 }
 
+/// Appends a [`row`]'s cells under [`header`]'s columns: the count, then the percentiles and max
+/// in µs; an empty histogram shows a count of 0 and dashes.
+fn write_cells(s: &mut String, r: Option<[f64; 7]>) {
+    match r {
+        Some(r) => {
+            let _ = write!(s, " {:>10}", r[0]);
+            for v in &r[1..] {
+                let _ = write!(s, " {:>10}", fmt_us(*v));
+            }
+        }
+        None => {
+            let _ = write!(s, " {:>10}", 0);
+            for _ in 1..7 {
+                let _ = write!(s, " {:>10}", "-");
+            }
+        }
+    }
+}
+
 /// The `hist show` table: per tag, the intervals merged, count, percentiles and max (µs), and
 /// the seconds covered.
 pub fn show(log: &Log) -> String {
@@ -394,20 +453,7 @@ pub fn show(log: &Log) -> String {
     let _ = writeln!(s, "  {} {:>10} {:>10}", header("latency (µs)", w), "intervals", "span (s)");
     for t in &log.tags {
         let _ = write!(s, "  {:<w$}", t.name());
-        match row(log, &t.hist) {
-            Some(r) => {
-                let _ = write!(s, " {:>10}", r[0]);
-                for v in &r[1..] {
-                    let _ = write!(s, " {:>10}", fmt_us(*v));
-                }
-            }
-            None => {
-                let _ = write!(s, " {:>10}", 0);
-                for _ in 1..7 {
-                    let _ = write!(s, " {:>10}", "-");
-                }
-            }
-        }
+        write_cells(&mut s, row(log, &t.hist));
         let _ = writeln!(s, " {:>10} {:>10.3}", t.intervals, t.end - t.start);
     }
     s
@@ -438,20 +484,7 @@ pub fn compare(a: &Log, b: &Log) -> Result<String, String> {
         let (ra, rb) = (row(a, &ta.hist), row(b, &tb.hist));
         for (label, r) in [("  A", ra), ("  B", rb)] {
             let _ = write!(s, "{label:<w$}");
-            match r {
-                Some(r) => {
-                    let _ = write!(s, " {:>10}", r[0]);
-                    for v in &r[1..] {
-                        let _ = write!(s, " {:>10}", fmt_us(*v));
-                    }
-                }
-                None => {
-                    let _ = write!(s, " {:>10}", 0);
-                    for _ in 1..7 {
-                        let _ = write!(s, " {:>10}", "-");
-                    }
-                }
-            }
+            write_cells(&mut s, r);
             s.push('\n');
         }
         let _ = write!(s, "{:<w$}", "  B/A");
@@ -479,29 +512,28 @@ pub fn compare(a: &Log, b: &Log) -> Result<String, String> {
 mod tests {
     use super::plot::nice_step;
     use super::*;
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-    use std::time::Duration;
 
     fn log_bytes(tagged: &[(&str, &[u64])]) -> Vec<u8> {
+        let hists: Vec<Histogram<u64>> = tagged
+            .iter()
+            .map(|(_, values)| {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+                for v in *values {
+                    h.record(*v).unwrap();
+                }
+                h
+            })
+            .collect();
+        let intervals =
+            tagged.iter().zip(&hists).enumerate().map(|(k, ((tag, _), hist))| Interval {
+                tag,
+                start: Duration::from_secs(k as u64),
+                len: Duration::from_secs(1),
+                hist,
+            });
         let mut buf = Vec::new();
-        let mut ser = V2DeflateSerializer::new();
         let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut w = IntervalLogWriterBuilder::new()
-            .add_comment("test")
-            .with_start_time(t0)
-            .with_base_time(t0)
-            .with_max_value_divisor(1.0)
-            .begin_log_with(&mut buf, &mut ser)
-            .unwrap();
-        for (k, (tag, values)) in tagged.iter().enumerate() {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-            for v in *values {
-                h.record(*v).unwrap();
-            }
-            let start = Duration::from_secs(k as u64);
-            w.write_histogram(&h, start, Duration::from_secs(1), Tag::new(tag)).unwrap();
-        }
+        write_log(&mut buf, "test", t0, intervals).unwrap();
         buf
     }
 
