@@ -81,6 +81,14 @@ pub struct GatewaySection {
     /// `reply_queue`: stateless replies (rejects, LoggedOut to unknown peers) a shard holds
     /// before dropping more, counted in `fleetgate_reply_queue_full_total` (default 1024).
     pub reply_queue: usize,
+    /// `max_pending_attaches`: newer UDP attaches a shard holds beside their session until they
+    /// log on (DESIGN.md §2 rule 9), in a side table; more are dropped unanswered and counted
+    /// in `fleetgate_attaches_pending_full_total` (default 4096).
+    pub max_pending_attaches: usize,
+    /// `device_config_bytes`: bytes of device config strings a shard keeps per session on
+    /// average, reserved at start-up; a string finding no room is not kept and is counted in
+    /// `fleetgate_device_config_not_kept_total` (default 128; the seed's example is 116).
+    pub device_config_bytes: usize,
     /// `snapshot_interval_ms`: how often a shard publishes its counters, sessions and
     /// histograms to housekeeping, and rotates cookie keys (default 1000 ms).
     pub snapshot_interval_ms: u64,
@@ -116,6 +124,8 @@ impl Default for GatewaySection {
             handoffs_per_pass: 64,
             io_batch: 64,
             reply_queue: 1024,
+            max_pending_attaches: 4096,
+            device_config_bytes: 128,
             snapshot_interval_ms: 1000,
         }
     }
@@ -651,6 +661,8 @@ impl Config {
             max_connections: self.connection_ids_per_shard(),
             shard,
             reply_queue: self.gateway.reply_queue,
+            max_pending_attaches: self.gateway.max_pending_attaches,
+            device_config_bytes: self.gateway.device_config_bytes,
             session_burst: self.session.burst,
             max_logon_failures: self.auth.max_failures,
             max_network_failures: self.auth.max_network_failures,

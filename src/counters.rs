@@ -208,6 +208,12 @@ counters! {
     /// Pending attaches that ended without taking the session over: credentials or logon
     /// refused, timed out, replaced by a newer one, or their session ended first.
     AttachesPendingDropped => "attaches_pending_dropped_total",
+    /// Newer UDP attaches dropped unanswered because every place for a pending attach was
+    /// taken (`max_pending_attaches`); the device repeats its request.
+    AttachesPendingFull => "attaches_pending_full_total",
+    /// Device config strings not kept: the shard's arena (`gateway.device_config_bytes` per
+    /// session) had no room. The device group was chosen from the string all the same.
+    DeviceConfigNotKept => "device_config_not_kept_total",
     /// Detached sessions released after `session.detached_ttl`.
     SessionsExpired => "sessions_expired_total",
     /// Sessions closed because DeviceConfig did not arrive in time (eSP0008).

@@ -226,8 +226,8 @@ impl Harness {
         assert_eq!(self.pair.peers[UDP].dev.state(), DeviceState::Active);
         assert_eq!(self.pair.peers[TCP].dev.state(), DeviceState::Active);
         assert_eq!(self.udp_seen().registered, 1);
-        let udp = self.pair.ep.session(self.handle(UDP)).expect("udp session");
-        assert_eq!(udp.device_config(), SIM_DEVICE_CONFIG);
+        let config = self.pair.ep.device_config(self.handle(UDP)).expect("udp session");
+        assert_eq!(config, SIM_DEVICE_CONFIG);
     }
 
     fn advance(&mut self, d: Duration) {

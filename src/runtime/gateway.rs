@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::io::{self, BackendConfig, BackendSpec};
 use crate::runtime::acceptor::{self, AcceptorSpec};
-use crate::runtime::report::{Published, ShardLink, Snapshot};
+use crate::runtime::report::{Published, SESSION_ROWS, ShardLink, Snapshot};
 use crate::runtime::shard::tap::TraceFilter;
 use crate::runtime::shard::{self, Publish, ShardSpec};
 use crate::session::handshake::HandshakeConfig;
@@ -32,8 +32,10 @@ pub struct Gateway {
     pub session_ports: Vec<u16>,
     /// Backend chosen for the shards and why.
     pub backend: String,
-    /// Bytes reserved for session slabs and journals, all shards.
+    /// Bytes reserved for session slabs, journals and device config strings, all shards.
     pub reserved_bytes: usize,
+    /// Of those, the journals'.
+    pub journal_bytes: usize,
     shutdown: Arc<AtomicBool>,
     shards: Vec<JoinHandle<Counters>>,
     acceptor: Option<JoinHandle<Counters>>,
@@ -177,8 +179,10 @@ impl Gateway {
             let (snapshots, snap_rx) = rtrb::RingBuffer::new(4);
             let (mut recycle, recycled) = rtrb::RingBuffer::new(4);
             for _ in 0..2 {
-                let _ = recycle
-                    .push(Box::new(Snapshot::new(g.max_sessions_per_shard, obs.latency_ns_max)));
+                let _ = recycle.push(Box::new(Snapshot::new(
+                    g.max_sessions_per_shard.min(SESSION_ROWS),
+                    obs.latency_ns_max,
+                )));
             }
             links.push(ShardLink { snapshots: snap_rx, recycle });
             let core = if g.cpus.is_empty() {
@@ -241,12 +245,14 @@ impl Gateway {
             .spawn(move || acceptor::run(spec))
             .map_err(|e| e.to_string())?;
         let reserved_bytes = shards * Endpoint::reserved_bytes(&cfg.endpoint_config(0));
+        let journal_bytes = shards * Endpoint::journal_bytes(&cfg.endpoint_config(0));
         let gateway = Self {
             handshake_addr,
             tcp_addr,
             session_ports,
             backend: selected.why,
             reserved_bytes,
+            journal_bytes,
             shutdown,
             shards: std::mem::take(&mut guard.handles),
             acceptor: Some(acceptor),

@@ -41,6 +41,12 @@ pub struct AcceptorReport {
     pub backend: &'static str,
 }
 
+/// Rows of the connections list one snapshot carries per shard.
+pub const SESSION_ROWS: usize = 1000;
+/// Session slots one snapshot looks at per shard: the next snapshot continues where this one
+/// stopped, so publishing costs the same per cycle at any fleet size.
+pub const SESSION_SLOTS_PER_SNAPSHOT: usize = 65_536;
+
 /// What a shard publishes once a second.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -50,7 +56,8 @@ pub struct Snapshot {
     pub backend: &'static str,
     /// The endpoint's and the loop's counters since start, and the gauges now.
     pub counters: Counters,
-    /// The connections list.
+    /// One page of the connections list: at most [`SESSION_ROWS`] rows, from the slots the
+    /// shard looked at this time (see `Endpoint::sessions_page`).
     pub sessions: Vec<SessionInfo>,
     /// Time from reading a datagram or TCP chunk to handing its answers to the kernel, this
     /// interval (ns).

@@ -10,9 +10,10 @@
 //! transport; live output goes out strictly in number order, after any resend under way.
 
 use core::time::Duration;
+use std::sync::Arc;
 
 use super::SessionConfig;
-use super::control::{CONTROL_CAP, Control, ControlQueue, ReasonBuf};
+use super::control::{CONTROL_CAP, Control, ControlQueue, ReasonBuf, detail_code, detail_text};
 use super::error::{Deadline, Misuse, Overflow, PeerClose, Refusal, SendError, Violation};
 use super::state::{AfterLogout, CloseReason, Event, State, Transport};
 use super::timer::{Timer, TimerTable};
@@ -31,8 +32,8 @@ pub(crate) enum Deliver<'a> {
     App { type_id: u16, body: &'a [u8] },
     /// A LogonRequest for the endpoint to authenticate.
     Logon { seq: i64, username: Username, password: Password, reset: bool },
-    /// The device config arrived.
-    Config,
+    /// The device config arrived (the endpoint keeps it, outside the session record).
+    Config { config: &'a [u8] },
 }
 
 /// The UDP registration of the current attach (DESIGN.md §2 rules 1 and 2): present for a UDP
@@ -93,7 +94,8 @@ struct Resend {
 /// One gateway-side session. See the module docs for the call order.
 #[derive(Debug)]
 pub struct GatewaySession {
-    cfg: SessionConfig,
+    /// The shard's settings, shared by its sessions (8 bytes, not 128, in every record).
+    cfg: Arc<SessionConfig>,
     id: u64,
     state: State,
     transport: Transport,
@@ -104,8 +106,6 @@ pub struct GatewaySession {
     registration: Option<Registration>,
     /// Attaches so far: the correlation id of the attach's GetDeviceConfig.
     attaches: i64,
-    config: [u8; 255],
-    config_len: u8,
     // Inbound.
     expected_in: i64,
     ack_owed: bool,
@@ -131,7 +131,9 @@ pub struct GatewaySession {
 
 impl GatewaySession {
     /// A closed session with its journal allocated (done once per slot, at start-up).
-    pub fn new(cfg: SessionConfig) -> Self {
+    pub fn new(cfg: Arc<SessionConfig>) -> Self {
+        let journal = Journal::new(cfg.journal);
+        let heartbeat = cfg.heartbeat_interval;
         Self {
             cfg,
             id: 0,
@@ -142,8 +144,6 @@ impl GatewaySession {
             has_stream: false,
             registration: None,
             attaches: 0,
-            config: [0; 255],
-            config_len: 0,
             expected_in: 1,
             ack_owed: false,
             last_heard: Timestamp::ZERO,
@@ -151,11 +151,11 @@ impl GatewaySession {
             sent_through: 0,
             live_ord: 0,
             control: ControlQueue::new(),
-            journal: Journal::new(cfg.journal),
+            journal,
             resend: None,
             logon_reply: LogonReply::None,
             last_sent: Timestamp::ZERO,
-            heartbeat: cfg.heartbeat_interval,
+            heartbeat,
             group_heartbeat: None,
             app: 0,
             resend_started: None,
@@ -174,7 +174,6 @@ impl GatewaySession {
         self.username = Username::default();
         self.has_stream = false;
         self.registration = None;
-        self.config_len = 0;
         self.group_heartbeat = None;
         self.app = 0;
         self.journal.set_limit(usize::MAX);
@@ -218,11 +217,6 @@ impl GatewaySession {
     /// The username of the last logon.
     pub fn username(&self) -> &Username {
         &self.username
-    }
-
-    /// The device config string, once received.
-    pub fn device_config(&self) -> &[u8] {
-        &self.config[..usize::from(self.config_len)]
     }
 
     /// Next inbound number expected from the device.
@@ -280,15 +274,12 @@ impl GatewaySession {
     /// rule 9; the endpoint has already said goodbye to the older transport, if any): the
     /// attach's registration and device config become the session's, and the session waits for
     /// [`Self::accept_logon`] with that LogonRequest.
-    pub(crate) fn adopt_udp(&mut self, now: Timestamp, nonce: u64, config: &[u8]) {
+    pub(crate) fn adopt_udp(&mut self, now: Timestamp, nonce: u64) {
         self.transport = Transport::Udp;
         self.attaches += 1;
         let config_state = ConfigRequest::Received;
         self.registration =
             Some(Registration { nonce, resumed: true, accept_owed: false, config: config_state });
-        let n = config.len().min(self.config.len());
-        self.config[..n].copy_from_slice(&config[..n]);
-        self.config_len = n as u8;
         self.begin_attach(now, Transport::Udp);
         self.transition(Event::ConfigReceived);
     }
@@ -375,7 +366,8 @@ impl GatewaySession {
         let mut len = 0;
         while let Some((seq, ctl)) = self.control.front() {
             self.control.pop();
-            if let Control::LoggedOut { reason } = ctl {
+            if let Control::LoggedOut = ctl {
+                let reason = *self.control.farewell();
                 let (prefix, room) = self.prefix_room(out);
                 let body = Body::LoggedOut { reason: reason.as_bytes() };
                 if let Some(n) = self.write(now, &mut out[prefix..room], seq, 0, body) {
@@ -446,9 +438,6 @@ impl GatewaySession {
             (Transport::Udp, Body::DeviceConfig { correlation_id, config }) => {
                 let awaited = self.registration.and_then(|r| r.config.corr());
                 if self.state == State::AwaitingConfig && awaited == Some(correlation_id) {
-                    let n = config.len().min(self.config.len());
-                    self.config[..n].copy_from_slice(&config[..n]);
-                    self.config_len = n as u8;
                     if let Some(r) = &mut self.registration {
                         r.config = ConfigRequest::Received;
                     }
@@ -457,7 +446,7 @@ impl GatewaySession {
                     // never logs on must not hold its session slot forever.
                     self.timers.set(Timer::Deadline, now + self.cfg.logon_timeout);
                     self.transition(Event::ConfigReceived);
-                    Some(Deliver::Config)
+                    Some(Deliver::Config { config })
                 } else {
                     // A duplicate answer to a re-sent GetDeviceConfig.
                     c.incr(Counter::DropDuplicate);
@@ -712,11 +701,11 @@ impl GatewaySession {
         }
         self.resend = None;
         self.timers.stop_all();
-        let logged_out = Control::LoggedOut { reason: ReasonBuf::new(why) };
-        if !self.control.push(self.next_out, logged_out) {
+        let text = ReasonBuf::new(why);
+        if !self.control.push_logged_out(self.next_out, text) {
             // No room even in the reserved place: drop what waits and say goodbye now.
             self.skip_unsent();
-            self.control.push(self.next_out, logged_out);
+            self.control.push_logged_out(self.next_out, text);
             c.incr(Counter::OutputOverflow);
         }
         self.next_out += 1;
@@ -930,6 +919,7 @@ impl GatewaySession {
         c: &mut Counters,
     ) {
         c.incr(Counter::RejectsSent);
+        let details = detail_code(details);
         self.push_control(now, Control::Reject { ref_seq_num, reason: reason as u8, details }, c);
     }
 
@@ -1200,11 +1190,13 @@ impl GatewaySession {
                 Control::TestRequest { correlation_id } => {
                     self.write(now, out, seq, 0, Body::TestRequest { correlation_id })
                 }
-                Control::LoggedOut { reason } => {
+                Control::LoggedOut => {
+                    let reason = *self.control.farewell();
                     self.write(now, out, seq, 0, Body::LoggedOut { reason: reason.as_bytes() })
                 }
                 Control::Reject { ref_seq_num, reason, details } => {
-                    let body = Body::Reject { ref_seq_num, reason, details: details.as_bytes() };
+                    let details = detail_text(details).as_bytes();
+                    let body = Body::Reject { ref_seq_num, reason, details };
                     self.write(now, out, seq, 0, body)
                 }
             };
@@ -1212,7 +1204,7 @@ impl GatewaySession {
             self.control.pop();
             self.sent_through = seq;
             c.incr(Counter::MessagesSent);
-            if let Control::LoggedOut { .. } = ctl {
+            if let Control::LoggedOut = ctl {
                 c.incr(Counter::LoggedOutSent);
                 return Item::Last { len };
             }

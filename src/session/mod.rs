@@ -103,7 +103,7 @@ pub use device::{
 };
 pub use endpoint::{
     Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,
-    SessionInfo, Transmit,
+    SessionInfo, StateCounts, Transmit,
 };
 pub use error::{CloseReason, SendError};
 pub use gateway::GatewaySession;

@@ -45,42 +45,51 @@ impl Timer {
     ];
 }
 
-/// One optional deadline per [`Timer`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimerTable([Option<Timestamp>; Timer::VALUES.len()]);
+/// One optional deadline per [`Timer`]: 8 bytes each, `Timestamp::MAX` standing for "not
+/// armed" (no deadline is that far away), so the gateway's session record carries 80 bytes of
+/// timers rather than 160.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerTable([Timestamp; Timer::VALUES.len()]);
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        Self([NONE; Timer::VALUES.len()])
+    }
+}
 
 impl TimerTable {
     /// Arms `timer` for `at` (replacing any previous deadline).
     pub fn set(&mut self, timer: Timer, at: Timestamp) {
-        self.0[timer as usize] = Some(at);
+        debug_assert!(at != NONE, "a deadline at the end of time");
+        self.0[timer as usize] = at;
     }
 
     /// Arms `timer` for `at` unless it is already armed earlier.
     pub fn set_earliest(&mut self, timer: Timer, at: Timestamp) {
         let slot = &mut self.0[timer as usize];
-        if slot.is_none_or(|t| at < t) {
-            *slot = Some(at);
+        if at < *slot {
+            *slot = at;
         }
     }
 
     /// Disarms `timer`.
     pub fn stop(&mut self, timer: Timer) {
-        self.0[timer as usize] = None;
+        self.0[timer as usize] = NONE;
     }
 
     /// Disarms every timer.
     pub fn stop_all(&mut self) {
-        self.0 = [None; Timer::VALUES.len()];
+        self.0 = [NONE; Timer::VALUES.len()];
     }
 
     /// The deadline of `timer`.
     pub fn get(&self, timer: Timer) -> Option<Timestamp> {
-        self.0[timer as usize]
+        Some(self.0[timer as usize]).filter(|&t| t != NONE)
     }
 
     /// True if `timer` is armed and due at `now`.
     pub fn is_expired(&self, timer: Timer, now: Timestamp) -> bool {
-        self.0[timer as usize].is_some_and(|t| t <= now)
+        self.get(timer).is_some_and(|t| t <= now)
     }
 
     /// Disarms and returns true if `timer` is due at `now`.
@@ -94,9 +103,12 @@ impl TimerTable {
 
     /// The earliest armed deadline.
     pub fn next(&self) -> Option<Timestamp> {
-        self.0.iter().flatten().copied().min()
+        Some(self.0.iter().copied().min().unwrap_or(NONE)).filter(|&t| t != NONE)
     }
 }
+
+/// "Not armed".
+const NONE: Timestamp = Timestamp::MAX;
 
 #[cfg(test)]
 mod tests {

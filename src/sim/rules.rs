@@ -393,8 +393,9 @@ fn rule01_udp_flow_handshake_registration_config_logon_in_order() {
     let Body::LogonResponse { heartbeat_interval_s } = all[7].msg().body else { unreachable!() };
     assert_eq!((all[7].seq(), all[7].lp(), heartbeat_interval_s), (1, 1, 5));
     // The gateway kept the config and is logged on.
-    let s = net.gateway.session(handle_of(&net, session_id)).unwrap();
-    assert_eq!(s.device_config(), SIM_DEVICE_CONFIG);
+    let h = handle_of(&net, session_id);
+    assert_eq!(net.gateway.device_config(h), Some(SIM_DEVICE_CONFIG));
+    let s = net.gateway.session(h).unwrap();
     assert_eq!(s.state(), State::Active);
     assert_eq!(net.count(Counter::HandshakesRegistered), 1);
     assert_eq!(net.count(Counter::LogonsAccepted), 1);
@@ -1912,7 +1913,7 @@ fn rule09_forged_attach_without_credentials_is_never_noticed_by_the_device() {
     assert!(net.device_app(d).iter().any(|m| m.2 == b"push during"));
     let info = net.session_info(id).unwrap();
     assert_eq!((info.state, info.link), (State::Active, Link::Udp(home)));
-    assert_eq!(net.gateway.session(h).unwrap().device_config(), SIM_DEVICE_CONFIG);
+    assert_eq!(net.gateway.device_config(h), Some(SIM_DEVICE_CONFIG));
     assert_eq!(net.count(Counter::SessionsDisplaced), 0);
     assert_eq!(net.count(Counter::Logouts), 0);
     assert_eq!(net.count(Counter::AttachesPendingDropped), 1);

@@ -554,13 +554,15 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
     let shutdown = signals::catch().map_err(|e| format!("cannot catch SIGTERM/SIGINT: {e}"))?;
     let mut gw = Server::start_with(&cfg, auth, shutdown)?;
     tracing::info!(
-        "serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals",
+        "serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals (journals {} MiB, session records {} B each)",
         gw.gateway.handshake_addr,
         gw.gateway.tcp_addr,
         gw.gateway.session_ports,
         gw.metrics_addr.map_or("off".into(), |a| a.to_string()),
         gw.gateway.backend,
-        gw.gateway.reserved_bytes >> 20
+        gw.gateway.reserved_bytes >> 20,
+        gw.gateway.journal_bytes >> 20,
+        crate::session::Endpoint::RECORD_BYTES
     );
     let totals = gw.wait();
     tracing::info!("stopped: {}", crate::runtime::report::summary(&totals.counters));

@@ -27,9 +27,9 @@ use crate::counters::{Counter, Counters};
 use crate::io::{Backend, BackendSpec, ConnectOpts, IoEvent, SendError};
 use crate::protocol::{Body, Message};
 use crate::runtime::handoff::Handoff;
-use crate::runtime::report::Snapshot;
+use crate::runtime::report::{SESSION_ROWS, SESSION_SLOTS_PER_SNAPSHOT, Snapshot};
 use crate::session::handshake::{CookieKeys, cookie_keys};
-use crate::session::{Authenticator, ConnId, Endpoint, EndpointEvent, Link, State};
+use crate::session::{Authenticator, ConnId, Endpoint, EndpointEvent, Link};
 use crate::time::{Clock, Timestamp};
 
 mod conn;
@@ -139,6 +139,8 @@ pub struct Shard<B: Backend> {
     master: [u8; 32],
     keys: CookieKeys,
     next_snapshot: Timestamp,
+    /// Where the next snapshot's page of the connections list starts.
+    sessions_cursor: u32,
     drain_deadline: Option<Timestamp>,
     finished: bool,
     /// Transmit buffer (64 KiB: the largest TCP write, `SessionConfig::max_tcp_write`).
@@ -191,6 +193,7 @@ impl<B: Backend> Shard<B> {
             master,
             keys,
             next_snapshot: now + settings.snapshot_interval,
+            sessions_cursor: 0,
             drain_deadline: None,
             finished: false,
             buf: vec![0u8; 64 * 1024],
@@ -272,8 +275,7 @@ impl<B: Backend> Shard<B> {
             self.publish(now);
         }
         if let Some(d) = self.drain_deadline {
-            let logging_out =
-                self.endpoint.sessions().any(|s| matches!(s.state, State::LoggingOut(..)));
+            let logging_out = self.endpoint.state_counts().logging_out > 0;
             if !logging_out || now >= d {
                 let _ = self.backend.flush();
                 self.publish(now);
@@ -531,8 +533,7 @@ impl<B: Backend> Shard<B> {
 
     /// Records the handshake time of a TCP session that just logged on.
     fn logged_on(&mut self, now: Timestamp, h: crate::session::SessionHandle) {
-        let link = self.endpoint.sessions().find(|s| s.handle == h).map(|s| s.link);
-        let Some(Link::Tcp(conn)) = link else { return };
+        let Some(Link::Tcp(conn)) = self.endpoint.link(h) else { return };
         let Some(c) = self.conns.get_mut(conn.0 as usize) else { return };
         if c.accepted_at != Timestamp::ZERO {
             let ns = now.saturating_since(c.accepted_at).as_nanos() as u64;
@@ -593,21 +594,23 @@ impl<B: Backend> Shard<B> {
                 *stats = *now;
             }
         }
-        snap.sessions.clear();
-        for s in self.endpoint.sessions() {
-            let gauge = match s.state {
-                State::AwaitingConfig => Counter::StateAwaitingConfig,
-                State::AwaitingLogon => Counter::StateAwaitingLogon,
-                State::Active => Counter::StateActive,
-                State::LoggingOut(..) => Counter::StateLoggingOut,
-                State::Detached => Counter::StateDetached,
-                State::Closed(_) => continue,
-            };
-            snap.counters.incr(gauge);
-            if snap.sessions.len() < snap.sessions.capacity() {
-                snap.sessions.push(s);
-            }
+        let states = self.endpoint.state_counts();
+        for (gauge, n) in [
+            (Counter::StateAwaitingConfig, states.awaiting_config),
+            (Counter::StateAwaitingLogon, states.awaiting_logon),
+            (Counter::StateActive, states.active),
+            (Counter::StateLoggingOut, states.logging_out),
+            (Counter::StateDetached, states.detached),
+        ] {
+            snap.counters.add(gauge, u64::from(n));
         }
+        snap.sessions.clear();
+        self.sessions_cursor = self.endpoint.sessions_page(
+            self.sessions_cursor,
+            SESSION_ROWS,
+            SESSION_SLOTS_PER_SNAPSHOT,
+            &mut snap.sessions,
+        );
         for (dst, src) in [
             (&mut snap.service_ns, &mut self.local.service_ns),
             (&mut snap.cycle_ns, &mut self.local.cycle_ns),

@@ -4,8 +4,9 @@
 
 use core::time::Duration;
 
-use super::slab::Sessions;
+use super::slab::{NIL, Sessions};
 use super::{Endpoint, EndpointEvent};
+use crate::counters::Counter;
 use crate::ids::SessionHandle;
 use crate::session::error::SendError;
 use crate::time::Timestamp;
@@ -63,10 +64,13 @@ impl Outbox<'_> {
     /// Sends to every session that takes application messages (logged on, or away with a stream
     /// to resume); returns how many accepted it.
     pub fn broadcast(&mut self, type_id: u16, body: &[u8]) -> usize {
+        // The application's own list: O(its sessions), not O(the slab).
         let mut n = 0;
-        for i in 0..self.sessions.slots.len() {
-            let slot = &mut self.sessions.slots[i];
-            if slot.in_use && slot.session.accepts_app() && slot.session.app() == self.app {
+        let mut i = self.sessions.app_head(self.app);
+        while i != NIL {
+            let slot = &mut self.sessions.slots[i as usize];
+            let next = slot.app_next;
+            if slot.session.accepts_app() {
                 if slot
                     .session
                     .send_app(self.now, type_id, body, &mut self.sessions.counters)
@@ -74,15 +78,16 @@ impl Outbox<'_> {
                 {
                     n += 1;
                 }
-                self.sessions.mark_dirty(i as u32);
+                self.sessions.mark_dirty(i);
             }
+            i = next;
         }
         n
     }
 
-    /// Logged-on sessions.
+    /// Logged-on sessions (of every application), from the state gauges.
     pub fn active_sessions(&self) -> usize {
-        self.sessions.slots.iter().filter(|s| s.in_use && s.session.state().is_active()).count()
+        self.sessions.gauges[2] as usize
     }
 }
 
@@ -146,14 +151,22 @@ impl Endpoint {
         }
     }
 
-    /// Slot `index` received its device config: apply its device group, if any.
-    pub(super) fn configured(&mut self, index: u32) {
+    /// Slot `index` received its device config: keep it, and apply its device group, if any
+    /// (from the string as it arrived, kept or not).
+    pub(super) fn configured(&mut self, index: u32, config: &[u8]) {
+        let slot = &mut self.sessions.slots[index as usize];
+        let old = core::mem::replace(&mut slot.config, super::ConfigRef::NONE);
+        self.configs.remove(old);
+        match self.configs.insert(config) {
+            Some(kept) => self.sessions.slots[index as usize].config = kept,
+            None => self.sessions.counters.incr(Counter::DeviceConfigNotKept),
+        }
         if let Some(policy) = self.groups.as_ref() {
             let session = &mut self.sessions.slots[index as usize].session;
-            let g = policy(session.device_config());
+            let g = policy(config);
             session.apply_group(g.heartbeat, g.journal_depth);
             if let Some(app) = g.app.filter(|&a| usize::from(a) < self.apps.len()) {
-                session.set_app(app);
+                self.sessions.set_app(index, app);
             }
         }
     }

@@ -37,12 +37,13 @@ impl Endpoint {
         // Any one message fits in this much: a journal slot, or a session message.
         let need = self.cfg.session.journal.slot_bytes.max(MAX_SESSION_MESSAGE);
         while let Some(&index) = self.sessions.dirty.front() {
-            let slot = &mut self.sessions.slots[index as usize];
             // A pending attach's few messages (registration, GetDeviceConfig, its LoggedOut)
             // go to its own address, ahead of the session's output.
-            if let Some((to, p)) = slot.pending.as_mut().filter(|(_, p)| p.wants_transmit()) {
-                let (to, id) = (*to, slot.session.id());
-                let c = &mut self.sessions.counters;
+            let id = self.sessions.slots[index as usize].session.id();
+            if let (Some((to, p)), c) = self.sessions.pending_mut(index)
+                && p.wants_transmit()
+            {
+                let to = *to;
                 if let Some(len) = p.poll_transmit(now, id, self.wall_offset_ns, buf, c) {
                     self.settle(now, index);
                     return Some(Transmit { dest: Link::Udp(to), len, last: false });

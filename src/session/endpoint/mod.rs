@@ -9,9 +9,8 @@
 //! - [`app`]: application dispatch and device groups;
 //! - credentials and the failed-logon limiter are [`super::auth`]'s.
 
-use core::cmp::Reverse;
 use core::time::Duration;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::SessionConfig;
@@ -30,13 +29,17 @@ use crate::protocol::{
 use crate::time::Timestamp;
 
 mod app;
+mod configs;
 mod flow;
 mod index;
 mod slab;
+mod wheel;
 
 pub use app::{Application, GroupPolicy, GroupSettings, Outbox};
+use configs::{ConfigRef, Configs};
 use index::{Index, Key};
-use slab::Sessions;
+use slab::{NIL, Sessions};
+use wheel::Wheel;
 
 /// Where a session's output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +94,14 @@ pub struct EndpointConfig {
     pub max_sessions: usize,
     /// TCP connection ids are below this (`tcp.max_connections_per_shard`, default 4096).
     pub max_connections: usize,
+    /// Newer UDP attaches held pending beside their session at once (DESIGN.md §2 rule 9; a
+    /// side table, 424 bytes a place; default 4096, at most `max_sessions`). When all are
+    /// taken a further one is dropped unanswered and counted; the device repeats its request.
+    pub max_pending_attaches: usize,
+    /// Bytes of device config strings kept per session on average, reserved for the shard
+    /// (`gateway.device_config_bytes`, default 128; the seed's example config is 116 bytes).
+    /// A string that finds no room is not kept, and counted.
+    pub device_config_bytes: usize,
     /// This shard's index (bound into cookies).
     pub shard: u16,
     /// Stateless replies waiting to be sent (`gateway.reply_queue`, default 1024).
@@ -133,6 +144,8 @@ impl Default for EndpointConfig {
             session: SessionConfig::default(),
             max_sessions: 4096,
             max_connections: 4096,
+            max_pending_attaches: 4096,
+            device_config_bytes: 128,
             shard: 0,
             reply_queue: 1024,
             session_burst: 8,
@@ -168,6 +181,21 @@ pub struct SessionInfo {
     pub last_heard: Timestamp,
 }
 
+/// Sessions in use by state ([`Endpoint::state_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// UDP, waiting for DeviceConfig.
+    pub awaiting_config: u32,
+    /// Waiting for LogonRequest.
+    pub awaiting_logon: u32,
+    /// Logged on.
+    pub active: u32,
+    /// A LoggedOut queued.
+    pub logging_out: u32,
+    /// Kept for resume.
+    pub detached: u32,
+}
+
 /// A stateless reply (registration rejects, refused TCP logons, a displaced transport's
 /// LoggedOut), sent before any session output.
 struct Reply {
@@ -183,7 +211,10 @@ pub struct Endpoint {
     index: Index,
     /// The session of each TCP connection id.
     conns: Vec<Option<u32>>,
-    deadlines: BinaryHeap<Reverse<(Timestamp, u32)>>,
+    /// Each session's next deadline.
+    wheel: Wheel,
+    /// The device config strings.
+    configs: Configs,
     replies: VecDeque<Reply>,
     /// Sessions parked for want of room on their connection (see [`flow`]).
     blocked: Vec<u32>,
@@ -225,10 +256,11 @@ impl Endpoint {
         let n = cfg.max_sessions;
         Self {
             cfg,
-            sessions: Sessions::new(n, cfg.session),
+            sessions: Sessions::new(n, cfg.max_pending_attaches.min(n), cfg.session),
             index: Index::new(n, id_key, cfg.shard),
             conns: vec![None; cfg.max_connections],
-            deadlines: BinaryHeap::with_capacity(4 * n + 16),
+            wheel: Wheel::new(n),
+            configs: Configs::new(n.saturating_mul(cfg.device_config_bytes)),
             replies: VecDeque::with_capacity(cfg.reply_queue),
             blocked: Vec::with_capacity(n),
             events: VecDeque::with_capacity(4 * n + cfg.max_connections + 16),
@@ -263,8 +295,19 @@ impl Endpoint {
 
     /// Bytes the session slab reserves (journals included), for the start-up report.
     pub fn reserved_bytes(cfg: &EndpointConfig) -> usize {
-        cfg.max_sessions * (cfg.session.journal.bytes_per_session() + Sessions::SLOT_BYTES)
+        Self::journal_bytes(cfg)
+            + cfg.max_sessions * Self::RECORD_BYTES
+            + cfg.max_sessions.saturating_mul(cfg.device_config_bytes)
     }
+
+    /// Bytes the journals reserve (data and per-slot metadata), for the start-up report.
+    pub fn journal_bytes(cfg: &EndpointConfig) -> usize {
+        cfg.max_sessions * cfg.session.journal.bytes_per_session()
+    }
+
+    /// Bytes of each session's record besides its journal: its slot in the slab (the session
+    /// and what the endpoint keeps about it) and its timer wheel entry.
+    pub const RECORD_BYTES: usize = Sessions::SLOT_BYTES + Wheel::ENTRY_BYTES;
 
     /// Sets the offset from `now` to Unix-epoch nanoseconds, for `sendTime`.
     pub fn set_wall_offset(&mut self, ns: i64) {
@@ -286,10 +329,43 @@ impl Endpoint {
         self.sessions.in_use()
     }
 
-    /// The connections list.
+    /// The connections list: every session in use, walking the whole slab. For tests and
+    /// tools; the shard publishes [`Self::sessions_page`] instead.
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
-        self.sessions.slots.iter().enumerate().filter(|(_, s)| s.in_use).map(|(i, s)| SessionInfo {
-            handle: SessionHandle::new(i as u32, s.generation),
+        (0..self.sessions.slots.len() as u32).filter_map(|i| self.info(i))
+    }
+
+    /// One page of the connections list, bounded: the rows of the sessions in use among slots
+    /// `from..`, at most `max_rows` of them and at most `max_slots` slots looked at, pushed
+    /// onto `out` (within its capacity). Returns the slot to continue from (0 once past the
+    /// end). The shard publishes one page per snapshot, so the list costs the same per cycle
+    /// at any fleet size, and a full pass takes `max_sessions / max_slots` snapshots.
+    pub fn sessions_page(
+        &self,
+        from: u32,
+        max_rows: usize,
+        max_slots: usize,
+        out: &mut Vec<SessionInfo>,
+    ) -> u32 {
+        let n = self.sessions.slots.len() as u32;
+        let mut i = from.min(n);
+        let end = i.saturating_add(max_slots as u32).min(n);
+        let mut rows = 0;
+        while i < end && rows < max_rows && out.len() < out.capacity() {
+            if let Some(info) = self.info(i) {
+                out.push(info);
+                rows += 1;
+            }
+            i += 1;
+        }
+        if i >= n { 0 } else { i }
+    }
+
+    /// The row of slot `i`, if in use.
+    fn info(&self, i: u32) -> Option<SessionInfo> {
+        let s = &self.sessions.slots[i as usize];
+        s.in_use.then(|| SessionInfo {
+            handle: SessionHandle::new(i, s.generation),
             id: s.session.id(),
             device_uid: *s.session.device_uid(),
             username: *s.session.username(),
@@ -299,6 +375,28 @@ impl Endpoint {
             next_out: s.session.next_out(),
             last_heard: s.session.last_heard(),
         })
+    }
+
+    /// How many sessions in use are in each state, kept as they change (no walk).
+    pub fn state_counts(&self) -> StateCounts {
+        let g = self.sessions.gauges;
+        StateCounts {
+            awaiting_config: g[0],
+            awaiting_logon: g[1],
+            active: g[2],
+            logging_out: g[3],
+            detached: g[4],
+        }
+    }
+
+    /// The device config string a session's device sent (empty if none, or not kept).
+    pub fn device_config(&self, h: SessionHandle) -> Option<&[u8]> {
+        self.sessions.get(h).map(|s| self.configs.get(s.config))
+    }
+
+    /// Where a session's output goes.
+    pub fn link(&self, h: SessionHandle) -> Option<Link> {
+        self.sessions.get(h).map(|s| s.link)
     }
 
     /// The session behind a handle.
@@ -340,9 +438,10 @@ impl Endpoint {
             c.incr(Counter::DropUnknownSession);
             return;
         };
+        let pending = self.sessions.pending(index).is_some_and(|(addr, _)| *addr == from);
         let slot = &self.sessions.slots[index as usize];
-        let pending = slot.pending.is_some_and(|(addr, _)| addr == from);
         let live = slot.link == Link::Udp(from) && slot.session.transport() == Transport::Udp;
+        let c = &mut self.sessions.counters;
         if !pending && !live {
             c.incr(Counter::DropWrongAddress);
             return;
@@ -475,19 +574,24 @@ impl Endpoint {
     /// GetDeviceConfig, and takes the session over only once it has logged on. A repeat (same
     /// nonce, same address) gets the same answer; any other newer attach replaces it.
     fn pend(&mut self, now: Timestamp, index: u32, from: SocketAddr, nonce: u64) {
-        let c = &mut self.sessions.counters;
-        let slot = &mut self.sessions.slots[index as usize];
-        match &mut slot.pending {
-            Some((addr, p)) if *addr == from && p.nonce() == nonce => {
+        let fresh = (from, PendingAttach::new(now, nonce, &self.cfg.session));
+        match self.sessions.pending_mut(index) {
+            (Some((addr, p)), c) if *addr == from && p.nonce() == nonce => {
                 c.incr(Counter::HandshakesRepeated);
                 p.repeat_registration();
             }
-            other => {
-                if other.is_some() {
-                    c.incr(Counter::AttachesPendingDropped);
-                }
+            (Some(other), c) => {
+                c.incr(Counter::AttachesPendingDropped);
                 c.incr(Counter::AttachesPending);
-                *other = Some((from, PendingAttach::new(now, nonce, &self.cfg.session)));
+                *other = fresh;
+            }
+            (None, _) => {
+                if !self.sessions.set_pending(index, fresh) {
+                    // The pool is full: dropped unanswered, the device repeats its request.
+                    self.sessions.counters.incr(Counter::AttachesPendingFull);
+                    return;
+                }
+                self.sessions.counters.incr(Counter::AttachesPending);
             }
         }
         self.settle(now, index);
@@ -502,9 +606,8 @@ impl Endpoint {
         msgs: &Decoded<'_>,
     ) {
         for msg in msgs.iter() {
-            let slot = &mut self.sessions.slots[index as usize];
-            let Some((_, p)) = slot.pending.as_mut() else { return };
-            if let Some(logon) = p.handle_message(now, msg, &mut self.sessions.counters) {
+            let (Some((_, p)), c) = self.sessions.pending_mut(index) else { return };
+            if let Some(logon) = p.handle_message(now, msg, c) {
                 self.pending_logon(now, index, from, logon);
                 return;
             }
@@ -525,28 +628,27 @@ impl Endpoint {
             Ok(()) => slot.session.logon_refusal(seq, reset).map(|(_, why)| why),
         };
         if let Some(why) = refused {
-            if let Some((_, p)) = slot.pending.as_mut() {
+            if let (Some((_, p)), _) = self.sessions.pending_mut(index) {
                 p.refuse(why);
             }
             return;
         }
         // Logged on: a logout of the older transport still queued completes first.
         self.finish_logout(now, index);
-        let slot = &mut self.sessions.slots[index as usize];
-        if !slot.in_use {
+        if !self.sessions.slots[index as usize].in_use {
             return; // that logout released the session (and dropped the attach)
         }
-        let Some((addr, p)) = slot.pending.take() else { return };
-        if slot.session.state().is_attached() {
+        let Some((addr, p)) = self.sessions.take_pending(index) else { return };
+        if self.sessions.slots[index as usize].session.state().is_attached() {
             self.displace(now, index);
         }
         let c = &mut self.sessions.counters;
         c.incr(Counter::HandshakesResumed);
         c.incr(Counter::SessionsResumed);
         let slot = &mut self.sessions.slots[index as usize];
-        slot.session.adopt_udp(now, p.nonce(), p.device_config());
+        slot.session.adopt_udp(now, p.nonce());
         slot.link = Link::Udp(addr);
-        self.configured(index);
+        self.configured(index, p.device_config());
         let default = self.cfg.session.heartbeat_interval;
         let slot = &mut self.sessions.slots[index as usize];
         let hb = slot.session.heartbeat_for_logon(default);
@@ -818,7 +920,7 @@ impl Endpoint {
                     .accept_logon(now, seq, username, reset, hb, c);
                 self.logged_on(now, index);
             }
-            Deliver::Config => self.configured(index),
+            Deliver::Config { config } => self.configured(index, config),
         }
     }
 
@@ -849,6 +951,10 @@ impl Endpoint {
         match slot.session.state() {
             State::Closed(reason) => {
                 self.unlink(index);
+                self.wheel.remove(index);
+                let slot = &mut self.sessions.slots[index as usize];
+                let kept = core::mem::replace(&mut slot.config, ConfigRef::NONE);
+                self.configs.remove(kept);
                 let handle = self.sessions.release(index);
                 self.index.remove(index);
                 self.events.push_back(EndpointEvent::Ended(handle, reason));
@@ -860,37 +966,21 @@ impl Endpoint {
             }
             _ => {}
         }
-        let slot = &mut self.sessions.slots[index as usize];
-        if slot.pending.is_some_and(|(_, p)| p.is_done()) {
-            slot.pending = None;
+        if self.sessions.pending(index).is_some_and(|(_, p)| p.is_done()) {
+            self.sessions.take_pending(index);
             self.sessions.counters.incr(Counter::AttachesPendingDropped);
         }
-        let slot = &mut self.sessions.slots[index as usize];
-        if let Some(t) = slot.poll_timeout() {
-            if slot.scheduled.is_none_or(|s| t < s) {
-                slot.scheduled = Some(t);
-                if self.deadlines.len() == self.deadlines.capacity() {
-                    // Rebuild from the slots rather than grow: one entry per scheduled session,
-                    // this one included. (Keeping the entries that match their slot kept
-                    // duplicates: a slot released and reused at the same instant schedules the
-                    // same deadlines again, and the heap grew.)
-                    self.deadlines.clear();
-                    for (i, s) in self.sessions.slots.iter().enumerate() {
-                        if let (true, Some(t)) = (s.in_use, s.scheduled) {
-                            self.deadlines.push(Reverse((t, i as u32)));
-                        }
-                    }
-                } else {
-                    self.deadlines.push(Reverse((t, index)));
-                }
-            }
+        match self.sessions.poll_timeout(index) {
+            Some(t) => self.wheel.insert(index, t),
+            None => self.wheel.remove(index),
         }
+        self.sessions.recount(index);
         self.sessions.mark_dirty(index);
     }
 
     /// The earliest deadline of any session or of the application.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let s = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        let s = self.wheel.next_deadline();
         let a = self.apps_poll_timeout();
         match (s, a) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -901,19 +991,14 @@ impl Endpoint {
     /// Fires every due session timer and the application's.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.apps_timeout(now);
-        while let Some(&Reverse((t, index))) = self.deadlines.peek() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop();
+        while let Some(index) = self.wheel.poll(now) {
             let slot = &mut self.sessions.slots[index as usize];
-            if !slot.in_use || slot.scheduled != Some(t) {
+            if !slot.in_use {
                 continue;
             }
-            slot.scheduled = None;
             slot.session.handle_timeout(now, &mut self.sessions.counters);
-            if let Some((_, p)) = slot.pending.as_mut() {
-                p.handle_timeout(now, &mut self.sessions.counters);
+            if let (Some((_, p)), c) = self.sessions.pending_mut(index) {
+                p.handle_timeout(now, c);
             }
             self.settle(now, index);
         }
@@ -924,26 +1009,29 @@ impl Endpoint {
         self.events.pop_front()
     }
 
-    /// Stops accepting and logs every attached session out ("gateway shutting down").
+    /// Stops accepting and logs every attached session out ("gateway shutting down"). Walks
+    /// the sessions in use (the applications' lists), not the slab.
     pub fn shutdown(&mut self, now: Timestamp) {
         self.draining = true;
-        for index in 0..self.sessions.slots.len() as u32 {
-            let slot = &mut self.sessions.slots[index as usize];
-            if !slot.in_use {
-                continue;
+        for app in 0..self.apps.len() {
+            let mut index = self.sessions.app_head(app as u8);
+            while index != NIL {
+                if let (Some((_, p)), _) = self.sessions.pending_mut(index) {
+                    p.refuse(b"gateway shutting down");
+                }
+                let slot = &mut self.sessions.slots[index as usize];
+                let next = slot.app_next;
+                if slot.session.state().is_attached() {
+                    slot.session.close(
+                        now,
+                        CloseReason::LocalClose(LocalClose::Shutdown),
+                        b"gateway shutting down",
+                        &mut self.sessions.counters,
+                    );
+                }
+                self.settle(now, index);
+                index = next;
             }
-            if let Some((_, p)) = slot.pending.as_mut() {
-                p.refuse(b"gateway shutting down");
-            }
-            if slot.session.state().is_attached() {
-                slot.session.close(
-                    now,
-                    CloseReason::LocalClose(LocalClose::Shutdown),
-                    b"gateway shutting down",
-                    &mut self.sessions.counters,
-                );
-            }
-            self.settle(now, index);
         }
     }
 
