@@ -13,11 +13,12 @@ NCPU=$(nproc)
 GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
 LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
 SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
-# Ports (override to run beside another gateway on the same host).
-GW_HANDSHAKE="${GW_HANDSHAKE:-127.0.0.1:3006}"
-GW_TCP="${GW_TCP:-127.0.0.1:4210}"
-GW_SESSION_PORT_BASE="${GW_SESSION_PORT_BASE:-5000}"
-GW_METRICS="${GW_METRICS:-127.0.0.1:9464}"
+# Ports (override to run beside another gateway on the same host; PORT_OFFSET moves all four).
+PORT_OFFSET="${PORT_OFFSET:-0}"
+GW_HANDSHAKE="${GW_HANDSHAKE:-127.0.0.1:$(( 3006 + PORT_OFFSET ))}"
+GW_TCP="${GW_TCP:-127.0.0.1:$(( 4210 + PORT_OFFSET ))}"
+GW_SESSION_PORT_BASE="${GW_SESSION_PORT_BASE:-$(( 5000 + PORT_OFFSET ))}"
+GW_METRICS="${GW_METRICS:-127.0.0.1:$(( 9464 + PORT_OFFSET ))}"
 
 # results/<timestamp>-<name>
 new_results() {
@@ -68,7 +69,7 @@ load() {
     local scenario="$1"; shift
     local rc=0
     timeout "${LOAD_TIMEOUT:-300}" taskset -c "$LOAD_CPUS" "$BIN" load "$scenario" --json \
-        --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
+        --handshake "$GW_HANDSHAKE" --tcp "$GW_TCP" --hist-log "$OUT/load.hlog" "$@" >"$OUT/summary.json" || rc=$?
     echo "summary: $(cat "$OUT/summary.json")"
     return $rc
 }

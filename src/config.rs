@@ -681,6 +681,7 @@ impl Config {
             max_network_failures: self.auth.max_network_failures,
             max_username_failures: self.auth.max_username_failures,
             logon_failure_window: Duration::from_secs(self.auth.failure_window_s),
+            limiter_entries: crate::session::auth::LIMITER_ENTRIES,
         }
     }
 }

@@ -474,7 +474,13 @@ fn bad_credentials(io: &str) {
     for (user, pw) in [("alice", &b"wrong"[..]), ("mallory", b"right-password")] {
         let mut bad = Tcp::with_password(gw.gateway.tcp_addr, user, pw);
         bad.run_until("refusal and close", 5 * SECOND, |c| c.closed);
-        assert_eq!(bad.seen.logged_out(), Some("invalid credentials"), "{user}");
+        assert_eq!(
+            bad.seen.logged_out(),
+            Some("invalid credentials"),
+            "{user}: read error {:?}, events {:?}",
+            bad.error,
+            bad.seen.events
+        );
         assert_eq!(bad.dev.state(), DeviceState::Ended(EndReason::LoggedOut));
     }
     let mut good = Tcp::with_password(gw.gateway.tcp_addr, "alice", b"right-password");

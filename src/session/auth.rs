@@ -57,16 +57,26 @@ pub struct LogonLimits {
     pub per_username: u32,
     /// The window every count and every block lasts (`auth.failure_window_s`, 60 s).
     pub window: Duration,
+    /// Sources, networks and usernames each limiter table keeps (4096 per shard: a few
+    /// hundred KiB). The fuzz target uses a small table: cheaper to build, more collisions.
+    pub entries: usize,
 }
 
 impl Default for LogonLimits {
     fn default() -> Self {
-        Self { per_source: 5, per_network: 20, per_username: 10, window: Duration::from_secs(60) }
+        Self {
+            per_source: 5,
+            per_network: 20,
+            per_username: 10,
+            window: Duration::from_secs(60),
+            entries: LIMITER_ENTRIES,
+        }
     }
 }
 
-/// Sources, networks and usernames each limiter table keeps (per shard): a few hundred KiB.
-const LIMITER_ENTRIES: usize = 4096;
+/// Sources, networks and usernames each limiter table keeps by default (per shard): a few
+/// hundred KiB.
+pub const LIMITER_ENTRIES: usize = 4096;
 
 /// The credentials check behind the failed-logon limiter (DESIGN.md §2 rule 11), with one
 /// [`LimitTable`] per level:
@@ -95,9 +105,9 @@ impl LogonCheck {
         Self {
             auth,
             limits,
-            sources: LimitTable::new(LIMITER_ENTRIES, seed),
-            networks: LimitTable::new(LIMITER_ENTRIES, seed),
-            users: LimitTable::new(LIMITER_ENTRIES, seed),
+            sources: LimitTable::new(limits.entries, seed),
+            networks: LimitTable::new(limits.entries, seed),
+            users: LimitTable::new(limits.entries, seed),
         }
     }
 

@@ -55,6 +55,12 @@ enum Command {
     /// Operate a running gateway over its operator channel (`gateway.admin_socket`): list and
     /// show sessions, disconnect one, drain for maintenance, undrain, status.
     Ctl(CtlArgs),
+    /// Floods and faults against a gateway process it starts, with canaries (scripts/chaos.sh).
+    #[command(hide = true)]
+    Chaos(ChaosArgs),
+    /// The chaos run's slowloris worker: holds idle TCP connections.
+    #[command(hide = true, name = "chaos-hold")]
+    ChaosHold(HoldArgs),
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +108,56 @@ enum CtlCommand {
     Undrain,
     /// Draining or not, the deadline, session counts by state, per shard.
     Status,
+}
+
+#[derive(Args, Debug)]
+struct ChaosArgs {
+    /// The gateway binary (default: this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// TOML profile for the gateway.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Results folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// A few seconds per case.
+    #[arg(long)]
+    short: bool,
+    /// First port (handshake; TCP +1, session port +2, HTTP +9).
+    #[arg(long, default_value_t = 23000)]
+    base_port: u16,
+    /// Only this case (repeatable).
+    #[arg(long)]
+    case: Vec<String>,
+    /// I/O backend: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Worst canary gap that passes (ms).
+    #[arg(long, default_value_t = 1000)]
+    max_gap_ms: u64,
+    /// Idle connections the slowloris case holds (0 = up to the gateway's open-files limit).
+    #[arg(long, default_value_t = 0)]
+    slowloris: usize,
+}
+
+#[derive(Args, Debug)]
+struct HoldArgs {
+    /// The gateway's TCP address.
+    #[arg(long)]
+    tcp: std::net::SocketAddr,
+    /// Connections to hold.
+    #[arg(long)]
+    conns: usize,
+    /// Seconds to hold them.
+    #[arg(long)]
+    seconds: f64,
+    /// Source addresses 127.<net>.x.y.
+    #[arg(long)]
+    net: u8,
+    /// Reopen every connection the gateway closes.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    reconnect: bool,
 }
 
 #[derive(Args, Debug)]
@@ -424,6 +480,11 @@ pub fn main() -> ExitCode {
             };
             crate::tools::ctl::run(&a.socket, &request, a.json)
         }
+        Command::Chaos(a) => chaos(a),
+        Command::ChaosHold(a) => {
+            crate::tools::chaos::hold(a.tcp, a.conns, a.seconds, a.net, a.reconnect)
+                .map(|()| ExitCode::SUCCESS)
+        }
     };
     match r {
         Ok(code) => code,
@@ -432,6 +493,26 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn chaos(a: ChaosArgs) -> Result<ExitCode, String> {
+    let bin = match a.bin {
+        Some(b) => b,
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let opts = crate::tools::chaos::Options {
+        bin,
+        config: a.config,
+        out: a.out,
+        short: a.short,
+        base_port: a.base_port,
+        cases: a.case,
+        io: a.io,
+        max_gap_ms: a.max_gap_ms,
+        slowloris: a.slowloris,
+    };
+    let pass = crate::tools::chaos::run(opts)?;
+    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Logs go to stderr through `tracing`: `level` (or RUST_LOG, else `info`) filters them, and
@@ -455,17 +536,21 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
 }
 
 /// The gateway's panic policy: a panic on any thread (a shard, the acceptor, housekeeping) is
-/// logged with the thread's name and aborts the process. A gateway with a dead shard would keep
-/// answering `/healthz` and handshakes for sessions it can no longer serve; aborting lets the
-/// supervisor (`Restart=on-failure` in tuning/fleetgate.service) start a whole one, and devices
-/// resume on it.
+/// logged with the thread's name, the message and its location, and aborts the process at once.
+/// A gateway with a dead shard would keep answering `/healthz` and handshakes for sessions it can
+/// no longer serve; aborting lets the supervisor (`Restart=on-failure` in
+/// tuning/fleetgate.service) start a whole one, and devices resume on it.
+///
+/// The standard hook is not called: with `RUST_BACKTRACE` set it symbolizes a backtrace before
+/// returning, which took over 5 s on a loaded 2-core host while the other shards kept serving
+/// (the flaky `a_panicking_shard_aborts_the_process` in tests/ops.rs). The backtrace is in the
+/// core dump (`coredumpctl debug fleetgate`).
 fn install_panic_policy() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
+    std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         tracing::error!(thread = name, "panic: {info}; aborting the process");
-        default(info);
+        eprintln!("thread '{name}' {info}; aborting the process");
         std::process::abort();
     }));
 }

@@ -4,10 +4,12 @@
 //! - [`loadgen`]: `fleetgate load`, the open-loop load generator;
 //! - [`demo`]: `fleetgate demo`, a gateway and a fleet in one process;
 //! - [`hist`]: `fleetgate hist`, HdrHistogram interval logs shown, compared and plotted;
+//! - [`chaos`]: `fleetgate chaos` (hidden), floods and faults from outside with canaries;
 //! - [`check`]: `fleetgate check`, host readiness;
 //! - [`ctl`]: `fleetgate ctl`, the operator channel's client;
 //! - [`passwd`]: `fleetgate passwd` and the credentials file on disk.
 
+pub mod chaos;
 pub mod check;
 pub mod cli;
 pub mod ctl;

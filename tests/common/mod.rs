@@ -337,6 +337,8 @@ pub(crate) struct Tcp {
     pub(crate) seen: Seen,
     /// The gateway closed the connection (read returned 0).
     pub(crate) closed: bool,
+    /// The read error that ended the connection, if it was not a clean end of stream.
+    pub(crate) error: Option<String>,
 }
 
 impl Tcp {
@@ -359,6 +361,7 @@ impl Tcp {
             deframer: Deframer::new(64 * 1024),
             seen: Seen::default(),
             closed: false,
+            error: None,
         }
     }
 
@@ -367,6 +370,7 @@ impl Tcp {
         self.stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
         self.deframer.reset();
         self.closed = false;
+        self.error = None;
         let now = self.clock.now();
         self.dev.connect(now, nonce, reset);
     }
@@ -397,14 +401,27 @@ impl Tcp {
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => self.closed = true,
+            // A read with a timeout is never restarted after a signal: not an end of stream.
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                eprintln!("note: a TCP read was interrupted (EINTR); retrying");
+            }
+            Err(e) => {
+                self.closed = true;
+                self.error = Some(e.to_string());
+            }
         }
     }
 
     /// Steps until `done`; fails after `limit`.
     pub(crate) fn run_until(&mut self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
         drive(self, what, limit, done, Self::step, |d| {
-            format!("state {:?}, closed {}, events {:?}", d.dev.state(), d.closed, d.seen.events)
+            format!(
+                "state {:?}, closed {} (read error {:?}), events {:?}",
+                d.dev.state(),
+                d.closed,
+                d.error,
+                d.seen.events
+            )
         });
     }
 

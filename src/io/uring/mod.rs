@@ -71,7 +71,22 @@ use crate::ids::ConnId;
 /// up, the kernel has the features and opcodes both rely on, a trial backend receives and sends
 /// a datagram on loopback (multishot `RECVMSG` with a provided-buffer ring, `SENDMSG`), and a
 /// trial acceptor ring accepts a connection with a multishot `ACCEPT` (Linux 5.19).
+///
+/// It runs on a short-lived thread of its own: the rings it sets up and the operations it submits
+/// leave io_uring state on the submitting thread (task work the kernel may still deliver after
+/// the ring is gone), and that notification interrupts the caller's blocking calls with EINTR.
+/// Probed on the caller's thread, a test's `read` with a timeout failed with EINTR now and then
+/// (the flaky `uring_bad_credentials`, `uring_tcp_resume` in tests/gateway.rs).
 pub fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("io_uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot start the probe thread: {e}"))?
+        .join()
+        .map_err(|_| "the probe thread panicked".to_string())?
+}
+
+fn probe_here() -> Result<(), String> {
     let (ring, _) = setup_ring(8, 16, None).map_err(|e| format!("io_uring_setup: {e}"))?;
     if !ring.params().is_feature_ext_arg() {
         return Err("IORING_FEAT_EXT_ARG missing (wait timeouts need Linux 5.11)".into());

@@ -63,6 +63,16 @@ struct Driver {
     waiting: VecDeque<(TcpStream, SocketAddr, Timestamp)>,
 }
 
+/// True if `stream` has bytes to read (or its peer has closed it), without taking them.
+fn has_input(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    match socket2::SockRef::from(stream).recv_with_flags(&mut byte, flags) {
+        Ok(n) => n > 0,
+        Err(_) => false,
+    }
+}
+
 impl Driver {
     fn serve(
         &mut self,
@@ -130,9 +140,13 @@ impl Driver {
         match self.ring.claim() {
             Some(slot) => self.start(core, slot, stream, peer, now),
             None => {
-                // Every slot is live or still closing: wait for one, making room if need be.
+                // Every slot is live or still closing: wait for one, making room if need be:
+                // the oldest waiting connection that has sent nothing goes (the oldest of all if
+                // every one has), so that under a connect storm a client that sent its
+                // LogonRequest at once is not refused before it is read.
                 if self.waiting.len() == self.waiting.capacity() {
-                    if let Some((old, ..)) = self.waiting.pop_front() {
+                    let idle = self.waiting.iter().position(|(s, ..)| !has_input(s)).unwrap_or(0);
+                    if let Some((old, ..)) = self.waiting.remove(idle) {
                         let why = core.evicted();
                         refuse(old, why);
                     }

@@ -122,6 +122,8 @@ pub struct EndpointConfig {
     /// Window over which failed logons are counted, and every limit holds once hit
     /// (`auth.failure_window_s`, 60 s).
     pub logon_failure_window: Duration,
+    /// Entries in each failed-logon limiter table (sources, networks, usernames; 4096).
+    pub limiter_entries: usize,
 }
 
 impl EndpointConfig {
@@ -132,6 +134,7 @@ impl EndpointConfig {
             per_network: self.max_network_failures,
             per_username: self.max_username_failures,
             window: self.logon_failure_window,
+            entries: self.limiter_entries,
         }
     }
 }
@@ -151,6 +154,7 @@ impl Default for EndpointConfig {
             max_network_failures: 20,
             max_username_failures: 10,
             logon_failure_window: Duration::from_secs(60),
+            limiter_entries: crate::session::auth::LIMITER_ENTRIES,
         }
     }
 }
