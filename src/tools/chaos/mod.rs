@@ -1131,12 +1131,17 @@ fn case_slowloris_reconnect(ctx: &mut Ctx, r: &mut CaseResult) {
     // 1 s and 3 s, so the bound is 4 s.
     let bound = Duration::from_secs(4);
     let p = slowloris_phase(ctx, want, true, bound);
-    r.pass = p.ok == p.tries && p.held > 0;
+    // The attack was in effect if connections were held or the gateway closed some that the
+    // attacker then reopened: on a fast machine every connection can be evicted and reopened
+    // between two of the worker's 250 ms samples, so that none is seen open at a sample.
+    r.pass = p.ok == p.tries && (p.held > 0 || p.reopened > 0);
     r.detail = p.describe(want, limit, bound);
 }
 
 struct Phase {
     held: usize,
+    /// Connections the gateway closed and the attacker reopened (reconnect mode).
+    reopened: u64,
     fds: u64,
     ok: usize,
     tries: usize,
@@ -1148,9 +1153,10 @@ struct Phase {
 impl Phase {
     fn describe(&self, want: usize, limit: usize, bound: Duration) -> String {
         format!(
-            "{} of {want} idle connections open at once (gateway nofile {limit}, gateway fds \
-             {}); {}/{} fresh logons within {} s, slowest {:.0} ms; failures {:?}",
+            "{} of {want} idle connections open at once, {} reopened (gateway nofile {limit}, \
+             gateway fds {}); {}/{} fresh logons within {} s, slowest {:.0} ms; failures {:?}",
             self.held,
+            self.reopened,
             self.fds,
             self.ok,
             self.tries,
@@ -1201,8 +1207,15 @@ fn slowloris_phase(ctx: &mut Ctx, want: usize, reconnect: bool, bound: Duration)
     let fds = proc_fds(ctx.pid());
     let clock = Clock::new();
     let t0 = Instant::now();
-    let mut p =
-        Phase { held: 0, fds, ok: 0, tries: 0, worst: Duration::ZERO, failures: BTreeMap::new() };
+    let mut p = Phase {
+        held: 0,
+        reopened: 0,
+        fds,
+        ok: 0,
+        tries: 0,
+        worst: Duration::ZERO,
+        failures: BTreeMap::new(),
+    };
     while t0.elapsed() < hold {
         p.tries += 1;
         let ts = Instant::now();
@@ -1233,12 +1246,16 @@ fn slowloris_phase(ctx: &mut Ctx, want: usize, reconnect: bool, bound: Duration)
             let _ = o.read_to_string(&mut s);
         }
         let _ = w.wait();
-        p.held += s
-            .split_whitespace()
-            .skip_while(|t| *t != "peak")
-            .nth(1)
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+        // The worker prints `peak N reopened M`.
+        let field = |name: &str| {
+            s.split_whitespace()
+                .skip_while(|t| *t != name)
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        p.held += field("peak") as usize;
+        p.reopened += field("reopened");
     }
     p
 }
