@@ -4,6 +4,7 @@
 //! and one killed with SIGKILL, every device ending on a live gateway. Every wait is bounded.
 
 #[allow(dead_code)]
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -15,24 +16,6 @@ use fleetgate::session::{DeviceState, EndReason};
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-macro_rules! backends {
-    ($($(#[$attr:meta])* $body:ident => $epoll:ident, $uring:ident;)*) => {$(
-        #[test]
-        $(#[$attr])*
-        fn $epoll() {
-            $body("epoll");
-        }
-
-        #[test]
-        $(#[$attr])*
-        fn $uring() {
-            if fleetgate::sim::uring_available(stringify!($uring)) {
-                $body("uring");
-            }
-        }
-    )*};
-}
 
 backends! {
     operator_channel => epoll_operator_channel, uring_operator_channel;

@@ -7,6 +7,7 @@
 //! otherwise prints why it was skipped, or fails under `FLEETGATE_REQUIRE_URING=1`
 //! (`fleetgate::sim::uring_available`).
 
+#[macro_use]
 mod common;
 
 use std::io::Write;
@@ -22,24 +23,6 @@ use fleetgate::tools::loadgen::FeedChecker;
 use fleetgate::tools::passwd::{add_user, load};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-macro_rules! backends {
-    ($($(#[$attr:meta])* $body:ident => $epoll:ident, $uring:ident;)*) => {$(
-        #[test]
-        $(#[$attr])*
-        fn $epoll() {
-            $body("epoll");
-        }
-
-        #[test]
-        $(#[$attr])*
-        fn $uring() {
-            if fleetgate::sim::uring_available(stringify!($uring)) {
-                $body("uring");
-            }
-        }
-    )*};
-}
 
 backends! {
     udp_flow => epoll_udp_flow, uring_udp_flow;

@@ -5,6 +5,7 @@
 //! `tests/gateway.rs`.
 
 #[allow(dead_code)]
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,22 +21,6 @@ use fleetgate::session::DeviceState;
 
 const SECOND: Duration = Duration::from_secs(1);
 const SEED_CONFIG: &[u8] = b"AB~001~19~000~PDT9090_E5~16~26~09~01~0107~0000~000~0015708E863F~640~6006~1~20100118100852~S~WindowsCE ~2~01~0~";
-
-macro_rules! backends {
-    ($($body:ident => $epoll:ident, $uring:ident;)*) => {$(
-        #[test]
-        fn $epoll() {
-            $body("epoll");
-        }
-
-        #[test]
-        fn $uring() {
-            if fleetgate::sim::uring_available(stringify!($uring)) {
-                $body("uring");
-            }
-        }
-    )*};
-}
 
 backends! {
     counter_host_keeps_its_state_across_a_roam => epoll_counter_host_roam, uring_counter_host_roam;

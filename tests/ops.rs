@@ -4,6 +4,7 @@
 
 // Shared with tests/gateway.rs, which uses all of it.
 #[allow(dead_code)]
+#[macro_use]
 mod common;
 
 use std::io::Write;
@@ -16,22 +17,6 @@ use fleetgate::counters::Counter;
 use fleetgate::protocol::{Body, Header, Password, Username};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-macro_rules! backends {
-    ($($body:ident => $epoll:ident, $uring:ident;)*) => {$(
-        #[test]
-        fn $epoll() {
-            $body("epoll");
-        }
-
-        #[test]
-        fn $uring() {
-            if fleetgate::sim::uring_available(stringify!($uring)) {
-                $body("uring");
-            }
-        }
-    )*};
-}
 
 backends! {
     metrics_parse_with_an_independent_parser => epoll_metrics_parse_with_an_independent_parser,

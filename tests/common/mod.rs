@@ -2,6 +2,28 @@
 //! driven by the device-side state machine (`Udp`, `Tcp`), raw peers that speak the wire format
 //! by hand (`RawUdp`, `RawTcp`), and /metrics and /sessions scraping. Every wait is bounded.
 
+/// `backends! { body => epoll_name, uring_name; ... }`: each body as two `#[test]`s, one per I/O
+/// backend; the io_uring one runs where io_uring is usable (and fails under
+/// `FLEETGATE_REQUIRE_URING=1` where it is not). Attributes before a line apply to both tests.
+#[allow(unused_macros)]
+macro_rules! backends {
+    ($($(#[$attr:meta])* $body:ident => $epoll:ident, $uring:ident;)*) => {$(
+        #[test]
+        $(#[$attr])*
+        fn $epoll() {
+            $body("epoll");
+        }
+
+        #[test]
+        $(#[$attr])*
+        fn $uring() {
+            if fleetgate::sim::uring_available(stringify!($uring)) {
+                $body("uring");
+            }
+        }
+    )*};
+}
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;

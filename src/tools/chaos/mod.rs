@@ -1099,7 +1099,9 @@ fn case_brute_collision(ctx: &mut Ctx, r: &mut CaseResult) {
     );
 }
 
-fn case_slowloris(ctx: &mut Ctx, r: &mut CaseResult) {
+/// The gateway's open-files limit, and how many idle connections to open: `--slowloris`, or
+/// 2,000 in the short run, or up to the limit less 1,000 (at most 19,000).
+fn slowloris_size(ctx: &Ctx) -> (usize, usize) {
     let limit = proc_nofile(ctx.pid());
     let want = if ctx.opts.slowloris > 0 {
         ctx.opts.slowloris
@@ -1108,6 +1110,11 @@ fn case_slowloris(ctx: &mut Ctx, r: &mut CaseResult) {
     } else {
         limit.saturating_sub(1_000).min(19_000)
     };
+    (limit, want)
+}
+
+fn case_slowloris(ctx: &mut Ctx, r: &mut CaseResult) {
+    let (limit, want) = slowloris_size(ctx);
     r.requests = want as u64;
     // The target: idle connections opened and held, a fresh logon within 1 s.
     let bound = Duration::from_secs(1);
@@ -1117,14 +1124,7 @@ fn case_slowloris(ctx: &mut Ctx, r: &mut CaseResult) {
 }
 
 fn case_slowloris_reconnect(ctx: &mut Ctx, r: &mut CaseResult) {
-    let limit = proc_nofile(ctx.pid());
-    let want = if ctx.opts.slowloris > 0 {
-        ctx.opts.slowloris
-    } else if ctx.opts.short {
-        2_000
-    } else {
-        limit.saturating_sub(1_000).min(19_000)
-    };
+    let (limit, want) = slowloris_size(ctx);
     r.requests = want as u64;
     // The same attacker reopening every connection the gateway closes, as fast as it can: a
     // connect storm that fills the kernel's listen backlog. A SYN dropped there is retried after
