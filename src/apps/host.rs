@@ -142,6 +142,17 @@ pub struct HostStats {
 }
 
 impl HostStats {
+    /// A connection leaves `phase`: the connecting or connected gauge it counted in drops.
+    fn leave(&mut self, phase: &Phase) {
+        match phase {
+            Phase::Connecting => self.connecting = self.connecting.saturating_sub(1),
+            Phase::Connected => self.connected = self.connected.saturating_sub(1),
+            _ => {}
+        }
+    }
+}
+
+impl HostStats {
     /// Adds `o` (counters and gauges alike: shards are summed).
     pub fn merge(&mut self, o: &Self) {
         self.connected += o.connected;
@@ -485,16 +496,7 @@ impl HostBridge {
     /// already gone), and log the session out.
     fn host_over(&mut self, slot: u32, why: &'static str) {
         let s = &mut self.slots[slot as usize];
-        let host = usize::from(s.host);
-        match s.phase {
-            Phase::Connecting => {
-                self.stats[host].connecting = self.stats[host].connecting.saturating_sub(1);
-            }
-            Phase::Connected => {
-                self.stats[host].connected = self.stats[host].connected.saturating_sub(1);
-            }
-            _ => {}
-        }
+        self.stats[usize::from(s.host)].leave(&s.phase);
         s.phase = Phase::Ended(why);
         if let Some(conn) = s.conn {
             // Still mapped: its close (`host_closed`) frees nothing until the session ends.
@@ -672,16 +674,7 @@ impl HostBridge {
         let Some(slot) = self.slot_of(session) else { return };
         self.by_session[session.index() as usize] = NONE;
         let s = &mut self.slots[slot as usize];
-        let host = usize::from(s.host);
-        match s.phase {
-            Phase::Connecting => {
-                self.stats[host].connecting = self.stats[host].connecting.saturating_sub(1);
-            }
-            Phase::Connected => {
-                self.stats[host].connected = self.stats[host].connected.saturating_sub(1);
-            }
-            _ => {}
-        }
+        self.stats[usize::from(s.host)].leave(&s.phase);
         match s.conn {
             Some(conn) => {
                 if !matches!(s.phase, Phase::Ended(_)) {
