@@ -170,7 +170,7 @@ fn the_admin_socket_refuses_a_file_and_an_active_socket_and_replaces_a_stale_one
 /// A `fleetgate serve` process (the real binary) on free loopback ports with its operator
 /// socket; killed (SIGKILL) when dropped.
 struct Serve {
-    child: std::process::Child,
+    child: ChildGuard,
     handshake: u16,
     tcp: u16,
     admin: std::path::PathBuf,
@@ -198,7 +198,7 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn fleetgate serve");
-        let s = Self { child, handshake, tcp: tcp_port, admin, log };
+        let s = Self { child: ChildGuard(child), handshake, tcp: tcp_port, admin, log };
         until(&format!("gateway {name} up"), 10 * SECOND, || {
             std::thread::sleep(Duration::from_millis(20));
             fleetgate::tools::ctl::call(&s.admin, "status").is_ok()
@@ -212,13 +212,6 @@ impl Serve {
 
     fn server(&self) -> fleetgate::tools::loadgen::fleet::Server {
         fleetgate::tools::loadgen::fleet::loopback(self.handshake, self.tcp)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

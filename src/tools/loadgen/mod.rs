@@ -296,6 +296,17 @@ pub struct Live {
     pub errors: AtomicU64,
 }
 
+/// One generator thread's place in the run: the config, its index among `threads`, the run's
+/// clock and what the threads share.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    cfg: &'a LoadConfig,
+    thread: usize,
+    threads: usize,
+    clock: Clock,
+    shared: &'a Shared,
+}
+
 /// What the threads share: progress, the stop flag, step barriers and the hold window.
 pub(crate) struct Shared {
     pub(crate) live: Live,
@@ -587,9 +598,16 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         let (cfg, shared) = (cfg.clone(), shared.clone());
         let h = std::thread::Builder::new()
             .name(format!("fleetgate-load-{t}"))
-            .spawn(move || match cfg.raw_echo {
-                Some(to) => raw::thread_main(&cfg, t, threads, clock, &shared, to),
-                None => engine::thread_main(&cfg, t, threads, clock, &shared),
+            .spawn(move || {
+                // The default 50 µs timer slack would make every timed wait (the next send, the
+                // next deadline) up to 50 µs late: measured, the median send lateness at 10k/s
+                // fell from 72 µs.
+                let _ = crate::io::floor::set_timer_slack(Duration::from_nanos(1));
+                let part = Part { cfg: &cfg, thread: t, threads, clock, shared: &shared };
+                match cfg.raw_echo {
+                    Some(to) => raw::thread_main(part, to),
+                    None => engine::thread_main(part),
+                }
             })
             .map_err(|e| e.to_string())?;
         handles.push(h);
