@@ -235,15 +235,14 @@ fn metric(m: &BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// The `field`th word of the first line of `/proc/PID/FILE` that starts with `key`.
+fn proc_field<T: std::str::FromStr>(pid: u32, file: &str, key: &str, field: usize) -> Option<T> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(field)?.parse().ok()
+}
+
 fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_field(pid, "status", "VmRSS:", 1).unwrap_or(0)
 }
 
 fn proc_fds(pid: u32) -> u64 {
@@ -251,14 +250,7 @@ fn proc_fds(pid: u32) -> u64 {
 }
 
 fn proc_nofile(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
-        .unwrap_or(1024)
+    proc_field(pid, "limits", "Max open files", 3).unwrap_or(1024)
 }
 
 /// A plain HTTP/1.1 GET with a close: (status, body).
