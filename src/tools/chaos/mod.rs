@@ -882,13 +882,10 @@ fn case_session_fuzz(ctx: &mut Ctx, r: &mut CaseResult) {
     let to = SocketAddr::from(([127, 0, 0, 1], ctx.session_port));
     // A logged-on attacker whose own session's datagrams are mutated too.
     let clock = Clock::new();
-    let mut me = vec![Dev::udp(&clock, ctx.target, attacker_ip(21, 0), "FUZZER", "fuzzer", PW)];
-    if !drive_until(&mut me, &clock, Duration::from_secs(10), |d| {
-        d[0].state() == DeviceState::Active
-    }) {
+    let Some(mut me) = udp_logged_on(ctx, &clock, attacker_ip(21, 0), "FUZZER") else {
         fail(r, "the fuzzing device did not log on");
         return;
-    }
+    };
     let sid = me[0].session_id();
     let echo = datagram(sid, &[encode(2, Body::App { type_id: 150, body: b"0123456789abcdef" })]);
     let reg = registration_request("FUZZER-2", 9, [7; 32]);
@@ -1032,15 +1029,19 @@ fn first_body(dg: &[u8]) -> Option<Body<'_>> {
     Some(Message::decode_frame(f).ok()?.body)
 }
 
+/// One UDP device (user "fuzzer") from `ip`, logged on within 10 s; `None` if it did not.
+fn udp_logged_on(ctx: &Ctx, clock: &Clock, ip: Ipv4Addr, uid: &str) -> Option<Vec<Dev>> {
+    let mut d = vec![Dev::udp(clock, ctx.target, ip, uid, "fuzzer", PW)];
+    drive_until(&mut d, clock, Duration::from_secs(10), |d| d[0].state() == DeviceState::Active)
+        .then_some(d)
+}
+
 fn case_datagram_rule12(ctx: &mut Ctx, r: &mut CaseResult) {
     let clock = Clock::new();
-    let mut d = vec![Dev::udp(&clock, ctx.target, attacker_ip(25, 1), "RULE12", "fuzzer", PW)];
-    if !drive_until(&mut d, &clock, Duration::from_secs(10), |d| {
-        d[0].state() == DeviceState::Active
-    }) {
+    let Some(mut d) = udp_logged_on(ctx, &clock, attacker_ip(25, 1), "RULE12") else {
         fail(r, "the device did not log on");
         return;
-    }
+    };
     let to = SocketAddr::from(([127, 0, 0, 1], ctx.session_port));
     let (sid, seq) = (d[0].session_id(), d[0].next_out());
     // A valid echo request with 8 bytes of garbage after it.
