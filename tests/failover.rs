@@ -260,10 +260,10 @@ fn a_fleet_with_a_server_list_survives_a_drain_and_a_sigkill() {
     let why = format!("{}\n{:?}\ngateway logs: {logs:?}", report.table(), report.errors);
     assert_eq!(report.error_count(), 0, "{why}");
     assert!(!report.failed(), "{why}");
-    assert_eq!(f.at_end_by_gateway, [300, 0, 0], "{why}");
-    assert_eq!(f.first_by_gateway, before, "{why}");
-    assert_eq!(f.undisturbed_by_gateway[0], before[0], "gateway 0's devices untouched: {why}");
-    assert_eq!(f.sessions_ended_by_gateway[0], 0, "{why}");
+    assert_eq!(f.per_gateway.at_end, [300, 0, 0], "{why}");
+    assert_eq!(f.per_gateway.first, before, "{why}");
+    assert_eq!(f.per_gateway.undisturbed[0], before[0], "gateway 0's devices untouched: {why}");
+    assert_eq!(f.per_gateway.sessions_ended[0], 0, "{why}");
     // Gateway 1's devices moved on at its deadline; gateway 2's after SIGKILL.
     assert!(f.moves.get("drain_deadline").copied().unwrap_or(0) >= before[1], "{why}");
     assert!(f.back_ns.count >= before[1] + before[2], "{why}");

@@ -1358,7 +1358,7 @@ impl<'a> Engine<'a> {
                 let at = f.cursor.current();
                 if f.first == u16::MAX {
                     f.first = at as u16;
-                    fr.first[at] += 1;
+                    fr.per_gateway.first[at] += 1;
                 }
             }
             f.ended_at = Timestamp::ZERO;
@@ -1540,7 +1540,7 @@ impl<'a> Engine<'a> {
         let f = &mut self.fleet[k as usize];
         if was_on {
             if let (Some(h), Some(fr)) = (f.cursor.holder(), self.st.fleet.as_mut()) {
-                fr.ended_at[h] += 1;
+                fr.per_gateway.sessions_ended[h] += 1;
             }
             f.ends = f.ends.saturating_add(1);
             f.ended_at = now;
@@ -1587,9 +1587,9 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let at = f.cursor.current();
-            fr.at_end[at] += 1;
+            fr.per_gateway.at_end[at] += 1;
             if usize::from(f.first) == at && f.ends == 0 && d.dev.stats().resend_requests == 0 {
-                fr.undisturbed[at] += 1;
+                fr.per_gateway.undisturbed[at] += 1;
             }
         }
     }
