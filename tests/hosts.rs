@@ -142,6 +142,18 @@ fn host_bytes(d: &Udp) -> Vec<u8> {
     d.seen.of_type(HOST_DATA_FROM_HOST).flat_map(|a| a.body.clone()).collect()
 }
 
+/// Steps until the gateway's LoggedOut and checks its text.
+#[track_caller]
+fn logged_out_with(d: &mut Udp, limit: Duration, why: &str) {
+    d.run_until("LoggedOut", limit, ended);
+    assert_eq!(d.seen.logged_out(), Some(why));
+}
+
+/// The states of the HostStatus messages the device received, in order.
+fn states(d: &Udp) -> Vec<HostState> {
+    statuses(d).into_iter().map(|(s, _)| s).collect()
+}
+
 /// Every HostStatus the device got: state and details.
 fn statuses(d: &Udp) -> Vec<(HostState, String)> {
     d.seen
@@ -210,8 +222,7 @@ fn unreachable_host(io: &str) {
     let gw = gateway(io, port, "", &[]);
     let mut d = device(&gw, "HOST-UNREACH-1");
     d.log_on(1);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("host unreachable"));
+    logged_out_with(&mut d, 5 * SECOND, "host unreachable");
     let st = statuses(&d);
     assert_eq!(st[0].0, HostState::Connecting);
     assert_eq!(st[1].0, HostState::Unreachable);
@@ -227,11 +238,9 @@ fn host_closes(io: &str) {
     let gw = gateway(io, host.addr, "", &[]);
     let mut d = device(&gw, "HOST-CLOSE-1");
     d.log_on(1);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("host closed"));
+    logged_out_with(&mut d, 5 * SECOND, "host closed");
     assert_eq!(host_bytes(&d), b"bye\r\n");
-    let st: Vec<_> = statuses(&d).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(st, [HostState::Connecting, HostState::Connected, HostState::ClosedByHost]);
+    assert_eq!(states(&d), [HostState::Connecting, HostState::Connected, HostState::ClosedByHost]);
     // The status came before the farewell, in sequence.
     let closed = d.seen.of_type(HOST_STATUS).last().unwrap().seq;
     let data = d.seen.of_type(HOST_DATA_FROM_HOST).last().unwrap().seq;
@@ -291,8 +300,7 @@ fn silent_host_hits_the_inactivity_timeout(io: &str) {
     d.run_until("LoggedOut", 5 * SECOND, ended);
     assert!(t0.elapsed() >= Duration::from_millis(900), "not before the timeout");
     assert_eq!(d.seen.logged_out(), Some("host inactivity timeout"));
-    let st: Vec<_> = statuses(&d).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(st, [HostState::Connecting, HostState::Connected, HostState::IdleTimeout]);
+    assert_eq!(states(&d), [HostState::Connecting, HostState::Connected, HostState::IdleTimeout]);
     let got = host.ended.recv_timeout(5 * SECOND).expect("the host connection closed");
     assert_eq!(got, b"hello\r\nlogoff\r\n");
     wait_line_host(&gw, "idle_timeout_total", 1);
@@ -311,8 +319,7 @@ fn device_logout_closes_the_host(io: &str) {
     type_line(&mut d, "bye");
     let now = d.clock.now();
     d.dev.logout(now);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("logout"));
+    logged_out_with(&mut d, 5 * SECOND, "logout");
     let got = host.ended.recv_timeout(5 * SECOND).expect("the host connection closed");
     assert_eq!(got, b"bye\r\n");
     let addr = gw.metrics_addr.unwrap();
