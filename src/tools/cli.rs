@@ -334,6 +334,10 @@ struct LoadArgs {
     /// generator's own floor (e.g. `cargo bench --bench echo_floor -- serve`).
     #[arg(long)]
     raw_echo: Option<std::net::SocketAddr>,
+    /// Busy-poll between sends instead of sleeping until the next send or reply (the
+    /// generator takes its whole core, as sockperf's client does; see README "Benchmarks").
+    #[arg(long)]
+    spin: bool,
     /// Do not log the sessions out at the end.
     #[arg(long)]
     no_logout: bool,
@@ -711,6 +715,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         max_error_share: a.max_error_share,
         progress: !a.json,
         raw_echo: a.raw_echo,
+        spin: a.spin,
         gateway_pid: a.gateway_pid,
         logout_at_end: !a.no_logout,
         time_limit: a.time_limit.map(secs),

@@ -1085,6 +1085,7 @@ impl<'a> Engine<'a> {
     fn poll_input(&mut self, rx: &mut RecvBatch, wait: Duration) {
         // Microsecond timeouts (epoll_pwait2): a millisecond-granular wait would send late by up
         // to 1 ms and show up as latency from the intended send time.
+        let wait = if self.cfg.spin { Duration::ZERO } else { wait };
         let ts =
             Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
         self.events.clear();

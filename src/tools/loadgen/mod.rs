@@ -161,6 +161,10 @@ pub struct LoadConfig {
     /// steady: send the same datagrams to this plain UDP echo server instead (no sessions),
     /// measuring the generator's own floor.
     pub raw_echo: Option<SocketAddr>,
+    /// Busy-poll between sends (epoll with a zero timeout) instead of sleeping until the next
+    /// send or reply: the generator then takes its whole core, as sockperf's client does, and
+    /// no wake-up of an idle core is charged to the gateway. Off by default.
+    pub spin: bool,
     /// The gateway's pid: its RSS per session and CPU over the hold are reported.
     pub gateway_pid: Option<u32>,
     /// Log every session out at the end (bounded wait).
@@ -204,6 +208,7 @@ impl Default for LoadConfig {
             device_buffer: None,
             device_event_bytes: None,
             raw_echo: None,
+            spin: false,
             gateway_pid: None,
             logout_at_end: true,
             time_limit: None,

@@ -73,6 +73,8 @@ pub struct Report {
     pub gateway: Option<GatewayReport>,
     /// Sent to a plain echo server, without sessions (`raw_echo`).
     pub raw_echo: bool,
+    /// The generator busy-polled between sends (`spin`).
+    pub spin: bool,
     /// Sessions logged on when the scenario ended.
     pub active_at_end: u64,
     /// Echo requests without a reply where that is by design (churn).
@@ -266,6 +268,7 @@ impl Report {
             generator: GeneratorReport::default(),
             gateway: None,
             raw_echo: false,
+            spin: false,
             active_at_end: 0,
             unanswered: 0,
             fleet: None,
@@ -283,6 +286,7 @@ impl Report {
         r.devices = cfg.devices();
         r.max_error_share = cfg.max_error_share;
         r.raw_echo = cfg.raw_echo.is_some();
+        r.spin = cfg.spin;
         let steps = shared.steps.len();
         let mut step_parts: Vec<super::StepResult> =
             (0..steps).map(|_| super::StepResult::default()).collect();
@@ -503,9 +507,10 @@ impl Report {
         let mut s = String::new();
         let rate = self.completions() as f64 / self.seconds.max(1e-9);
         let mode = if self.raw_echo { " (raw echo: no sessions)" } else { "" };
+        let spin = if self.spin { " (generator busy-polling)" } else { "" };
         let _ = writeln!(
             s,
-            "scenario {:?}{mode}: {} devices, {:.1} s measured",
+            "scenario {:?}{mode}{spin}: {} devices, {:.1} s measured",
             self.scenario, self.devices, self.seconds
         );
         let _ = writeln!(
@@ -757,6 +762,7 @@ impl Report {
             retransmits: self.retransmits,
             resend_requests: self.resend_requests,
             raw_echo: self.raw_echo,
+            spin: self.spin,
             active_at_end: self.active_at_end,
             unanswered: self.unanswered,
             steps: &self.steps,
@@ -829,6 +835,7 @@ struct Summary<'a> {
     retransmits: u64,
     resend_requests: u64,
     raw_echo: bool,
+    spin: bool,
     active_at_end: u64,
     unanswered: u64,
     steps: &'a [StepReport],
