@@ -262,13 +262,29 @@ def sp_note(sp, rate):
     return note + (" (it fell behind: its own stalls are not in its figures)" if share < 0.98 else "")
 
 
+def pp_rows(sec, fg, sp, name, mode):
+    """The bare echo loop measured as sockperf measures (one message in flight, from its actual
+    send): the ratio to sockperf says how much of fleetgate's ratio is the method, not the server."""
+    pp = floor_latency(name, "latency_from_send_ns")
+    if not pp:
+        return
+    for q in ("p50", "p99", "p99.9"):
+        row(sec, f"{q} (µs), info", pp[q], "sockperf; left column: floor ping-pong", sp["pct"].get(q) if sp else None,
+            fg_text=fmt(pp[q]),
+            note=(f"here the fleetgate column is echo_floor {mode} driven like sockperf (one in flight, from actual send); "
+                  "an open-loop client instead charges every message due during a stall") if q == "p50" else "")
+
+
 RATE = None
+SPIN = False
 
 
 def main():
-    global RATE
+    global RATE, SPIN
     m = re.search(r"rates (\d+) and", read("env.txt") or "")
     RATE = float(m.group(1)) if m else None
+    # The latency clients busy-polled (LOAD_SPIN=1) or slept; old results say neither.
+    SPIN = "latency clients (udp, tcp parts): busy-poll" in (read("env.txt") or "")
     plot_series = []
 
     # --- UDP latency at 10k/s
@@ -281,12 +297,14 @@ def main():
         fs = floor_latency("floor-udp-10k", "latency_from_send_ns")
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg (from actual send)", fs[q] if fs else None)
-        fsp = floor_latency("floor-udp-10k-spin")
+        other = "sleeping" if SPIN else "spinning"
+        fsp = floor_latency("floor-udp-10k-other") or floor_latency("floor-udp-10k-spin")
         for q in ("p50", "p99", "p99.9"):
-            row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg, spinning client", fsp[q] if fsp else None,
-                note="the floor with a client that spins between sends, as sockperf's does (from intended)" if q == "p50" else "")
+            row(sec, f"{q} (µs), info", fg[q] if fg else None, f"echo_floor udp-mmsg, {other} client", fsp[q] if fsp else None,
+                note=f"the floor with a client that {'sleeps until each send or reply' if SPIN else 'spins between sends, as sockperf does'} (from intended)" if q == "p50" else "")
+        pp_rows(sec, fg, sp, "floor-udp-10k-pp", "udp-mmsg")
         plot_series += [("fleetgate UDP 10k/s", fg), ("sockperf UDP 10k/s", sp["pct"] if sp else None), ("echo_floor UDP 10k/s", fl),
-                        ("echo_floor UDP 10k/s, spinning client", fsp)]
+                        (f"echo_floor UDP 10k/s, {other} client", fsp)]
         c = metric("fg-udp-10k", "cycles_over_1ms_total")
         row(sec, "cycles over 1 ms (steady run)", c, "target", 0.0, None, fg_text=None if c is not None else "missing (no metrics scrape)", ref_text="0")
         if c is not None:
@@ -302,6 +320,7 @@ def main():
                 ref_text=None if qf else why_missing("QuickFIX"))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor tcp-epoll (from intended)", fl[q] if fl else None)
+        pp_rows(sec, fg, sp, "floor-tcp-10k-pp", "tcp-epoll")
         plot_series += [("fleetgate TCP 10k/s", fg), ("sockperf TCP 10k/s", sp["pct"] if sp else None),
                         ("QuickFIX rtt 10k/s", qf), ("echo_floor TCP 10k/s", fl)]
 
