@@ -367,6 +367,10 @@ if want udp; then
     gw_start fg-udp-10k 1 "$SRV_CPU" \
         && fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
     gw_stop
+    # fleetgate measured as sockperf measures: one request in flight, from its actual send.
+    gw_start fg-udp-10k-pp 1 "$SRV_CPU" \
+        && fg_load fg-udp-10k-pp "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16 --ping-pong "${SPIN_ARGS[@]}"
+    gw_stop
     have_sp && sp_run sp-udp-10k udp "$RATE" "$P_SP"
     floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES" "${FLOOR_SPIN[@]}"
     # The floor with the other client (sleeping when the run's spins, and the reverse): the
@@ -385,6 +389,9 @@ if want tcp; then
     echo "== TCP echo at $RATE/s over $TCP_CLIENTS clients"
     gw_start fg-tcp-10k 1 "$SRV_CPU" \
         && fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
+    gw_stop
+    gw_start fg-tcp-10k-pp 1 "$SRV_CPU" \
+        && fg_load fg-tcp-10k-pp "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16 --ping-pong "${SPIN_ARGS[@]}"
     gw_stop
     have_sp && sp_run sp-tcp-10k tcp "$RATE" "$((P_SP + 1))"
     floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS" "${FLOOR_SPIN[@]}"

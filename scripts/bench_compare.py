@@ -263,8 +263,17 @@ def sp_note(sp, rate):
 
 
 def pp_rows(sec, fg, sp, name, mode):
-    """The bare echo loop measured as sockperf measures (one message in flight, from its actual
-    send): the ratio to sockperf says how much of fleetgate's ratio is the method, not the server."""
+    """fleetgate and the bare echo loop measured as sockperf measures (one message in flight,
+    from its actual send): the same targets by sockperf's own method, and how much of the
+    headline ratio is the method rather than the server."""
+    fpp = fg_latency(name.replace("floor-", "fg-"))
+    if fpp or sp:
+        for q, t in zip(("p50", "p99", "p99.9"), (1.25, 1.5, 2.0)):
+            row(sec, f"{q} (µs), ping-pong", fpp[q] if fpp else None, "sockperf, by its method", sp["pct"].get(q) if sp else None, t,
+                fg_text=None if fpp else "missing (fleetgate ping-pong run failed; see the raw files)",
+                ref_text=None if sp else why_missing("sockperf"),
+                note=("fleetgate load --ping-pong: one request in flight, latency from its actual send, as sockperf "
+                      "measures; the headline above is open loop from the intended send time") if q == "p50" else "")
     pp = floor_latency(name, "latency_from_send_ns")
     if not pp:
         return
