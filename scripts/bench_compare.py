@@ -428,7 +428,7 @@ def main():
     print()
     print("fleetgate bench-compare:", OUT)
     for l in env.splitlines():
-        if l.startswith(("placement", "gateway", "runs", "loadavg", "MISSING", "host")):
+        if l.startswith(("placement", "gateway", "latency clients", "runs", "loadavg", "MISSING", "host")):
             print("  " + l)
     for f in sorted(os.listdir(OUT)):
         if not f.endswith(".cpu.json") or f.startswith(("fg-", "scale-")):
