@@ -339,6 +339,26 @@ floor_run() {
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.server.json")"
 }
 
+# raw NAME [load args...]: `fleetgate load steady --raw-echo` (the generator's datagrams, no
+# sessions) against an echo_floor udp-mmsg server on SRV_CPU: the generator's own floor.
+raw_run() {
+    local name=$1; shift
+    local to rc=0
+    quiet
+    timeout "$((WARMUP + DURATION + 40))" $PRIO "$FLOOR" serve --mode udp-mmsg --addr "127.0.0.1:$P_FLOOR" \
+        --cpu "$SRV_CPU" --secs "$((WARMUP + DURATION + 30))" --idle-exit 1 \
+        >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
+    to=$!
+    PIDS+=("$to")
+    for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
+    timeout "$((WARMUP + DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" "$BIN" load steady --json \
+        --raw-echo "127.0.0.1:$P_FLOOR" --warmup "$WARMUP" --duration "$DURATION" "$@" \
+        >"$OUT/$name.json" 2>"$OUT/$name.load.log" || rc=$?
+    wait "$to" || true
+    echo "$rc" >"$OUT/$name.rc"
+    printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 200 "$OUT/$name.json")"
+}
+
 QF_TO=""
 qf_start() { # NAME
     quiet
@@ -380,6 +400,8 @@ if want udp; then
     else
         floor_run floor-udp-10k-other udp-mmsg udp --rate "$RATE" --flows "$DEVICES" --busy-poll
     fi
+    # The generator's own floor: its datagrams against the bare loop, no gateway.
+    raw_run raw-udp-10k --devices "$DEVICES" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
     # The floor measured as sockperf measures: one message in flight, from its actual send.
     floor_run floor-udp-10k-pp udp-mmsg udp --rate "$RATE" --flows 1 --ping-pong "${FLOOR_SPIN[@]}"
 fi
