@@ -17,7 +17,7 @@
 #              (needs libquickfix-dev g++ pkg-config); or set QUICKFIX_DIR to a built copy
 #
 # Results: results/<timestamp>-bench-compare/ (every raw output, results.json, table.txt,
-# latency.svg). About 4 minutes with the defaults, plus up to SCALE_BUDGET for the scaling part.
+# latency.svg). About 5 minutes with the defaults, plus up to SCALE_BUDGET for the scaling part.
 #
 # Environment:
 #   GATEWAY_CPUS=0 LOAD_CPUS=1   core placement (cpu lists as taskset takes them)
