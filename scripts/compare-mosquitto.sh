@@ -45,6 +45,7 @@ echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$
 # 1. fleetgate.
 start_gateway tuning/large-fleet.toml --set "gateway.max_sessions_per_shard=$(( N + 1000 ))" \
     --set "gateway.cpus=[${GATEWAY_CPUS%%-*}]"
+wait_rss_settled
 rc=0
 load storm --devices "$N" --rate 0 --sockets "$C" --source-ips "$SRC_IPS" --warmup 2 \
     --duration "$HOLD" --gateway-pid "$GW_PID" || rc=$?
