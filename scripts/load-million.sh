@@ -33,7 +33,9 @@ PROFILE=tuning/large-fleet.toml new_results million
     echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee -a "$OUT/placement.txt"
 
-start_gateway tuning/large-fleet.toml --set "gateway.cpus=[${GATEWAY_CPUS%%-*}]"
+# GATEWAY_SET: one more `--set key=value` for the gateway, e.g. 'gateway.idle="coalesce"'.
+start_gateway tuning/large-fleet.toml --set "gateway.cpus=[${GATEWAY_CPUS%%-*}]" \
+    ${GATEWAY_SET:+--set "$GATEWAY_SET"}
 
 wait_rss_settled
 echo "gateway RSS before the storm: $(( $(rss_kib) / 1024 )) MiB ($(grep -o 'reserved [0-9]* MiB' "$OUT/gateway.log" | head -1) at start-up)" \
