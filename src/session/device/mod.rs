@@ -721,7 +721,13 @@ impl Device {
         self.heartbeat = Duration::from_secs(u64::try_from(hb.max(1)).unwrap_or(5));
         self.timers.stop(Timer::Retry);
         self.timers.stop(Timer::Deadline);
-        self.timers.set(Timer::Heartbeat, now + self.heartbeat);
+        // H after our last send, the LogonRequest (DESIGN.md §2 rule 6), not H after its
+        // answer came: the gateway's own first Heartbeat is due H after its LogonResponse, so a
+        // device counting from the answer's arrival always came a round trip later and got
+        // both that Heartbeat and the acknowledgement of its own (1.5 datagrams per heartbeat
+        // over a 60 s hold of a million devices, issue 11).
+        let due = self.last_sent + self.heartbeat;
+        self.timers.set(Timer::Heartbeat, if due > now { due } else { now });
         self.timers.set(Timer::TestRequest, now + self.heartbeat.mul_f64(1.5));
         // Continue at L + 1: everything still held after L goes again, flagged as resent.
         self.live_ord = self.live_ord.max(self.unacked.head());
