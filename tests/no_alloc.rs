@@ -101,7 +101,7 @@ fn counter_of(body: &[u8]) -> Option<u64> {
 // The gateway's application and what the devices see
 // ---------------------------------------------------------------------------------------------
 
-/// Echoes type T in 100..=199 as T + 100 (like the built-in `echo` and the simulator's app).
+/// The built-in `echo` (type T in 100..=199 as T + 100), counting the replies sent and refused.
 struct Echo {
     echoed: Rc<Cell<u64>>,
     refused: Rc<Cell<u64>>,
@@ -116,14 +116,12 @@ impl Application for Echo {
         body: &[u8],
         out: &mut Outbox<'_>,
     ) {
-        if (100..=199).contains(&type_id) {
-            let counter = if out.send(session, type_id + 100, body).is_ok() {
-                &self.echoed
-            } else {
-                &self.refused
-            };
-            counter.set(counter.get() + 1);
-        }
+        let counter = match fleetgate::apps::Echo::answer(session, type_id, body, out) {
+            Some(Ok(_)) => &self.echoed,
+            Some(Err(_)) => &self.refused,
+            None => return,
+        };
+        counter.set(counter.get() + 1);
     }
 }
 

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use arbitrary::{Arbitrary, Unstructured};
+use fleetgate::apps;
 use fleetgate::protocol::{
     Body, DATAGRAM_PREFIX_LEN, Datagram, Deframer, Message, MessageType, write_prefix,
 };
@@ -57,13 +58,14 @@ fn addr(i: u8) -> SocketAddr {
     }
 }
 
-/// Echoes types 100..=198 as T + 100; 199 broadcasts to the application's sessions.
+/// The built-in `echo` (types 100..=198 as T + 100), but 199 broadcasts to the application's
+/// sessions.
 struct Echo;
 
 impl Application for Echo {
     fn on_message(
         &mut self,
-        _now: Timestamp,
+        now: Timestamp,
         session: SessionHandle,
         type_id: u16,
         body: &[u8],
@@ -71,17 +73,9 @@ impl Application for Echo {
     ) {
         if type_id == 199 {
             out.broadcast(300, body);
-        } else if (100..199).contains(&type_id) {
-            let _ = out.send(session, type_id + 100, body);
+        } else {
+            apps::Echo.on_message(now, session, type_id, body, out);
         }
-    }
-}
-
-/// Answers nothing (the application a device group may choose).
-struct Silent;
-
-impl Application for Silent {
-    fn on_message(&mut self, _: Timestamp, _: SessionHandle, _: u16, _: &[u8], _: &mut Outbox<'_>) {
     }
 }
 
@@ -150,7 +144,7 @@ impl Harness {
         cfg.session.journal.messages_per_session = 1 << (input.journal % 5);
         let keys = CookieKeys { current: CookieKey([1; 32]), previous: None };
         let mut ep = Endpoint::new(cfg, keys, [2; 32], Box::new(Users), Box::new(Echo));
-        let silent = ep.add_app(Box::new(Silent));
+        let silent = ep.add_app(Box::new(apps::Silent));
         if input.groups {
             ep.set_groups(Box::new(move |config: &[u8]| match config.first() {
                 Some(b'H') => GroupSettings {

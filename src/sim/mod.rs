@@ -200,12 +200,11 @@ impl Application for SimApp {
     ) {
         let id = self.ids.borrow().get(&s).copied().unwrap_or(0);
         self.log.borrow_mut().received.entry(id).or_default().push(body.to_vec());
-        if (100..=199).contains(&type_id) {
-            let mut log = self.log.borrow_mut();
-            match out.send(s, type_id + 100, body) {
-                Ok(_) => log.echoed.entry(id).or_default().push(body.to_vec()),
-                Err(_) => log.echo_failures += 1,
-            }
+        let mut log = self.log.borrow_mut();
+        match crate::apps::Echo::answer(s, type_id, body, out) {
+            Some(Ok(_)) => log.echoed.entry(id).or_default().push(body.to_vec()),
+            Some(Err(_)) => log.echo_failures += 1,
+            None => {}
         }
     }
 
