@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 pub mod accept;
-mod ring;
+pub(super) mod ring;
 
 pub use ring::RingSetup;
 use ring::{
