@@ -130,23 +130,7 @@ impl Mmsg {
         let flags = if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
         // SAFETY: `batch` headers, each naming one iovec of `cap` bytes and one address buffer
         // of STORAGE_LEN bytes, all inside arrays owned by `self` and alive for the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.at(0),
-                self.batch as u32,
-                flags,
-                core::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(n as usize)
+        unsafe { super::recvmmsg(sock.as_raw_fd(), self.hdrs.at(0), self.batch, flags) }
     }
 
     /// Bytes of received entry `i` (truncated to the entry's capacity).
