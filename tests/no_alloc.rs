@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use fleetgate::counters::{Counter, Counters};
 use fleetgate::session::{
-    Application, DeviceConfig, DeviceEvent, DeviceState, EndpointConfig, Outbox, SessionHandle,
-    State, Transport,
+    AppMessage, Application, DeviceConfig, DeviceEvent, DeviceState, EndpointConfig, Outbox,
+    SessionHandle, State, Transport,
 };
 use fleetgate::sim::alloc::{self, CountingAlloc};
 use fleetgate::sim::{Pair, SIM_DEVICE_CONFIG, Watch};
@@ -108,15 +108,8 @@ struct Echo {
 }
 
 impl Application for Echo {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        let counter = match fleetgate::apps::Echo::answer(session, type_id, body, out) {
+    fn on_message(&mut self, _now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        let counter = match fleetgate::apps::Echo::answer(msg, out) {
             Some(Ok(_)) => &self.echoed,
             Some(Err(_)) => &self.refused,
             None => return,

@@ -25,8 +25,8 @@ use fleetgate::protocol::{
 };
 use fleetgate::session::handshake::{CookieInput, CookieKey, CookieKeys, make_cookie};
 use fleetgate::session::{
-    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, GroupSettings,
-    Link, Outbox, SessionHandle,
+    AppMessage, Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent,
+    GroupSettings, Link, Outbox, SessionHandle,
 };
 use fleetgate::time::Timestamp;
 use fleetgate_fuzz::endpoint::{Cookie, Frame, FrameBody, Input, Op, Prefix, WrongBody};
@@ -63,18 +63,11 @@ fn addr(i: u8) -> SocketAddr {
 struct Echo;
 
 impl Application for Echo {
-    fn on_message(
-        &mut self,
-        now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        if type_id == 199 {
-            out.broadcast(300, body);
+    fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        if msg.type_id == 199 {
+            out.broadcast(300, msg.body);
         } else {
-            apps::Echo.on_message(now, session, type_id, body, out);
+            apps::Echo.on_message(now, msg, out);
         }
     }
 }

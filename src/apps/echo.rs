@@ -1,7 +1,7 @@
 //! `echo`: answers every request type with its reply type.
 #![forbid(unsafe_code)]
 
-use crate::session::{Application, Outbox, SendError, SessionHandle};
+use crate::session::{AppMessage, Application, Outbox, SendError};
 use crate::time::Timestamp;
 
 /// Answers type T in 100..=199 with type T + 100 and the same body.
@@ -15,30 +15,18 @@ impl Echo {
         (100..=199).contains(&type_id).then_some(type_id + 100)
     }
 
-    /// Echoes a request on `session`: `None` when `type_id` is not a request type, else what
-    /// the send returned (the reply's sequence number, or why it was refused). The applications
+    /// Echoes a request on its session: `None` when it is not a request type, else what the
+    /// send returned (the reply's sequence number, or why it was refused). The applications
     /// that count their replies (the simulator's, the allocation tests') echo through this.
-    pub fn answer(
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) -> Option<Result<i64, SendError>> {
-        Self::reply_type(type_id).map(|reply| out.send(session, reply, body))
+    pub fn answer(msg: AppMessage<'_>, out: &mut Outbox<'_>) -> Option<Result<i64, SendError>> {
+        Self::reply_type(msg.type_id).map(|reply| out.send(msg.session, reply, msg.body))
     }
 }
 
 impl Application for Echo {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
+    fn on_message(&mut self, _now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
         // A refused send (backpressure) is counted by the session; the device sees no reply
         // and its lost-reply detection asks again.
-        let _ = Self::answer(session, type_id, body, out);
+        let _ = Self::answer(msg, out);
     }
 }

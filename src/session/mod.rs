@@ -103,8 +103,8 @@ pub use device::{
     DeviceTransmit, EndReason,
 };
 pub use endpoint::{
-    Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,
-    SessionInfo, StateCounts, Transmit,
+    AppMessage, Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings,
+    Link, Outbox, SessionInfo, StateCounts, Transmit,
 };
 pub use error::{CloseReason, SendError};
 pub use gateway::GatewaySession;
