@@ -484,16 +484,7 @@ impl Device {
     }
 
     fn msg<'a>(&self, now: Timestamp, seq: i64, flags: u8, body: Body<'a>) -> Message<'a> {
-        Message {
-            header: Header {
-                flags,
-                seq,
-                last_processed: self.expected_in - 1,
-                send_time: (now.as_nanos() as i64).wrapping_add(self.wall_offset_ns),
-                ..Header::default()
-            },
-            body,
-        }
+        super::outgoing(now, self.wall_offset_ns, self.expected_in, seq, flags, body)
     }
 
     /// Queues the LogonRequest (the state is already `LoggingOn`).
@@ -1011,6 +1002,16 @@ mod tests {
         out
     }
 
+    /// The gateway's ConnectionAccept to the handshake `connect(NOW, 1, _)` starts.
+    fn accept() -> Body<'static> {
+        Body::ConnectionAccept {
+            session_port: 5000,
+            cookie_ttl_ms: 5000,
+            client_nonce: 1,
+            cookie: [0; 32],
+        }
+    }
+
     /// Sequence numbers of everything `dev` sends now.
     fn sent(dev: &mut Device) -> Vec<(i64, bool)> {
         let mut buf = [0u8; 4096];
@@ -1088,13 +1089,7 @@ mod tests {
         let mut dev = Device::new(DeviceConfig::new(Transport::Udp, b"D", b"user", b"pw"));
         dev.connect(NOW, 1, true);
         let _ = sent(&mut dev);
-        let accept = Body::ConnectionAccept {
-            session_port: 5000,
-            cookie_ttl_ms: 5000,
-            client_nonce: 1,
-            cookie: [0; 32],
-        };
-        dev.handle_frame(NOW, &frame(0, 0, accept));
+        dev.handle_frame(NOW, &frame(0, 0, accept()));
         let _ = sent(&mut dev);
         let registered = Body::RegistrationAccept { session_id: 7, resumed: true };
         dev.handle_frame(NOW, &frame(0, 0, registered));
@@ -1216,13 +1211,7 @@ mod tests {
     #[test]
     fn late_answers_outside_the_table_are_ignored() {
         let mut dev = logged_on();
-        let accept = Body::ConnectionAccept {
-            session_port: 5000,
-            cookie_ttl_ms: 5000,
-            client_nonce: 1,
-            cookie: [0; 32],
-        };
-        dev.handle_frame(NOW, &frame(0, 0, accept));
+        dev.handle_frame(NOW, &frame(0, 0, accept()));
         dev.handle_frame(NOW, &frame(0, 0, Body::RegistrationReject { reason: 3, details: b"" }));
         dev.handle_frame(NOW, &frame(0, 0, Body::ConnectionReject { reason: 1, details: b"" }));
         assert_eq!(dev.state(), DeviceState::Active);
