@@ -52,20 +52,7 @@ fn storm(udp: usize, tcp: usize, tweak: impl FnOnce(&mut LoadConfig)) -> String 
     })
 }
 
-/// The number at `path` in the generator's JSON summary (numbers index arrays).
-fn num(json: &str, path: &[&str]) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
-    let mut at = &v;
-    for p in path {
-        // A number indexes an array ("steps", "0").
-        let next = match p.parse::<usize>() {
-            Ok(i) if at.is_array() => at.get(i),
-            _ => at.get(p),
-        };
-        at = next.unwrap_or_else(|| panic!("no {p} in {json}"));
-    }
-    at.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in {json}"))
-}
+use common::json_num as num;
 
 fn check_common(json: &str, latency: &str) {
     assert!(num(json, &["completions"]) > 0.0, "{json}");
@@ -428,19 +415,7 @@ fn dropped_handshakes_are_handshake_timeouts() {
 /// gateway. Latency and lateness are measured the same way; nothing is lost.
 #[test]
 fn raw_echo_measures_the_generators_floor() {
-    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let addr = echo.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let halt = stop.clone();
-    let server = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !halt.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = echo.recv_from(&mut buf) {
-                let _ = echo.send_to(&buf[..n], from);
-            }
-        }
-    });
+    let echo = common::Echo::start();
     let cfg = LoadConfig {
         scenario: Scenario::Steady,
         udp_devices: 20,
@@ -448,12 +423,11 @@ fn raw_echo_measures_the_generators_floor() {
         warmup: Duration::from_millis(200),
         duration: Duration::from_millis(1000),
         source_ips: 4,
-        raw_echo: Some(addr),
+        raw_echo: Some(echo.addr),
         ..LoadConfig::default()
     };
     let report = loadgen::run(&cfg).expect("raw run");
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    drop(echo);
     let json = report.json();
     assert!(!report.failed(), "{}", report.table());
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();

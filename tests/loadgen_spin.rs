@@ -2,40 +2,20 @@
 //! and still measures every echo. Its own test binary, so that the process CPU it reports is
 //! this run's and no other test's.
 
-use std::net::UdpSocket;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+#[allow(dead_code)]
+mod common;
+
 use std::time::Duration;
 
+use common::json_num as num;
 use fleetgate::tools::loadgen::{self, LoadConfig, Scenario};
-
-fn num(json: &str, path: &[&str]) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
-    let mut at = &v;
-    for p in path {
-        at = at.get(p).unwrap_or_else(|| panic!("no {p} in {json}"));
-    }
-    at.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in {json}"))
-}
 
 /// `spin`: the generator busy-polls between sends instead of sleeping, and measures the same
 /// way: every echo at the rate, lateness and latency counted; it burns its core doing so (more
 /// CPU than the sleeping generator over the same run).
 #[test]
 fn a_spinning_generator_busy_polls_and_measures_the_same() {
-    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let addr = echo.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let halt = stop.clone();
-    let server = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !halt.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = echo.recv_from(&mut buf) {
-                let _ = echo.send_to(&buf[..n], from);
-            }
-        }
-    });
+    let echo = common::Echo::start();
     let run = |spin: bool| {
         let cfg = LoadConfig {
             scenario: Scenario::Steady,
@@ -44,7 +24,7 @@ fn a_spinning_generator_busy_polls_and_measures_the_same() {
             warmup: Duration::from_millis(200),
             duration: Duration::from_millis(1000),
             source_ips: 4,
-            raw_echo: Some(addr),
+            raw_echo: Some(echo.addr),
             spin,
             ..LoadConfig::default()
         };
@@ -53,8 +33,7 @@ fn a_spinning_generator_busy_polls_and_measures_the_same() {
         report.json()
     };
     let (slept, spun) = (run(false), run(true));
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    drop(echo);
     for (json, spin) in [(&slept, false), (&spun, true)] {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["spin"], spin, "{json}");

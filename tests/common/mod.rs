@@ -27,7 +27,7 @@ macro_rules! backends {
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate::config::Config;
@@ -111,6 +111,57 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A plain UDP echo thread on 127.0.0.1 (the load generator's `raw_echo` floor): every
+/// datagram goes back to its sender until the echo is dropped (stopped and joined).
+pub(crate) struct Echo {
+    pub(crate) addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub(crate) fn start() -> Self {
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let addr = echo.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !halt.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Self { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The number at `path` in the load generator's JSON summary (numbers index arrays).
+pub(crate) fn json_num(json: &str, path: &[&str]) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
+    let mut at = &v;
+    for p in path {
+        // A number indexes an array ("steps", "0").
+        let next = match p.parse::<usize>() {
+            Ok(i) if at.is_array() => at.get(i),
+            _ => at.get(p),
+        };
+        at = next.unwrap_or_else(|| panic!("no {p} in {json}"));
+    }
+    at.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in {json}"))
 }
 
 /// A child process, killed (and reaped) on drop if it is still running, also when the test
