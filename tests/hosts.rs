@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fleetgate::ops::Server;
 use fleetgate::protocol::{
     HOST_DATA_FROM_HOST, HOST_DATA_TO_HOST, HOST_STATUS, HostMessage, HostState,
 };
@@ -123,7 +124,7 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// A gateway whose devices with the seed's device type are bridged to `host` (named "line").
-fn gateway(io: &str, host: SocketAddr, host_extra: &str, extra: &[&str]) -> fleetgate::ops::Server {
+fn gateway(io: &str, host: SocketAddr, host_extra: &str, extra: &[&str]) -> Server {
     let hosts = format!("hosts=[{{name=\"line\", addr=\"{host}\"{host_extra}}}]");
     let groups = "groups=[{name=\"pdt\", device_type=\"PDT9090_E5\", host=\"line\"}]".to_string();
     let mut set = vec![hosts.as_str(), groups.as_str()];
@@ -131,10 +132,27 @@ fn gateway(io: &str, host: SocketAddr, host_extra: &str, extra: &[&str]) -> flee
     start(io, &set)
 }
 
-fn device(gw: &fleetgate::ops::Server, uid: &str) -> Udp {
+fn device(gw: &Server, uid: &str) -> Udp {
     let mut d = Udp::new(gw, uid);
     d.dev.set_device_config(SEED_CONFIG);
     d
+}
+
+/// A line host playing `script`, a gateway bridged to it (`host_extra` added to the host's
+/// entry), and a device of the bridged group logged on there as `uid`.
+fn bridged(io: &str, script: Script, host_extra: &str, uid: &str) -> (LineHost, Server, Udp) {
+    let host = LineHost::start(script);
+    let gw = gateway(io, host.addr, host_extra, &[]);
+    let mut d = device(&gw, uid);
+    d.log_on(1);
+    (host, gw, d)
+}
+
+/// Steps until the device got HostStatus(CONNECTED).
+fn wait_connected(d: &mut Udp) {
+    d.run_until("CONNECTED", 5 * SECOND, |d| {
+        statuses(d).iter().any(|(s, _)| *s == HostState::Connected)
+    });
 }
 
 /// The bytes of every HostData (401) the device got, in order.
@@ -179,13 +197,8 @@ fn ended(d: &Udp) -> bool {
 /// (missing a reply while away), resumes, and the count continues where it was; the missed
 /// reply comes back by resend. Both the host's state and the connection survive the roam.
 fn counter_host_keeps_its_state_across_a_roam(io: &str) {
-    let host = LineHost::start(Script::Counter);
-    let gw = gateway(io, host.addr, "", &[]);
-    let mut d = device(&gw, "HOST-ROAM-1");
-    d.log_on(1);
-    d.run_until("CONNECTED", 5 * SECOND, |d| {
-        statuses(d).iter().any(|(s, _)| *s == HostState::Connected)
-    });
+    let (host, gw, mut d) = bridged(io, Script::Counter, "", "HOST-ROAM-1");
+    wait_connected(&mut d);
     assert!(host.accepted_within(SECOND));
     assert_eq!(statuses(&d)[0], (HostState::Connecting, "line".into()));
     type_line(&mut d, "a");
@@ -234,10 +247,7 @@ fn unreachable_host(io: &str) {
 /// The host says goodbye and closes: the device gets its last words, CLOSED_BY_HOST, then
 /// LoggedOut("host closed").
 fn host_closes(io: &str) {
-    let host = LineHost::start(Script::Close);
-    let gw = gateway(io, host.addr, "", &[]);
-    let mut d = device(&gw, "HOST-CLOSE-1");
-    d.log_on(1);
+    let (_host, gw, mut d) = bridged(io, Script::Close, "", "HOST-CLOSE-1");
     logged_out_with(&mut d, 5 * SECOND, "host closed");
     assert_eq!(host_bytes(&d), b"bye\r\n");
     assert_eq!(states(&d), [HostState::Connecting, HostState::Connected, HostState::ClosedByHost]);
@@ -290,11 +300,8 @@ fn flooding_host_is_bounded_and_exact(io: &str) {
 /// A host that never writes: after the inactivity timeout it is sent the configured last
 /// message and closed, and the device gets IDLE_TIMEOUT then LoggedOut.
 fn silent_host_hits_the_inactivity_timeout(io: &str) {
-    let host = LineHost::start(Script::Silent);
     let extra = ", inactivity_timeout_s=1, inactivity_message=\"logoff\\r\\n\"";
-    let gw = gateway(io, host.addr, extra, &[]);
-    let mut d = device(&gw, "HOST-IDLE-1");
-    d.log_on(1);
+    let (host, gw, mut d) = bridged(io, Script::Silent, extra, "HOST-IDLE-1");
     type_line(&mut d, "hello");
     let t0 = Instant::now();
     d.run_until("LoggedOut", 5 * SECOND, ended);
@@ -309,13 +316,8 @@ fn silent_host_hits_the_inactivity_timeout(io: &str) {
 
 /// A device that logs out closes its host connection.
 fn device_logout_closes_the_host(io: &str) {
-    let host = LineHost::start(Script::Silent);
-    let gw = gateway(io, host.addr, "", &[]);
-    let mut d = device(&gw, "HOST-LOGOUT-1");
-    d.log_on(1);
-    d.run_until("CONNECTED", 5 * SECOND, |d| {
-        statuses(d).iter().any(|(s, _)| *s == HostState::Connected)
-    });
+    let (host, gw, mut d) = bridged(io, Script::Silent, "", "HOST-LOGOUT-1");
+    wait_connected(&mut d);
     type_line(&mut d, "bye");
     let now = d.clock.now();
     d.dev.logout(now);
@@ -375,9 +377,7 @@ fn out_of_file_descriptors(io: &str) {
     // The gateway goes on: another device logs on and reaches the host.
     let mut e = device(&gw, "HOST-NOFD-2");
     e.log_on(2);
-    e.run_until("CONNECTED", 5 * SECOND, |d| {
-        statuses(d).iter().any(|(s, _)| *s == HostState::Connected)
-    });
+    wait_connected(&mut e);
     let _ = gw.stop();
 }
 
@@ -425,7 +425,7 @@ fn load_host_streams_are_exact_across_roams(io: &str) {
 
 /// Waits until `fleetgate_host_NAME{host="line"}` on `/metrics` reaches `at_least` (snapshots
 /// are published every second).
-fn wait_line_host(gw: &fleetgate::ops::Server, name: &str, at_least: u64) {
+fn wait_line_host(gw: &Server, name: &str, at_least: u64) {
     let addr = gw.metrics_addr.unwrap();
     let series = format!("fleetgate_host_{name}{{host=\"line\"}}");
     let t0 = Instant::now();
