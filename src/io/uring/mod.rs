@@ -528,6 +528,28 @@ impl Uring {
         self.kick_spare = todo;
     }
 
+    /// Queues `sqe`, an op of connection `idx`, and marks the side of the connection it serves
+    /// (`side`: its `recv` or its `send`) [`Lifecycle::Submitted`]; false when the SQ is full.
+    ///
+    /// # Safety
+    ///
+    /// As [`Uring::push`].
+    unsafe fn push_conn(
+        &mut self,
+        idx: usize,
+        sqe: &squeue::Entry,
+        side: fn(&mut Conn) -> &mut Lifecycle,
+    ) -> bool {
+        // SAFETY: forwarded from this function's contract.
+        if !unsafe { self.push(sqe) } {
+            return false;
+        }
+        if let Some(c) = self.conns[idx].as_mut() {
+            *side(c) = Lifecycle::Submitted;
+        }
+        true
+    }
+
     /// Queues what connection `idx` needs next; false when the SQ is full.
     fn arm_conn(&mut self, idx: usize) -> bool {
         let generation = self.gens[idx];
@@ -543,12 +565,7 @@ impl Uring {
                         .build()
                         .user_data(Token::new(Op::TcpConnect, idx, generation).0);
                     // SAFETY: no pointers; `fd` stays open until this op's final CQE.
-                    if !unsafe { self.push(&sqe) } {
-                        return false;
-                    }
-                    if let Some(c) = self.conns[idx].as_mut() {
-                        c.recv = Lifecycle::Submitted;
-                    }
+                    return unsafe { self.push_conn(idx, &sqe, |c| &mut c.recv) };
                 }
                 return true;
             }
@@ -578,11 +595,8 @@ impl Uring {
             .user_data(Token::new(Op::TcpRecv, idx, generation).0);
             // SAFETY: no pointers: the kernel takes buffers from group TCP_BGID, kept until the
             // ring quiesces; `fd` stays open until this op's final CQE (see `release`).
-            if !unsafe { self.push(&sqe) } {
+            if !unsafe { self.push_conn(idx, &sqe, |c| &mut c.recv) } {
                 return false;
-            }
-            if let Some(c) = self.conns[idx].as_mut() {
-                c.recv = Lifecycle::Submitted;
             }
         }
         if send == Lifecycle::Idle && queued > 0 {
@@ -594,11 +608,8 @@ impl Uring {
             // SAFETY: `[ptr, ptr + len)` is the front of this connection's send ring: `append`
             // writes only behind it and `consume` runs only on this op's CQE; the ring and `fd`
             // are kept until then (the slot is freed only when no op is in flight).
-            if !unsafe { self.push(&sqe) } {
+            if !unsafe { self.push_conn(idx, &sqe, |c| &mut c.send) } {
                 return false;
-            }
-            if let Some(c) = self.conns[idx].as_mut() {
-                c.send = Lifecycle::Submitted;
             }
         }
         true
