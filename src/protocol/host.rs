@@ -21,35 +21,27 @@ pub const HOST_STATUS: u16 = 402;
 /// Longest HostStatus `details` (its length is a u8).
 pub const HOST_STATUS_DETAILS_MAX: usize = 255;
 
-/// `HostStatus.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum HostState {
-    /// The host connection is up.
-    Connected = 1,
-    /// The gateway is connecting to the host.
-    Connecting = 2,
-    /// The host closed the connection (LoggedOut("host closed") follows).
-    ClosedByHost = 3,
-    /// The host could not be reached (refused, timed out, no descriptors).
-    Unreachable = 4,
-    /// Nothing crossed the connection for the host's inactivity timeout.
-    IdleTimeout = 5,
+wire_enum! {
+    /// `HostStatus.state`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum HostState: u8 {
+        /// The host connection is up.
+        Connected = 1,
+        /// The gateway is connecting to the host.
+        Connecting = 2,
+        /// The host closed the connection (LoggedOut("host closed") follows).
+        ClosedByHost = 3,
+        /// The host could not be reached (refused, timed out, no descriptors).
+        Unreachable = 4,
+        /// Nothing crossed the connection for the host's inactivity timeout.
+        IdleTimeout = 5,
+    }
+
+    /// Maps a wire value; `None` outside 1..=5.
+    fn from_u8;
 }
 
 impl HostState {
-    /// Maps a wire value; `None` outside 1..=5.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::Connected,
-            2 => Self::Connecting,
-            3 => Self::ClosedByHost,
-            4 => Self::Unreachable,
-            5 => Self::IdleTimeout,
-            _ => return None,
-        })
-    }
-
     /// Short lowercase name, for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,115 +8,83 @@ use super::codec::{
 };
 use super::header::{FLAG_RESEND, HEADER_LEN, Header};
 
-/// The `messageTypeId` values with a fixed meaning. Types `0x0064` (100) and above are
-/// application messages ([`Body::App`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum MessageType {
-    /// C→S, first message of a session.
-    LogonRequest = 0x0001,
-    /// S→C, logon accepted.
-    LogonResponse = 0x0002,
-    /// C→S, graceful end.
-    LogoutRequest = 0x0004,
-    /// S→C, the session ends.
-    LoggedOut = 0x0005,
-    /// Both, liveness and acknowledgement.
-    Heartbeat = 0x000a,
-    /// Both, asks for a Heartbeat echoing the correlation id.
-    TestRequest = 0x000b,
-    /// C→S, asks for a range of server messages again.
-    ResendRequest = 0x0014,
-    /// S→C, stands for a run of non-journaled messages during a resend.
-    GapFill = 0x0015,
-    /// S→C, a message was refused.
-    Reject = 0x001e,
-    /// C→handshake port.
-    ConnectionRequest = 0x0032,
-    /// Handshake port→C.
-    ConnectionAccept = 0x0033,
-    /// Handshake port→C.
-    ConnectionReject = 0x0034,
-    /// C→session port.
-    RegistrationRequest = 0x0035,
-    /// Session port→C.
-    RegistrationAccept = 0x0036,
-    /// Session port→C.
-    RegistrationReject = 0x0037,
-    /// S→C, asks for the device config.
-    GetDeviceConfig = 0x0038,
-    /// C→S, the device config string.
-    DeviceConfig = 0x0039,
+wire_enum! {
+    /// The `messageTypeId` values with a fixed meaning. Types `0x0064` (100) and above are
+    /// application messages ([`Body::App`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum MessageType: u16 {
+        /// C→S, first message of a session.
+        LogonRequest = 0x0001,
+        /// S→C, logon accepted.
+        LogonResponse = 0x0002,
+        /// C→S, graceful end.
+        LogoutRequest = 0x0004,
+        /// S→C, the session ends.
+        LoggedOut = 0x0005,
+        /// Both, liveness and acknowledgement.
+        Heartbeat = 0x000a,
+        /// Both, asks for a Heartbeat echoing the correlation id.
+        TestRequest = 0x000b,
+        /// C→S, asks for a range of server messages again.
+        ResendRequest = 0x0014,
+        /// S→C, stands for a run of non-journaled messages during a resend.
+        GapFill = 0x0015,
+        /// S→C, a message was refused.
+        Reject = 0x001e,
+        /// C→handshake port.
+        ConnectionRequest = 0x0032,
+        /// Handshake port→C.
+        ConnectionAccept = 0x0033,
+        /// Handshake port→C.
+        ConnectionReject = 0x0034,
+        /// C→session port.
+        RegistrationRequest = 0x0035,
+        /// Session port→C.
+        RegistrationAccept = 0x0036,
+        /// Session port→C.
+        RegistrationReject = 0x0037,
+        /// S→C, asks for the device config.
+        GetDeviceConfig = 0x0038,
+        /// C→S, the device config string.
+        DeviceConfig = 0x0039,
+    }
+
+    /// Maps a wire type id to a known type (`None` for application or unknown ids).
+    fn from_u16;
 }
 
 /// First `messageTypeId` of application messages.
 pub const APP_TYPE_MIN: u16 = 0x0064;
 
 impl MessageType {
-    /// Maps a wire type id to a known type (`None` for application or unknown ids).
-    pub fn from_u16(v: u16) -> Option<Self> {
-        Some(match v {
-            0x0001 => Self::LogonRequest,
-            0x0002 => Self::LogonResponse,
-            0x0004 => Self::LogoutRequest,
-            0x0005 => Self::LoggedOut,
-            0x000a => Self::Heartbeat,
-            0x000b => Self::TestRequest,
-            0x0014 => Self::ResendRequest,
-            0x0015 => Self::GapFill,
-            0x001e => Self::Reject,
-            0x0032 => Self::ConnectionRequest,
-            0x0033 => Self::ConnectionAccept,
-            0x0034 => Self::ConnectionReject,
-            0x0035 => Self::RegistrationRequest,
-            0x0036 => Self::RegistrationAccept,
-            0x0037 => Self::RegistrationReject,
-            0x0038 => Self::GetDeviceConfig,
-            0x0039 => Self::DeviceConfig,
-            _ => return None,
-        })
-    }
-
     /// True for the handshake messages 50–57, which carry sequence number 0.
     pub fn is_handshake(self) -> bool {
         (self as u16) >= 0x0032
     }
 }
 
-/// `Reject.reason` (DESIGN.md §1.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RejectReason {
-    /// `protocolId` or `version` wrong.
-    InvalidProtocol = 1,
-    /// `messageTypeId` unknown.
-    UnknownMessageType = 2,
-    /// `messageLength` wrong for the type.
-    InvalidLength = 3,
-    /// A field is out of range.
-    InvalidFieldValue = 4,
-    /// Wrong direction or state.
-    MessageNotAllowed = 5,
-    /// The gateway is draining.
-    GatewayNotActive = 6,
-    /// Too many messages.
-    RateLimited = 7,
-}
-
-impl RejectReason {
-    /// Maps a wire value; `None` outside 1..=7.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::InvalidProtocol,
-            2 => Self::UnknownMessageType,
-            3 => Self::InvalidLength,
-            4 => Self::InvalidFieldValue,
-            5 => Self::MessageNotAllowed,
-            6 => Self::GatewayNotActive,
-            7 => Self::RateLimited,
-            _ => return None,
-        })
+wire_enum! {
+    /// `Reject.reason` (DESIGN.md §1.2).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RejectReason: u8 {
+        /// `protocolId` or `version` wrong.
+        InvalidProtocol = 1,
+        /// `messageTypeId` unknown.
+        UnknownMessageType = 2,
+        /// `messageLength` wrong for the type.
+        InvalidLength = 3,
+        /// A field is out of range.
+        InvalidFieldValue = 4,
+        /// Wrong direction or state.
+        MessageNotAllowed = 5,
+        /// The gateway is draining.
+        GatewayNotActive = 6,
+        /// Too many messages.
+        RateLimited = 7,
     }
+
+    /// Maps a wire value; `None` outside 1..=7.
+    fn from_u8;
 }
 
 /// `ConnectionReject.reason`.

@@ -74,6 +74,32 @@
 //! INVALID_FIELD_VALUE.
 #![forbid(unsafe_code)]
 
+/// `wire_enum! { /// docs  pub enum Name: u8 { /// docs  Variant = value, ... }  /// docs  fn
+/// from_u8; }`: a `#[repr]` enum of wire values and the function that maps a wire value back to
+/// its variant (`None` for a value no variant has), each value written once.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* pub enum $name:ident: $repr:ident {
+        $($(#[$vm:meta])* $v:ident = $n:literal,)*
+    }
+    $(#[$fm:meta])* fn $from:ident;) => {
+        $(#[$m])*
+        #[repr($repr)]
+        pub enum $name {
+            $($(#[$vm])* $v = $n,)*
+        }
+
+        impl $name {
+            $(#[$fm])*
+            pub fn $from(v: $repr) -> Option<Self> {
+                match v {
+                    $($n => Some(Self::$v),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 mod codec;
 mod framer;
 mod header;
