@@ -2,8 +2,8 @@
 
 use arbitrary::Arbitrary;
 
+use crate::Text;
 use crate::emit::input;
-use crate::{Seq, Text};
 
 input! {
     /// Settings, then the operations.
@@ -60,16 +60,8 @@ input! {
     }
 }
 
-input! {
-    /// A gateway message built from fields: its number relative to what the device expects.
-    #[derive(Arbitrary, Clone, Debug)]
-    pub struct Frame {
-        pub seq: Seq,
-        pub resend: bool,
-        pub ack: Ack,
-        pub body: GwBody,
-    }
-}
+/// A gateway message built from fields: its number relative to what the device expects.
+pub type Frame = crate::Frame<Ack, GwBody>;
 
 input! {
     /// `lastProcessedSeqNum` relative to what the device has numbered.

@@ -2,8 +2,8 @@
 
 use arbitrary::Arbitrary;
 
+use crate::Text;
 use crate::emit::input;
-use crate::{Seq, Text};
 
 input! {
     /// Settings, then the operations.
@@ -78,16 +78,8 @@ input! {
     }
 }
 
-input! {
-    /// A message built from fields.
-    #[derive(Arbitrary, Clone, Debug)]
-    pub struct Frame {
-        pub seq: Seq,
-        pub resend: bool,
-        pub ack: u8,
-        pub body: FrameBody,
-    }
-}
+/// A message built from fields (`ack`: `lastProcessedSeqNum`, drawn from a byte).
+pub type Frame = crate::Frame<u8, FrameBody>;
 
 input! {
     /// The body of a [`Frame`].

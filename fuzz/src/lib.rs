@@ -128,6 +128,26 @@ input! {
     }
 }
 
+/// A message built from fields: its sequence number relative to what the receiver expects, the
+/// resend flag, the acknowledgement (`A`, as the target draws it) and the body (`B`). Emitted
+/// field by field in declaration order, as the derive reads them.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct Frame<A, B> {
+    pub seq: Seq,
+    pub resend: bool,
+    pub ack: A,
+    pub body: B,
+}
+
+impl<A: emit::Emit, B: emit::Emit> emit::Emit for Frame<A, B> {
+    fn emit(&self, out: &mut Vec<u8>) {
+        emit::Emit::emit(&self.seq, out);
+        emit::Emit::emit(&self.resend, out);
+        emit::Emit::emit(&self.ack, out);
+        emit::Emit::emit(&self.body, out);
+    }
+}
+
 input! {
     /// Fields a fuzzer can choose for a string: one of a few printable values, or raw bytes (which
     /// may make the encoder refuse the message: then it is sent as raw bytes instead).
