@@ -6,7 +6,8 @@
 #
 # Placement (stated in the results): the gateway's shard threads pinned by config
 # (gateway.cpus = GATEWAY_CPUS, default core 0), its other threads (acceptor, housekeeping,
-# HTTP, trace writer) left unpinned; every reference server (sockperf, echo_floor, the QuickFIX
+# HTTP, trace writer) by gateway.service_cpus = SERVICE_CPUS (default LOAD_CPUS; "none" leaves
+# them unpinned); every reference server (sockperf, echo_floor, the QuickFIX
 # acceptor) pinned to the first core of GATEWAY_CPUS; every generator and client to LOAD_CPUS
 # (default core 1). Everything runs on loopback, every process under `timeout`.
 #
@@ -21,6 +22,7 @@
 #
 # Environment:
 #   GATEWAY_CPUS=0 LOAD_CPUS=1   core placement (cpu lists as taskset takes them)
+#   SERVICE_CPUS=$LOAD_CPUS      the gateway's non-shard threads (gateway.service_cpus; none)
 #   DURATION=10 WARMUP=3         measured and warm-up seconds per run
 #   DEVICES=1000 TCP_CLIENTS=200 RATE=10000 RATE_HIGH=60000 SAT_RATE=200000 MSG_BYTES=48
 #   PROFILE=tuning/low-latency.toml        the gateway's tuning profile
@@ -66,21 +68,9 @@ P_QF=$((19876 + PORT_OFFSET))
 PRIO="nice -n $NICE"
 CLK="$(getconf CLK_TCK)"
 
-# "0-2,5" -> "0,1,2,5"
-cpu_list() {
-    local out=() part a b
-    IFS=, read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        if [[ "$part" == *-* ]]; then
-            a=${part%-*} b=${part#*-}
-            for ((c = a; c <= b; c++)); do out+=("$c"); done
-        else
-            out+=("$part")
-        fi
-    done
-    (IFS=,; echo "${out[*]}")
-}
 GW_LIST="$(cpu_list "$GATEWAY_CPUS")"
+SVC_LIST=""
+[ "$SERVICE_CPUS" = none ] || SVC_LIST="$(cpu_list "$SERVICE_CPUS")"
 SRV_CPU="${GW_LIST%%,*}"
 LOAD_LIST="$(cpu_list "$LOAD_CPUS")"
 LOAD_THREADS=$(tr ',' '\n' <<<"$LOAD_LIST" | wc -l)
@@ -125,7 +115,7 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm), $NCPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST] (no taskset on the process: acceptor, housekeeping, HTTP and trace threads unpinned); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
+    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST], its other threads (acceptor, housekeeping, HTTP, trace writer, main) by gateway.service_cpus=[$SVC_LIST] ([] = unpinned; no taskset on the process); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
     echo "gateway: profile $PROFILE, $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
     echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
@@ -238,7 +228,7 @@ gw_start() { # NAME SHARDS CPULIST [serve args...]
     GW_NAME=$1; local shards=$2 cpus=$3; shift 3
     quiet
     timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$PROFILE" --open-logon \
-        --shards "$shards" --set "gateway.cpus=[$cpus]" \
+        --shards "$shards" --set "gateway.cpus=[$cpus]" --set "gateway.service_cpus=[$SVC_LIST]" \
         --handshake-addr "127.0.0.1:$P_HS" --tcp-addr "127.0.0.1:$P_TCP" --session-port-base "$P_SESSION" \
         --metrics-addr "127.0.0.1:$P_METRICS" --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
         >"$OUT/$GW_NAME.gateway.log" 2>&1 &

@@ -48,6 +48,10 @@ pub struct GatewaySection {
     pub shards: usize,
     /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
     pub cpus: Vec<usize>,
+    /// `service_cpus`: cores the non-shard threads (acceptor, housekeeping with the trace and
+    /// histogram writers, HTTP, operator channel) may run on, so that they never preempt a
+    /// shard; empty = unpinned (default []).
+    pub service_cpus: Vec<usize>,
     /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto"); the
     /// acceptor follows (io_uring, or its `poll(2)` driver with epoll).
     pub io: io::Choice,
@@ -118,6 +122,7 @@ impl Default for GatewaySection {
         Self {
             shards: 0,
             cpus: Vec::new(),
+            service_cpus: Vec::new(),
             io: io::Choice::Auto,
             idle: Idle::Park,
             spin_us: 50,

@@ -639,6 +639,11 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
     install_panic_policy();
     let shutdown = signals::catch().map_err(|e| format!("cannot catch SIGTERM/SIGINT: {e}"))?;
     let mut gw = Server::start_with(&cfg, auth, shutdown)?;
+    // The main thread only waits from here on: a service thread like the others.
+    crate::runtime::placement::pin_current(&cfg.gateway.service_cpus)?;
+    if !cfg.gateway.service_cpus.is_empty() {
+        tracing::info!(thread = "main", cpus = ?cfg.gateway.service_cpus, "service thread pinned");
+    }
     tracing::info!(
         "serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals (journals {} MiB, session records {} B each)",
         gw.gateway.handshake_addr,
