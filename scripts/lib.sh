@@ -36,7 +36,7 @@ cpu_list() {
 placement_args() {
     local svc=""
     [ "$SERVICE_CPUS" = none ] || svc="$(cpu_list "$SERVICE_CPUS")"
-    echo "--set gateway.cpus=[$(cpu_list "$GATEWAY_CPUS")] --set gateway.service_cpus=[$svc]"
+    PLACEMENT=(--set "gateway.cpus=[$(cpu_list "$GATEWAY_CPUS")]" --set "gateway.service_cpus=[$svc]")
 }
 # Ports (override to run beside another gateway on the same host; PORT_OFFSET moves all four).
 PORT_OFFSET="${PORT_OFFSET:-0}"
@@ -63,8 +63,8 @@ start_gateway() {
     PROFILE="$profile"
     # No taskset on the process: the shards pin themselves, the other threads follow
     # gateway.service_cpus (an explicit --set in "$@" comes later and wins).
-    # shellcheck disable=SC2046
-    "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" $(placement_args) \
+    placement_args
+    "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" "${PLACEMENT[@]}" \
         --handshake-addr "$GW_HANDSHAKE" --tcp-addr "$GW_TCP" \
         --session-port-base "$GW_SESSION_PORT_BASE" --metrics-addr "$GW_METRICS" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
     GW_PID=$!
