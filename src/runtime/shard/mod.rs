@@ -912,7 +912,12 @@ pub fn run(spec: ShardSpec) -> Counters {
             return Counters::default();
         }
     };
-    tracing::info!(shard = index, backend = backend.name(), "shard running");
+    match core {
+        Some(c) => {
+            tracing::info!(shard = index, backend = backend.name(), core = c.id, "shard running")
+        }
+        None => tracing::info!(shard = index, backend = backend.name(), "shard running, unpinned"),
+    }
     let now = clock.now();
     let mut endpoint = endpoint_for(&config, index, &master, Box::new(SharedAuth(auth)), now);
     endpoint.set_wall_offset(clock.wall_offset_ns());
