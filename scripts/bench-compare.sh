@@ -25,7 +25,11 @@
 #   SERVICE_CPUS=$LOAD_CPUS      the gateway's non-shard threads (gateway.service_cpus; none)
 #   DURATION=10 WARMUP=3         measured and warm-up seconds per run
 #   DEVICES=1000 TCP_CLIENTS=200 RATE=10000 RATE_HIGH=60000 SAT_RATE=200000 MSG_BYTES=48
-#   PROFILE=tuning/low-latency.toml        the gateway's tuning profile
+#   PROFILE=tuning/low-latency.toml        the gateway's profile for the latency, saturation,
+#                                resend and scaling runs
+#   CPU_PROFILE=tuning/default.toml        ... and for the CPU-per-echo runs: a parking shard
+#                                (a spinning one costs a whole core whatever the rate, so its
+#                                CPU per echo is about 1/rate); every row names its profile
 #   RESEND_N=10000 RESEND_REPEAT=5         resend part: messages per burst, repeats (medians)
 #   PARTS="udp tcp cpu sat resend scale"   which parts to run
 #   SHARD_COUNTS="1 2 4 8"       scaling part (default: 1, 2, 4, 8 up to the number of cores);
@@ -55,6 +59,7 @@ RATE="${RATE:-10000}" RATE_HIGH="${RATE_HIGH:-60000}" SAT_RATE="${SAT_RATE:-2000
 MSG_BYTES="${MSG_BYTES:-48}"
 RESEND_N="${RESEND_N:-10000}" RESEND_REPEAT="${RESEND_REPEAT:-5}"
 PROFILE="${PROFILE:-tuning/low-latency.toml}"
+CPU_PROFILE="${CPU_PROFILE:-tuning/default.toml}"
 PARTS="${PARTS:-udp tcp cpu sat resend scale}"
 SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
@@ -116,7 +121,7 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm), $NCPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
     echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST], its other threads (acceptor, housekeeping, HTTP, trace writer, main) by gateway.service_cpus=[$SVC_LIST] ([] = unpinned; no taskset on the process); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
-    echo "gateway: profile $PROFILE, $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
+    echo "gateway: profile $PROFILE (CPU per echo: $CPU_PROFILE), $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
     echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
     echo "loadavg_before: $(cat /proc/loadavg)"
@@ -227,7 +232,9 @@ GW_TO="" GW_PID="" GW_NAME=""
 gw_start() { # NAME SHARDS CPULIST [serve args...]
     GW_NAME=$1; local shards=$2 cpus=$3; shift 3
     quiet
-    timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$PROFILE" --open-logon \
+    local profile="${GW_PROFILE:-$PROFILE}"
+    echo "$profile" >"$OUT/$GW_NAME.profile"
+    timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$profile" --open-logon \
         --shards "$shards" --set "gateway.cpus=[$cpus]" --set "gateway.service_cpus=[$SVC_LIST]" \
         --handshake-addr "127.0.0.1:$P_HS" --tcp-addr "127.0.0.1:$P_TCP" --session-port-base "$P_SESSION" \
         --metrics-addr "127.0.0.1:$P_METRICS" --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
@@ -320,6 +327,27 @@ floor_run() {
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.server.json")"
 }
 
+# gen_floor NAME [load steady args...]: the generator itself (`fleetgate load steady
+# --raw-echo`, the same datagrams, no sessions) against the echo_floor server on SRV_CPU: the
+# generator's own floor, to tell its share of the latency from the gateway's.
+gen_floor() {
+    local name=$1; shift
+    local to rc=0
+    quiet
+    timeout "$((WARMUP + DURATION + 40))" $PRIO "$FLOOR" serve --mode udp-mmsg --addr "127.0.0.1:$P_FLOOR" \
+        --cpu "$SRV_CPU" --secs "$((WARMUP + DURATION + 30))" --idle-exit 2 \
+        >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
+    to=$!
+    PIDS+=("$to")
+    for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
+    timeout "$((WARMUP + DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" "$BIN" load steady --json \
+        --raw-echo "127.0.0.1:$P_FLOOR" --warmup "$WARMUP" --duration "$DURATION" \
+        --hist-log "$OUT/$name.hlog" "$@" >"$OUT/$name.json" 2>"$OUT/$name.load.log" || rc=$?
+    wait "$to" || true
+    echo "$rc" >"$OUT/$name.rc"
+    printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.json")"
+}
+
 QF_TO=""
 qf_start() { # NAME
     quiet
@@ -353,6 +381,7 @@ if want udp; then
     # The same with a client that spins instead of sleeping between sends (as sockperf's does):
     # the difference is what waking the client costs, not the server.
     floor_run floor-udp-10k-spin udp-mmsg udp --rate "$RATE" --flows "$DEVICES" --busy-poll
+    gen_floor gen-floor-10k --devices "$DEVICES" --rate "$RATE" --body-bytes 16
 fi
 
 # ----------------------------------------------------------------------------- latency, TCP
@@ -376,8 +405,15 @@ fi
 
 # ----------------------------------------------------------------------------- CPU per echo
 if want cpu; then
-    echo "== CPU per echo at $RATE_HIGH/s"
-    gw_start fg-udp-60k 1 "$SRV_CPU" \
+    echo "== CPU per echo at $RATE/s and $RATE_HIGH/s (profile $CPU_PROFILE)"
+    GW_PROFILE="$CPU_PROFILE" gw_start fg-udp-10k-cpu 1 "$SRV_CPU" \
+        && fg_load fg-udp-10k-cpu "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
+    gw_stop
+    if ! want udp; then
+        have_sp && sp_run sp-udp-10k udp "$RATE" "$P_SP"
+        floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
+    fi
+    GW_PROFILE="$CPU_PROFILE" gw_start fg-udp-60k 1 "$SRV_CPU" \
         && fg_load fg-udp-60k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE_HIGH" --body-bytes 16
     gw_stop
     floor_run floor-mmsg-60k udp-mmsg udp --rate "$RATE_HIGH" --flows "$DEVICES"

@@ -161,6 +161,12 @@ def fg_cpu(name):
     }
 
 
+def profile(name):
+    """The gateway profile a run used (written by gw_start), as a short note."""
+    p = (read(f"{name}.profile") or "").strip()
+    return f"profile {os.path.basename(p)}" if p else ""
+
+
 def pct(x):
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -274,7 +280,7 @@ def main():
     # --- UDP latency at 10k/s
     fg, sp, fl = fg_latency("fg-udp-10k"), sockperf("sp-udp-10k"), floor_latency("floor-udp-10k")
     if fg or sp or fl:
-        sec = "UDP echo 10k/s, 1,000 sessions (fleetgate: from intended send time)"
+        sec = f"UDP echo 10k/s, 1,000 sessions (fleetgate: from intended send time; {profile('fg-udp-10k') or 'profile ?'})"
         lat_rows(sec, fg, sp["pct"] if sp else None, "sockperf UDP ping-pong", (1.25, 1.5, 2.0), sp_note(sp, RATE))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg (from intended)", fl[q] if fl else None)
@@ -295,7 +301,7 @@ def main():
     # --- TCP latency at 10k/s
     fg, sp, fl, qf = fg_latency("fg-tcp-10k"), sockperf("sp-tcp-10k"), floor_latency("floor-tcp-10k"), qf_rtt("qf-rtt-10k")
     if fg or sp or fl or qf:
-        sec = "TCP echo 10k/s, 200 clients"
+        sec = f"TCP echo 10k/s, 200 clients ({profile('fg-tcp-10k') or 'profile ?'})"
         lat_rows(sec, fg, sp["pct"] if sp else None, "sockperf TCP ping-pong", (1.25, 1.5, 2.0), sp_note(sp, RATE))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "QuickFIX rtt (from intended)", qf[q] if qf else None,
@@ -307,21 +313,26 @@ def main():
 
     # --- CPU per echo
     sec = "CPU per echo (µs; fleetgate: its shard thread over the measured window)"
-    f10, s10 = fg_cpu("fg-udp-10k"), sp_cpu("sp-udp-10k")
+    n10 = "fg-udp-10k-cpu" if fg_cpu("fg-udp-10k-cpu") else "fg-udp-10k"
+    f10, s10 = fg_cpu(n10), sp_cpu("sp-udp-10k")
     if f10 or s10:
         row(sec, "10k/s", f10["shard_us_per_echo"] if f10 else None, "sockperf UDP server", s10["us_per_echo"] if s10 else None, 1.0,
-            ref_text=None if s10 else why_missing("sockperf"))
+            ref_text=None if s10 else why_missing("sockperf"), note=f"fleetgate {profile(n10)}")
         if f10:
             row(sec, "10k/s, whole gateway process, info", f10["gateway_us_per_echo"], "sockperf UDP server", s10["us_per_echo"] if s10 else None)
         fl10 = floor_server("floor-udp-10k")
         if fl10:
             row(sec, "10k/s, info", f10["shard_us_per_echo"] if f10 else None, "echo_floor udp-mmsg", fl10["us_per_echo"])
+        if n10 != "fg-udp-10k" and fg_cpu("fg-udp-10k"):
+            fl = fg_cpu("fg-udp-10k")
+            row(sec, "10k/s, latency run, info", fl["shard_us_per_echo"], "sockperf UDP server", s10["us_per_echo"] if s10 else None,
+                note=f"the UDP latency run's shard ({profile('fg-udp-10k')}): a spinning shard costs a core whatever the rate")
     f60 = fg_cpu("fg-udp-60k")
     fm, fu = floor_server("floor-mmsg-60k"), floor_server("floor-uring-60k")
     if f60 or fm or fu:
         best = min((x for x in ((fm, "udp-mmsg"), (fu, "udp-uring")) if x[0]), key=lambda x: x[0]["us_per_echo"], default=None)
         row(sec, "60k/s", f60["shard_us_per_echo"] if f60 else None, f"echo_floor {best[1]} (the cheaper)" if best else "echo_floor",
-            best[0]["us_per_echo"] if best else None, 1.5)
+            best[0]["us_per_echo"] if best else None, 1.5, note=f"fleetgate {profile('fg-udp-60k')}")
         for fl, nm in ((fm, "udp-mmsg"), (fu, "udp-uring")):
             if fl:
                 row(sec, "60k/s, info", f60["shard_us_per_echo"] if f60 else None, f"echo_floor {nm}", fl["us_per_echo"])
@@ -330,7 +341,7 @@ def main():
             ROWS[-1]["verdict"] = "info"
 
     # --- saturation
-    sec = "Saturation: echoes per CPU-second of the serving thread (one shard core)"
+    sec = f"Saturation: echoes per CPU-second of the serving thread (one shard core; {profile('fg-sat-uring') or 'profile ?'})"
     su, se = fg_cpu("fg-sat-uring"), fg_cpu("fg-sat-epoll")
     fsu, fsm = floor_server("floor-sat-uring"), floor_server("floor-sat-mmsg")
     if su or se or fsu or fsm:
@@ -382,15 +393,32 @@ def main():
             "target (absolute, µs)", 50.0, 1.0, fg_text=None if ok else fg_missing, ref_text="50",
             note=f"QuickFIX: {qr['first_us']:,.0f} µs" if qr else "")
 
-    # --- generator calibration (deliverable 2: another change adds it)
-    sec = "Generator calibration"
+    # --- generator calibration
+    sec = "Generator calibration (UDP 10k/s): the generator's own share"
     fl = floor_server("floor-udp-10k")
-    row(sec, "send lateness p50/p99 (µs)", None, "echo_floor client (same rate)",
-        None, None, fg_text="missing: `fleetgate load` does not report its send lateness (actual - intended) yet",
-        ref_text=("%.1f / %.1f" % fl["client_lateness_us"]) if fl and fl["client_lateness_us"] else "-")
-    row(sec, "generator floor against the bare echo loop", None, "echo_floor udp-mmsg", None, None,
-        fg_text="missing: `fleetgate load` cannot drive echo_floor yet (needs a raw echo target to report its own floor)",
-        ref_text="-")
+    fj = load_json("fg-udp-10k.json")
+    lat = fj.get("lateness_ns") if fj else None
+    fl_text = ("%.1f / %.1f" % fl["client_lateness_us"]) if fl and fl["client_lateness_us"] else None
+    if lat and lat.get("count"):
+        for q, k in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9")):
+            row(sec, f"fleetgate load send lateness {q} (µs), info", lat[k] / 1e3, "echo_floor client lateness p50 / p99",
+                None, None, ref_text=fl_text or "-",
+                note="actual minus intended send time, during the gateway run; latency is measured from the intended time" if q == "p50" else "")
+            ROWS[-1]["verdict"] = "info"
+    else:
+        row(sec, "fleetgate load send lateness (µs)", None, "echo_floor client", None, None,
+            fg_text="missing (no fg-udp-10k run: PARTS without udp)", ref_text=fl_text or "-")
+    gf, fg = fg_latency("gen-floor-10k"), fg_latency("fg-udp-10k")
+    flc = floor_latency("floor-udp-10k")
+    gerr = (load_json("gen-floor-10k.json") or {}).get("errors_total")
+    for q in ("p50", "p99", "p99.9"):
+        row(sec, f"generator floor {q} (µs), info", gf[q] if gf else None, "echo_floor client (its own floor)", flc[q] if flc else None,
+            fg_text=None if gf else "missing (gen-floor-10k run failed or udp part skipped; see the raw files)",
+            note=("`fleetgate load steady --raw-echo` against echo_floor udp-mmsg, same devices and rate, no sessions"
+                  + (f"; {gerr:.0f} errors" if gerr else "")) if q == "p50" else "")
+    for q in ("p50", "p99", "p99.9"):
+        row(sec, f"gateway run over generator floor {q}, info", fg[q] if fg else None, "generator floor", gf[q] if gf else None,
+            note="what the gateway adds above what the generator alone measures against a bare echo loop" if q == "p50" else "")
 
     # --- scaling
     sec = "Scaling: shards on their own cores, same generator (echo msgs/s achieved)"
