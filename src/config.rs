@@ -14,6 +14,28 @@ use crate::io;
 use crate::journal::JournalConfig;
 use crate::session::{EndpointConfig, SessionConfig};
 
+/// `section! { /// docs  pub struct Name { /// docs  pub key: Type = default, ... } }`: a TOML
+/// section whose keys all have defaults (missing keys take them, unknown keys are errors), each
+/// written beside its field.
+macro_rules! section {
+    ($(#[$m:meta])* pub struct $name:ident {
+        $($(#[$fm:meta])* pub $f:ident: $t:ty = $default:expr,)*
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Deserialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($f: $default,)* }
+            }
+        }
+    };
+}
+
 /// The whole configuration. Field docs give the TOML key, the unit and the default.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -40,70 +62,71 @@ pub struct Config {
     pub host_limits: HostLimits,
 }
 
-/// `[gateway]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GatewaySection {
-    /// `shards`: shard threads; 0 = one per available core (default 0).
-    pub shards: usize,
-    /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
-    pub cpus: Vec<usize>,
-    /// `service_cpus`: cores the non-shard threads (acceptor, housekeeping with the trace and
-    /// histogram writers, HTTP, operator channel) may run on, so that they never preempt a
-    /// shard; empty = unpinned (default []).
-    pub service_cpus: Vec<usize>,
-    /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto"); the
-    /// acceptor follows (io_uring, or its `poll(2)` driver with epoll).
-    pub io: io::Choice,
-    /// `idle`: "park" (wait in the kernel until the next deadline when a pass found nothing to
-    /// do) or "spin" (busy-poll `spin_us` first) (default "park").
-    pub idle: Idle,
-    /// `spin_us`: with `idle = "spin"`, busy-poll this long before parking (default 50 µs).
-    pub spin_us: u64,
-    /// `handshake_addr`: UDP handshake port (default "0.0.0.0:3006").
-    pub handshake_addr: SocketAddr,
-    /// `tcp_addr`: TCP port (default "0.0.0.0:4210").
-    pub tcp_addr: SocketAddr,
-    /// `session_port_base`: shard i's UDP session port is this + i (default 5000).
-    pub session_port_base: u16,
-    /// `max_sessions_per_shard`: sessions, detached ones included (default 4096).
-    pub max_sessions_per_shard: usize,
-    /// `app`: built-in application: "echo", "feed" or "none" (default "echo").
-    pub app: AppKind,
-    /// `feed_interval_ms`: with `app = "feed"`, one type-300 event to every session this often
-    /// (default 1000 ms).
-    pub feed_interval_ms: u64,
-    /// `drain_timeout_ms`: on SIGTERM, wait this long for LoggedOut to go out (default 1500 ms).
-    pub drain_timeout_ms: u64,
-    /// `handoff_queue`: acceptor→shard SPSC capacity (default 1024 handoffs).
-    pub handoff_queue: usize,
-    /// `handoffs_per_pass`: handoffs a shard takes per loop pass at most (default 64).
-    pub handoffs_per_pass: usize,
-    /// `io_batch`: datagrams a backend receives per batch and queues before a flush (default
-    /// 64).
-    pub io_batch: usize,
-    /// `reply_queue`: stateless replies (rejects, LoggedOut to unknown peers) a shard holds
-    /// before dropping more, counted in `fleetgate_reply_queue_full_total` (default 1024).
-    pub reply_queue: usize,
-    /// `max_pending_attaches`: newer UDP attaches a shard holds beside their session until they
-    /// log on (DESIGN.md §2 rule 9), in a side table; more are dropped unanswered and counted
-    /// in `fleetgate_attaches_pending_full_total` (default 4096).
-    pub max_pending_attaches: usize,
-    /// `device_config_bytes`: bytes of device config strings a shard keeps per session on
-    /// average, reserved at start-up; a string finding no room is not kept and is counted in
-    /// `fleetgate_device_config_not_kept_total` (default 128; the seed's example is 116).
-    pub device_config_bytes: usize,
-    /// `snapshot_interval_ms`: how often a shard publishes its counters, sessions and
-    /// histograms to housekeeping, and rotates cookie keys (default 1000 ms).
-    pub snapshot_interval_ms: u64,
-    /// `admin_socket`: path of the operator channel's Unix socket (`fleetgate ctl`), created
-    /// with mode 0600; a stale socket there is replaced, any other file refuses the start; ""
-    /// = no operator channel (default "").
-    pub admin_socket: String,
-    /// `drain_logouts_per_s`: at a drain's deadline, each shard logs its remaining sessions out
-    /// at this rate, so that they do not all storm the other gateways at once (default 1000
-    /// sessions per second per shard).
-    pub drain_logouts_per_s: u32,
+section! {
+    /// `[gateway]`.
+    pub struct GatewaySection {
+        /// `shards`: shard threads; 0 = one per available core (default 0).
+        pub shards: usize = 0,
+        /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
+        pub cpus: Vec<usize> = Vec::new(),
+        /// `service_cpus`: cores the non-shard threads (acceptor, housekeeping with the trace
+        /// and histogram writers, HTTP, operator channel) may run on, so that they never preempt
+        /// a shard; empty = unpinned (default []).
+        pub service_cpus: Vec<usize> = Vec::new(),
+        /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto"); the
+        /// acceptor follows (io_uring, or its `poll(2)` driver with epoll).
+        pub io: io::Choice = io::Choice::Auto,
+        /// `idle`: "park" (wait in the kernel until the next deadline when a pass found nothing to
+        /// do) or "spin" (busy-poll `spin_us` first) (default "park").
+        pub idle: Idle = Idle::Park,
+        /// `spin_us`: with `idle = "spin"`, busy-poll this long before parking (default 50 µs).
+        pub spin_us: u64 = 50,
+        /// `handshake_addr`: UDP handshake port (default "0.0.0.0:3006").
+        pub handshake_addr: SocketAddr = ([0, 0, 0, 0], 3006).into(),
+        /// `tcp_addr`: TCP port (default "0.0.0.0:4210").
+        pub tcp_addr: SocketAddr = ([0, 0, 0, 0], 4210).into(),
+        /// `session_port_base`: shard i's UDP session port is this + i (default 5000).
+        pub session_port_base: u16 = 5000,
+        /// `max_sessions_per_shard`: sessions, detached ones included (default 4096).
+        pub max_sessions_per_shard: usize = 4096,
+        /// `app`: built-in application: "echo", "feed" or "none" (default "echo").
+        pub app: AppKind = AppKind::Echo,
+        /// `feed_interval_ms`: with `app = "feed"`, one type-300 event to every session this often
+        /// (default 1000 ms).
+        pub feed_interval_ms: u64 = 1000,
+        /// `drain_timeout_ms`: on SIGTERM, wait this long for LoggedOut to go out (default 1500
+        /// ms).
+        pub drain_timeout_ms: u64 = 1500,
+        /// `handoff_queue`: acceptor→shard SPSC capacity (default 1024 handoffs).
+        pub handoff_queue: usize = 1024,
+        /// `handoffs_per_pass`: handoffs a shard takes per loop pass at most (default 64).
+        pub handoffs_per_pass: usize = 64,
+        /// `io_batch`: datagrams a backend receives per batch and queues before a flush (default
+        /// 64).
+        pub io_batch: usize = 64,
+        /// `reply_queue`: stateless replies (rejects, LoggedOut to unknown peers) a shard holds
+        /// before dropping more, counted in `fleetgate_reply_queue_full_total` (default 1024).
+        pub reply_queue: usize = 1024,
+        /// `max_pending_attaches`: newer UDP attaches a shard holds beside their session until they
+        /// log on (DESIGN.md §2 rule 9), in a side table; more are dropped unanswered and counted
+        /// in `fleetgate_attaches_pending_full_total` (default 4096).
+        pub max_pending_attaches: usize = 4096,
+        /// `device_config_bytes`: bytes of device config strings a shard keeps per session on
+        /// average, reserved at start-up; a string finding no room is not kept and is counted in
+        /// `fleetgate_device_config_not_kept_total` (default 128; the seed's example is 116).
+        pub device_config_bytes: usize = 128,
+        /// `snapshot_interval_ms`: how often a shard publishes its counters, sessions and
+        /// histograms to housekeeping, and rotates cookie keys (default 1000 ms).
+        pub snapshot_interval_ms: u64 = 1000,
+        /// `admin_socket`: path of the operator channel's Unix socket (`fleetgate ctl`), created
+        /// with mode 0600; a stale socket there is replaced, any other file refuses the start; ""
+        /// = no operator channel (default "").
+        pub admin_socket: String = String::new(),
+        /// `drain_logouts_per_s`: at a drain's deadline, each shard logs its remaining sessions out
+        /// at this rate, so that they do not all storm the other gateways at once (default 1000
+        /// sessions per second per shard).
+        pub drain_logouts_per_s: u32 = 1000,
+    }
 }
 
 /// `gateway.idle`: what a shard does after a pass that found nothing to do.
@@ -117,218 +140,134 @@ pub enum Idle {
     Spin,
 }
 
-impl Default for GatewaySection {
-    fn default() -> Self {
-        Self {
-            shards: 0,
-            cpus: Vec::new(),
-            service_cpus: Vec::new(),
-            io: io::Choice::Auto,
-            idle: Idle::Park,
-            spin_us: 50,
-            handshake_addr: ([0, 0, 0, 0], 3006).into(),
-            tcp_addr: ([0, 0, 0, 0], 4210).into(),
-            session_port_base: 5000,
-            max_sessions_per_shard: 4096,
-            app: AppKind::Echo,
-            feed_interval_ms: 1000,
-            drain_timeout_ms: 1500,
-            handoff_queue: 1024,
-            handoffs_per_pass: 64,
-            io_batch: 64,
-            reply_queue: 1024,
-            max_pending_attaches: 4096,
-            device_config_bytes: 128,
-            snapshot_interval_ms: 1000,
-            admin_socket: String::new(),
-            drain_logouts_per_s: 1000,
-        }
+section! {
+    /// `[udp]`.
+    pub struct UdpSection {
+        /// `max_datagram`: largest datagram sent, prefix included (default 1400 bytes).
+        pub max_datagram: usize = 1400,
+        /// `ack_delay_ms`: acknowledge processed input within this (default 20 ms).
+        pub ack_delay_ms: u64 = 20,
+        /// `cookie_ttl_ms`: cookie validity (default 5000 ms).
+        pub cookie_ttl_ms: u64 = 5000,
+        /// `cookie_rotate_s`: new cookie secret this often; the previous stays valid (default 60
+        /// s).
+        pub cookie_rotate_s: u64 = 60,
+        /// `device_config_timeout_ms`: eSP0008 after this (default 10000 ms).
+        pub device_config_timeout_ms: u64 = 10_000,
+        /// `device_config_retry_ms`: GetDeviceConfig re-send period (default 1000 ms).
+        pub device_config_retry_ms: u64 = 1000,
+        /// `handshake_rate_per_s`: ConnectionRequests per source address per second (default 20).
+        pub handshake_rate_per_s: u32 = 20,
+        /// `handshake_burst`: token-bucket depth per source address (default 40).
+        pub handshake_burst: u32 = 40,
+        /// `socket_buffer_bytes`: receive and send buffer asked for each UDP socket; the kernel
+        /// caps it at `net.core.rmem_max` / `wmem_max` (default 8388608 bytes).
+        pub socket_buffer_bytes: usize = 8 << 20,
     }
 }
 
-/// `[udp]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct UdpSection {
-    /// `max_datagram`: largest datagram sent, prefix included (default 1400 bytes).
-    pub max_datagram: usize,
-    /// `ack_delay_ms`: acknowledge processed input within this (default 20 ms).
-    pub ack_delay_ms: u64,
-    /// `cookie_ttl_ms`: cookie validity (default 5000 ms).
-    pub cookie_ttl_ms: u64,
-    /// `cookie_rotate_s`: new cookie secret this often; the previous stays valid (default 60 s).
-    pub cookie_rotate_s: u64,
-    /// `device_config_timeout_ms`: eSP0008 after this (default 10000 ms).
-    pub device_config_timeout_ms: u64,
-    /// `device_config_retry_ms`: GetDeviceConfig re-send period (default 1000 ms).
-    pub device_config_retry_ms: u64,
-    /// `handshake_rate_per_s`: ConnectionRequests per source address per second (default 20).
-    pub handshake_rate_per_s: u32,
-    /// `handshake_burst`: token-bucket depth per source address (default 40).
-    pub handshake_burst: u32,
-    /// `socket_buffer_bytes`: receive and send buffer asked for each UDP socket; the kernel caps
-    /// it at `net.core.rmem_max` / `wmem_max` (default 8388608 bytes).
-    pub socket_buffer_bytes: usize,
-}
-
-impl Default for UdpSection {
-    fn default() -> Self {
-        Self {
-            max_datagram: 1400,
-            ack_delay_ms: 20,
-            cookie_ttl_ms: 5000,
-            cookie_rotate_s: 60,
-            device_config_timeout_ms: 10_000,
-            device_config_retry_ms: 1000,
-            handshake_rate_per_s: 20,
-            handshake_burst: 40,
-            socket_buffer_bytes: 8 << 20,
-        }
+section! {
+    /// `[tcp]`.
+    pub struct TcpSection {
+        /// `logon_timeout_ms`: LogonRequest must arrive within this of connect (default 10000 ms,
+        /// 2 × the default heartbeat interval).
+        pub logon_timeout_ms: u64 = 10_000,
+        /// `max_connections_per_shard`: TCP connections per shard (default 4096).
+        pub max_connections_per_shard: usize = 4096,
+        /// `send_queue_bytes`: per-connection send queue; a reader that lets it fill is told
+        /// LoggedOut("send queue full") and closed, its session kept for resume (default 262144
+        /// bytes, at least 4096).
+        pub send_queue_bytes: usize = 256 * 1024,
+        /// `close_linger_ms`: a connection the gateway closes (after its LoggedOut, and a slow
+        /// reader too) has this long to read what is queued and close its end; then it is aborted
+        /// (default 1000 ms).
+        pub close_linger_ms: u64 = 1000,
+        /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes); a first frame
+        /// that declares more is refused at once.
+        pub max_message_bytes: usize = 1024,
+        /// `max_pending_logons`: connections accepted and waiting for their LogonRequest; when the
+        /// table is full, the oldest of them is closed (LoggedOut "server busy") to make room, so a
+        /// client that logs on promptly always gets in (default 1024 connections).
+        pub max_pending_logons: usize = 1024,
+        /// `listen_backlog`: the TCP listener's backlog; 0 = the host's `net.core.somaxconn`
+        /// (default 0).
+        pub listen_backlog: u32 = 0,
     }
 }
 
-/// `[tcp]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TcpSection {
-    /// `logon_timeout_ms`: LogonRequest must arrive within this of connect (default 10000 ms,
-    /// 2 × the default heartbeat interval).
-    pub logon_timeout_ms: u64,
-    /// `max_connections_per_shard`: TCP connections per shard (default 4096).
-    pub max_connections_per_shard: usize,
-    /// `send_queue_bytes`: per-connection send queue; a reader that lets it fill is told
-    /// LoggedOut("send queue full") and closed, its session kept for resume (default 262144
-    /// bytes, at least 4096).
-    pub send_queue_bytes: usize,
-    /// `close_linger_ms`: a connection the gateway closes (after its LoggedOut, and a slow reader
-    /// too) has this long to read what is queued and close its end; then it is aborted (default
-    /// 1000 ms).
-    pub close_linger_ms: u64,
-    /// `max_message_bytes`: largest inbound message on TCP (default 1024 bytes); a first frame
-    /// that declares more is refused at once.
-    pub max_message_bytes: usize,
-    /// `max_pending_logons`: connections accepted and waiting for their LogonRequest; when the
-    /// table is full, the oldest of them is closed (LoggedOut "server busy") to make room, so a
-    /// client that logs on promptly always gets in (default 1024 connections).
-    pub max_pending_logons: usize,
-    /// `listen_backlog`: the TCP listener's backlog; 0 = the host's `net.core.somaxconn`
-    /// (default 0).
-    pub listen_backlog: u32,
-}
-
-impl Default for TcpSection {
-    fn default() -> Self {
-        Self {
-            logon_timeout_ms: 10_000,
-            max_connections_per_shard: 4096,
-            send_queue_bytes: 256 * 1024,
-            close_linger_ms: 1000,
-            max_message_bytes: 1024,
-            max_pending_logons: 1024,
-            listen_backlog: 0,
-        }
+section! {
+    /// `[session]`.
+    pub struct SessionSection {
+        /// `heartbeat_interval_s`: H, sent in LogonResponse (default 5 s).
+        pub heartbeat_interval_s: u64 = 5,
+        /// `detached_ttl_s`: keep a detached session this long (default 300 s).
+        pub detached_ttl_s: u64 = 300,
+        /// `burst`: buffers one session sends before others get a turn (default 8).
+        pub burst: u32 = 8,
     }
 }
 
-/// `[session]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SessionSection {
-    /// `heartbeat_interval_s`: H, sent in LogonResponse (default 5 s).
-    pub heartbeat_interval_s: u64,
-    /// `detached_ttl_s`: keep a detached session this long (default 300 s).
-    pub detached_ttl_s: u64,
-    /// `burst`: buffers one session sends before others get a turn (default 8).
-    pub burst: u32,
-}
-
-impl Default for SessionSection {
-    fn default() -> Self {
-        Self { heartbeat_interval_s: 5, detached_ttl_s: 300, burst: 8 }
+section! {
+    /// `[journal]`.
+    pub struct JournalSection {
+        /// `messages_per_session`: application messages each session keeps (default 64).
+        pub messages_per_session: usize = JournalConfig::default().messages_per_session,
+        /// `slot_bytes`: largest padded application message, header included (default 256 bytes).
+        pub slot_bytes: usize = JournalConfig::default().slot_bytes,
     }
 }
 
-/// `[journal]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct JournalSection {
-    /// `messages_per_session`: application messages each session keeps (default 64).
-    pub messages_per_session: usize,
-    /// `slot_bytes`: largest padded application message, header included (default 256 bytes).
-    pub slot_bytes: usize,
-}
-
-impl Default for JournalSection {
-    fn default() -> Self {
-        let j = JournalConfig::default();
-        Self { messages_per_session: j.messages_per_session, slot_bytes: j.slot_bytes }
+section! {
+    /// `[auth]`.
+    pub struct AuthSection {
+        /// `credentials`: path of the credentials file (default none: logons refused).
+        pub credentials: Option<String> = None,
+        /// `open_logon`: accept any username and password (default false; explicit opt-in only).
+        pub open_logon: bool = false,
+        /// `max_failures`: failed logons per source (IPv4 address, IPv6 /64) before refusal
+        /// (default 5).
+        pub max_failures: u32 = 5,
+        /// `max_network_failures`: failed logons per IPv4 /24 before the whole network is refused
+        /// (default 20).
+        pub max_network_failures: u32 = 20,
+        /// `max_username_failures`: failed logons at one username before sources that have failed
+        /// are refused for it without a check (default 10).
+        pub max_username_failures: u32 = 10,
+        /// `failure_window_s`: window for the failure counts; a limit once hit holds this long
+        /// (default 60 s).
+        pub failure_window_s: u64 = 60,
     }
 }
 
-/// `[auth]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSection {
-    /// `credentials`: path of the credentials file (default none: logons refused).
-    pub credentials: Option<String>,
-    /// `open_logon`: accept any username and password (default false; explicit opt-in only).
-    pub open_logon: bool,
-    /// `max_failures`: failed logons per source (IPv4 address, IPv6 /64) before refusal
-    /// (default 5).
-    pub max_failures: u32,
-    /// `max_network_failures`: failed logons per IPv4 /24 before the whole network is refused
-    /// (default 20).
-    pub max_network_failures: u32,
-    /// `max_username_failures`: failed logons at one username before sources that have failed
-    /// are refused for it without a check (default 10).
-    pub max_username_failures: u32,
-    /// `failure_window_s`: window for the failure counts; a limit once hit holds this long
-    /// (default 60 s).
-    pub failure_window_s: u64,
-}
-
-impl Default for AuthSection {
-    fn default() -> Self {
-        Self {
-            credentials: None,
-            open_logon: false,
-            max_failures: 5,
-            max_network_failures: 20,
-            max_username_failures: 10,
-            failure_window_s: 60,
-        }
+section! {
+    /// `[observability]`.
+    pub struct ObservabilitySection {
+        /// `metrics_addr`: HTTP for /metrics, /sessions, /healthz (default "127.0.0.1:9464"; "" to
+        /// disable).
+        pub metrics_addr: String = "127.0.0.1:9464".into(),
+        /// `hist_log`: HdrHistogram interval log file (default none).
+        pub hist_log: Option<String> = None,
+        /// `trace_dir`: directory for per-device protocol traces (default "traces").
+        pub trace_dir: String = "traces".into(),
+        /// `trace_devices`: deviceUids to trace (default []).
+        pub trace_devices: Vec<String> = Vec::new(),
+        /// `trace_addrs`: source address ranges to trace, as CIDR (default []).
+        pub trace_addrs: Vec<String> = Vec::new(),
+        /// `trace_queue`: trace records a shard queues for the writer; more while it is behind are
+        /// dropped and counted in `fleetgate_trace_dropped_total` (default 8192 records).
+        pub trace_queue: usize = 8192,
+        /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
+        pub latency_ns_max: u64 = 60_000_000_000,
+        /// `http_max_connections`: HTTP connections open at once; one beyond is closed at once
+        /// (default 256).
+        pub http_max_connections: usize = 256,
+        /// `http_header_timeout_ms`: an HTTP client has this long to send its request headers
+        /// (default 2000 ms).
+        pub http_header_timeout_ms: u64 = 2000,
+        /// `log_format`: "text" (one line per event, for people) or "json" (one object per line,
+        /// for log collectors); `--log-format` overrides it (default "text").
+        pub log_format: LogFormat = LogFormat::Text,
     }
-}
-
-/// `[observability]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObservabilitySection {
-    /// `metrics_addr`: HTTP for /metrics, /sessions, /healthz (default "127.0.0.1:9464"; "" to
-    /// disable).
-    pub metrics_addr: String,
-    /// `hist_log`: HdrHistogram interval log file (default none).
-    pub hist_log: Option<String>,
-    /// `trace_dir`: directory for per-device protocol traces (default "traces").
-    pub trace_dir: String,
-    /// `trace_devices`: deviceUids to trace (default []).
-    pub trace_devices: Vec<String>,
-    /// `trace_addrs`: source address ranges to trace, as CIDR (default []).
-    pub trace_addrs: Vec<String>,
-    /// `trace_queue`: trace records a shard queues for the writer; more while it is behind are
-    /// dropped and counted in `fleetgate_trace_dropped_total` (default 8192 records).
-    pub trace_queue: usize,
-    /// `latency_ns_max`: histogram upper bound (default 60 s in ns).
-    pub latency_ns_max: u64,
-    /// `http_max_connections`: HTTP connections open at once; one beyond is closed at once
-    /// (default 256).
-    pub http_max_connections: usize,
-    /// `http_header_timeout_ms`: an HTTP client has this long to send its request headers
-    /// (default 2000 ms).
-    pub http_header_timeout_ms: u64,
-    /// `log_format`: "text" (one line per event, for people) or "json" (one object per line,
-    /// for log collectors); `--log-format` overrides it (default "text").
-    pub log_format: LogFormat,
 }
 
 /// `observability.log_format`.
@@ -340,23 +279,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-impl Default for ObservabilitySection {
-    fn default() -> Self {
-        Self {
-            metrics_addr: "127.0.0.1:9464".into(),
-            hist_log: None,
-            trace_dir: "traces".into(),
-            trace_devices: Vec::new(),
-            trace_addrs: Vec::new(),
-            trace_queue: 8192,
-            latency_ns_max: 60_000_000_000,
-            http_max_connections: 256,
-            http_header_timeout_ms: 2000,
-            log_format: LogFormat::Text,
-        }
-    }
 }
 
 /// `[[groups]]`: a device group. A device belongs to the first group whose every given field
@@ -387,59 +309,40 @@ pub struct DeviceGroup {
     pub host: Option<String>,
 }
 
-/// `[[hosts]]`: a TCP host (DESIGN.md §1.6, §4). Each logged-on session of a group naming it
-/// gets its own connection, opened by its shard and kept through detach and resume.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HostEntry {
-    /// `name`: what `[[groups]] host` refers to (required, unique; the `host` label on
-    /// `/metrics`).
-    pub name: String,
-    /// `addr`: the host's TCP address, "IP:port" (required).
-    pub addr: Option<SocketAddr>,
-    /// `connect_timeout_ms`: a connection not up by then is UNREACHABLE (default 5000 ms).
-    pub connect_timeout_ms: u64,
-    /// `keepalive_s`: TCP keepalive idle time on the host connection; 0 = off (default 60 s).
-    pub keepalive_s: u64,
-    /// `inactivity_timeout_s`: nothing crossed the connection for this long → IDLE_TIMEOUT,
-    /// then LoggedOut; 0 = never (default 0).
-    pub inactivity_timeout_s: u64,
-    /// `inactivity_message`: sent to the host before closing on inactivity (TOML escapes such
-    /// as "\r\n" allowed; default none).
-    pub inactivity_message: String,
-}
-
-impl Default for HostEntry {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            addr: None,
-            connect_timeout_ms: 5000,
-            keepalive_s: 60,
-            inactivity_timeout_s: 0,
-            inactivity_message: String::new(),
-        }
+section! {
+    /// `[[hosts]]`: a TCP host (DESIGN.md §1.6, §4). Each logged-on session of a group naming it
+    /// gets its own connection, opened by its shard and kept through detach and resume.
+    pub struct HostEntry {
+        /// `name`: what `[[groups]] host` refers to (required, unique; the `host` label on
+        /// `/metrics`).
+        pub name: String = String::new(),
+        /// `addr`: the host's TCP address, "IP:port" (required).
+        pub addr: Option<SocketAddr> = None,
+        /// `connect_timeout_ms`: a connection not up by then is UNREACHABLE (default 5000 ms).
+        pub connect_timeout_ms: u64 = 5000,
+        /// `keepalive_s`: TCP keepalive idle time on the host connection; 0 = off (default 60 s).
+        pub keepalive_s: u64 = 60,
+        /// `inactivity_timeout_s`: nothing crossed the connection for this long → IDLE_TIMEOUT,
+        /// then LoggedOut; 0 = never (default 0).
+        pub inactivity_timeout_s: u64 = 0,
+        /// `inactivity_message`: sent to the host before closing on inactivity (TOML escapes such
+        /// as "\r\n" allowed; default none).
+        pub inactivity_message: String = String::new(),
     }
 }
 
-/// `[host_limits]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HostLimits {
-    /// `max_sessions_per_shard`: host connections a shard holds at once (each one file
-    /// descriptor); a session beyond gets HostStatus(UNREACHABLE) (default 1024).
-    pub max_sessions_per_shard: usize,
-    /// `read_bytes`: most bytes read from a host at a time, and what each host connection
-    /// holds while its session cannot take more (default 4096 bytes).
-    pub read_bytes: usize,
-    /// `to_host_bytes`: device bytes a host connection holds while the host does not read;
-    /// one more ends the session with LoggedOut("host not reading") (default 16384 bytes).
-    pub to_host_bytes: usize,
-}
-
-impl Default for HostLimits {
-    fn default() -> Self {
-        Self { max_sessions_per_shard: 1024, read_bytes: 4096, to_host_bytes: 16384 }
+section! {
+    /// `[host_limits]`.
+    pub struct HostLimits {
+        /// `max_sessions_per_shard`: host connections a shard holds at once (each one file
+        /// descriptor); a session beyond gets HostStatus(UNREACHABLE) (default 1024).
+        pub max_sessions_per_shard: usize = 1024,
+        /// `read_bytes`: most bytes read from a host at a time, and what each host connection
+        /// holds while its session cannot take more (default 4096 bytes).
+        pub read_bytes: usize = 4096,
+        /// `to_host_bytes`: device bytes a host connection holds while the host does not read;
+        /// one more ends the session with LoggedOut("host not reading") (default 16384 bytes).
+        pub to_host_bytes: usize = 16384,
     }
 }
 

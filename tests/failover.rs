@@ -170,7 +170,7 @@ fn the_admin_socket_refuses_a_file_and_an_active_socket_and_replaces_a_stale_one
 /// A `fleetgate serve` process (the real binary) on free loopback ports with its operator
 /// socket; killed (SIGKILL) when dropped.
 struct Serve {
-    child: std::process::Child,
+    child: ChildGuard,
     handshake: u16,
     tcp: u16,
     admin: std::path::PathBuf,
@@ -198,7 +198,7 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn fleetgate serve");
-        let s = Self { child, handshake, tcp: tcp_port, admin, log };
+        let s = Self { child: ChildGuard(child), handshake, tcp: tcp_port, admin, log };
         until(&format!("gateway {name} up"), 10 * SECOND, || {
             std::thread::sleep(Duration::from_millis(20));
             fleetgate::tools::ctl::call(&s.admin, "status").is_ok()
@@ -212,13 +212,6 @@ impl Serve {
 
     fn server(&self) -> fleetgate::tools::loadgen::fleet::Server {
         fleetgate::tools::loadgen::fleet::loopback(self.handshake, self.tcp)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -267,10 +260,10 @@ fn a_fleet_with_a_server_list_survives_a_drain_and_a_sigkill() {
     let why = format!("{}\n{:?}\ngateway logs: {logs:?}", report.table(), report.errors);
     assert_eq!(report.error_count(), 0, "{why}");
     assert!(!report.failed(), "{why}");
-    assert_eq!(f.at_end_by_gateway, [300, 0, 0], "{why}");
-    assert_eq!(f.first_by_gateway, before, "{why}");
-    assert_eq!(f.undisturbed_by_gateway[0], before[0], "gateway 0's devices untouched: {why}");
-    assert_eq!(f.sessions_ended_by_gateway[0], 0, "{why}");
+    assert_eq!(f.per_gateway.at_end, [300, 0, 0], "{why}");
+    assert_eq!(f.per_gateway.first, before, "{why}");
+    assert_eq!(f.per_gateway.undisturbed[0], before[0], "gateway 0's devices untouched: {why}");
+    assert_eq!(f.per_gateway.sessions_ended[0], 0, "{why}");
     // Gateway 1's devices moved on at its deadline; gateway 2's after SIGKILL.
     assert!(f.moves.get("drain_deadline").copied().unwrap_or(0) >= before[1], "{why}");
     assert!(f.back_ns.count >= before[1] + before[2], "{why}");

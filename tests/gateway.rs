@@ -7,11 +7,12 @@
 //! otherwise prints why it was skipped, or fails under `FLEETGATE_REQUIRE_URING=1`
 //! (`fleetgate::sim::uring_available`).
 
+#[allow(dead_code)]
 #[macro_use]
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -995,18 +996,6 @@ fn server_full(io: &str) {
 fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
-}
-
-/// Kills the child if the test fails before it exits.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// Issue 12. The real binary: SIGTERM logs the device out ("gateway shutting down") and the

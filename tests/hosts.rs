@@ -142,6 +142,18 @@ fn host_bytes(d: &Udp) -> Vec<u8> {
     d.seen.of_type(HOST_DATA_FROM_HOST).flat_map(|a| a.body.clone()).collect()
 }
 
+/// Steps until the gateway's LoggedOut and checks its text.
+#[track_caller]
+fn logged_out_with(d: &mut Udp, limit: Duration, why: &str) {
+    d.run_until("LoggedOut", limit, ended);
+    assert_eq!(d.seen.logged_out(), Some(why));
+}
+
+/// The states of the HostStatus messages the device received, in order.
+fn states(d: &Udp) -> Vec<HostState> {
+    statuses(d).into_iter().map(|(s, _)| s).collect()
+}
+
 /// Every HostStatus the device got: state and details.
 fn statuses(d: &Udp) -> Vec<(HostState, String)> {
     d.seen
@@ -199,9 +211,8 @@ fn counter_host_keeps_its_state_across_a_roam(io: &str) {
         "the answer missed while away came back by resend"
     );
     assert!(!host.accepted_within(Duration::from_millis(100)), "the host saw one connection");
-    let addr = gw.metrics_addr.unwrap();
-    wait_host_metric(addr, "fleetgate_host_connected{host=\"line\"}", 1);
-    wait_host_metric(addr, "fleetgate_host_bytes_in_total{host=\"line\"}", 35);
+    wait_line_host(&gw, "connected", 1);
+    wait_line_host(&gw, "bytes_in_total", 35);
     let _ = gw.stop();
 }
 
@@ -211,17 +222,12 @@ fn unreachable_host(io: &str) {
     let gw = gateway(io, port, "", &[]);
     let mut d = device(&gw, "HOST-UNREACH-1");
     d.log_on(1);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("host unreachable"));
+    logged_out_with(&mut d, 5 * SECOND, "host unreachable");
     let st = statuses(&d);
     assert_eq!(st[0].0, HostState::Connecting);
     assert_eq!(st[1].0, HostState::Unreachable);
     assert!(st[1].1.contains("refused"), "{st:?}");
-    wait_host_metric(
-        gw.metrics_addr.unwrap(),
-        "fleetgate_host_unreachable_total{host=\"line\"}",
-        1,
-    );
+    wait_line_host(&gw, "unreachable_total", 1);
     let _ = gw.stop();
 }
 
@@ -232,20 +238,14 @@ fn host_closes(io: &str) {
     let gw = gateway(io, host.addr, "", &[]);
     let mut d = device(&gw, "HOST-CLOSE-1");
     d.log_on(1);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("host closed"));
+    logged_out_with(&mut d, 5 * SECOND, "host closed");
     assert_eq!(host_bytes(&d), b"bye\r\n");
-    let st: Vec<_> = statuses(&d).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(st, [HostState::Connecting, HostState::Connected, HostState::ClosedByHost]);
+    assert_eq!(states(&d), [HostState::Connecting, HostState::Connected, HostState::ClosedByHost]);
     // The status came before the farewell, in sequence.
     let closed = d.seen.of_type(HOST_STATUS).last().unwrap().seq;
     let data = d.seen.of_type(HOST_DATA_FROM_HOST).last().unwrap().seq;
     assert!(data < closed);
-    wait_host_metric(
-        gw.metrics_addr.unwrap(),
-        "fleetgate_host_closed_by_host_total{host=\"line\"}",
-        1,
-    );
+    wait_line_host(&gw, "closed_by_host_total", 1);
     let _ = gw.stop();
 }
 
@@ -300,15 +300,10 @@ fn silent_host_hits_the_inactivity_timeout(io: &str) {
     d.run_until("LoggedOut", 5 * SECOND, ended);
     assert!(t0.elapsed() >= Duration::from_millis(900), "not before the timeout");
     assert_eq!(d.seen.logged_out(), Some("host inactivity timeout"));
-    let st: Vec<_> = statuses(&d).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(st, [HostState::Connecting, HostState::Connected, HostState::IdleTimeout]);
+    assert_eq!(states(&d), [HostState::Connecting, HostState::Connected, HostState::IdleTimeout]);
     let got = host.ended.recv_timeout(5 * SECOND).expect("the host connection closed");
     assert_eq!(got, b"hello\r\nlogoff\r\n");
-    wait_host_metric(
-        gw.metrics_addr.unwrap(),
-        "fleetgate_host_idle_timeout_total{host=\"line\"}",
-        1,
-    );
+    wait_line_host(&gw, "idle_timeout_total", 1);
     let _ = gw.stop();
 }
 
@@ -324,8 +319,7 @@ fn device_logout_closes_the_host(io: &str) {
     type_line(&mut d, "bye");
     let now = d.clock.now();
     d.dev.logout(now);
-    d.run_until("LoggedOut", 5 * SECOND, ended);
-    assert_eq!(d.seen.logged_out(), Some("logout"));
+    logged_out_with(&mut d, 5 * SECOND, "logout");
     let got = host.ended.recv_timeout(5 * SECOND).expect("the host connection closed");
     assert_eq!(got, b"bye\r\n");
     let addr = gw.metrics_addr.unwrap();
@@ -377,7 +371,7 @@ fn out_of_file_descriptors(io: &str) {
     assert_eq!(d.seen.logged_out(), Some("host unreachable"));
     let st = statuses(&d);
     assert_eq!(st.last().unwrap(), &(HostState::Unreachable, "no file descriptors".to_string()));
-    wait_host_metric(gw.metrics_addr.unwrap(), "fleetgate_host_no_fds_total{host=\"line\"}", 1);
+    wait_line_host(&gw, "no_fds_total", 1);
     // The gateway goes on: another device logs on and reaches the host.
     let mut e = device(&gw, "HOST-NOFD-2");
     e.log_on(2);
@@ -429,13 +423,15 @@ fn load_host_streams_are_exact_across_roams(io: &str) {
     let _ = gw.stop();
 }
 
-/// Waits until the series (name and labels) on `/metrics` reaches `at_least` (snapshots are
-/// published every second).
-fn wait_host_metric(addr: SocketAddr, series: &str, at_least: u64) {
+/// Waits until `fleetgate_host_NAME{host="line"}` on `/metrics` reaches `at_least` (snapshots
+/// are published every second).
+fn wait_line_host(gw: &fleetgate::ops::Server, name: &str, at_least: u64) {
+    let addr = gw.metrics_addr.unwrap();
+    let series = format!("fleetgate_host_{name}{{host=\"line\"}}");
     let t0 = Instant::now();
     loop {
         let body = http_get(addr, "/metrics");
-        if metric_with(&body, series) >= at_least {
+        if metric_with(&body, &series) >= at_least {
             return;
         }
         assert!(t0.elapsed() < 5 * SECOND, "{series} below {at_least}:\n{body}");

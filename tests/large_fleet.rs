@@ -4,12 +4,16 @@
 //! generous margin. The figures themselves come from `scripts/load-million.sh`; this only keeps
 //! the large-fleet path working.
 
+#[allow(dead_code)]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::ChildGuard;
 use fleetgate::tools::loadgen::{self, LoadConfig, Scenario};
 
 /// Devices in the storm.
@@ -28,7 +32,7 @@ const MARGIN: f64 = 6.0;
 
 /// A `fleetgate serve` child process, killed on drop.
 struct Gateway {
-    child: Child,
+    child: ChildGuard,
     handshake: SocketAddr,
 }
 
@@ -36,7 +40,7 @@ impl Gateway {
     fn start() -> Self {
         for attempt in 0..10u32 {
             let base = 20_000 + (std::process::id() * 13 + attempt * 977) % 30_000;
-            let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
                 .args(["serve", "--open-logon", "--shards", "2", "--io", "epoll"])
                 .args(["--handshake-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
                 .args(["--metrics-addr", "", "--session-port-base", &base.to_string()])
@@ -51,6 +55,7 @@ impl Gateway {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("start fleetgate serve");
+            let mut child = ChildGuard(child);
             let stderr = child.stderr.take().expect("stderr");
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
@@ -70,19 +75,11 @@ impl Gateway {
                 }
                 log.push(line);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(child);
             let log = log.join("\n");
             assert!(log.contains("session port"), "the gateway did not start:\n{log}");
         }
         panic!("no free session ports");
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -101,14 +101,7 @@ for f in text_string_to_metric_families(sys.stdin.read()):
     out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
 print(json.dumps(out))
 "#;
-    let have = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        let note = "`python3 -c 'import prometheus_client'` failed: pip install prometheus-client";
-        assert!(std::env::var_os("CI").is_none(), "{note}");
-        eprintln!("independent /metrics check SKIPPED: {note}");
+    if !python_has("prometheus_client", "prometheus-client", "independent /metrics check") {
         return None;
     }
     let mut child = Command::new("python3")
@@ -247,7 +240,7 @@ fn http_serves_a_fresh_client_while_200_hold_half_sent_headers() {
 
 /// The real binary, `fleetgate serve` on fixed loopback ports; killed (SIGKILL) when dropped.
 struct Serve {
-    child: std::process::Child,
+    child: ChildGuard,
     log: std::path::PathBuf,
 }
 
@@ -297,7 +290,7 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn fleetgate serve");
-        Self { child, log }
+        Self { child: ChildGuard(child), log }
     }
 
     fn stderr(&self) -> String {
@@ -315,13 +308,6 @@ impl Serve {
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut s, &mut out);
         out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n")
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

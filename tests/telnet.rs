@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -48,20 +48,13 @@ fn uring_telnet_host_session_survives_a_roam() {
 
 /// The telnetlib3 server, killed on drop.
 struct TelnetHost {
-    child: Child,
+    _child: ChildGuard,
     port: u16,
 }
 
 impl TelnetHost {
     fn start() -> Option<Self> {
-        let have = Command::new("python3")
-            .args(["-c", "import telnetlib3"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !have {
-            let note = "`python3 -c 'import telnetlib3'` failed: pip install telnetlib3";
-            assert!(std::env::var_os("CI").is_none(), "{note}");
-            eprintln!("telnet host test SKIPPED: {note}");
+        if !python_has("telnetlib3", "telnetlib3", "telnet host test") {
             return None;
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hosts/telnet_counter.py");
@@ -74,18 +67,12 @@ impl TelnetHost {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok());
+        let child = ChildGuard(child);
         let Some(port) = port else {
-            let _ = child.kill();
+            drop(child);
             panic!("the telnet host did not say its port: {line:?}");
         };
-        Some(Self { child, port })
-    }
-}
-
-impl Drop for TelnetHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Some(Self { _child: child, port })
     }
 }
 

@@ -124,14 +124,8 @@ impl Admin {
 
     fn rows(&self) -> Vec<Value> {
         let v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        let parts: Vec<&str> = v
-            .shards
-            .iter()
-            .flatten()
-            .map(|s| s.sessions_json.as_str())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let all = format!("[{}]", parts.join(","));
+        // The same list `/sessions` serves.
+        let all = super::metrics::sessions(&v);
         drop(v);
         serde_json::from_str(&all).unwrap_or_default()
     }

@@ -675,12 +675,22 @@ fn load_host(a: &LoadArgs) -> Result<ExitCode, String> {
         password: a.password.clone(),
     };
     let report = crate::tools::loadhost::run(&cfg)?;
-    if a.json {
-        println!("{}", report.json());
+    Ok(print_report(a.json, report.failed(), || report.json(), || report.table()))
+}
+
+/// Prints a load report as JSON or as the table; the exit status says whether it failed.
+fn print_report(
+    json: bool,
+    failed: bool,
+    as_json: impl FnOnce() -> String,
+    table: impl FnOnce() -> String,
+) -> ExitCode {
+    if json {
+        println!("{}", as_json());
     } else {
-        print!("{}", report.table());
+        print!("{}", table());
     }
-    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 fn load_resend_burst(a: &LoadArgs) -> Result<ExitCode, String> {
@@ -765,12 +775,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
     if let Some(p) = &a.hist_log {
         report.write_hlog(p)?;
     }
-    if a.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(print_report(a.json, report.failed(), || report.json(), || report.table()))
 }
 
 fn demo(a: DemoArgs) -> Result<ExitCode, String> {

@@ -113,6 +113,47 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process, killed (and reaped) on drop if it is still running, also when the test
+/// panics.
+pub(crate) struct ChildGuard(pub(crate) std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Whether `python3 -c 'import MODULE'` works. Where it does not: fails under CI (which
+/// installs `pip_name`), else prints that `test` was skipped and returns false.
+pub(crate) fn python_has(module: &str, pip_name: &str, test: &str) -> bool {
+    let have = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let note = format!("`python3 -c 'import {module}'` failed: pip install {pip_name}");
+        assert!(std::env::var_os("CI").is_none(), "{note}");
+        eprintln!("{test} SKIPPED: {note}");
+    }
+    have
+}
+
 /// Sleeps a little: the `tick` of waits that drive nothing.
 pub(crate) fn idle() {
     std::thread::sleep(Duration::from_millis(5));

@@ -235,15 +235,14 @@ fn metric(m: &BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// The `field`th word of the first line of `/proc/PID/FILE` that starts with `key`.
+fn proc_field<T: std::str::FromStr>(pid: u32, file: &str, key: &str, field: usize) -> Option<T> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(field)?.parse().ok()
+}
+
 fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_field(pid, "status", "VmRSS:", 1).unwrap_or(0)
 }
 
 fn proc_fds(pid: u32) -> u64 {
@@ -251,14 +250,7 @@ fn proc_fds(pid: u32) -> u64 {
 }
 
 fn proc_nofile(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
-        .unwrap_or(1024)
+    proc_field(pid, "limits", "Max open files", 3).unwrap_or(1024)
 }
 
 /// A plain HTTP/1.1 GET with a close: (status, body).
@@ -890,13 +882,10 @@ fn case_session_fuzz(ctx: &mut Ctx, r: &mut CaseResult) {
     let to = SocketAddr::from(([127, 0, 0, 1], ctx.session_port));
     // A logged-on attacker whose own session's datagrams are mutated too.
     let clock = Clock::new();
-    let mut me = vec![Dev::udp(&clock, ctx.target, attacker_ip(21, 0), "FUZZER", "fuzzer", PW)];
-    if !drive_until(&mut me, &clock, Duration::from_secs(10), |d| {
-        d[0].state() == DeviceState::Active
-    }) {
+    let Some(mut me) = udp_logged_on(ctx, &clock, attacker_ip(21, 0), "FUZZER") else {
         fail(r, "the fuzzing device did not log on");
         return;
-    }
+    };
     let sid = me[0].session_id();
     let echo = datagram(sid, &[encode(2, Body::App { type_id: 150, body: b"0123456789abcdef" })]);
     let reg = registration_request("FUZZER-2", 9, [7; 32]);
@@ -1040,15 +1029,19 @@ fn first_body(dg: &[u8]) -> Option<Body<'_>> {
     Some(Message::decode_frame(f).ok()?.body)
 }
 
+/// One UDP device (user "fuzzer") from `ip`, logged on within 10 s; `None` if it did not.
+fn udp_logged_on(ctx: &Ctx, clock: &Clock, ip: Ipv4Addr, uid: &str) -> Option<Vec<Dev>> {
+    let mut d = vec![Dev::udp(clock, ctx.target, ip, uid, "fuzzer", PW)];
+    drive_until(&mut d, clock, Duration::from_secs(10), |d| d[0].state() == DeviceState::Active)
+        .then_some(d)
+}
+
 fn case_datagram_rule12(ctx: &mut Ctx, r: &mut CaseResult) {
     let clock = Clock::new();
-    let mut d = vec![Dev::udp(&clock, ctx.target, attacker_ip(25, 1), "RULE12", "fuzzer", PW)];
-    if !drive_until(&mut d, &clock, Duration::from_secs(10), |d| {
-        d[0].state() == DeviceState::Active
-    }) {
+    let Some(mut d) = udp_logged_on(ctx, &clock, attacker_ip(25, 1), "RULE12") else {
         fail(r, "the device did not log on");
         return;
-    }
+    };
     let to = SocketAddr::from(([127, 0, 0, 1], ctx.session_port));
     let (sid, seq) = (d[0].session_id(), d[0].next_out());
     // A valid echo request with 8 bytes of garbage after it.

@@ -113,14 +113,50 @@ pub(crate) struct FleetResult {
     pub(super) resumed_at_holder: u64,
     /// The latest logon that followed a session's end (ns since the Unix epoch; 0: none).
     pub(super) last_back_unix_ns: u64,
-    /// Per entry: sessions that ended there while logged on.
-    pub(super) ended_at: Vec<u64>,
-    /// Per entry: devices logged on there at the end.
-    pub(super) at_end: Vec<u64>,
-    /// Per entry: devices whose first logon was there.
-    pub(super) first: Vec<u64>,
-    /// Per entry: of those, still there at the end with no session end and no ResendRequest.
-    pub(super) undisturbed: Vec<u64>,
+    /// Counts per entry.
+    pub(super) per_gateway: PerGateway,
+}
+
+/// Counts per entry of the list, in list order (`*_by_gateway` in the JSON summary).
+#[derive(Clone, Debug, Serialize)]
+pub struct PerGateway {
+    /// Sessions that ended there while logged on.
+    #[serde(rename = "sessions_ended_by_gateway")]
+    pub sessions_ended: Vec<u64>,
+    /// Devices logged on there at the end.
+    #[serde(rename = "at_end_by_gateway")]
+    pub at_end: Vec<u64>,
+    /// Devices whose first logon was there.
+    #[serde(rename = "first_by_gateway")]
+    pub first: Vec<u64>,
+    /// Of those, the ones still there at the end with no session end and no ResendRequest in
+    /// the whole run.
+    #[serde(rename = "undisturbed_by_gateway")]
+    pub undisturbed: Vec<u64>,
+}
+
+impl PerGateway {
+    fn new(n: usize) -> Self {
+        Self {
+            sessions_ended: vec![0; n],
+            at_end: vec![0; n],
+            first: vec![0; n],
+            undisturbed: vec![0; n],
+        }
+    }
+
+    fn merge(&mut self, o: &Self) {
+        for (a, b) in [
+            (&mut self.sessions_ended, &o.sessions_ended),
+            (&mut self.at_end, &o.at_end),
+            (&mut self.first, &o.first),
+            (&mut self.undisturbed, &o.undisturbed),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
 }
 
 impl FleetResult {
@@ -130,10 +166,7 @@ impl FleetResult {
             back: hist(),
             resumed_at_holder: 0,
             last_back_unix_ns: 0,
-            ended_at: vec![0; n],
-            at_end: vec![0; n],
-            first: vec![0; n],
-            undisturbed: vec![0; n],
+            per_gateway: PerGateway::new(n),
         }
     }
 
@@ -150,16 +183,7 @@ impl FleetResult {
         let _ = self.back.add(&o.back);
         self.resumed_at_holder += o.resumed_at_holder;
         self.last_back_unix_ns = self.last_back_unix_ns.max(o.last_back_unix_ns);
-        for (a, b) in [
-            (&mut self.ended_at, &o.ended_at),
-            (&mut self.at_end, &o.at_end),
-            (&mut self.first, &o.first),
-            (&mut self.undisturbed, &o.undisturbed),
-        ] {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
-        }
+        self.per_gateway.merge(&o.per_gateway);
     }
 }
 
@@ -177,15 +201,9 @@ pub struct FleetReport {
     /// When the last device came back: the latest logon that followed a session's end (s since
     /// the Unix epoch; null: none), to compare with when a gateway was drained or killed.
     pub last_back_unix_s: Option<f64>,
-    /// Per entry: sessions that ended there while logged on.
-    pub sessions_ended_by_gateway: Vec<u64>,
-    /// Per entry: devices logged on there at the end.
-    pub at_end_by_gateway: Vec<u64>,
-    /// Per entry: devices whose first logon was there.
-    pub first_by_gateway: Vec<u64>,
-    /// Per entry: of those, the ones still there at the end with no session end and no
-    /// ResendRequest in the whole run.
-    pub undisturbed_by_gateway: Vec<u64>,
+    /// Counts per entry.
+    #[serde(flatten)]
+    pub per_gateway: PerGateway,
 }
 
 impl FleetReport {
@@ -201,10 +219,7 @@ impl FleetReport {
             resumed_at_holder: r.resumed_at_holder,
             back_ns: Latency::of(&r.back),
             last_back_unix_s: (r.last_back_unix_ns > 0).then(|| r.last_back_unix_ns as f64 / 1e9),
-            sessions_ended_by_gateway: r.ended_at.clone(),
-            at_end_by_gateway: r.at_end.clone(),
-            first_by_gateway: r.first.clone(),
-            undisturbed_by_gateway: r.undisturbed.clone(),
+            per_gateway: r.per_gateway.clone(),
         }
     }
 
@@ -226,10 +241,10 @@ impl FleetReport {
         for (i, srv) in self.servers.iter().enumerate() {
             s.push_str(&format!(
                 "  gateway {i} {srv}: first logons {}, undisturbed {}, sessions ended {}, logged on at end {}\n",
-                self.first_by_gateway[i],
-                self.undisturbed_by_gateway[i],
-                self.sessions_ended_by_gateway[i],
-                self.at_end_by_gateway[i],
+                self.per_gateway.first[i],
+                self.per_gateway.undisturbed[i],
+                self.per_gateway.sessions_ended[i],
+                self.per_gateway.at_end[i],
             ));
         }
         s
@@ -262,5 +277,24 @@ mod tests {
         let list = parse_servers(&["127.0.0.1:1/2, 127.0.0.1:3/4".into(), "127.0.0.2".into()]);
         assert_eq!(list.unwrap().len(), 3);
         assert_eq!(loopback(1, 2).to_string(), "127.0.0.1:1/2");
+    }
+
+    #[test]
+    fn per_gateway_counts_keep_their_json_names() {
+        let mut r = FleetResult::new(2);
+        r.per_gateway.sessions_ended[0] = 1;
+        r.per_gateway.at_end[1] = 2;
+        r.per_gateway.first[0] = 3;
+        r.per_gateway.undisturbed[1] = 4;
+        let mut o = FleetResult::new(2);
+        o.per_gateway.first[0] = 10;
+        r.merge(&o);
+        let v = serde_json::to_value(FleetReport::of(&[loopback(1, 2), loopback(3, 4)], &r))
+            .expect("serializable");
+        assert_eq!(v["sessions_ended_by_gateway"], serde_json::json!([1, 0]));
+        assert_eq!(v["at_end_by_gateway"], serde_json::json!([0, 2]));
+        assert_eq!(v["first_by_gateway"], serde_json::json!([13, 0]));
+        assert_eq!(v["undisturbed_by_gateway"], serde_json::json!([0, 4]));
+        assert!(v.get("per_gateway").is_none(), "flattened: {v}");
     }
 }

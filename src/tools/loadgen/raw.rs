@@ -16,7 +16,7 @@ use rustix::buffer::spare_capacity;
 use rustix::event::{Timespec, epoll};
 
 use super::errors::ErrorKind;
-use super::{LoadConfig, Shared, ThreadResult, source_ip};
+use super::{Part, ThreadResult, source_ip};
 use crate::io::mmsg::{RecvBatch, SendBatch};
 use crate::protocol::{Body, DATAGRAM_PREFIX_LEN, HEADER_LEN, Header, Message};
 use crate::time::{Clock, Timestamp};
@@ -28,16 +28,8 @@ const DRAIN: Duration = Duration::from_secs(1);
 const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
 /// One thread of a raw echo run against `to`.
-pub(super) fn thread_main(
-    cfg: &LoadConfig,
-    thread: usize,
-    threads: usize,
-    clock: Clock,
-    shared: &Shared,
-    to: SocketAddr,
-) -> Result<ThreadResult, String> {
-    // As in the device engine: timed waits on time.
-    let _ = crate::io::floor::set_timer_slack(Duration::from_nanos(1));
+pub(super) fn thread_main(part: Part<'_>, to: SocketAddr) -> Result<ThreadResult, String> {
+    let Part { cfg, thread, threads, clock, shared } = part;
     let ep =
         epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create1: {e}"))?;
     let total = cfg.socket_count();
