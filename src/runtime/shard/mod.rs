@@ -731,9 +731,10 @@ impl<B: Backend> Shard<B> {
             (&mut snap.handshake_ns, &mut self.local.handshake_ns),
             (&mut snap.resend_ns, &mut self.local.resend_ns),
         ] {
-            dst.reset();
-            let _ = dst.add(&*src);
-            src.reset();
+            // Housekeeping hands snapshots back with empty histograms: a swap, not a copy and
+            // two clears of ~220 KB each (per histogram, once a second on the shard thread).
+            debug_assert!(dst.is_empty());
+            std::mem::swap(dst, src);
         }
         let _ = p.snapshots.push(snap);
     }
