@@ -365,9 +365,11 @@ def main():
             su["echoes_per_shard_cpu_s"] if su else None, 0.8, better="higher")
 
     # --- resend
-    sec = "Resend of 10,000 missed messages over the wire (one UDP device, one TCP client; medians over repeats)"
     qr = qf_resend("qf-resend-10000")
     fr = load_json("fg-resend.json")
+    n = (fr or {}).get("messages", 10000)
+    sec = (f"Resend of {n:,} missed messages over the wire (one UDP device, one TCP client; medians over repeats; "
+           f"{profile('fg-resend') or 'profile ?'})")
     runs = (fr or {}).get("runs", [])
     failed = [r for r in runs if r.get("error")]
     if fr is None:
