@@ -129,6 +129,12 @@ struct ClientArgs {
     /// Spin instead of waiting in epoll.
     #[arg(long)]
     busy_poll: bool,
+    /// Open loop at --rate, but with one message in flight at most, as sockperf's ping-pong:
+    /// a message due while the last one's reply is owed waits for it (and is then sent at
+    /// once). Its stalls then delay one sample, not every message due meanwhile; read
+    /// `latency_from_send_ns`, which is what sockperf reports.
+    #[arg(long)]
+    ping_pong: bool,
     /// Write the latency (from the intended send time) as an HdrHistogram log, tag `floor`.
     #[arg(long)]
     hlog: Option<std::path::PathBuf>,
@@ -511,6 +517,8 @@ struct ClientReport {
     measured: u64,
     corrupt: u64,
     send_errors: u64,
+    /// Most messages ever in flight (sent, reply not yet in).
+    in_flight_max: u64,
     lat: Histogram<u64>,
     lat_send: Histogram<u64>,
     lateness: Histogram<u64>,
@@ -565,6 +573,8 @@ impl Client<'_> {
         self.msg[8..16].copy_from_slice(&intended.to_le_bytes());
         self.msg[16..24].copy_from_slice(&actual.to_le_bytes());
         self.r.sent += 1;
+        let in_flight = self.r.sent - self.r.received - self.r.corrupt;
+        self.r.in_flight_max = self.r.in_flight_max.max(in_flight);
         if self.a.rate > 0.0 && intended >= self.measure_from {
             let _ = self.r.lateness.record(actual.saturating_sub(intended).max(1));
         }
@@ -670,6 +680,7 @@ fn run_client(a: &ClientArgs) -> Result<ClientReport, String> {
             measured: 0,
             corrupt: 0,
             send_errors: 0,
+            in_flight_max: 0,
             lat: hist(),
             lat_send: hist(),
             lateness: hist(),
@@ -701,15 +712,23 @@ fn run_client(a: &ClientArgs) -> Result<ClientReport, String> {
         let mut wait = Duration::from_millis(1);
         if a.rate > 0.0 && sending {
             // Open loop: everything due by now, round robin over the flows.
-            let due = ((now as f64 / interval) as u64 + 1).min((end_send as f64 / interval) as u64);
+            let mut due =
+                ((now as f64 / interval) as u64 + 1).min((end_send as f64 / interval) as u64);
+            if a.ping_pong {
+                let idle = c.r.sent == c.r.received + c.r.corrupt;
+                due = due.min(c.r.sent + u64::from(idle));
+            }
             while c.r.sent < due {
                 let seq = c.r.sent;
                 let intended = (seq as f64 * interval) as u64;
                 c.send(&mut flows[rr], seq, intended);
                 rr = (rr + 1) % nflows;
             }
-            let next = (c.r.sent as f64 * interval) as u64;
-            wait = wait.min(Duration::from_nanos(next.saturating_sub(c.now_ns())));
+            // Ping-pong with a reply owed: wait for it (the next send follows it).
+            if !a.ping_pong || c.r.sent == c.r.received + c.r.corrupt {
+                let next = (c.r.sent as f64 * interval) as u64;
+                wait = wait.min(Duration::from_nanos(next.saturating_sub(c.now_ns())));
+            }
         }
         // TCP output that did not fit.
         for f in &mut flows {
@@ -806,7 +825,7 @@ fn client_main(a: &ClientArgs) -> Result<String, String> {
         write_hlog(p, &r.lat, r.measured_secs)?;
     }
     Ok(format!(
-        "{{\"role\":\"client\",\"mode\":\"{}\",\"addr\":\"{}\",\"cpu\":{},\"rate\":{},\"window\":{},\"flows\":{},\"size\":{},\"seconds\":{},\"sent\":{},\"received\":{},\"measured\":{},\"lost\":{},\"corrupt\":{},\"send_errors\":{},\"rate_per_s\":{:.1},\"latency_ns\":{},\"latency_from_send_ns\":{},\"send_lateness_ns\":{},\"cpu_us\":{:.0}}}",
+        "{{\"role\":\"client\",\"mode\":\"{}\",\"addr\":\"{}\",\"cpu\":{},\"rate\":{},\"window\":{},\"flows\":{},\"size\":{},\"seconds\":{},\"sent\":{},\"received\":{},\"measured\":{},\"lost\":{},\"corrupt\":{},\"send_errors\":{},\"ping_pong\":{},\"busy_poll\":{},\"in_flight_max\":{},\"rate_per_s\":{:.1},\"latency_ns\":{},\"latency_from_send_ns\":{},\"send_lateness_ns\":{},\"cpu_us\":{:.0}}}",
         if a.mode == ClientMode::Udp { "udp" } else { "tcp" },
         a.addr,
         a.cpu.map_or("null".to_string(), |c| c.to_string()),
@@ -821,6 +840,9 @@ fn client_main(a: &ClientArgs) -> Result<String, String> {
         r.sent.saturating_sub(r.received + r.corrupt),
         r.corrupt,
         r.send_errors,
+        a.ping_pong,
+        a.busy_poll,
+        r.in_flight_max,
         r.measured as f64 / r.measured_secs,
         hist_json(&r.lat),
         hist_json(&r.lat_send),
@@ -879,14 +901,26 @@ fn self_test_one(mode: ServerMode) -> Result<String, String> {
         warmup: 0.02,
         secs: 0.1,
         busy_poll: false,
+        ping_pong: false,
         hlog: None,
     };
     let open = run_client(&base);
     let closed = run_client(&ClientArgs { rate: 0.0, window: 16, secs: 0.05, ..base.clone() });
+    // Ping-pong offered more than one round trip can carry (a send due every 5 µs): still one
+    // message in flight at a time.
+    let pp = run_client(&ClientArgs {
+        ping_pong: true,
+        busy_poll: true,
+        rate: 200_000.0,
+        ..base.clone()
+    });
     stop.store(true, Ordering::Relaxed);
     let srv = server.join().map_err(|_| "server thread panicked".to_string())??;
-    let (open, closed) = (open?, closed?);
-    for (name, r) in [("open loop", &open), ("closed loop", &closed)] {
+    let (open, closed, pp) = (open?, closed?, pp?);
+    if pp.in_flight_max != 1 {
+        return Err(format!("ping-pong had {} messages in flight at once", pp.in_flight_max));
+    }
+    for (name, r) in [("open loop", &open), ("closed loop", &closed), ("ping-pong", &pp)] {
         if r.sent < 100 || r.received != r.sent || r.corrupt != 0 || r.send_errors != 0 {
             return Err(format!(
                 "{name}: sent {} received {} corrupt {} send errors {}",
@@ -897,7 +931,7 @@ fn self_test_one(mode: ServerMode) -> Result<String, String> {
     if open.lat.is_empty() || open.lateness.is_empty() {
         return Err("open loop recorded no latency".into());
     }
-    let sent = open.sent + closed.sent;
+    let sent = open.sent + closed.sent + pp.sent;
     let bytes = sent * base.size as u64;
     // UDP: one datagram per message; TCP: chunks, so compare bytes.
     if srv.bytes != bytes || (cmode == ClientMode::Udp && srv.echoed != sent) {

@@ -18,7 +18,7 @@
 #              (needs libquickfix-dev g++ pkg-config); or set QUICKFIX_DIR to a built copy
 #
 # Results: results/<timestamp>-bench-compare/ (every raw output, results.json, table.txt,
-# latency.svg). About 4 minutes with the defaults, plus up to SCALE_BUDGET for the scaling part.
+# latency.svg). About 5 minutes with the defaults, plus up to SCALE_BUDGET for the scaling part.
 #
 # Environment:
 #   GATEWAY_CPUS=0 LOAD_CPUS=1   core placement (cpu lists as taskset takes them)
@@ -44,6 +44,10 @@
 #                                (/proc/self/autogroup, put back at exit)
 #   PORT_OFFSET=0                added to every port used (gateway 3006/4210/5000+/9464,
 #                                echo_floor 7000, sockperf 11111-11112, QuickFIX 19876)
+#   LOAD_SPIN=1                  latency parts (udp, tcp): the generator (`fleetgate load --spin`)
+#                                and the echo_floor client (--busy-poll) busy-poll between sends,
+#                                as sockperf's client does (it spins until each send time); 0:
+#                                both sleep until the next send or reply. Stated in the header.
 #   QUIET_WAIT=0 QUIET_PCT=10    before each run, wait up to QUIET_WAIT s for the machine to be
 #                                under QUIET_PCT % busy (all cores) for 2 s running; every run
 #                                records how much CPU other processes took during it anyway
@@ -65,6 +69,12 @@ SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
 QUIET_WAIT="${QUIET_WAIT:-0}" QUIET_PCT="${QUIET_PCT:-10}"
 NICE="${NICE:-0}"
+LOAD_SPIN="${LOAD_SPIN:-1}"
+SPIN_ARGS=() FLOOR_SPIN=() CLIENTS="sleep until the next send or reply (fleetgate load, echo_floor client); sockperf's client spins between sends"
+if [ "$LOAD_SPIN" = 1 ]; then
+    SPIN_ARGS=(--spin) FLOOR_SPIN=(--busy-poll)
+    CLIENTS="busy-poll between sends (fleetgate load --spin, echo_floor client --busy-poll), as sockperf's client spins between sends"
+fi
 # Ports (all on 127.0.0.1), moved together by PORT_OFFSET when another gateway uses the defaults.
 PORT_OFFSET="${PORT_OFFSET:-0}"
 P_HS=$((3006 + PORT_OFFSET)) P_TCP=$((4210 + PORT_OFFSET)) P_SESSION=$((5000 + PORT_OFFSET))
@@ -122,6 +132,7 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
     echo "host: $(uname -srm), $NCPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
     echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST], its other threads (acceptor, housekeeping, HTTP, trace writer, main) by gateway.service_cpus=[$SVC_LIST] ([] = unpinned; no taskset on the process); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
     echo "gateway: profile $PROFILE (CPU per echo: $CPU_PROFILE), $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
+    echo "latency clients (udp, tcp parts): $CLIENTS"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
     echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
     echo "loadavg_before: $(cat /proc/loadavg)"
@@ -327,25 +338,24 @@ floor_run() {
     printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.server.json")"
 }
 
-# gen_floor NAME [load steady args...]: the generator itself (`fleetgate load steady
-# --raw-echo`, the same datagrams, no sessions) against the echo_floor server on SRV_CPU: the
-# generator's own floor, to tell its share of the latency from the gateway's.
-gen_floor() {
+# raw NAME [load args...]: `fleetgate load steady --raw-echo` (the generator's datagrams, no
+# sessions) against an echo_floor udp-mmsg server on SRV_CPU: the generator's own floor.
+raw_run() {
     local name=$1; shift
     local to rc=0
     quiet
     timeout "$((WARMUP + DURATION + 40))" $PRIO "$FLOOR" serve --mode udp-mmsg --addr "127.0.0.1:$P_FLOOR" \
-        --cpu "$SRV_CPU" --secs "$((WARMUP + DURATION + 30))" --idle-exit 2 \
+        --cpu "$SRV_CPU" --secs "$((WARMUP + DURATION + 30))" --idle-exit 1 \
         >"$OUT/$name.server.json" 2>"$OUT/$name.server.log" &
     to=$!
     PIDS+=("$to")
     for _ in $(seq 50); do grep -qs listening "$OUT/$name.server.log" && break; sleep 0.05; done
     timeout "$((WARMUP + DURATION + 30))" $PRIO taskset -c "$LOAD_CPUS" "$BIN" load steady --json \
-        --raw-echo "127.0.0.1:$P_FLOOR" --warmup "$WARMUP" --duration "$DURATION" \
-        --hist-log "$OUT/$name.hlog" "$@" >"$OUT/$name.json" 2>"$OUT/$name.load.log" || rc=$?
+        --raw-echo "127.0.0.1:$P_FLOOR" --warmup "$WARMUP" --duration "$DURATION" "$@" \
+        >"$OUT/$name.json" 2>"$OUT/$name.load.log" || rc=$?
     wait "$to" || true
     echo "$rc" >"$OUT/$name.rc"
-    printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 250 "$OUT/$name.json")"
+    printf '  %-22s rc=%s %s\n' "$name" "$rc" "$(head -c 200 "$OUT/$name.json")"
 }
 
 QF_TO=""
@@ -374,24 +384,39 @@ T_START=$SECONDS
 if want udp; then
     echo "== UDP echo at $RATE/s over $DEVICES sessions"
     gw_start fg-udp-10k 1 "$SRV_CPU" \
-        && fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
+        && fg_load fg-udp-10k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
+    gw_stop
+    # fleetgate measured as sockperf measures: one request in flight, from its actual send.
+    gw_start fg-udp-10k-pp 1 "$SRV_CPU" \
+        && fg_load fg-udp-10k-pp "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16 --ping-pong "${SPIN_ARGS[@]}"
     gw_stop
     have_sp && sp_run sp-udp-10k udp "$RATE" "$P_SP"
-    floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
-    # The same with a client that spins instead of sleeping between sends (as sockperf's does):
-    # the difference is what waking the client costs, not the server.
-    floor_run floor-udp-10k-spin udp-mmsg udp --rate "$RATE" --flows "$DEVICES" --busy-poll
-    gen_floor gen-floor-10k --devices "$DEVICES" --rate "$RATE" --body-bytes 16
+    floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES" "${FLOOR_SPIN[@]}"
+    # The floor with the other client (sleeping when the run's spins, and the reverse): the
+    # difference is what waking the client costs, not the server.
+    if [ "$LOAD_SPIN" = 1 ]; then
+        floor_run floor-udp-10k-other udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
+    else
+        floor_run floor-udp-10k-other udp-mmsg udp --rate "$RATE" --flows "$DEVICES" --busy-poll
+    fi
+    # The generator's own floor: its datagrams against the bare loop, no gateway.
+    raw_run raw-udp-10k --devices "$DEVICES" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
+    # The floor measured as sockperf measures: one message in flight, from its actual send.
+    floor_run floor-udp-10k-pp udp-mmsg udp --rate "$RATE" --flows 1 --ping-pong "${FLOOR_SPIN[@]}"
 fi
 
 # ----------------------------------------------------------------------------- latency, TCP
 if want tcp; then
     echo "== TCP echo at $RATE/s over $TCP_CLIENTS clients"
     gw_start fg-tcp-10k 1 "$SRV_CPU" \
-        && fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16
+        && fg_load fg-tcp-10k "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16 "${SPIN_ARGS[@]}"
+    gw_stop
+    gw_start fg-tcp-10k-pp 1 "$SRV_CPU" \
+        && fg_load fg-tcp-10k-pp "$LOAD_CPUS" --devices 0 --tcp-clients "$TCP_CLIENTS" --rate "$RATE" --body-bytes 16 --ping-pong "${SPIN_ARGS[@]}"
     gw_stop
     have_sp && sp_run sp-tcp-10k tcp "$RATE" "$((P_SP + 1))"
-    floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS"
+    floor_run floor-tcp-10k tcp-epoll tcp --rate "$RATE" --flows "$TCP_CLIENTS" "${FLOOR_SPIN[@]}"
+    floor_run floor-tcp-10k-pp tcp-epoll tcp --rate "$RATE" --flows 1 --ping-pong "${FLOOR_SPIN[@]}"
     if have_qf; then
         qf_start qf-rtt-10k && {
             timeout "$((DURATION + 60))" $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" rtt --port "$P_QF" \

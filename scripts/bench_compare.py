@@ -268,13 +268,38 @@ def sp_note(sp, rate):
     return note + (" (it fell behind: its own stalls are not in its figures)" if share < 0.98 else "")
 
 
+def pp_rows(sec, fg, sp, name, mode):
+    """fleetgate and the bare echo loop measured as sockperf measures (one message in flight,
+    from its actual send): the same targets by sockperf's own method, and how much of the
+    headline ratio is the method rather than the server."""
+    fpp = fg_latency(name.replace("floor-", "fg-"))
+    if fpp or sp:
+        for q, t in zip(("p50", "p99", "p99.9"), (1.25, 1.5, 2.0)):
+            row(sec, f"{q} (µs), ping-pong", fpp[q] if fpp else None, "sockperf, by its method", sp["pct"].get(q) if sp else None, t,
+                fg_text=None if fpp else "missing (fleetgate ping-pong run failed; see the raw files)",
+                ref_text=None if sp else why_missing("sockperf"),
+                note=("fleetgate load --ping-pong: one request in flight, latency from its actual send, as sockperf "
+                      "measures; the headline above is open loop from the intended send time") if q == "p50" else "")
+    pp = floor_latency(name, "latency_from_send_ns")
+    if not pp:
+        return
+    for q in ("p50", "p99", "p99.9"):
+        row(sec, f"{q} (µs), info", pp[q], "sockperf; left column: floor ping-pong", sp["pct"].get(q) if sp else None,
+            fg_text=fmt(pp[q]),
+            note=(f"here the fleetgate column is echo_floor {mode} driven like sockperf (one in flight, from actual send); "
+                  "an open-loop client instead charges every message due during a stall") if q == "p50" else "")
+
+
 RATE = None
+SPIN = False
 
 
 def main():
-    global RATE
+    global RATE, SPIN
     m = re.search(r"rates (\d+) and", read("env.txt") or "")
     RATE = float(m.group(1)) if m else None
+    # The latency clients busy-polled (LOAD_SPIN=1) or slept; old results say neither.
+    SPIN = "latency clients (udp, tcp parts): busy-poll" in (read("env.txt") or "")
     plot_series = []
 
     # --- UDP latency at 10k/s
@@ -287,12 +312,14 @@ def main():
         fs = floor_latency("floor-udp-10k", "latency_from_send_ns")
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg (from actual send)", fs[q] if fs else None)
-        fsp = floor_latency("floor-udp-10k-spin")
+        other = "sleeping" if SPIN else "spinning"
+        fsp = floor_latency("floor-udp-10k-other") or floor_latency("floor-udp-10k-spin")
         for q in ("p50", "p99", "p99.9"):
-            row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg, spinning client", fsp[q] if fsp else None,
-                note="the floor with a client that spins between sends, as sockperf's does (from intended)" if q == "p50" else "")
+            row(sec, f"{q} (µs), info", fg[q] if fg else None, f"echo_floor udp-mmsg, {other} client", fsp[q] if fsp else None,
+                note=f"the floor with a client that {'sleeps until each send or reply' if SPIN else 'spins between sends, as sockperf does'} (from intended)" if q == "p50" else "")
+        pp_rows(sec, fg, sp, "floor-udp-10k-pp", "udp-mmsg")
         plot_series += [("fleetgate UDP 10k/s", fg), ("sockperf UDP 10k/s", sp["pct"] if sp else None), ("echo_floor UDP 10k/s", fl),
-                        ("echo_floor UDP 10k/s, spinning client", fsp)]
+                        (f"echo_floor UDP 10k/s, {other} client", fsp)]
         c = metric("fg-udp-10k", "cycles_over_1ms_total")
         row(sec, "cycles over 1 ms (steady run)", c, "target", 0.0, None, fg_text=None if c is not None else "missing (no metrics scrape)", ref_text="0")
         if c is not None:
@@ -308,6 +335,7 @@ def main():
                 ref_text=None if qf else why_missing("QuickFIX"))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor tcp-epoll (from intended)", fl[q] if fl else None)
+        pp_rows(sec, fg, sp, "floor-tcp-10k-pp", "tcp-epoll")
         plot_series += [("fleetgate TCP 10k/s", fg), ("sockperf TCP 10k/s", sp["pct"] if sp else None),
                         ("QuickFIX rtt 10k/s", qf), ("echo_floor TCP 10k/s", fl)]
 
@@ -398,29 +426,19 @@ def main():
     # --- generator calibration
     sec = "Generator calibration (UDP 10k/s): the generator's own share"
     fl = floor_server("floor-udp-10k")
-    fj = load_json("fg-udp-10k.json")
-    lat = fj.get("lateness_ns") if fj else None
-    fl_text = ("%.1f / %.1f" % fl["client_lateness_us"]) if fl and fl["client_lateness_us"] else None
-    if lat and lat.get("count"):
-        for q, k in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9")):
-            row(sec, f"fleetgate load send lateness {q} (µs), info", lat[k] / 1e3, "echo_floor client lateness p50 / p99",
-                None, None, ref_text=fl_text or "-",
-                note="actual minus intended send time, during the gateway run; latency is measured from the intended time" if q == "p50" else "")
-            ROWS[-1]["verdict"] = "info"
-    else:
-        row(sec, "fleetgate load send lateness (µs)", None, "echo_floor client", None, None,
-            fg_text="missing (no fg-udp-10k run: PARTS without udp)", ref_text=fl_text or "-")
-    gf, fg = fg_latency("gen-floor-10k"), fg_latency("fg-udp-10k")
-    flc = floor_latency("floor-udp-10k")
-    gerr = (load_json("gen-floor-10k.json") or {}).get("errors_total")
+    late = json_latency("fg-udp-10k.json", "lateness_ns")
+    row(sec, "send lateness p50/p99/p99.9 (µs), UDP 10k/s", None, "echo_floor client (same rate)",
+        None, None, fg_text=("%.1f / %.1f / %.1f" % (late["p50"], late["p99"], late["p99.9"])) if late else "missing (no fleetgate run)",
+        ref_text=("%.1f / %.1f" % fl["client_lateness_us"]) if fl and fl["client_lateness_us"] else "-",
+        note="actual minus intended send time; the echo_floor client's is p50 / p99")
+    if late:
+        ROWS[-1]["verdict"] = "info"
+    raw, flr = json_latency("raw-udp-10k.json"), floor_latency("floor-udp-10k")
     for q in ("p50", "p99", "p99.9"):
-        row(sec, f"generator floor {q} (µs), info", gf[q] if gf else None, "echo_floor client (its own floor)", flc[q] if flc else None,
-            fg_text=None if gf else "missing (gen-floor-10k run failed or udp part skipped; see the raw files)",
-            note=("`fleetgate load steady --raw-echo` against echo_floor udp-mmsg, same devices and rate, no sessions"
-                  + (f"; {gerr:.0f} errors" if gerr else "")) if q == "p50" else "")
-    for q in ("p50", "p99", "p99.9"):
-        row(sec, f"gateway run over generator floor {q}, info", fg[q] if fg else None, "generator floor", gf[q] if gf else None,
-            note="what the gateway adds above what the generator alone measures against a bare echo loop" if q == "p50" else "")
+        row(sec, f"generator floor {q} (µs)", raw[q] if raw else None, "echo_floor client, same server", flr[q] if flr else None,
+            fg_text=None if raw else "missing (no raw-udp-10k run)",
+            note=("`fleetgate load --raw-echo`: the generator's datagrams against the bare recvmmsg loop, no gateway; "
+                  "fleetgate's latency above minus this is the gateway's share") if q == "p50" else "")
 
     # --- scaling
     sec = "Scaling: shards on their own cores, same generator (echo msgs/s achieved)"
@@ -448,7 +466,7 @@ def main():
     print()
     print("fleetgate bench-compare:", OUT)
     for l in env.splitlines():
-        if l.startswith(("placement", "gateway", "runs", "loadavg", "MISSING", "host")):
+        if l.startswith(("placement", "gateway", "latency clients", "runs", "loadavg", "MISSING", "host")):
             print("  " + l)
     for f in sorted(os.listdir(OUT)):
         if not f.endswith(".cpu.json") or f.startswith(("fg-", "scale-")):

@@ -79,6 +79,24 @@ start_gateway() {
     return 1
 }
 
+# The gateway's RSS in KiB (0 once it is gone).
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0; }
+
+# The gateway reserves its session slab and journals at start-up and writes every page of them,
+# which goes on after /healthz answers (seconds for a large slab): wait (bounded, 60 s) until its
+# RSS has settled, so that a generator's "RSS before" is taken after it and the growth it reports
+# is the sessions' own. (compare-mosquitto.sh started its storm at once: 5.3 KB "per idle
+# session" at 19,900 sessions was mostly the reservation still being written; 389 B once settled.)
+wait_rss_settled() {
+    local last=0 now
+    for _ in $(seq 1 60); do
+        now=$(rss_kib)
+        if [ "$now" -gt 0 ] && [ $(( now - last )) -lt $(( now / 100 + 1024 )) ]; then return 0; fi
+        last=$now
+        sleep 1
+    done
+}
+
 stop_gateway() {
     if [ -n "${GW_PID:-}" ] && kill -0 "$GW_PID" 2>/dev/null; then
         curl -sf "http://$GW_METRICS/metrics" >"$OUT/metrics.txt" 2>/dev/null || true

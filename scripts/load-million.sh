@@ -33,18 +33,11 @@ PROFILE=tuning/large-fleet.toml new_results million
     echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee -a "$OUT/placement.txt"
 
-start_gateway tuning/large-fleet.toml --set "gateway.cpus=[${GATEWAY_CPUS%%-*}]"
+# GATEWAY_SET: one more `--set key=value` for the gateway, e.g. 'gateway.idle="coalesce"'.
+start_gateway tuning/large-fleet.toml --set "gateway.cpus=[${GATEWAY_CPUS%%-*}]" \
+    ${GATEWAY_SET:+--set "$GATEWAY_SET"}
 
-# The gateway reserves its session slab and journals at start-up; wait (bounded) until its RSS
-# has settled so that the growth measured over the storm is the sessions', then record it.
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0; }
-last=0
-for _ in $(seq 1 60); do
-    now=$(rss_kib)
-    if [ "$now" -gt 0 ] && [ $(( now - last )) -lt $(( now / 100 + 1024 )) ]; then break; fi
-    last=$now
-    sleep 1
-done
+wait_rss_settled
 echo "gateway RSS before the storm: $(( $(rss_kib) / 1024 )) MiB ($(grep -o 'reserved [0-9]* MiB' "$OUT/gateway.log" | head -1) at start-up)" \
     | tee -a "$OUT/placement.txt"
 

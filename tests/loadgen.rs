@@ -92,6 +92,28 @@ fn steady_scenario() {
     assert!(num(&json, &["generator", "rss_end_bytes"]) > 0.0, "{json}");
 }
 
+/// `ping_pong`: one echo request in flight at a time (per generator thread), as sockperf's
+/// ping-pong, even when the rate asks for more than round trips can carry; every request is
+/// answered and timed.
+#[test]
+fn steady_ping_pong_keeps_one_request_in_flight() {
+    let json = run(Scenario::Steady, &[], |c| {
+        c.threads = 1;
+        c.tcp_devices = 0;
+        c.rate = 50_000.0;
+        c.ping_pong = true;
+    });
+    check_common(&json, "latency_ns");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ping_pong"], true, "{json}");
+    assert_eq!(num(&json, &["in_flight_max"]), 1.0, "{json}");
+    let sent = num(&json, &["sent"]);
+    assert!(sent >= 100.0, "{json}");
+    // Replies of the last request may still be owed when sending stops.
+    assert!(num(&json, &["received"]) >= sent - 1.0, "{json}");
+    assert!(num(&json, &["latency_ns", "count"]) >= sent - 1.0, "{json}");
+}
+
 #[test]
 fn storm_scenario() {
     let json = storm(200, 10, |c| c.source_ips = 50);

@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use fleetgate::counters::{Counter, Counters};
 use fleetgate::session::{
-    Application, DeviceConfig, DeviceEvent, DeviceState, EndpointConfig, Outbox, SessionHandle,
-    State, Transport,
+    AppMessage, Application, DeviceConfig, DeviceEvent, DeviceState, EndpointConfig, Outbox,
+    SessionHandle, State, Transport,
 };
 use fleetgate::sim::alloc::{self, CountingAlloc};
 use fleetgate::sim::{Pair, SIM_DEVICE_CONFIG, Watch};
@@ -101,29 +101,20 @@ fn counter_of(body: &[u8]) -> Option<u64> {
 // The gateway's application and what the devices see
 // ---------------------------------------------------------------------------------------------
 
-/// Echoes type T in 100..=199 as T + 100 (like the built-in `echo` and the simulator's app).
+/// The built-in `echo` (type T in 100..=199 as T + 100), counting the replies sent and refused.
 struct Echo {
     echoed: Rc<Cell<u64>>,
     refused: Rc<Cell<u64>>,
 }
 
 impl Application for Echo {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        if (100..=199).contains(&type_id) {
-            let counter = if out.send(session, type_id + 100, body).is_ok() {
-                &self.echoed
-            } else {
-                &self.refused
-            };
-            counter.set(counter.get() + 1);
-        }
+    fn on_message(&mut self, _now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        let counter = match fleetgate::apps::Echo::answer(msg, out) {
+            Some(Ok(_)) => &self.echoed,
+            Some(Err(_)) => &self.refused,
+            None => return,
+        };
+        counter.set(counter.get() + 1);
     }
 }
 

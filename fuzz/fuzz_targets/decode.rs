@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 
 use arbitrary::{Arbitrary, Unstructured};
 use fleetgate::protocol::{
-    Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, DeviceUid, HEADER_LEN, Header, Message,
-    Password, Username, Writer, align8, split_frame, write_prefix,
+    Body, DATAGRAM_PREFIX_LEN, Datagram, DecodeError, HEADER_LEN, Header, Message, OwnedBody,
+    Writer, align8, split_frame, write_prefix,
 };
 use fleetgate::session::handshake::{
     CookieInput, CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome,
@@ -204,75 +204,7 @@ struct Fields {
     seq: i64,
     last_processed: i64,
     send_time: i64,
-    body: ArbBody,
-}
-
-#[derive(Arbitrary, Debug)]
-enum ArbBody {
-    LogonRequest { username: Vec<u8>, password: Vec<u8>, reset: bool },
-    LogonResponse(i32),
-    LogoutRequest(Vec<u8>),
-    LoggedOut(Vec<u8>),
-    Heartbeat(i64),
-    TestRequest(i64),
-    ResendRequest(i64, i64),
-    GapFill(i64),
-    Reject(i64, u8, Vec<u8>),
-    ConnectionRequest(Vec<u8>, u64, u16),
-    ConnectionAccept(u16, u32, u64, [u8; 32]),
-    ConnectionReject(u8, Vec<u8>),
-    RegistrationRequest(Vec<u8>, u64, [u8; 32]),
-    RegistrationAccept(u64, bool),
-    RegistrationReject(u8, Vec<u8>),
-    GetDeviceConfig(i64),
-    DeviceConfig(i64, Vec<u8>),
-    App(u16, Vec<u8>),
-}
-
-impl ArbBody {
-    fn body(&self) -> Body<'_> {
-        match self {
-            Self::LogonRequest { username, password, reset } => Body::LogonRequest {
-                username: Username::new(username).unwrap_or_default(),
-                password: Password::new(password).unwrap_or_default(),
-                reset_seq_num: *reset,
-            },
-            Self::LogonResponse(h) => Body::LogonResponse { heartbeat_interval_s: *h },
-            Self::LogoutRequest(r) => Body::LogoutRequest { reason: r },
-            Self::LoggedOut(r) => Body::LoggedOut { reason: r },
-            Self::Heartbeat(c) => Body::Heartbeat { correlation_id: *c },
-            Self::TestRequest(c) => Body::TestRequest { correlation_id: *c },
-            Self::ResendRequest(from, to) => Body::ResendRequest { from: *from, to: *to },
-            Self::GapFill(n) => Body::GapFill { new_seq_num: *n },
-            Self::Reject(r, reason, d) => {
-                Body::Reject { ref_seq_num: *r, reason: *reason, details: d }
-            }
-            Self::ConnectionRequest(uid, nonce, version) => Body::ConnectionRequest {
-                device_uid: DeviceUid::new(uid).unwrap_or_default(),
-                client_nonce: *nonce,
-                client_version: *version,
-            },
-            Self::ConnectionAccept(port, ttl, nonce, cookie) => Body::ConnectionAccept {
-                session_port: *port,
-                cookie_ttl_ms: *ttl,
-                client_nonce: *nonce,
-                cookie: *cookie,
-            },
-            Self::ConnectionReject(r, d) => Body::ConnectionReject { reason: *r, details: d },
-            Self::RegistrationRequest(uid, nonce, cookie) => Body::RegistrationRequest {
-                device_uid: DeviceUid::new(uid).unwrap_or_default(),
-                client_nonce: *nonce,
-                cookie: *cookie,
-            },
-            Self::RegistrationAccept(id, resumed) => {
-                Body::RegistrationAccept { session_id: *id, resumed: *resumed }
-            }
-            Self::RegistrationReject(r, d) => Body::RegistrationReject { reason: *r, details: d },
-            Self::GetDeviceConfig(c) => Body::GetDeviceConfig { correlation_id: *c },
-            Self::DeviceConfig(c, config) => Body::DeviceConfig { correlation_id: *c, config },
-            Self::App(t, b) => Body::App { type_id: *t, body: b },
-        }
-    }
+    body: OwnedBody,
 }
 
 fn fields(data: &[u8]) {

@@ -19,13 +19,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use arbitrary::{Arbitrary, Unstructured};
+use fleetgate::apps;
 use fleetgate::protocol::{
     Body, DATAGRAM_PREFIX_LEN, Datagram, Deframer, Message, MessageType, write_prefix,
 };
 use fleetgate::session::handshake::{CookieInput, CookieKey, CookieKeys, make_cookie};
 use fleetgate::session::{
-    Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent, GroupSettings,
-    Link, Outbox, SessionHandle,
+    AppMessage, Application, Authenticator, ConnId, Endpoint, EndpointConfig, EndpointEvent,
+    GroupSettings, Link, Outbox, SessionHandle,
 };
 use fleetgate::time::Timestamp;
 use fleetgate_fuzz::endpoint::{Cookie, Frame, FrameBody, Input, Op, Prefix, WrongBody};
@@ -57,31 +58,17 @@ fn addr(i: u8) -> SocketAddr {
     }
 }
 
-/// Echoes types 100..=198 as T + 100; 199 broadcasts to the application's sessions.
+/// The built-in `echo` (types 100..=198 as T + 100), but 199 broadcasts to the application's
+/// sessions.
 struct Echo;
 
 impl Application for Echo {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        if type_id == 199 {
-            out.broadcast(300, body);
-        } else if (100..199).contains(&type_id) {
-            let _ = out.send(session, type_id + 100, body);
+    fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        if msg.type_id == 199 {
+            out.broadcast(300, msg.body);
+        } else {
+            apps::Echo.on_message(now, msg, out);
         }
-    }
-}
-
-/// Answers nothing (the application a device group may choose).
-struct Silent;
-
-impl Application for Silent {
-    fn on_message(&mut self, _: Timestamp, _: SessionHandle, _: u16, _: &[u8], _: &mut Outbox<'_>) {
     }
 }
 
@@ -150,7 +137,7 @@ impl Harness {
         cfg.session.journal.messages_per_session = 1 << (input.journal % 5);
         let keys = CookieKeys { current: CookieKey([1; 32]), previous: None };
         let mut ep = Endpoint::new(cfg, keys, [2; 32], Box::new(Users), Box::new(Echo));
-        let silent = ep.add_app(Box::new(Silent));
+        let silent = ep.add_app(Box::new(apps::Silent));
         if input.groups {
             ep.set_groups(Box::new(move |config: &[u8]| match config.first() {
                 Some(b'H') => GroupSettings {

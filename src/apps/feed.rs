@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::Echo;
-use crate::session::{Application, Outbox, SessionHandle};
+use crate::session::{AppMessage, Application, Outbox};
 use crate::time::Timestamp;
 
 /// Pushes a type-300 event (body: a u64 event counter, little-endian) to every logged-on session
@@ -27,15 +27,8 @@ impl Feed {
 }
 
 impl Application for Feed {
-    fn on_message(
-        &mut self,
-        now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        Echo.on_message(now, session, type_id, body, out);
+    fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        Echo.on_message(now, msg, out);
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {

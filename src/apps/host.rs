@@ -34,7 +34,7 @@ use crate::ids::{ConnId, SessionHandle};
 use crate::protocol::{
     HEADER_LEN, HOST_DATA_FROM_HOST, HOST_STATUS, HostMessage, HostState, StatusBuf,
 };
-use crate::session::{Application, Outbox, SendError};
+use crate::session::{AppMessage, Application, Outbox, SendError};
 use crate::time::Timestamp;
 
 /// One `[[hosts]]` entry, as the shards use it.
@@ -767,14 +767,8 @@ impl HostApp {
 }
 
 impl Application for HostApp {
-    fn on_message(
-        &mut self,
-        now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
+    fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        let AppMessage { session, type_id, body } = msg;
         self.bridge.borrow_mut().from_device(now, session, type_id, body, out);
     }
 

@@ -15,7 +15,7 @@ pub use feed::{FEED_TYPE, Feed};
 pub use host::{HostApp, HostBridge, HostIo, HostSpec, HostStats};
 pub use silent::Silent;
 
-pub use crate::session::Application;
+pub use crate::session::{AppMessage, Application};
 
 /// A built-in application, as `gateway.app` and `[[groups]] app` name it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]

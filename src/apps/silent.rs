@@ -1,7 +1,7 @@
 //! `none`: an application that never answers (sessions only heartbeat).
 #![forbid(unsafe_code)]
 
-use crate::session::{Application, Outbox, SessionHandle};
+use crate::session::{AppMessage, Application, Outbox};
 use crate::time::Timestamp;
 
 /// Ignores everything (sessions only heartbeat).
@@ -9,6 +9,5 @@ use crate::time::Timestamp;
 pub struct Silent;
 
 impl Application for Silent {
-    fn on_message(&mut self, _: Timestamp, _: SessionHandle, _: u16, _: &[u8], _: &mut Outbox<'_>) {
-    }
+    fn on_message(&mut self, _: Timestamp, _: AppMessage<'_>, _: &mut Outbox<'_>) {}
 }

@@ -143,6 +143,24 @@ impl Epoll {
         Ok(this)
     }
 
+    /// Puts `stream` in a free slot, registered for `events`; returns the slot and its
+    /// connection.
+    fn add_conn(&mut self, stream: TcpStream, events: u32) -> std::io::Result<(u32, &mut Conn)> {
+        let Some(idx) = self.free.pop() else {
+            return Err(std::io::Error::other("no free connection slot"));
+        };
+        if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), events, u64::from(idx)) {
+            self.free.push(idx);
+            return Err(e);
+        }
+        // Queues are allocated once per slot and reused.
+        let out = self
+            .spare_queues
+            .pop()
+            .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
+        Ok((idx, self.conns[idx as usize].insert(Conn::new(stream, out))))
+    }
+
     fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a live epoll_event; the descriptors are open.
@@ -448,23 +466,9 @@ impl Backend for Epoll {
     }
 
     fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId> {
-        let Some(idx) = self.free.pop() else {
-            return Err(std::io::Error::other("no free connection slot"));
-        };
         stream.set_nonblocking(true)?;
         let _ = stream.set_nodelay(true);
-        if let Err(e) =
-            self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, u64::from(idx))
-        {
-            self.free.push(idx);
-            return Err(e);
-        }
-        // Queues are allocated once per slot and reused.
-        let out = self
-            .spare_queues
-            .pop()
-            .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
-        self.conns[idx as usize] = Some(Conn::new(stream, out));
+        let (idx, _) = self.add_conn(stream, libc::EPOLLIN as u32)?;
         Ok(ConnId(idx))
     }
 
@@ -473,25 +477,10 @@ impl Backend for Epoll {
             return Err(std::io::Error::other("no free connection slot"));
         }
         let (sock, _) = super::start_connect(addr, opts)?;
-        let stream = TcpStream::from(sock);
-        let Some(idx) = self.free.pop() else {
-            return Err(std::io::Error::other("no free connection slot"));
-        };
         // Writability (or an error) says the connect finished, even when it already has.
-        if let Err(e) =
-            self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLOUT as u32, u64::from(idx))
-        {
-            self.free.push(idx);
-            return Err(e);
-        }
-        let out = self
-            .spare_queues
-            .pop()
-            .unwrap_or_else(|| VecDeque::with_capacity(self.cfg.send_queue_bytes));
-        let mut c = Conn::new(stream, out);
+        let (idx, c) = self.add_conn(TcpStream::from(sock), libc::EPOLLOUT as u32)?;
         c.connecting = true;
         c.read_bytes = opts.read_bytes;
-        self.conns[idx as usize] = Some(c);
         Ok(ConnId(idx))
     }
 

@@ -19,12 +19,12 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::from_sockaddr;
+use super::uring::ring::{BufRing, RECVMSG_OUT_LEN, Region, cancel_all_and_wait, transient};
 
 const STORAGE_LEN: u32 = size_of::<libc::sockaddr_storage>() as u32;
 
@@ -130,23 +130,7 @@ impl Mmsg {
         let flags = if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
         // SAFETY: `batch` headers, each naming one iovec of `cap` bytes and one address buffer
         // of STORAGE_LEN bytes, all inside arrays owned by `self` and alive for the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.at(0),
-                self.batch as u32,
-                flags,
-                core::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(n as usize)
+        unsafe { super::recvmmsg(sock.as_raw_fd(), self.hdrs.at(0), self.batch, flags) }
     }
 
     /// Bytes of received entry `i` (truncated to the entry's capacity).
@@ -318,66 +302,10 @@ impl Epoll {
 // ---------------------------------------------------------------------------------------------
 // io_uring
 
-/// user_data of the multishot receive; sends carry `SEND | bid`, the cancel `CANCEL`.
+/// user_data of the multishot receive; sends carry `SEND | bid`.
 const RECV: u64 = 1 << 32;
 const SEND: u64 = 2 << 32;
-const CANCEL: u64 = 3 << 32;
 const BGID: u16 = 0;
-/// The header a multishot `RECVMSG` writes at the start of each buffer.
-const RECVMSG_OUT_LEN: usize = 16;
-
-/// Page-aligned anonymous memory (provided-buffer rings need a page-aligned ring).
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> std::io::Result<Self> {
-        let len = len.max(1);
-        // SAFETY: an anonymous private mapping; no pointer arguments besides the null hint; the
-        // result is checked.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap null"))?;
-        Ok(Self { ptr, len })
-    }
-
-    fn ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: our mapping of `len` bytes; `UringUdpEcho` sets `len` to 0 (leaks it)
-            // when the kernel may still use it.
-            unsafe { libc::munmap(self.ptr().cast(), self.len) };
-        }
-    }
-}
-
-/// The kernel's `struct io_uring_buf`; entry 0's `resv` is the ring's tail.
-#[repr(C)]
-struct RawBuf {
-    addr: u64,
-    len: u32,
-    bid: u16,
-    resv: u16,
-}
-
 /// What one `SENDMSG` reads besides the buffer it echoes.
 #[repr(C)]
 struct SendMeta {
@@ -406,13 +334,10 @@ pub struct UringUdpEcho {
     // First, so that it is dropped (closed) before the memory it refers to.
     ring: IoUring,
     sock: UdpSocket,
-    ring_mem: Mapping,
-    bufs: Mapping,
-    hdr: Mapping,
-    metas: Mapping,
-    count: u16,
-    buf_len: usize,
-    tail: u16,
+    /// The datagram buffers (the shard backend's provided-buffer ring).
+    bufs: BufRing,
+    hdr: Region,
+    metas: Region,
     armed: bool,
     /// Operations pushed whose final CQE has not been seen (the receive while armed, sends).
     inflight: usize,
@@ -431,65 +356,31 @@ impl UringUdpEcho {
         let (ring, setup) = setup_ring(u32::from(count), 4 * u32::from(count))?;
         let buf_len =
             (RECVMSG_OUT_LEN + STORAGE_LEN as usize + max_datagram.max(64)).next_multiple_of(64);
-        let ring_mem = Mapping::new(usize::from(count) * size_of::<RawBuf>())?;
-        let bufs = Mapping::new(usize::from(count) * buf_len)?;
-        let hdr = Mapping::new(size_of::<libc::msghdr>())?;
-        let metas = Mapping::new(usize::from(count) * size_of::<SendMeta>())?;
+        let hdr = Region::new(size_of::<libc::msghdr>())?;
+        let metas = Region::new(usize::from(count) * size_of::<SendMeta>())?;
         // SAFETY: a zero-filled page-aligned mapping large enough for a msghdr (all-zero is a
         // valid msghdr); the multishot receive only reads its name and control lengths.
         unsafe { (*hdr.ptr().cast::<libc::msghdr>()).msg_namelen = STORAGE_LEN };
-        // SAFETY: `ring_mem` is page-aligned and holds `count` entries; it outlives every use
-        // by the kernel (the ring is closed first, and mappings are leaked if it does not
-        // quiesce).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(ring_mem.ptr() as u64, count, BGID, 0)?
-        };
-        let mut this = Self {
+        // Registered (and filled) now; the ring is closed before the buffers are unmapped, and
+        // they are leaked if it does not quiesce.
+        let bufs = BufRing::new(&ring.submitter(), BGID, count, buf_len)?;
+        Ok(Self {
             ring,
             sock,
-            ring_mem,
             bufs,
             hdr,
             metas,
-            count,
-            buf_len,
-            tail: 0,
             armed: false,
             inflight: 0,
             setup,
             cqes: Vec::with_capacity(4 * usize::from(count)),
             counts: EchoCounts::default(),
-        };
-        for bid in 0..count {
-            this.recycle(bid);
-        }
-        Ok(this)
+        })
     }
 
     /// The ring's setup flags, for the report.
     pub fn setup(&self) -> &'static str {
         self.setup
-    }
-
-    /// Gives buffer `bid` (back) to the kernel.
-    fn recycle(&mut self, bid: u16) {
-        let slot = usize::from(self.tail & (self.count - 1));
-        let base = self.ring_mem.ptr().cast::<RawBuf>();
-        let addr = self.bufs.ptr().wrapping_add(usize::from(bid) * self.buf_len) as u64;
-        // SAFETY: `slot < count`, inside the page-aligned ring; the kernel reads only entries
-        // between its head and the published tail and this one is at the tail. Entry 0's `resv`
-        // (the tail) is left alone.
-        unsafe {
-            let e = base.add(slot);
-            (&raw mut (*e).addr).write(addr);
-            (&raw mut (*e).len).write(self.buf_len as u32);
-            (&raw mut (*e).bid).write(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: entry 0's `resv` is the shared tail, an aligned u16 we only access atomically;
-        // the release store publishes the entry written above.
-        let tail = unsafe { AtomicU16::from_ptr(&raw mut (*base).resv) };
-        tail.store(self.tail, Ordering::Release);
     }
 
     /// One pass: submits what is queued (the receive if it needs arming, the sends of the last
@@ -519,10 +410,7 @@ impl UringUdpEcho {
             self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
         };
         if let Err(e) = r {
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
-            ) {
+            if !transient(&e) {
                 return Err(e);
             }
         }
@@ -542,7 +430,7 @@ impl UringUdpEcho {
                     self.armed = false;
                     self.inflight -= 1;
                 }
-                if let Some(bid) = cqueue::buffer_select(flags).filter(|&b| b < self.count) {
+                if let Some(bid) = cqueue::buffer_select(flags).filter(|&b| self.bufs.owns(b)) {
                     self.on_datagram(bid, res);
                 }
             } else if ud & !0xffff_ffff == SEND {
@@ -552,9 +440,7 @@ impl UringUdpEcho {
                 } else {
                     self.counts.echoed += 1;
                 }
-                self.recycle((ud & 0xffff) as u16);
-            } else if ud == CANCEL {
-                self.inflight -= 1;
+                self.bufs.recycle((ud & 0xffff) as u16);
             }
         }
         self.cqes = cqes;
@@ -564,24 +450,23 @@ impl UringUdpEcho {
     /// A datagram in buffer `bid`: queue a `SENDMSG` of it back to its source, from the buffer.
     fn on_datagram(&mut self, bid: u16, res: i32) {
         let Ok(len) = usize::try_from(res) else {
-            self.recycle(bid);
+            self.bufs.recycle(bid);
             return;
         };
         self.counts.received += 1;
-        let start = self.bufs.ptr().wrapping_add(usize::from(bid) * self.buf_len);
         // SAFETY: the CQE handed buffer `bid` to us and it is not recycled until its send
-        // completes; `len` is within the buffer (clamped).
-        let buf = unsafe { core::slice::from_raw_parts(start, len.min(self.buf_len)) };
+        // completes.
+        let buf = unsafe { self.bufs.filled(bid, len) };
         // SAFETY: the msghdr in `hdr` was written once in `new`.
         let hdr = unsafe { &*self.hdr.ptr().cast::<libc::msghdr>() };
         let Ok(msg) = types::RecvMsgOut::parse(buf, hdr) else {
             self.counts.dropped += 1;
-            self.recycle(bid);
+            self.bufs.recycle(bid);
             return;
         };
         if msg.is_payload_truncated() || msg.is_name_data_truncated() {
             self.counts.dropped += 1;
-            self.recycle(bid);
+            self.bufs.recycle(bid);
             return;
         }
         let (name, payload) = (msg.name_data(), msg.payload_data());
@@ -622,41 +507,17 @@ impl UringUdpEcho {
             }
         }
         self.counts.dropped += 1;
-        self.recycle(bid);
+        self.bufs.recycle(bid);
     }
 }
 
 impl Drop for UringUdpEcho {
     fn drop(&mut self) {
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
-        // SAFETY: no pointers.
-        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-            self.inflight += 1;
-        }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while self.inflight > 0 && Instant::now() < deadline {
-            let ts = types::Timespec::from(Duration::from_millis(10));
-            if let Err(e) =
-                self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
-            {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) {
-                    break;
-                }
-            }
-            for cqe in self.ring.completion() {
-                if !cqueue::more(cqe.flags()) {
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-        }
-        if self.inflight > 0 {
+        if !cancel_all_and_wait(&mut self.ring, &mut self.inflight) {
             // The kernel may still write into these: leak them rather than unmap under it.
-            for m in [&mut self.ring_mem, &mut self.bufs, &mut self.hdr, &mut self.metas] {
-                m.len = 0;
-            }
+            self.bufs.leak();
+            self.hdr.leak();
+            self.metas.leak();
         }
     }
 }

@@ -17,20 +17,19 @@ use std::os::fd::AsRawFd;
 
 use super::{from_sockaddr, to_sockaddr};
 
-/// Received datagrams: `batch` entries of `slot` bytes each.
-pub struct RecvBatch {
+/// `batch` entries of `slot` bytes, each with an address, an iovec and a header; the headers
+/// are pointed at the rest ([`Entries::prepare`]) right before each call.
+struct Entries {
     slot: usize,
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
-    /// Entries filled by the last receive.
-    filled: usize,
 }
 
-impl RecvBatch {
-    /// Room for `batch` (1..=1024) datagrams of up to `slot` bytes.
-    pub fn new(batch: usize, slot: usize) -> Self {
+impl Entries {
+    /// `batch` (1..=1024) entries of `slot` (at least 1) bytes.
+    fn new(batch: usize, slot: usize) -> Self {
         let batch = batch.clamp(1, 1024);
         let slot = slot.max(1);
         Self {
@@ -41,8 +40,48 @@ impl RecvBatch {
                 .map(|_| libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 })
                 .collect(),
             hdrs: (0..batch).map(|_| zeroed_mmsghdr()).collect(),
-            filled: 0,
         }
+    }
+
+    fn batch(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Points header `i` at the first `len` bytes of its buffer and at its address, of which
+    /// `namelen` bytes count.
+    fn prepare(&mut self, i: usize, len: usize, namelen: libc::socklen_t) {
+        // `i * slot` is within `bufs` (batch * slot bytes long).
+        let base = self.bufs.as_mut_ptr();
+        self.iovs[i] =
+            libc::iovec { iov_base: base.wrapping_add(i * self.slot).cast(), iov_len: len };
+        let h = &mut self.hdrs[i];
+        h.msg_len = 0;
+        h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+        h.msg_hdr.msg_namelen = namelen;
+        h.msg_hdr.msg_iov = &raw mut self.iovs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = core::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+    }
+
+    /// The first `len` bytes of entry `i`.
+    fn bytes(&self, i: usize, len: usize) -> &[u8] {
+        &self.bufs[i * self.slot..i * self.slot + len]
+    }
+}
+
+/// Received datagrams: `batch` entries of `slot` bytes each.
+pub struct RecvBatch {
+    e: Entries,
+    /// Entries filled by the last receive.
+    filled: usize,
+}
+
+impl RecvBatch {
+    /// Room for `batch` (1..=1024) datagrams of up to `slot` bytes.
+    pub fn new(batch: usize, slot: usize) -> Self {
+        Self { e: Entries::new(batch, slot), filled: 0 }
     }
 
     /// Receives what `sock` has queued, up to a batch, without waiting. Returns the number of
@@ -50,43 +89,15 @@ impl RecvBatch {
     /// call was interrupted).
     pub fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
         self.filled = 0;
-        let batch = self.hdrs.len();
-        let base = self.bufs.as_mut_ptr();
+        let batch = self.e.batch();
         for i in 0..batch {
-            // `i * slot` is within `bufs` (batch * slot bytes long).
-            self.iovs[i] = libc::iovec {
-                iov_base: base.wrapping_add(i * self.slot).cast(),
-                iov_len: self.slot,
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_hdr.msg_namelen = STORAGE_LEN;
-            h.msg_hdr.msg_iov = &raw mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = core::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
+            self.e.prepare(i, self.e.slot, STORAGE_LEN);
         }
         // SAFETY: `batch` headers, each naming one address buffer of STORAGE_LEN bytes and one
         // iovec of `slot` bytes inside `bufs`; all owned by `self`, not moved during the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                batch as u32,
-                libc::MSG_DONTWAIT,
-                core::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
-                _ => Err(e),
-            };
-        }
-        self.filled = n as usize;
+        self.filled = unsafe {
+            super::recvmmsg(sock.as_raw_fd(), self.e.hdrs.as_mut_ptr(), batch, libc::MSG_DONTWAIT)
+        }?;
         Ok(self.filled)
     }
 
@@ -96,10 +107,10 @@ impl RecvBatch {
         if i >= self.filled {
             return (&[], false);
         }
-        let h = &self.hdrs[i];
-        let len = (h.msg_len as usize).min(self.slot);
+        let h = &self.e.hdrs[i];
+        let len = (h.msg_len as usize).min(self.e.slot);
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        (&self.bufs[i * self.slot..i * self.slot + len], truncated)
+        (self.e.bytes(i, len), truncated)
     }
 
     /// Source address of entry `i` of the last receive.
@@ -107,19 +118,15 @@ impl RecvBatch {
         if i >= self.filled {
             return None;
         }
-        from_sockaddr(&self.addrs[i])
+        from_sockaddr(&self.e.addrs[i])
     }
 }
 
 /// Datagrams waiting to go out on one socket.
 pub struct SendBatch {
-    slot: usize,
-    bufs: Vec<u8>,
+    e: Entries,
     lens: Vec<usize>,
-    addrs: Vec<libc::sockaddr_storage>,
     addr_lens: Vec<libc::socklen_t>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
     count: usize,
 }
 
@@ -137,20 +144,9 @@ pub struct Flushed {
 impl SendBatch {
     /// Room for `batch` (1..=1024) datagrams of up to `slot` bytes.
     pub fn new(batch: usize, slot: usize) -> Self {
-        let batch = batch.clamp(1, 1024);
-        let slot = slot.max(1);
-        Self {
-            slot,
-            bufs: vec![0; batch * slot],
-            lens: vec![0; batch],
-            addrs: (0..batch).map(|_| zeroed_storage()).collect(),
-            addr_lens: vec![0; batch],
-            iovs: (0..batch)
-                .map(|_| libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 })
-                .collect(),
-            hdrs: (0..batch).map(|_| zeroed_mmsghdr()).collect(),
-            count: 0,
-        }
+        let e = Entries::new(batch, slot);
+        let batch = e.batch();
+        Self { e, lens: vec![0; batch], addr_lens: vec![0; batch], count: 0 }
     }
 
     /// Datagrams queued.
@@ -165,7 +161,7 @@ impl SendBatch {
 
     /// True when no entry is left: flush before the next [`SendBatch::slot`].
     pub fn is_full(&self) -> bool {
-        self.count == self.hdrs.len()
+        self.count == self.e.batch()
     }
 
     /// The next free entry's buffer (`slot` bytes) to write a datagram into; `None` when full.
@@ -173,8 +169,8 @@ impl SendBatch {
         if self.is_full() {
             return None;
         }
-        let at = self.count * self.slot;
-        Some(&mut self.bufs[at..at + self.slot])
+        let at = self.count * self.e.slot;
+        Some(&mut self.e.bufs[at..at + self.e.slot])
     }
 
     /// The entry just written ([`SendBatch::slot`]) is `len` bytes for `to`. Ignored when full.
@@ -183,8 +179,8 @@ impl SendBatch {
             return;
         }
         let i = self.count;
-        self.lens[i] = len.min(self.slot);
-        self.addr_lens[i] = to_sockaddr(to, &mut self.addrs[i]);
+        self.lens[i] = len.min(self.e.slot);
+        self.addr_lens[i] = to_sockaddr(to, &mut self.e.addrs[i]);
         self.count += 1;
     }
 
@@ -193,7 +189,7 @@ impl SendBatch {
         if i >= self.count {
             return &[];
         }
-        &self.bufs[i * self.slot..i * self.slot + self.lens[i]]
+        self.e.bytes(i, self.lens[i])
     }
 
     /// Hands every queued datagram to `sock` (one `sendmmsg`, repeated for the rest when the
@@ -202,22 +198,8 @@ impl SendBatch {
     /// retransmits.
     pub fn flush(&mut self, sock: &UdpSocket) -> Flushed {
         let mut out = Flushed::default();
-        let base = self.bufs.as_mut_ptr();
         for i in 0..self.count {
-            // `i * slot` is within `bufs` (batch * slot bytes long).
-            self.iovs[i] = libc::iovec {
-                iov_base: base.wrapping_add(i * self.slot).cast(),
-                iov_len: self.lens[i],
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_hdr.msg_namelen = self.addr_lens[i];
-            h.msg_hdr.msg_iov = &raw mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = core::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
+            self.e.prepare(i, self.lens[i], self.addr_lens[i]);
         }
         let mut start = 0;
         while start < self.count {
@@ -227,7 +209,7 @@ impl SendBatch {
             let n = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
-                    self.hdrs[start..].as_mut_ptr(),
+                    self.e.hdrs[start..].as_mut_ptr(),
                     (self.count - start) as u32,
                     libc::MSG_DONTWAIT,
                 )

@@ -60,7 +60,7 @@
 //! crates.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::ids::ConnId;
@@ -409,6 +409,31 @@ pub fn rusage_self() -> Rusage {
         // Linux reports kilobytes.
         max_rss_bytes: (ru.ru_maxrss.max(0) as u64) * 1024,
     }
+}
+
+/// `recvmmsg(2)` into the `n` headers at `hdrs`: the number of datagrams received, 0 when none
+/// was queued (a non-blocking call) or the call was interrupted.
+///
+/// # Safety
+///
+/// `hdrs` points to `n` headers, each naming buffers that are valid for the kernel to write for
+/// the whole call.
+pub(crate) unsafe fn recvmmsg(
+    fd: RawFd,
+    hdrs: *mut libc::mmsghdr,
+    n: usize,
+    flags: i32,
+) -> std::io::Result<usize> {
+    // SAFETY: the caller's promise; no timeout.
+    let r = unsafe { libc::recvmmsg(fd, hdrs, n as u32, flags, core::ptr::null_mut()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(r as usize)
 }
 
 /// Converts a `sockaddr_storage` filled by the kernel into a `SocketAddr`.

@@ -79,6 +79,8 @@ mod framer;
 mod header;
 mod host;
 mod message;
+#[cfg(any(test, feature = "arbitrary"))]
+mod owned;
 
 pub use codec::{DecodeError, EncodeError, Field, Reader, Writer, align8, is_printable};
 pub use framer::{DATAGRAM_PREFIX_LEN, Datagram, Deframer, Frames, write_prefix};
@@ -92,6 +94,9 @@ pub use message::{
     ConnectionRejectReason, DeviceUid, FixedStr, Message, MessageType, Password,
     REGISTRATION_REJECT_DETAILS_MAX, RegistrationRejectReason, RejectReason, Username, split_frame,
 };
+
+#[cfg(any(test, feature = "arbitrary"))]
+pub use owned::OwnedBody;
 
 #[cfg(test)]
 mod tests;

@@ -807,20 +807,16 @@ impl GatewaySession {
         }
         if self.journal.is_full() {
             let head = self.journal.head();
-            if head >= self.live_ord {
+            // Every slot holds a message not yet sent live: the application must wait.
+            let unsent = head >= self.live_ord;
+            // During a resend, either of that or a slot the resend still has to read ends the
+            // session: its output cannot keep up.
+            let resend_overflow =
+                self.resend.is_some_and(|r| unsent || (head >= r.ord && r.next <= r.to));
+            if unsent {
                 c.incr(Counter::SendBackpressure);
-                if self.resend.is_some() {
-                    c.incr(Counter::OutputOverflow);
-                    self.close(
-                        now,
-                        CloseReason::Backpressure(Overflow::OutputQueue),
-                        b"output queue overflow during resend",
-                        c,
-                    );
-                }
-                return Err(SendError::Backpressure);
             }
-            if self.resend.is_some_and(|r| head >= r.ord && r.next <= r.to) {
+            if resend_overflow {
                 c.incr(Counter::OutputOverflow);
                 self.close(
                     now,
@@ -828,6 +824,8 @@ impl GatewaySession {
                     b"output queue overflow during resend",
                     c,
                 );
+            }
+            if unsent || resend_overflow {
                 return Err(SendError::Backpressure);
             }
         }
@@ -1120,16 +1118,7 @@ impl GatewaySession {
     }
 
     fn fresh<'a>(&self, now: Timestamp, seq: i64, flags: u8, body: Body<'a>) -> Message<'a> {
-        Message {
-            header: Header {
-                flags,
-                seq,
-                last_processed: self.expected_in - 1,
-                send_time: (now.as_nanos() as i64).wrapping_add(self.wall_offset_ns),
-                ..Header::default()
-            },
-            body,
-        }
+        super::outgoing(now, self.wall_offset_ns, self.expected_in, seq, flags, body)
     }
 
     fn write(

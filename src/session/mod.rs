@@ -103,8 +103,8 @@ pub use device::{
     DeviceTransmit, EndReason,
 };
 pub use endpoint::{
-    Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings, Link, Outbox,
-    SessionInfo, StateCounts, Transmit,
+    AppMessage, Application, Endpoint, EndpointConfig, EndpointEvent, GroupPolicy, GroupSettings,
+    Link, Outbox, SessionInfo, StateCounts, Transmit,
 };
 pub use error::{CloseReason, SendError};
 pub use gateway::GatewaySession;
@@ -181,4 +181,57 @@ impl SessionConfig {
         }
         Ok(())
     }
+}
+
+/// A message either side of a session sends now: it acknowledges the peer's stream up to
+/// `expected_in - 1`, and its `sendTime` is `now` on the wall clock (`now` plus
+/// `wall_offset_ns`). Length and type are taken from the body on encode.
+fn outgoing<'a>(
+    now: crate::time::Timestamp,
+    wall_offset_ns: i64,
+    expected_in: i64,
+    seq: i64,
+    flags: u8,
+    body: crate::protocol::Body<'a>,
+) -> crate::protocol::Message<'a> {
+    let header = crate::protocol::Header {
+        flags,
+        seq,
+        last_processed: expected_in - 1,
+        send_time: (now.as_nanos() as i64).wrapping_add(wall_offset_ns),
+        ..Default::default()
+    };
+    crate::protocol::Message { header, body }
+}
+
+/// Checks a state machine's whole transition table, `state + input => next` (or `-` where the
+/// input is refused), against the checked-in snapshot `src/session/snapshots/{snapshot}`: a
+/// change to the table shows up as a diff. `UPDATE_SNAPSHOTS=1` rewrites the snapshot.
+#[cfg(test)]
+fn check_transition_table<S, I, N, E>(
+    snapshot: &str,
+    states: &[S],
+    inputs: &[I],
+    on: impl Fn(S, I) -> Result<N, E>,
+) where
+    S: Copy + core::fmt::Debug,
+    I: Copy + core::fmt::Debug,
+    N: core::fmt::Debug,
+{
+    let mut got = String::new();
+    for &s in states {
+        for &i in inputs {
+            let to = match on(s, i) {
+                Ok(n) => format!("{n:?}"),
+                Err(_) => "-".to_string(),
+            };
+            got.push_str(&format!("{s:?} + {i:?} => {to}\n"));
+        }
+    }
+    let path = format!("{}/src/session/snapshots/{snapshot}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).expect("snapshot file");
+    assert_eq!(got, want, "transition table changed; review and UPDATE_SNAPSHOTS=1");
 }

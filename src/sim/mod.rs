@@ -23,8 +23,9 @@ use crate::session::handshake::{
     CookieKey, CookieKeys, HandshakeConfig, HandshakeOutcome, answer_connection_request,
 };
 use crate::session::{
-    Application, Authenticator, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent, Endpoint,
-    EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, SessionInfo, Transport,
+    AppMessage, Application, Authenticator, ConnId, Device, DeviceConfig, DeviceDest, DeviceEvent,
+    Endpoint, EndpointConfig, EndpointEvent, Link, OpenLogon, Outbox, SessionHandle, SessionInfo,
+    Transport,
 };
 use crate::time::Timestamp;
 
@@ -190,22 +191,14 @@ pub struct SimApp {
 }
 
 impl Application for SimApp {
-    fn on_message(
-        &mut self,
-        _now: Timestamp,
-        s: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    ) {
-        let id = self.ids.borrow().get(&s).copied().unwrap_or(0);
-        self.log.borrow_mut().received.entry(id).or_default().push(body.to_vec());
-        if (100..=199).contains(&type_id) {
-            let mut log = self.log.borrow_mut();
-            match out.send(s, type_id + 100, body) {
-                Ok(_) => log.echoed.entry(id).or_default().push(body.to_vec()),
-                Err(_) => log.echo_failures += 1,
-            }
+    fn on_message(&mut self, _now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
+        let id = self.ids.borrow().get(&msg.session).copied().unwrap_or(0);
+        self.log.borrow_mut().received.entry(id).or_default().push(msg.body.to_vec());
+        let mut log = self.log.borrow_mut();
+        match crate::apps::Echo::answer(msg, out) {
+            Some(Ok(_)) => log.echoed.entry(id).or_default().push(msg.body.to_vec()),
+            Some(Err(_)) => log.echo_failures += 1,
+            None => {}
         }
     }
 

@@ -1123,6 +1123,46 @@ fn rule06_idle_session_exchanges_heartbeats_every_h() {
     }
 }
 
+/// An idle session over a link with 5 ms each way: per idle interval the gateway sends one
+/// datagram (its Heartbeat, which also acknowledges the device's), from the first interval on.
+/// The device heartbeats H after its LogonRequest, its last send (rule 6), so its Heartbeat
+/// reaches the gateway before the gateway's own is due H after the LogonResponse. It used to
+/// count H from the LogonResponse's arrival, a round trip later: the gateway sent its own
+/// Heartbeat, then acknowledged the device's with another, 1.5 datagrams per device heartbeat
+/// over the 60 s hold of `scripts/load-million.sh` (issue 11).
+#[test]
+fn rule06_gateway_sends_one_datagram_per_idle_interval() {
+    for cfg in [udp_cfg(0), tcp_cfg(0)] {
+        let mut net = cap_net(sim_config());
+        for f in [&mut net.faults_up, &mut net.faults_down] {
+            f.delay_min = ms(5);
+        }
+        let d = start(&mut net, cfg);
+        net.run_for(secs(61));
+        let logon = of_type(&down(&net, d), LOGON_RESPONSE)[0].at;
+        let dev_hb = of_type(&up(&net, d), HEARTBEAT);
+        assert_eq!(dev_hb.len(), 12, "device: one heartbeat per H");
+        // Captured datagrams (UDP) or stream chunks (TCP) from the gateway after its logon answer.
+        let gw: Vec<Timestamp> = net
+            .captured
+            .iter()
+            .filter(|c| c.dev == Some(d) && !c.up && !c.dropped && c.at > logon)
+            .map(|c| c.at)
+            .collect();
+        assert_eq!(gw.len(), dev_hb.len(), "gateway sends for {} device heartbeats", dev_hb.len());
+        for (g, h) in gw.iter().zip(&dev_hb) {
+            let after = *g - h.at;
+            assert!(after <= ms(26), "the gateway's heartbeat {after:?} after the device's");
+        }
+        for w in of_type(&down(&net, d), HEARTBEAT) {
+            assert_eq!(w.msg().body, Body::Heartbeat { correlation_id: 0 });
+        }
+        assert_eq!(net.count(Counter::TestRequestsSent), 0);
+        assert_eq!(net.count(Counter::DropDuplicate), 0, "every heartbeat acknowledged in time");
+        assert_eq!(net.devices[d].dev.state(), DeviceState::Active);
+    }
+}
+
 /// Regression: a device that has just sent application messages and then goes quiet must
 /// still heartbeat H after its last send (it used to wait until the gateway's TestRequest).
 #[test]

@@ -338,6 +338,14 @@ struct LoadArgs {
     /// generator's own floor (e.g. `cargo bench --bench echo_floor -- serve`).
     #[arg(long)]
     raw_echo: Option<std::net::SocketAddr>,
+    /// Busy-poll between sends instead of sleeping until the next send or reply (the
+    /// generator takes its whole core, as sockperf's client does; see README "Benchmarks").
+    #[arg(long)]
+    spin: bool,
+    /// steady: one echo request in flight at most, latency from its actual send, as sockperf's
+    /// ping-pong measures (for comparing by its method; the open loop stays the headline).
+    #[arg(long)]
+    ping_pong: bool,
     /// Do not log the sessions out at the end.
     #[arg(long)]
     no_logout: bool,
@@ -754,6 +762,8 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         max_error_share: a.max_error_share,
         progress: !a.json,
         raw_echo: a.raw_echo,
+        spin: a.spin,
+        ping_pong: a.ping_pong,
         gateway_pid: a.gateway_pid,
         logout_at_end: !a.no_logout,
         time_limit: a.time_limit.map(secs),

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 pub mod accept;
-mod ring;
+pub(super) mod ring;
 
 pub use ring::RingSetup;
 use ring::{
@@ -687,6 +687,41 @@ impl Uring {
     }
 }
 
+impl Uring {
+    /// The connection slot the next connection takes (the last of `free`, still in it).
+    fn free_slot(&self) -> std::io::Result<usize> {
+        let Some(&idx) = self.free.last() else {
+            return Err(std::io::Error::other("no free connection slot"));
+        };
+        Ok(idx as usize)
+    }
+
+    /// Takes slot `idx` (from [`Uring::free_slot`]) for `fd`, in `phase`, and starts its
+    /// operations. Its send ring is allocated once per slot and reused.
+    fn add_conn(
+        &mut self,
+        idx: usize,
+        fd: OwnedFd,
+        phase: Phase,
+        read_bytes: u32,
+    ) -> std::io::Result<ConnId> {
+        if self.outs[idx].is_none() {
+            self.outs[idx] = Some(SendRing::new(self.cfg.send_queue_bytes)?);
+        }
+        self.free.pop();
+        self.conns[idx] = Some(Conn {
+            fd,
+            phase,
+            recv: Lifecycle::Idle,
+            send: Lifecycle::Idle,
+            paused: false,
+            read_bytes,
+        });
+        self.kick(idx);
+        Ok(ConnId(idx as u32))
+    }
+}
+
 impl Backend for Uring {
     fn name(&self) -> &'static str {
         "io_uring"
@@ -746,48 +781,17 @@ impl Backend for Uring {
     }
 
     fn register_tcp(&mut self, stream: TcpStream) -> std::io::Result<ConnId> {
-        let Some(&idx) = self.free.last() else {
-            return Err(std::io::Error::other("no free connection slot"));
-        };
-        let idx = idx as usize;
+        let idx = self.free_slot()?;
         // io_uring's socket ops wait by polling whatever the O_NONBLOCK flag says.
         let _ = stream.set_nodelay(true);
-        if self.outs[idx].is_none() {
-            self.outs[idx] = Some(SendRing::new(self.cfg.send_queue_bytes)?);
-        }
-        self.free.pop();
-        self.conns[idx] = Some(Conn {
-            fd: OwnedFd::from(stream),
-            phase: Phase::Open,
-            recv: Lifecycle::Idle,
-            send: Lifecycle::Idle,
-            paused: false,
-            read_bytes: 0,
-        });
-        self.kick(idx);
-        Ok(ConnId(idx as u32))
+        self.add_conn(idx, OwnedFd::from(stream), Phase::Open, 0)
     }
 
     fn connect_tcp(&mut self, addr: SocketAddr, opts: ConnectOpts) -> std::io::Result<ConnId> {
-        let Some(&idx) = self.free.last() else {
-            return Err(std::io::Error::other("no free connection slot"));
-        };
-        let idx = idx as usize;
+        let idx = self.free_slot()?;
         let (sock, _) = super::start_connect(addr, opts)?;
-        if self.outs[idx].is_none() {
-            self.outs[idx] = Some(SendRing::new(self.cfg.send_queue_bytes)?);
-        }
-        self.free.pop();
-        self.conns[idx] = Some(Conn {
-            fd: OwnedFd::from(sock),
-            phase: Phase::Connecting,
-            recv: Lifecycle::Idle,
-            send: Lifecycle::Idle,
-            paused: false,
-            read_bytes: opts.read_bytes.min(TCP_BUF_LEN) as u32,
-        });
-        self.kick(idx);
-        Ok(ConnId(idx as u32))
+        let read_bytes = opts.read_bytes.min(TCP_BUF_LEN) as u32;
+        self.add_conn(idx, OwnedFd::from(sock), Phase::Connecting, read_bytes)
     }
 
     fn set_tcp_reading(&mut self, conn: ConnId, on: bool) {

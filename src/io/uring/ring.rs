@@ -109,14 +109,14 @@ pub(super) enum Lifecycle {
 
 /// Page-aligned anonymous memory, reached only through raw pointers so that no Rust reference
 /// covers bytes the kernel is using.
-pub(super) struct Region {
+pub(in crate::io) struct Region {
     ptr: NonNull<u8>,
     /// 0 once leaked: drop then leaves the mapping alone.
     len: usize,
 }
 
 impl Region {
-    pub(super) fn new(len: usize) -> std::io::Result<Self> {
+    pub(in crate::io) fn new(len: usize) -> std::io::Result<Self> {
         let len = len.max(1);
         // SAFETY: an anonymous private mapping; no pointer arguments besides the null hint; the
         // result is checked below.
@@ -138,11 +138,11 @@ impl Region {
         Ok(Self { ptr, len })
     }
 
-    pub(super) fn ptr(&self) -> *mut u8 {
+    pub(in crate::io) fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    pub(super) fn leak(&mut self) {
+    pub(in crate::io) fn leak(&mut self) {
         self.len = 0;
     }
 }
@@ -170,7 +170,7 @@ const _: () = assert!(size_of::<RawBuf>() == size_of::<types::BufRingEntry>());
 
 /// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19): `count` buffers of
 /// `buf_len` bytes the kernel picks from for multishot receives.
-pub(super) struct BufRing {
+pub(in crate::io) struct BufRing {
     entries: Region,
     bufs: Region,
     count: u16,
@@ -180,7 +180,7 @@ pub(super) struct BufRing {
 }
 
 impl BufRing {
-    pub(super) fn new(
+    pub(in crate::io) fn new(
         submitter: &Submitter<'_>,
         bgid: u16,
         count: u16,
@@ -199,12 +199,12 @@ impl BufRing {
         Ok(this)
     }
 
-    pub(super) fn owns(&self, bid: u16) -> bool {
+    pub(in crate::io) fn owns(&self, bid: u16) -> bool {
         bid < self.count
     }
 
     /// Gives buffer `bid` (back) to the kernel.
-    pub(super) fn recycle(&mut self, bid: u16) {
+    pub(in crate::io) fn recycle(&mut self, bid: u16) {
         debug_assert!(self.owns(bid));
         let slot = usize::from(self.tail & (self.count - 1));
         let base = self.entries.ptr().cast::<RawBuf>();
@@ -232,7 +232,7 @@ impl BufRing {
     ///
     /// A CQE must have handed `bid` to us and it must not have been recycled since (recycling
     /// takes `&mut self`, so not while the slice lives).
-    pub(super) unsafe fn filled(&self, bid: u16, len: usize) -> &[u8] {
+    pub(in crate::io) unsafe fn filled(&self, bid: u16, len: usize) -> &[u8] {
         debug_assert!(self.owns(bid));
         let len = len.min(self.buf_len);
         // SAFETY: in bounds (`bid < count`, `len <= buf_len`); by the caller's promise the
@@ -242,7 +242,7 @@ impl BufRing {
         }
     }
 
-    pub(super) fn leak(&mut self) {
+    pub(in crate::io) fn leak(&mut self) {
         self.entries.leak();
         self.bufs.leak();
     }
@@ -318,7 +318,7 @@ impl SendSlots {
 /// Cancels every operation on an enabled ring and waits, bounded by `QUIESCE_TIMEOUT`, for the
 /// final CQE of each of the `inflight` ones. True when none is left (the memory they used may
 /// then be freed).
-pub(super) fn cancel_all_and_wait(ring: &mut IoUring, inflight: &mut usize) -> bool {
+pub(in crate::io) fn cancel_all_and_wait(ring: &mut IoUring, inflight: &mut usize) -> bool {
     let sqe =
         opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(Token::CANCEL.0);
     for _ in 0..2 {
@@ -386,7 +386,7 @@ pub(super) fn sockaddr_from_name(name: &[u8]) -> Option<SocketAddr> {
 /// `io_uring_enter` errors that only mean "try again at the next pass": the wait timed out
 /// (ETIME), a signal arrived (EINTR), or the kernel is short of resources or has completions
 /// to flush first (EAGAIN, EBUSY).
-pub(super) fn transient(e: &std::io::Error) -> bool {
+pub(in crate::io) fn transient(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY))
 }
 
@@ -394,7 +394,7 @@ pub(super) fn transient(e: &std::io::Error) -> bool {
 pub(super) const MIN_DATAGRAM_BUF: usize = 2048;
 
 /// `struct io_uring_recvmsg_out`, which starts every multishot `RECVMSG` buffer.
-pub(super) const RECVMSG_OUT_LEN: usize = 16;
+pub(in crate::io) const RECVMSG_OUT_LEN: usize = 16;
 
 /// Name field reserved in every multishot `RECVMSG` buffer.
 pub(super) const NAME_LEN: usize = size_of::<libc::sockaddr_storage>();

@@ -484,16 +484,7 @@ impl Device {
     }
 
     fn msg<'a>(&self, now: Timestamp, seq: i64, flags: u8, body: Body<'a>) -> Message<'a> {
-        Message {
-            header: Header {
-                flags,
-                seq,
-                last_processed: self.expected_in - 1,
-                send_time: (now.as_nanos() as i64).wrapping_add(self.wall_offset_ns),
-                ..Header::default()
-            },
-            body,
-        }
+        super::outgoing(now, self.wall_offset_ns, self.expected_in, seq, flags, body)
     }
 
     /// Queues the LogonRequest (the state is already `LoggingOn`).
@@ -721,7 +712,13 @@ impl Device {
         self.heartbeat = Duration::from_secs(u64::try_from(hb.max(1)).unwrap_or(5));
         self.timers.stop(Timer::Retry);
         self.timers.stop(Timer::Deadline);
-        self.timers.set(Timer::Heartbeat, now + self.heartbeat);
+        // H after our last send, the LogonRequest (DESIGN.md §2 rule 6), not H after its
+        // answer came: the gateway's own first Heartbeat is due H after its LogonResponse, so a
+        // device counting from the answer's arrival always came a round trip later and got
+        // both that Heartbeat and the acknowledgement of its own (1.5 datagrams per heartbeat
+        // over a 60 s hold of a million devices, issue 11).
+        let due = self.last_sent + self.heartbeat;
+        self.timers.set(Timer::Heartbeat, if due > now { due } else { now });
         self.timers.set(Timer::TestRequest, now + self.heartbeat.mul_f64(1.5));
         // Continue at L + 1: everything still held after L goes again, flagged as resent.
         self.live_ord = self.live_ord.max(self.unacked.head());
@@ -1005,6 +1002,16 @@ mod tests {
         out
     }
 
+    /// The gateway's ConnectionAccept to the handshake `connect(NOW, 1, _)` starts.
+    fn accept() -> Body<'static> {
+        Body::ConnectionAccept {
+            session_port: 5000,
+            cookie_ttl_ms: 5000,
+            client_nonce: 1,
+            cookie: [0; 32],
+        }
+    }
+
     /// Sequence numbers of everything `dev` sends now.
     fn sent(dev: &mut Device) -> Vec<(i64, bool)> {
         let mut buf = [0u8; 4096];
@@ -1082,13 +1089,7 @@ mod tests {
         let mut dev = Device::new(DeviceConfig::new(Transport::Udp, b"D", b"user", b"pw"));
         dev.connect(NOW, 1, true);
         let _ = sent(&mut dev);
-        let accept = Body::ConnectionAccept {
-            session_port: 5000,
-            cookie_ttl_ms: 5000,
-            client_nonce: 1,
-            cookie: [0; 32],
-        };
-        dev.handle_frame(NOW, &frame(0, 0, accept));
+        dev.handle_frame(NOW, &frame(0, 0, accept()));
         let _ = sent(&mut dev);
         let registered = Body::RegistrationAccept { session_id: 7, resumed: true };
         dev.handle_frame(NOW, &frame(0, 0, registered));
@@ -1210,13 +1211,7 @@ mod tests {
     #[test]
     fn late_answers_outside_the_table_are_ignored() {
         let mut dev = logged_on();
-        let accept = Body::ConnectionAccept {
-            session_port: 5000,
-            cookie_ttl_ms: 5000,
-            client_nonce: 1,
-            cookie: [0; 32],
-        };
-        dev.handle_frame(NOW, &frame(0, 0, accept));
+        dev.handle_frame(NOW, &frame(0, 0, accept()));
         dev.handle_frame(NOW, &frame(0, 0, Body::RegistrationReject { reason: 3, details: b"" }));
         dev.handle_frame(NOW, &frame(0, 0, Body::ConnectionReject { reason: 1, details: b"" }));
         assert_eq!(dev.state(), DeviceState::Active);

@@ -155,31 +155,12 @@ mod tests {
         DeviceInput::End(EndReason::TransportClosed),
     ];
 
-    fn table() -> String {
-        let mut out = String::new();
-        for s in STATES {
-            for i in INPUTS {
-                let to = match s.on(*i) {
-                    Ok(n) => format!("{n:?}"),
-                    Err(_) => "-".to_string(),
-                };
-                out.push_str(&format!("{s:?} + {i:?} => {to}\n"));
-            }
-        }
-        out
-    }
-
     /// Every transition is listed in a checked-in snapshot; a change to the table shows up as a
     /// diff. Regenerate with `UPDATE_SNAPSHOTS=1 cargo test device_transition_table`.
     #[test]
     fn device_transition_table_matches_snapshot() {
-        let path =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/session/snapshots/device_transitions.txt");
-        let got = table();
-        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-            std::fs::write(path, &got).unwrap();
-        }
-        let want = std::fs::read_to_string(path).expect("snapshot file");
-        assert_eq!(got, want, "transition table changed; review and UPDATE_SNAPSHOTS=1");
+        crate::session::check_transition_table("device_transitions.txt", STATES, INPUTS, |s, i| {
+            s.on(i)
+        });
     }
 }

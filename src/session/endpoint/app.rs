@@ -11,18 +11,22 @@ use crate::ids::SessionHandle;
 use crate::session::error::SendError;
 use crate::time::Timestamp;
 
+/// An application message as it arrived, in order, on a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppMessage<'a> {
+    /// The session it arrived on.
+    pub session: SessionHandle,
+    /// Its type (at least `APP_TYPE_MIN`).
+    pub type_id: u16,
+    /// Its body.
+    pub body: &'a [u8],
+}
+
 /// An application behind the gateway (DESIGN.md §1.4): gets the application messages of every
 /// session of the shard and sends through an [`Outbox`].
 pub trait Application {
-    /// An application message arrived in order on `session`.
-    fn on_message(
-        &mut self,
-        now: Timestamp,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-        out: &mut Outbox<'_>,
-    );
+    /// An application message arrived in order on `msg.session`.
+    fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>);
 
     /// A session logged on (or resumed).
     fn on_logon(&mut self, _now: Timestamp, _session: SessionHandle, _out: &mut Outbox<'_>) {}
@@ -137,7 +141,8 @@ impl Endpoint {
         let handle = self.sessions.handle(index);
         let app = self.sessions.slots[index as usize].session.app();
         let mut out = Outbox { now, sessions: &mut self.sessions, app };
-        self.apps[usize::from(app)].on_message(now, handle, type_id, body, &mut out);
+        let msg = AppMessage { session: handle, type_id, body };
+        self.apps[usize::from(app)].on_message(now, msg, &mut out);
     }
 
     /// Slot `index` may have just logged on: tell the driver and its application.

@@ -36,7 +36,7 @@ mod index;
 mod slab;
 mod wheel;
 
-pub use app::{Application, GroupPolicy, GroupSettings, Outbox};
+pub use app::{AppMessage, Application, GroupPolicy, GroupSettings, Outbox};
 use configs::{ConfigRef, Configs};
 use index::{Index, Key};
 use slab::{NIL, Sessions};

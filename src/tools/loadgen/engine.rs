@@ -572,11 +572,19 @@ impl<'a> Engine<'a> {
             return;
         }
         let mut budget = SENDS_PER_PASS;
+        if self.cfg.ping_pong {
+            if self.st.sent > self.st.received {
+                return;
+            }
+            budget = 1;
+        }
         while self.next_send <= now && budget > 0 {
             budget -= 1;
             let intended = self.next_send;
             self.next_send = self.next_send + iv;
-            self.body[..8].copy_from_slice(&intended.as_nanos().to_le_bytes());
+            // Ping-pong: from the actual send, as sockperf measures.
+            let stamp = if self.cfg.ping_pong { now } else { intended };
+            self.body[..8].copy_from_slice(&stamp.as_nanos().to_le_bytes());
             let mut sent = false;
             while !self.active.is_empty() {
                 self.rr = (self.rr + 1) % self.active.len();
@@ -590,6 +598,8 @@ impl<'a> Engine<'a> {
                     Ok(_) => {
                         d.sent = d.sent.saturating_add(1);
                         self.st.sent += 1;
+                        let in_flight = self.st.sent.saturating_sub(self.st.received);
+                        self.st.in_flight_max = self.st.in_flight_max.max(in_flight);
                         self.shared.live.sent.fetch_add(1, Ordering::Relaxed);
                         self.mark_dirty(k);
                     }
@@ -1073,7 +1083,9 @@ impl<'a> Engine<'a> {
         if self.cursor < self.cursor_end && matches!(self.phase, Phase::Connect(_) | Phase::Run) {
             until = until.min(self.next_connect);
         }
-        if self.phase == Phase::Run && self.send_interval.is_some() {
+        // Ping-pong with a reply owed: the next send waits for it, not for its time.
+        let owed = self.cfg.ping_pong && self.st.sent > self.st.received;
+        if self.phase == Phase::Run && self.send_interval.is_some() && !owed {
             until = until.min(self.next_send.max(self.warm_end));
         }
         if !self.dirty.is_empty() {
@@ -1085,6 +1097,7 @@ impl<'a> Engine<'a> {
     fn poll_input(&mut self, rx: &mut RecvBatch, wait: Duration) {
         // Microsecond timeouts (epoll_pwait2): a millisecond-granular wait would send late by up
         // to 1 ms and show up as latency from the intended send time.
+        let wait = if self.cfg.spin { Duration::ZERO } else { wait };
         let ts =
             Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
         self.events.clear();

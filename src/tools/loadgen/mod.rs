@@ -162,6 +162,15 @@ pub struct LoadConfig {
     /// steady: send the same datagrams to this plain UDP echo server instead (no sessions),
     /// measuring the generator's own floor.
     pub raw_echo: Option<SocketAddr>,
+    /// Busy-poll between sends (epoll with a zero timeout) instead of sleeping until the next
+    /// send or reply: the generator then takes its whole core, as sockperf's client does, and
+    /// no wake-up of an idle core is charged to the gateway. Off by default.
+    pub spin: bool,
+    /// steady: at most one echo request in flight over the whole fleet, as sockperf's
+    /// ping-pong: a request due while a reply is owed waits for it, and its latency is taken
+    /// from its actual send (not the intended time). For comparing with sockperf by its own
+    /// method; the open loop (off) stays the headline.
+    pub ping_pong: bool,
     /// The gateway's pid: its RSS per session and CPU over the hold are reported.
     pub gateway_pid: Option<u32>,
     /// Log every session out at the end (bounded wait).
@@ -205,6 +214,8 @@ impl Default for LoadConfig {
             device_buffer: None,
             device_event_bytes: None,
             raw_echo: None,
+            spin: false,
+            ping_pong: false,
             gateway_pid: None,
             logout_at_end: true,
             time_limit: None,
@@ -400,6 +411,8 @@ pub(crate) struct ThreadResult {
     pub(crate) wire: WireCounts,
     pub(crate) active_at_end: u64,
     pub(crate) unanswered: u64,
+    /// Most echo requests in flight at once (sent, reply not yet in).
+    pub(crate) in_flight_max: u64,
     /// With a server list.
     pub(crate) fleet: Option<fleet::FleetResult>,
 }
@@ -426,6 +439,7 @@ impl ThreadResult {
             wire: WireCounts::default(),
             active_at_end: 0,
             unanswered: 0,
+            in_flight_max: 0,
             fleet: None,
         }
     }
@@ -579,6 +593,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     }
     if cfg.raw_echo.is_some() && cfg.scenario != Scenario::Steady {
         return Err("--raw-echo goes with the steady scenario".into());
+    }
+    if cfg.ping_pong && (cfg.scenario != Scenario::Steady || cfg.raw_echo.is_some()) {
+        return Err("--ping-pong goes with the steady scenario against a gateway (the bare \
+                    loop's is `echo_floor client --ping-pong`)"
+            .into());
     }
     // Sockets, TCP connections, epoll sets, and some to spare.
     usage::ensure_open_files((cfg.socket_count() + cfg.tcp_devices + 64) as u64)?;

@@ -91,7 +91,7 @@ pub(super) fn thread_main(part: Part<'_>, to: SocketAddr) -> Result<ThreadResult
         flush(&mut tx, &mut st, tx_sock, &socks, &clock, warm_end);
         let now = clock.now();
         let until = if now < end { next_send.min(now + MAX_WAIT) } else { now + MAX_WAIT };
-        let wait = until.saturating_since(now);
+        let wait = if cfg.spin { Duration::ZERO } else { until.saturating_since(now) };
         let ts =
             Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
         events.clear();

@@ -73,10 +73,16 @@ pub struct Report {
     pub gateway: Option<GatewayReport>,
     /// Sent to a plain echo server, without sessions (`raw_echo`).
     pub raw_echo: bool,
+    /// The generator busy-polled between sends (`spin`).
+    pub spin: bool,
+    /// One request in flight, latency from the actual send (`ping_pong`).
+    pub ping_pong: bool,
     /// Sessions logged on when the scenario ended.
     pub active_at_end: u64,
     /// Echo requests without a reply where that is by design (churn).
     pub unanswered: u64,
+    /// Most echo requests in flight at once in one generator thread.
+    pub in_flight_max: u64,
     /// With a server list: moves, time back, per-gateway counts.
     pub fleet: Option<super::fleet::FleetReport>,
 }
@@ -266,8 +272,11 @@ impl Report {
             generator: GeneratorReport::default(),
             gateway: None,
             raw_echo: false,
+            spin: false,
+            ping_pong: false,
             active_at_end: 0,
             unanswered: 0,
+            in_flight_max: 0,
             fleet: None,
         }
     }
@@ -283,6 +292,8 @@ impl Report {
         r.devices = cfg.devices();
         r.max_error_share = cfg.max_error_share;
         r.raw_echo = cfg.raw_echo.is_some();
+        r.spin = cfg.spin;
+        r.ping_pong = cfg.ping_pong;
         let steps = shared.steps.len();
         let mut step_parts: Vec<super::StepResult> =
             (0..steps).map(|_| super::StepResult::default()).collect();
@@ -315,6 +326,7 @@ impl Report {
             r.wire.merge(&p.wire);
             r.active_at_end += p.active_at_end;
             r.unanswered += p.unanswered;
+            r.in_flight_max = r.in_flight_max.max(p.in_flight_max);
             for (m, s) in step_parts.iter_mut().zip(p.steps) {
                 m.devices += s.devices;
                 m.logged_on += s.logged_on;
@@ -503,9 +515,15 @@ impl Report {
         let mut s = String::new();
         let rate = self.completions() as f64 / self.seconds.max(1e-9);
         let mode = if self.raw_echo { " (raw echo: no sessions)" } else { "" };
+        let spin = match (self.spin, self.ping_pong) {
+            (false, false) => "",
+            (true, false) => " (generator busy-polling)",
+            (false, true) => " (ping-pong: one in flight, from actual send)",
+            (true, true) => " (generator busy-polling; ping-pong: one in flight, from actual send)",
+        };
         let _ = writeln!(
             s,
-            "scenario {:?}{mode}: {} devices, {:.1} s measured",
+            "scenario {:?}{mode}{spin}: {} devices, {:.1} s measured",
             self.scenario, self.devices, self.seconds
         );
         let _ = writeln!(
@@ -757,8 +775,11 @@ impl Report {
             retransmits: self.retransmits,
             resend_requests: self.resend_requests,
             raw_echo: self.raw_echo,
+            spin: self.spin,
+            ping_pong: self.ping_pong,
             active_at_end: self.active_at_end,
             unanswered: self.unanswered,
+            in_flight_max: self.in_flight_max,
             steps: &self.steps,
             hold: &self.hold,
             wire: &self.wire,
@@ -829,8 +850,11 @@ struct Summary<'a> {
     retransmits: u64,
     resend_requests: u64,
     raw_echo: bool,
+    spin: bool,
+    ping_pong: bool,
     active_at_end: u64,
     unanswered: u64,
+    in_flight_max: u64,
     steps: &'a [StepReport],
     hold: &'a HoldReport,
     wire: &'a WireCounts,
