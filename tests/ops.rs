@@ -396,29 +396,44 @@ fn service_threads_run_on_service_cpus() {
         Serve::healthy(ports)
     });
     let pid = serve.child.id();
-    let mut seen = std::collections::BTreeMap::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let field =
-            |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
-        if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
-            seen.insert(name, cpus);
+    let placement = || {
+        let mut seen = std::collections::BTreeMap::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string())
+            };
+            if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
+                seen.insert(name, cpus);
+            }
         }
-    }
+        seen
+    };
     let want_service = service_cpu.to_string();
-    for name in
-        ["fleetgate", "fleetgate-accep", "fleetgate-house", "fleetgate-http", "fleetgate-admin"]
-    {
+    let service =
+        ["fleetgate", "fleetgate-accep", "fleetgate-house", "fleetgate-http", "fleetgate-admin"];
+    let placed = |seen: &std::collections::BTreeMap<String, String>| {
+        service.iter().all(|n| seen.get(*n) == Some(&want_service))
+            && seen.get("fleetgate-shard") == Some(&shard_cpu.to_string())
+    };
+    // Each thread pins itself as it starts: give them a moment (bounded), then check.
+    let t0 = Instant::now();
+    while !placed(&placement()) && t0.elapsed() < 5 * SECOND {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = placement();
+    for name in service {
         assert_eq!(seen.get(name), Some(&want_service), "{name}: {seen:?}\n{}", serve.stderr());
     }
     assert_eq!(seen.get("fleetgate-shard"), Some(&shard_cpu.to_string()), "{seen:?}");
-    let log = serve.stderr();
-    for name in
-        ["fleetgate-acceptor", "fleetgate-housekeeping", "fleetgate-http", "fleetgate-admin"]
-    {
-        assert!(
-            log.lines().any(|l| l.contains("service thread pinned") && l.contains(name)),
-            "{name} not logged:\n{log}"
-        );
-    }
+    // Each thread logs once it runs: wait for the lines (bounded).
+    let names =
+        ["fleetgate-acceptor", "fleetgate-housekeeping", "fleetgate-http", "fleetgate-admin"];
+    let logged = |log: &str, name: &str| {
+        log.lines().any(|l| l.contains("service thread pinned") && l.contains(name))
+    };
+    until("every service thread's start-up line", 5 * SECOND, || {
+        let log = serve.stderr();
+        names.iter().all(|n| logged(&log, n))
+    });
 }
