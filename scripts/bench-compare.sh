@@ -6,7 +6,8 @@
 #
 # Placement (stated in the results): the gateway's shard threads pinned by config
 # (gateway.cpus = GATEWAY_CPUS, default core 0), its other threads (acceptor, housekeeping,
-# HTTP, trace writer) left unpinned; every reference server (sockperf, echo_floor, the QuickFIX
+# HTTP, trace writer) by gateway.service_cpus = SERVICE_CPUS (default LOAD_CPUS; "none" leaves
+# them unpinned); every reference server (sockperf, echo_floor, the QuickFIX
 # acceptor) pinned to the first core of GATEWAY_CPUS; every generator and client to LOAD_CPUS
 # (default core 1). Everything runs on loopback, every process under `timeout`.
 #
@@ -21,9 +22,15 @@
 #
 # Environment:
 #   GATEWAY_CPUS=0 LOAD_CPUS=1   core placement (cpu lists as taskset takes them)
+#   SERVICE_CPUS=$LOAD_CPUS      the gateway's non-shard threads (gateway.service_cpus; none)
 #   DURATION=10 WARMUP=3         measured and warm-up seconds per run
 #   DEVICES=1000 TCP_CLIENTS=200 RATE=10000 RATE_HIGH=60000 SAT_RATE=200000 MSG_BYTES=48
-#   PROFILE=tuning/low-latency.toml        the gateway's tuning profile
+#   PROFILE=tuning/low-latency.toml        the gateway's profile for the latency, saturation,
+#                                resend and scaling runs
+#   CPU_PROFILE=tuning/default.toml        ... and for the CPU-per-echo runs: a parking shard
+#                                (a spinning one costs a whole core whatever the rate, so its
+#                                CPU per echo is about 1/rate); every row names its profile
+#   RESEND_N=10000 RESEND_REPEAT=5         resend part: messages per burst, repeats (medians)
 #   PARTS="udp tcp cpu sat resend scale"   which parts to run
 #   SHARD_COUNTS="1 2 4 8"       scaling part (default: 1, 2, 4, 8 up to the number of cores);
 #   SCALE_BUDGET=600             ... and its time limit in seconds (runs that would not fit are
@@ -54,7 +61,9 @@ DURATION="${DURATION:-10}" WARMUP="${WARMUP:-3}"
 DEVICES="${DEVICES:-1000}" TCP_CLIENTS="${TCP_CLIENTS:-200}"
 RATE="${RATE:-10000}" RATE_HIGH="${RATE_HIGH:-60000}" SAT_RATE="${SAT_RATE:-200000}"
 MSG_BYTES="${MSG_BYTES:-48}"
+RESEND_N="${RESEND_N:-10000}" RESEND_REPEAT="${RESEND_REPEAT:-5}"
 PROFILE="${PROFILE:-tuning/low-latency.toml}"
+CPU_PROFILE="${CPU_PROFILE:-tuning/default.toml}"
 PARTS="${PARTS:-udp tcp cpu sat resend scale}"
 SCALE_BUDGET="${SCALE_BUDGET:-600}"
 QUICKFIX_DIR="${QUICKFIX_DIR:-/tmp/peers/quickfix}"
@@ -74,21 +83,9 @@ P_QF=$((19876 + PORT_OFFSET))
 PRIO="nice -n $NICE"
 CLK="$(getconf CLK_TCK)"
 
-# "0-2,5" -> "0,1,2,5"
-cpu_list() {
-    local out=() part a b
-    IFS=, read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        if [[ "$part" == *-* ]]; then
-            a=${part%-*} b=${part#*-}
-            for ((c = a; c <= b; c++)); do out+=("$c"); done
-        else
-            out+=("$part")
-        fi
-    done
-    (IFS=,; echo "${out[*]}")
-}
 GW_LIST="$(cpu_list "$GATEWAY_CPUS")"
+SVC_LIST=""
+[ "$SERVICE_CPUS" = none ] || SVC_LIST="$(cpu_list "$SERVICE_CPUS")"
 SRV_CPU="${GW_LIST%%,*}"
 LOAD_LIST="$(cpu_list "$LOAD_CPUS")"
 LOAD_THREADS=$(tr ',' '\n' <<<"$LOAD_LIST" | wc -l)
@@ -133,8 +130,8 @@ command -v curl >/dev/null 2>&1 || { echo "curl is needed (apt-get install curl)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm), $NCPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST] (no taskset on the process: acceptor, housekeeping, HTTP and trace threads unpinned); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
-    echo "gateway: profile $PROFILE, $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
+    echo "placement: gateway shards pinned by config gateway.cpus=[$GW_LIST], its other threads (acceptor, housekeeping, HTTP, trace writer, main) by gateway.service_cpus=[$SVC_LIST] ([] = unpinned; no taskset on the process); reference servers (sockperf, echo_floor, QuickFIX acceptor) taskset -c $SRV_CPU; generators and clients taskset -c $LOAD_CPUS; all at nice $NICE"
+    echo "gateway: profile $PROFILE (CPU per echo: $CPU_PROFILE), $DEVICES UDP devices / $TCP_CLIENTS TCP clients, body 16 B; references: $MSG_BYTES-byte messages"
     echo "latency clients (udp, tcp parts): $CLIENTS"
     echo "runs: warm-up $WARMUP s, measured $DURATION s; rates $RATE and $RATE_HIGH/s; saturation offered $SAT_RATE/s"
     echo "tools: sockperf $(sockperf --version 2>&1 | grep -o 'version [^ ]*' | cut -d' ' -f2 || echo missing); QuickFIX $(dpkg-query -W -f='${Version}' libquickfix-dev 2>/dev/null || echo missing)"
@@ -246,8 +243,10 @@ GW_TO="" GW_PID="" GW_NAME=""
 gw_start() { # NAME SHARDS CPULIST [serve args...]
     GW_NAME=$1; local shards=$2 cpus=$3; shift 3
     quiet
-    timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$PROFILE" --open-logon \
-        --shards "$shards" --set "gateway.cpus=[$cpus]" \
+    local profile="${GW_PROFILE:-$PROFILE}"
+    echo "$profile" >"$OUT/$GW_NAME.profile"
+    timeout "$((WARMUP + DURATION + 90))" $PRIO "$BIN" serve --config "$profile" --open-logon \
+        --shards "$shards" --set "gateway.cpus=[$cpus]" --set "gateway.service_cpus=[$SVC_LIST]" \
         --handshake-addr "127.0.0.1:$P_HS" --tcp-addr "127.0.0.1:$P_TCP" --session-port-base "$P_SESSION" \
         --metrics-addr "127.0.0.1:$P_METRICS" --hist-log "$OUT/$GW_NAME.gateway.hlog" "$@" \
         >"$OUT/$GW_NAME.gateway.log" 2>&1 &
@@ -431,8 +430,15 @@ fi
 
 # ----------------------------------------------------------------------------- CPU per echo
 if want cpu; then
-    echo "== CPU per echo at $RATE_HIGH/s"
-    gw_start fg-udp-60k 1 "$SRV_CPU" \
+    echo "== CPU per echo at $RATE/s and $RATE_HIGH/s (profile $CPU_PROFILE)"
+    GW_PROFILE="$CPU_PROFILE" gw_start fg-udp-10k-cpu 1 "$SRV_CPU" \
+        && fg_load fg-udp-10k-cpu "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE" --body-bytes 16
+    gw_stop
+    if ! want udp; then
+        have_sp && sp_run sp-udp-10k udp "$RATE" "$P_SP"
+        floor_run floor-udp-10k udp-mmsg udp --rate "$RATE" --flows "$DEVICES"
+    fi
+    GW_PROFILE="$CPU_PROFILE" gw_start fg-udp-60k 1 "$SRV_CPU" \
         && fg_load fg-udp-60k "$LOAD_CPUS" --devices "$DEVICES" --rate "$RATE_HIGH" --body-bytes 16
     gw_stop
     floor_run floor-mmsg-60k udp-mmsg udp --rate "$RATE_HIGH" --flows "$DEVICES"
@@ -454,13 +460,26 @@ fi
 
 # ----------------------------------------------------------------------------- resend
 if want resend; then
-    echo "== resend of 10,000 messages"
-    # fleetgate: `fleetgate load resend` drops a share of datagrams and resumes periodically; it
-    # cannot yet make one device miss 10,000 journaled messages and time the resent burst, so
-    # the row says what is missing (see the table) instead of a figure.
+    echo "== resend of $RESEND_N messages"
+    # fleetgate: `fleetgate load resend-burst`: per repeat, one UDP device and one TCP client
+    # receive RESEND_N echo replies live (the live send rate), then ask for them all with one
+    # ResendRequest; first/last resent message and resent msgs/s timed at the device, every
+    # message checked. The gateway keeps a journal of 16,384 per session (few sessions).
+    gw_start fg-resend 1 "$SRV_CPU" --set journal.messages_per_session=16384 \
+        --set gateway.max_sessions_per_shard=64 && {
+        rc=0
+        timeout 120 $PRIO taskset -c "$LOAD_CPUS" "$BIN" load resend-burst --json \
+            --handshake "127.0.0.1:$P_HS" --tcp "127.0.0.1:$P_TCP" --devices 1 --tcp-clients 1 \
+            --messages "$RESEND_N" --window 256 --repeat "$RESEND_REPEAT" \
+            >"$OUT/fg-resend.json" 2>"$OUT/fg-resend.load.log" || rc=$?
+        echo "$rc" >"$OUT/fg-resend.rc"
+        printf '  %-22s rc=%s %s\n' fg-resend "$(cat "$OUT/fg-resend.rc")" \
+            "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(" ".join("%s: live %.0f/s resent %.0f/s first %.0f us" % (m["transport"], m["median_live_per_s"], m["median_resent_per_s"], m["median_first_us"]) for m in j["summary"]))' "$OUT/fg-resend.json" 2>/dev/null)"
+    }
+    gw_stop
     if have_qf; then
         qf_start qf-resend-10000 && {
-            timeout 150 $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" resend --port "$P_QF" --n 10000 --repeat 3 --window 256 \
+            timeout 150 $PRIO taskset -c "$LOAD_CPUS" "$QF_CLI" resend --port "$P_QF" --n "$RESEND_N" --repeat "$RESEND_REPEAT" --window 256 \
                 --max-secs 60 --label qf-resend-10000 >"$OUT/qf-resend-10000.txt" 2>&1 || true
             qf_stop
             printf '  %-22s %s\n' qf-resend-10000 "$(grep median "$OUT/qf-resend-10000.txt")"

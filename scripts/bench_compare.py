@@ -161,6 +161,12 @@ def fg_cpu(name):
     }
 
 
+def profile(name):
+    """The gateway profile a run used (written by gw_start), as a short note."""
+    p = (read(f"{name}.profile") or "").strip()
+    return f"profile {os.path.basename(p)}" if p else ""
+
+
 def pct(x):
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -299,7 +305,7 @@ def main():
     # --- UDP latency at 10k/s
     fg, sp, fl = fg_latency("fg-udp-10k"), sockperf("sp-udp-10k"), floor_latency("floor-udp-10k")
     if fg or sp or fl:
-        sec = "UDP echo 10k/s, 1,000 sessions (fleetgate: from intended send time)"
+        sec = f"UDP echo 10k/s, 1,000 sessions (fleetgate: from intended send time; {profile('fg-udp-10k') or 'profile ?'})"
         lat_rows(sec, fg, sp["pct"] if sp else None, "sockperf UDP ping-pong", (1.25, 1.5, 2.0), sp_note(sp, RATE))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "echo_floor udp-mmsg (from intended)", fl[q] if fl else None)
@@ -322,7 +328,7 @@ def main():
     # --- TCP latency at 10k/s
     fg, sp, fl, qf = fg_latency("fg-tcp-10k"), sockperf("sp-tcp-10k"), floor_latency("floor-tcp-10k"), qf_rtt("qf-rtt-10k")
     if fg or sp or fl or qf:
-        sec = "TCP echo 10k/s, 200 clients"
+        sec = f"TCP echo 10k/s, 200 clients ({profile('fg-tcp-10k') or 'profile ?'})"
         lat_rows(sec, fg, sp["pct"] if sp else None, "sockperf TCP ping-pong", (1.25, 1.5, 2.0), sp_note(sp, RATE))
         for q in ("p50", "p99", "p99.9"):
             row(sec, f"{q} (µs), info", fg[q] if fg else None, "QuickFIX rtt (from intended)", qf[q] if qf else None,
@@ -335,21 +341,26 @@ def main():
 
     # --- CPU per echo
     sec = "CPU per echo (µs; fleetgate: its shard thread over the measured window)"
-    f10, s10 = fg_cpu("fg-udp-10k"), sp_cpu("sp-udp-10k")
+    n10 = "fg-udp-10k-cpu" if fg_cpu("fg-udp-10k-cpu") else "fg-udp-10k"
+    f10, s10 = fg_cpu(n10), sp_cpu("sp-udp-10k")
     if f10 or s10:
         row(sec, "10k/s", f10["shard_us_per_echo"] if f10 else None, "sockperf UDP server", s10["us_per_echo"] if s10 else None, 1.0,
-            ref_text=None if s10 else why_missing("sockperf"))
+            ref_text=None if s10 else why_missing("sockperf"), note=f"fleetgate {profile(n10)}")
         if f10:
             row(sec, "10k/s, whole gateway process, info", f10["gateway_us_per_echo"], "sockperf UDP server", s10["us_per_echo"] if s10 else None)
         fl10 = floor_server("floor-udp-10k")
         if fl10:
             row(sec, "10k/s, info", f10["shard_us_per_echo"] if f10 else None, "echo_floor udp-mmsg", fl10["us_per_echo"])
+        if n10 != "fg-udp-10k" and fg_cpu("fg-udp-10k"):
+            fl = fg_cpu("fg-udp-10k")
+            row(sec, "10k/s, latency run, info", fl["shard_us_per_echo"], "sockperf UDP server", s10["us_per_echo"] if s10 else None,
+                note=f"the UDP latency run's shard ({profile('fg-udp-10k')}): a spinning shard costs a core whatever the rate")
     f60 = fg_cpu("fg-udp-60k")
     fm, fu = floor_server("floor-mmsg-60k"), floor_server("floor-uring-60k")
     if f60 or fm or fu:
         best = min((x for x in ((fm, "udp-mmsg"), (fu, "udp-uring")) if x[0]), key=lambda x: x[0]["us_per_echo"], default=None)
         row(sec, "60k/s", f60["shard_us_per_echo"] if f60 else None, f"echo_floor {best[1]} (the cheaper)" if best else "echo_floor",
-            best[0]["us_per_echo"] if best else None, 1.5)
+            best[0]["us_per_echo"] if best else None, 1.5, note=f"fleetgate {profile('fg-udp-60k')}")
         for fl, nm in ((fm, "udp-mmsg"), (fu, "udp-uring")):
             if fl:
                 row(sec, "60k/s, info", f60["shard_us_per_echo"] if f60 else None, f"echo_floor {nm}", fl["us_per_echo"])
@@ -358,7 +369,7 @@ def main():
             ROWS[-1]["verdict"] = "info"
 
     # --- saturation
-    sec = "Saturation: echoes per CPU-second of the serving thread (one shard core)"
+    sec = f"Saturation: echoes per CPU-second of the serving thread (one shard core; {profile('fg-sat-uring') or 'profile ?'})"
     su, se = fg_cpu("fg-sat-uring"), fg_cpu("fg-sat-epoll")
     fsu, fsm = floor_server("floor-sat-uring"), floor_server("floor-sat-mmsg")
     if su or se or fsu or fsm:
@@ -382,18 +393,38 @@ def main():
             su["echoes_per_shard_cpu_s"] if su else None, 0.8, better="higher")
 
     # --- resend
-    sec = "Resend of 10,000 missed messages over the wire"
     qr = qf_resend("qf-resend-10000")
-    need = ("not measured yet: needs a `fleetgate load` mode in which one device misses 10,000 "
-            "journaled messages (journal.messages_per_session >= 10000), resumes, and times the "
-            "resent burst from its ResendRequest")
-    row(sec, "resent messages/s", None, "QuickFIX resend (select acceptor)", qr["resent_per_s"] if qr else None, 20.0,
-        better="higher", fg_text=need, ref_text=None if qr else why_missing("QuickFIX"))
-    row(sec, "first resent message (µs after request)", None, "QuickFIX", qr["first_us"] if qr else None, None,
-        fg_text="not measured yet: needs the same mode (target: <= 50 µs absolute)", ref_text=None if qr else why_missing("QuickFIX"))
+    fr = load_json("fg-resend.json")
+    n = (fr or {}).get("messages", 10000)
+    sec = (f"Resend of {n:,} missed messages over the wire (one UDP device, one TCP client; medians over repeats; "
+           f"{profile('fg-resend') or 'profile ?'})")
+    runs = (fr or {}).get("runs", [])
+    failed = [r for r in runs if r.get("error")]
+    if fr is None:
+        fg_missing = "missing (fleetgate resend-burst run failed; see fg-resend.load.log)"
+    elif failed:
+        fg_missing = "missing: %d of %d runs failed: %s" % (len(failed), len(runs), failed[0]["error"])
+    else:
+        fg_missing = None
+    for m in (fr or {}).get("summary", []) or [{"transport": "udp"}, {"transport": "tcp"}]:
+        t = m["transport"]
+        ok = fg_missing is None and m.get("ok_runs")
+        note = ""
+        if ok:
+            note = (f"{m['ok_runs']} runs; live {m['median_live_per_s']:,.0f}/s, resent {m['median_resent_per_s']:,.0f}/s, "
+                    f"last resent message {m['median_last_us']:,.0f} µs after the request")
+        row(sec, f"{t}: resend rate vs live send rate", m["median_resent_per_s"] if ok else None,
+            f"fleetgate live send rate ({t}, window 256)", m["median_live_per_s"] if ok else None, 0.8,
+            better="higher", fg_text=None if ok else fg_missing, note=note)
+        row(sec, f"{t}: resend rate vs QuickFIX", m["median_resent_per_s"] if ok else None,
+            "QuickFIX resend (select acceptor)", qr["resent_per_s"] if qr else None, 20.0,
+            better="higher", fg_text=None if ok else fg_missing, ref_text=None if qr else why_missing("QuickFIX"))
+        row(sec, f"{t}: first resent message (µs after request)", m["median_first_us"] if ok else None,
+            "target (absolute, µs)", 50.0, 1.0, fg_text=None if ok else fg_missing, ref_text="50",
+            note=f"QuickFIX: {qr['first_us']:,.0f} µs" if qr else "")
 
-    # --- generator calibration (deliverable 2: another change adds it)
-    sec = "Generator calibration"
+    # --- generator calibration
+    sec = "Generator calibration (UDP 10k/s): the generator's own share"
     fl = floor_server("floor-udp-10k")
     late = json_latency("fg-udp-10k.json", "lateness_ns")
     row(sec, "send lateness p50/p99/p99.9 (µs), UDP 10k/s", None, "echo_floor client (same rate)",

@@ -13,6 +13,31 @@ NCPU=$(nproc)
 GATEWAY_CPUS="${GATEWAY_CPUS:-0-$(( NCPU > 1 ? NCPU / 2 - 1 : 0 ))}"
 LOAD_CPUS="${LOAD_CPUS:-$(( NCPU > 1 ? NCPU / 2 : 0 ))-$(( NCPU - 1 ))}"
 SHARDS="${SHARDS:-$(( NCPU > 1 ? NCPU / 2 : 1 ))}"
+# The gateway's other threads (acceptor, housekeeping, HTTP, trace writer, operator channel):
+# gateway.service_cpus, by default beside the generator so that they never preempt a shard
+# ("none": unpinned).
+SERVICE_CPUS="${SERVICE_CPUS:-$LOAD_CPUS}"
+
+# "0-2,5" -> "0,1,2,5"
+cpu_list() {
+    local out=() part a b
+    IFS=, read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ "$part" == *-* ]]; then
+            a=${part%-*} b=${part#*-}
+            for ((c = a; c <= b; c++)); do out+=("$c"); done
+        else
+            out+=("$part")
+        fi
+    done
+    (IFS=,; echo "${out[*]}")
+}
+# serve arguments placing the shards (gateway.cpus) and the other threads (service_cpus).
+placement_args() {
+    local svc=""
+    [ "$SERVICE_CPUS" = none ] || svc="$(cpu_list "$SERVICE_CPUS")"
+    PLACEMENT=(--set "gateway.cpus=[$(cpu_list "$GATEWAY_CPUS")]" --set "gateway.service_cpus=[$svc]")
+}
 # Ports (override to run beside another gateway on the same host; PORT_OFFSET moves all four).
 PORT_OFFSET="${PORT_OFFSET:-0}"
 GW_HANDSHAKE="${GW_HANDSHAKE:-127.0.0.1:$(( 3006 + PORT_OFFSET ))}"
@@ -27,7 +52,7 @@ new_results() {
     echo "results: $OUT"
     {
         echo "host: $(uname -srm), $NCPU cores"
-        echo "gateway: $SHARDS shard(s) on cores $GATEWAY_CPUS, profile ${PROFILE:-tuning/default.toml}"
+        echo "gateway: $SHARDS shard(s) on cores $GATEWAY_CPUS (gateway.cpus), its other threads on $SERVICE_CPUS (gateway.service_cpus), profile ${PROFILE:-tuning/default.toml}"
         echo "generator: cores $LOAD_CPUS"
     } | tee "$OUT/placement.txt"
 }
@@ -36,7 +61,10 @@ new_results() {
 start_gateway() {
     local profile="$1"; shift
     PROFILE="$profile"
-    taskset -c "$GATEWAY_CPUS" "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" \
+    # No taskset on the process: the shards pin themselves, the other threads follow
+    # gateway.service_cpus (an explicit --set in "$@" comes later and wins).
+    placement_args
+    "$BIN" serve --config "$profile" --open-logon --shards "$SHARDS" "${PLACEMENT[@]}" \
         --handshake-addr "$GW_HANDSHAKE" --tcp-addr "$GW_TCP" \
         --session-port-base "$GW_SESSION_PORT_BASE" --metrics-addr "$GW_METRICS" --hist-log "$OUT/gateway.hlog" "$@" >"$OUT/gateway.log" 2>&1 &
     GW_PID=$!

@@ -69,6 +69,10 @@ section! {
         pub shards: usize = 0,
         /// `cpus`: cores to pin shard i to (`cpus[i % len]`); empty = cores 0..shards (default []).
         pub cpus: Vec<usize> = Vec::new(),
+        /// `service_cpus`: cores the non-shard threads (acceptor, housekeeping with the trace
+        /// and histogram writers, HTTP, operator channel) may run on, so that they never preempt
+        /// a shard; empty = unpinned (default []).
+        pub service_cpus: Vec<usize> = Vec::new(),
         /// `io`: "auto" (io_uring if usable, else epoll), "uring" or "epoll" (default "auto"); the
         /// acceptor follows (io_uring, or its `poll(2)` driver with epoll).
         pub io: io::Choice = io::Choice::Auto,

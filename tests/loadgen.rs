@@ -440,3 +440,47 @@ fn raw_echo_measures_the_generators_floor() {
     assert!(num(&json, &["latency_ns", "p50"]) >= num(&json, &["lateness_ns", "p50"]), "{json}");
     assert_eq!(num(&json, &["errors_total"]), 0.0, "{json}");
 }
+
+/// `load resend-burst` against a gateway whose journal holds the burst: every reply is resent,
+/// checked and timed on both transports. Against one whose journal is smaller than the burst,
+/// every run is an error naming the gateway's answer (LoggedOut "resend window exceeded"), and
+/// the report fails.
+#[test]
+fn resend_burst_checks_every_resent_message() {
+    use fleetgate::tools::loadgen::burst::{self, BurstConfig};
+    let burst_cfg = |gw: &fleetgate::ops::Server, seed| BurstConfig {
+        handshake: gw.gateway.handshake_addr,
+        tcp: gw.gateway.tcp_addr,
+        messages: 500,
+        window: 64,
+        repeat: 2,
+        seed,
+        phase_timeout: Duration::from_secs(10),
+        ..BurstConfig::default()
+    };
+    let gw = common::start("epoll", &["journal.messages_per_session=1024"]);
+    let report = burst::run(&burst_cfg(&gw, 1)).expect("burst run");
+    drop(gw);
+    assert!(!report.failed(), "{}", report.table());
+    assert_eq!(report.runs.len(), 4, "{}", report.table());
+    for r in &report.runs {
+        assert_eq!((r.replies, r.resent), (500, 500), "{}", report.table());
+        assert!(r.to - r.from + 1 >= 500, "the range covers every reply: {}", report.table());
+        assert!(r.first_us > 0.0 && r.last_us >= r.first_us, "{}", report.table());
+        assert!(r.resent_per_s > 0.0 && r.live_per_s > 0.0, "{}", report.table());
+    }
+    let v: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+    assert_eq!(v["scenario"], "resend-burst");
+    assert_eq!(v["summary"].as_array().unwrap().len(), 2);
+    assert_eq!(v["errors_total"], 0);
+
+    let gw = common::start("epoll", &["journal.messages_per_session=64"]);
+    let report = burst::run(&burst_cfg(&gw, 2)).expect("burst run");
+    drop(gw);
+    assert!(report.failed(), "{}", report.table());
+    assert_eq!(report.errors_total, 4, "{}", report.table());
+    for r in &report.runs {
+        let e = r.error.as_deref().unwrap_or("");
+        assert!(e.contains("resend window exceeded: oldest retained"), "{}", report.table());
+    }
+}

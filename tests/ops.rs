@@ -265,6 +265,17 @@ impl Ports {
 
 impl Serve {
     fn start(io: &str, ports: Ports, log: std::path::PathBuf, env: &[(&str, &str)]) -> Self {
+        Self::start_with(io, ports, log, env, &[])
+    }
+
+    /// As [`Serve::start`], with more `serve` arguments after the others.
+    fn start_with(
+        io: &str,
+        ports: Ports,
+        log: std::path::PathBuf,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
             .args(["serve", "--open-logon", "--shards", "1", "--io", io])
             .args(["--handshake-addr", &format!("127.0.0.1:{}", ports.handshake)])
@@ -272,6 +283,7 @@ impl Serve {
             .args(["--session-port-base", &ports.session_base.to_string()])
             .args(["--metrics-addr", &format!("127.0.0.1:{}", ports.http)])
             .args(["--set", "gateway.max_sessions_per_shard=16"])
+            .args(extra)
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -355,4 +367,73 @@ fn a_panicking_shard_aborts_the_process(io: &str) {
     let err = gw.stderr();
     assert!(err.contains("fleetgate-shard-0") && err.contains("injected"), "{err}");
     assert!(!Serve::healthy(ports), "/healthz answers after the abort");
+}
+
+/// Issue 12: `gateway.service_cpus` pins every thread but the shards (acceptor, housekeeping,
+/// HTTP, operator channel, the main thread) to its list, and the shard to `gateway.cpus`, as
+/// `/proc/<pid>/task/*/status` (Cpus_allowed_list) shows; the start-up log names each.
+#[test]
+fn service_threads_run_on_service_cpus() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (shard_cpu, service_cpu) = (0, n - 1);
+    let dir = TempDir::new("service-cpus");
+    let ports = Ports::free();
+    let admin = dir.0.join("admin.sock");
+    let cpus = format!("gateway.cpus=[{shard_cpu}]");
+    let service = format!("gateway.service_cpus=[{service_cpu}]");
+    let admin_set = format!("gateway.admin_socket=\"{}\"", admin.display());
+    let mut serve = Serve::start_with(
+        "epoll",
+        ports,
+        dir.0.join("serve.log"),
+        &[],
+        &["--set", &cpus, "--set", &service, "--set", &admin_set],
+    );
+    until("/healthz", 5 * SECOND, || {
+        if let Ok(Some(status)) = serve.child.try_wait() {
+            panic!("serve exited ({status}):\n{}", serve.stderr());
+        }
+        Serve::healthy(ports)
+    });
+    let pid = serve.child.id();
+    let placement = || {
+        let mut seen = std::collections::BTreeMap::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string())
+            };
+            if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
+                seen.insert(name, cpus);
+            }
+        }
+        seen
+    };
+    let want_service = service_cpu.to_string();
+    let service =
+        ["fleetgate", "fleetgate-accep", "fleetgate-house", "fleetgate-http", "fleetgate-admin"];
+    let placed = |seen: &std::collections::BTreeMap<String, String>| {
+        service.iter().all(|n| seen.get(*n) == Some(&want_service))
+            && seen.get("fleetgate-shard") == Some(&shard_cpu.to_string())
+    };
+    // Each thread pins itself as it starts: give them a moment (bounded), then check.
+    let t0 = Instant::now();
+    while !placed(&placement()) && t0.elapsed() < 5 * SECOND {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = placement();
+    for name in service {
+        assert_eq!(seen.get(name), Some(&want_service), "{name}: {seen:?}\n{}", serve.stderr());
+    }
+    assert_eq!(seen.get("fleetgate-shard"), Some(&shard_cpu.to_string()), "{seen:?}");
+    // Each thread logs once it runs: wait for the lines (bounded).
+    let names =
+        ["fleetgate-acceptor", "fleetgate-housekeeping", "fleetgate-http", "fleetgate-admin"];
+    let logged = |log: &str, name: &str| {
+        log.lines().any(|l| l.contains("service thread pinned") && l.contains(name))
+    };
+    until("every service thread's start-up line", 5 * SECOND, || {
+        let log = serve.stderr();
+        names.iter().all(|n| logged(&log, n))
+    });
 }

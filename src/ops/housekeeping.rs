@@ -98,7 +98,7 @@ pub fn run(
         }
         trace_writer.flush();
         for link in &mut links {
-            while let Ok(snap) = link.snapshots.pop() {
+            while let Ok(mut snap) = link.snapshots.pop() {
                 let _ = i_service.add(&snap.service_ns);
                 let _ = i_cycle.add(&snap.cycle_ns);
                 let _ = i_handshake.add(&snap.handshake_ns);
@@ -114,6 +114,15 @@ pub fn run(
                     });
                 }
                 drop(v);
+                // Emptied here, off the shard thread: the shard swaps them with its own.
+                for h in [
+                    &mut snap.service_ns,
+                    &mut snap.cycle_ns,
+                    &mut snap.handshake_ns,
+                    &mut snap.resend_ns,
+                ] {
+                    h.reset();
+                }
                 let _ = link.recycle.push(snap);
             }
         }

@@ -56,6 +56,7 @@ impl Server {
             Some(admin::bind(&admin_path)?)
         };
         let (gateway, published) = Gateway::start(cfg, auth, shutdown)?;
+        let service_cpus = cfg.gateway.service_cpus.clone();
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let hk = {
@@ -63,10 +64,12 @@ impl Server {
             let log = obs.hist_log.clone().map(PathBuf::from);
             let trace_dir = PathBuf::from(&obs.trace_dir);
             let max = obs.latency_ns_max;
-            std::thread::Builder::new()
-                .name("fleetgate-housekeeping".into())
-                .spawn(move || housekeeping::run(published, view, log, trace_dir, stop, max))
-                .map_err(|e| e.to_string())?
+            crate::runtime::placement::spawn_service(
+                "fleetgate-housekeeping",
+                &service_cpus,
+                move || housekeeping::run(published, view, log, trace_dir, stop, max),
+            )
+            .map_err(|e| e.to_string())?
         };
         let mut server = Self {
             gateway,
@@ -81,10 +84,12 @@ impl Server {
             let a = admin::Admin::new(control, server.view.clone());
             let stop = server.stop.clone();
             tracing::info!(path = %admin_path.display(), "operator channel listening");
-            let h = std::thread::Builder::new()
-                .name("fleetgate-admin".into())
-                .spawn(move || admin::serve(l, admin_path, a, stop))
-                .map_err(|e| e.to_string())?;
+            let h = crate::runtime::placement::spawn_service(
+                "fleetgate-admin",
+                &service_cpus,
+                move || admin::serve(l, admin_path, a, stop),
+            )
+            .map_err(|e| e.to_string())?;
             server.admin = Some(h);
         }
         if let Some(l) = listener {
@@ -94,10 +99,12 @@ impl Server {
                 max_connections: obs.http_max_connections,
                 header_timeout: Duration::from_millis(obs.http_header_timeout_ms),
             };
-            let h = std::thread::Builder::new()
-                .name("fleetgate-http".into())
-                .spawn(move || http::serve_http(l, view, stop, limits))
-                .map_err(|e| e.to_string())?;
+            let h = crate::runtime::placement::spawn_service(
+                "fleetgate-http",
+                &service_cpus,
+                move || http::serve_http(l, view, stop, limits),
+            )
+            .map_err(|e| e.to_string())?;
             server.http = Some(h);
         }
         Ok(server)

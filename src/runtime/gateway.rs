@@ -144,6 +144,7 @@ impl Gateway {
         tracing::info!(backend = %selected.why, "I/O backend selected");
         let config = Arc::new(cfg.clone());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        super::placement::check_service_cpus(&g.service_cpus)?;
         let mut session_ports = Vec::new();
         // Stops and joins the shards already started if a later step fails.
         let mut guard = StartGuard { shutdown: shutdown.clone(), handles: Vec::new() };
@@ -252,9 +253,10 @@ impl Gateway {
             report,
             draining: draining.clone(),
         };
-        let acceptor = std::thread::Builder::new()
-            .name("fleetgate-acceptor".into())
-            .spawn(move || acceptor::run(spec))
+        let acceptor =
+            super::placement::spawn_service("fleetgate-acceptor", &g.service_cpus, move || {
+                acceptor::run(spec)
+            })
             .map_err(|e| e.to_string())?;
         let reserved_bytes = shards * Endpoint::reserved_bytes(&cfg.endpoint_config(0));
         let journal_bytes = shards * Endpoint::journal_bytes(&cfg.endpoint_config(0));

@@ -8,12 +8,14 @@
 //! - [`control`]: operator commands (drain, undrain, disconnect) to the shards and the
 //!   acceptor, over SPSC queues and one flag;
 //! - [`gateway`]: start and stop of the whole data plane;
+//! - [`placement`]: the non-shard threads pinned to `gateway.service_cpus`;
 //! - [`signals`]: SIGTERM and SIGINT to the shutdown flag.
 
 pub mod acceptor;
 pub mod control;
 pub mod gateway;
 pub mod handoff;
+pub mod placement;
 pub mod report;
 pub mod shard;
 pub mod signals;

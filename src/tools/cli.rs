@@ -222,6 +222,10 @@ enum LoadScenario {
     Resend,
     /// Sessions arrive and leave continually.
     Churn,
+    /// One UDP device and one TCP client: `--messages` echo replies live, then one
+    /// ResendRequest for them all, timed and checked at the device (see `--messages`,
+    /// `--window`, `--repeat`; the gateway needs journal.messages_per_session ≥ messages).
+    ResendBurst,
     /// Devices bridged to an echo host: keystroke-to-echo latency through gateway and host
     /// against the host reached directly, with forced roams and exact streams.
     Host,
@@ -369,6 +373,15 @@ struct LoadArgs {
     /// The gateway's pid: report its RSS per session and its CPU per heartbeat over the hold.
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// resend-burst: echo replies per repeat, then resent in one burst.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// resend-burst: echo requests in flight at most.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// resend-burst: repeats per transport (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args, Debug)]
@@ -634,6 +647,11 @@ fn serve(a: ServeArgs, level: Option<&str>, format: Option<LogFormat>) -> Result
     install_panic_policy();
     let shutdown = signals::catch().map_err(|e| format!("cannot catch SIGTERM/SIGINT: {e}"))?;
     let mut gw = Server::start_with(&cfg, auth, shutdown)?;
+    // The main thread only waits from here on: a service thread like the others.
+    crate::runtime::placement::pin_current(&cfg.gateway.service_cpus)?;
+    if !cfg.gateway.service_cpus.is_empty() {
+        tracing::info!(thread = "main", cpus = ?cfg.gateway.service_cpus, "service thread pinned");
+    }
     tracing::info!(
         "serving: udp handshake {} tcp {} session ports {:?} metrics {} backend {}; reserved {} MiB for sessions and journals (journals {} MiB, session records {} B each)",
         gw.gateway.handshake_addr,
@@ -683,6 +701,30 @@ fn print_report(
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
+fn load_resend_burst(a: &LoadArgs) -> Result<ExitCode, String> {
+    let cfg = crate::tools::loadgen::burst::BurstConfig {
+        handshake: a.handshake,
+        tcp: a.tcp,
+        messages: a.messages,
+        window: a.window,
+        repeat: a.repeat,
+        udp: a.devices > 0,
+        tcp_client: a.tcp_clients > 0,
+        body_bytes: a.body_bytes,
+        user_prefix: a.user_prefix.clone(),
+        password: a.password.clone(),
+        seed: a.seed,
+        ..Default::default()
+    };
+    let report = crate::tools::loadgen::burst::run(&cfg)?;
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn load(a: LoadArgs) -> Result<ExitCode, String> {
     use crate::tools::loadgen::{LoadConfig, Scenario};
     let scenario = match a.scenario {
@@ -692,6 +734,7 @@ fn load(a: LoadArgs) -> Result<ExitCode, String> {
         LoadScenario::Resend => Scenario::Resend,
         LoadScenario::Churn => Scenario::Churn,
         LoadScenario::Host => return load_host(&a),
+        LoadScenario::ResendBurst => return load_resend_burst(&a),
     };
     let secs = std::time::Duration::from_secs_f64;
     let mut cfg = LoadConfig {

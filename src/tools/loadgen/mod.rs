@@ -53,6 +53,7 @@ use hdrhistogram::Histogram;
 use crate::journal::JournalConfig;
 use crate::time::{Clock, Timestamp};
 
+pub mod burst;
 pub mod check;
 mod engine;
 pub mod errors;
