@@ -304,9 +304,9 @@ impl Report {
                     .get_or_insert_with(|| super::fleet::FleetResult::new(cfg.servers.len()))
                     .merge(f);
             }
-            let _ = r.latency.add(&p.latency);
-            let _ = r.handshake.add(&p.handshake);
-            let _ = r.lateness.add(&p.lateness);
+            let _ = r.latency.add(&*p.latency);
+            let _ = r.handshake.add(&*p.handshake);
+            let _ = r.lateness.add(&*p.lateness);
             r.sent += p.sent;
             r.received += p.received;
             r.logons += p.logons;
@@ -335,7 +335,7 @@ impl Report {
                     (a, b) => a.or(b),
                 };
                 m.last_logon = m.last_logon.max(s.last_logon);
-                let _ = m.handshake.add(&s.handshake);
+                let _ = m.handshake.add(&*s.handshake);
                 m.connects += s.connects;
                 m.udp_connects += s.udp_connects;
                 m.connection_requests += s.connection_requests;
@@ -391,7 +391,7 @@ impl Report {
                     handshake_ns: Latency::of(&m.handshake),
                     connects: m.connects,
                     retransmissions,
-                    handshake: m.handshake,
+                    handshake: m.handshake.0,
                 }
             })
             .collect();
