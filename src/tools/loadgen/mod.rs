@@ -436,18 +436,8 @@ pub(crate) struct StepResult {
     pub(crate) connects: u64,
     /// UDP attempts started.
     pub(crate) udp_connects: u64,
-    /// ConnectionRequests, RegistrationRequests and LogonRequests sent, and how many of them
-    /// repeated one of the same attempt (retransmissions).
-    pub(crate) connection_requests: u64,
-    pub(crate) connection_request_retries: u64,
-    pub(crate) registration_requests: u64,
-    pub(crate) registration_request_retries: u64,
-    pub(crate) logon_requests: u64,
-    pub(crate) logon_retries: u64,
-    /// Attempts refused with RATE_LIMITED or shed ("server busy"), then tried again.
-    pub(crate) rate_limited: u64,
-    /// Attempts that timed out (or whose connection failed) and were tried again.
-    pub(crate) timeouts_retried: u64,
+    /// Its handshake requests and retries.
+    pub(crate) requests: RequestCounts,
 }
 
 /// `counts! { struct ... }`: a struct of `u64` counts with `merge`, which adds another's field
@@ -465,6 +455,31 @@ macro_rules! counts {
             }
         }
     };
+}
+
+counts! {
+    /// Handshake requests a step sent, how many repeated one of the same attempt, and the
+    /// attempts tried again.
+    #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+    pub struct RequestCounts {
+        /// ConnectionRequests sent.
+        pub connection_requests: u64,
+        /// ... of which repeats.
+        pub connection_request_retries: u64,
+        /// RegistrationRequests sent.
+        pub registration_requests: u64,
+        /// ... of which repeats.
+        pub registration_request_retries: u64,
+        /// LogonRequests sent.
+        pub logon_requests: u64,
+        /// ... of which repeats.
+        pub logon_retries: u64,
+        /// Attempts refused with RATE_LIMITED or shed by the gateway ("server busy") and tried
+        /// again.
+        pub rate_limited: u64,
+        /// Attempts that timed out (or whose connection failed) and were tried again.
+        pub timeouts_retried: u64,
+    }
 }
 
 counts! {
