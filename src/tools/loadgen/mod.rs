@@ -440,23 +440,6 @@ pub(crate) struct StepResult {
     pub(crate) requests: RequestCounts,
 }
 
-/// `counts! { struct ... }`: a struct of `u64` counts with `merge`, which adds another's field
-/// by field (so that no count can be left out of the sum).
-macro_rules! counts {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: u64,)* }) => {
-        $(#[$m])*
-        pub struct $name {
-            $($(#[$fm])* pub $f: u64,)*
-        }
-
-        impl $name {
-            fn merge(&mut self, o: &Self) {
-                $(self.$f += o.$f;)*
-            }
-        }
-    };
-}
-
 counts! {
     /// Handshake requests a step sent, how many repeated one of the same attempt, and the
     /// attempts tried again.
