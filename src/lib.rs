@@ -44,6 +44,24 @@
 //!    `hist`, `check`, `passwd`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// `counts! { struct ... }`: a struct of `u64` counts with `merge`, which adds another's field
+/// by field (so that no count can be left out of the sum).
+macro_rules! counts {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: u64,)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            $($(#[$fm])* pub $f: u64,)*
+        }
+
+        impl $name {
+            /// Adds `o` field by field.
+            pub fn merge(&mut self, o: &Self) {
+                $(self.$f += o.$f;)*
+            }
+        }
+    };
+}
+
 // 0. Leaf types.
 pub mod counters;
 pub mod ids;

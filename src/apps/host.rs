@@ -117,28 +117,31 @@ pub enum HostIo {
     },
 }
 
-/// Per-host figures: gauges and counters, for `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HostStats {
-    /// Connections up now.
-    pub connected: u64,
-    /// Connections being opened now.
-    pub connecting: u64,
-    /// Bytes read from the host.
-    pub bytes_in: u64,
-    /// Bytes written to the host.
-    pub bytes_out: u64,
-    /// Sessions ended because the host could not be reached (refused, timed out, no
-    /// descriptors, no room).
-    pub unreachable: u64,
-    /// Sessions ended because the host closed.
-    pub closed_by_host: u64,
-    /// Sessions ended by the host's inactivity timeout.
-    pub idle_timeout: u64,
-    /// Connects refused for want of file descriptors (also in `unreachable`).
-    pub no_fds: u64,
-    /// Sessions ended because the host did not read what the device sent.
-    pub not_reading: u64,
+counts! {
+    /// Per-host figures: gauges and counters, for `/metrics`; `merge` sums shards' figures,
+    /// gauges and counters alike.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct HostStats {
+        /// Connections up now.
+        pub connected: u64,
+        /// Connections being opened now.
+        pub connecting: u64,
+        /// Bytes read from the host.
+        pub bytes_in: u64,
+        /// Bytes written to the host.
+        pub bytes_out: u64,
+        /// Sessions ended because the host could not be reached (refused, timed out, no
+        /// descriptors, no room).
+        pub unreachable: u64,
+        /// Sessions ended because the host closed.
+        pub closed_by_host: u64,
+        /// Sessions ended by the host's inactivity timeout.
+        pub idle_timeout: u64,
+        /// Connects refused for want of file descriptors (also in `unreachable`).
+        pub no_fds: u64,
+        /// Sessions ended because the host did not read what the device sent.
+        pub not_reading: u64,
+    }
 }
 
 impl HostStats {
@@ -149,21 +152,6 @@ impl HostStats {
             Phase::Connected => self.connected = self.connected.saturating_sub(1),
             _ => {}
         }
-    }
-}
-
-impl HostStats {
-    /// Adds `o` (counters and gauges alike: shards are summed).
-    pub fn merge(&mut self, o: &Self) {
-        self.connected += o.connected;
-        self.connecting += o.connecting;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.unreachable += o.unreachable;
-        self.closed_by_host += o.closed_by_host;
-        self.idle_timeout += o.idle_timeout;
-        self.no_fds += o.no_fds;
-        self.not_reading += o.not_reading;
     }
 }
 

@@ -64,12 +64,9 @@ impl Server {
             let log = obs.hist_log.clone().map(PathBuf::from);
             let trace_dir = PathBuf::from(&obs.trace_dir);
             let max = obs.latency_ns_max;
-            crate::runtime::placement::spawn_service(
-                "fleetgate-housekeeping",
-                &service_cpus,
-                move || housekeeping::run(published, view, log, trace_dir, stop, max),
-            )
-            .map_err(|e| e.to_string())?
+            spawn("fleetgate-housekeeping", &service_cpus, move || {
+                housekeeping::run(published, view, log, trace_dir, stop, max)
+            })?
         };
         let mut server = Self {
             gateway,
@@ -84,12 +81,9 @@ impl Server {
             let a = admin::Admin::new(control, server.view.clone());
             let stop = server.stop.clone();
             tracing::info!(path = %admin_path.display(), "operator channel listening");
-            let h = crate::runtime::placement::spawn_service(
-                "fleetgate-admin",
-                &service_cpus,
-                move || admin::serve(l, admin_path, a, stop),
-            )
-            .map_err(|e| e.to_string())?;
+            let h = spawn("fleetgate-admin", &service_cpus, move || {
+                admin::serve(l, admin_path, a, stop)
+            })?;
             server.admin = Some(h);
         }
         if let Some(l) = listener {
@@ -99,12 +93,9 @@ impl Server {
                 max_connections: obs.http_max_connections,
                 header_timeout: Duration::from_millis(obs.http_header_timeout_ms),
             };
-            let h = crate::runtime::placement::spawn_service(
-                "fleetgate-http",
-                &service_cpus,
-                move || http::serve_http(l, view, stop, limits),
-            )
-            .map_err(|e| e.to_string())?;
+            let h = spawn("fleetgate-http", &service_cpus, move || {
+                http::serve_http(l, view, stop, limits)
+            })?;
             server.http = Some(h);
         }
         Ok(server)
@@ -146,4 +137,14 @@ impl Drop for Server {
             let _ = self.wait();
         }
     }
+}
+
+/// Starts a service thread on the service cores (`spawn_service`); a failed spawn is the start's
+/// error.
+fn spawn<T: Send + 'static>(
+    name: &str,
+    cpus: &[usize],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, String> {
+    crate::runtime::placement::spawn_service(name, cpus, f).map_err(|e| e.to_string())
 }

@@ -35,16 +35,18 @@ fn tcp(i: usize) -> DeviceConfig {
     DeviceConfig::new(Transport::Tcp, uid.as_bytes(), format!("tuser{i}").as_bytes(), b"pw")
 }
 
-/// What one property run did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PropStats {
-    pub app_sent: u64,
-    pub app_echoed: u64,
-    pub feed_received: u64,
-    pub explicit_logouts: u64,
-    pub reconnects: u64,
-    pub datagrams: u64,
-    pub lost: u64,
+counts! {
+    /// What one property run did.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct PropStats {
+        pub app_sent: u64,
+        pub app_echoed: u64,
+        pub feed_received: u64,
+        pub explicit_logouts: u64,
+        pub reconnects: u64,
+        pub datagrams: u64,
+        pub lost: u64,
+    }
 }
 
 /// One seeded run: UDP and TCP devices send echo requests through loss (up to `max_loss` each
@@ -198,15 +200,7 @@ fn property_seeds(seeds: std::ops::Range<u64>, max_loss: f64) {
     let mut failures = Vec::new();
     for seed in seeds.clone() {
         match property_run(seed, max_loss) {
-            Ok(s) => {
-                total.app_sent += s.app_sent;
-                total.app_echoed += s.app_echoed;
-                total.feed_received += s.feed_received;
-                total.explicit_logouts += s.explicit_logouts;
-                total.reconnects += s.reconnects;
-                total.datagrams += s.datagrams;
-                total.lost += s.lost;
-            }
+            Ok(s) => total.merge(&s),
             Err(e) => failures.push(e),
         }
     }

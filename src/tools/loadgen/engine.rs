@@ -1463,11 +1463,11 @@ impl<'a> Engine<'a> {
             // The gateway asks us to slow down: that is no failure of the device. The step's
             // deadline bounds it.
             ErrorKind::ConnectionRejectedRateLimited => {
-                step.rate_limited += 1;
+                step.requests.rate_limited += 1;
                 true
             }
             ErrorKind::LogonRefused if shed => {
-                step.rate_limited += 1;
+                step.requests.rate_limited += 1;
                 true
             }
             ErrorKind::HandshakeTimeout
@@ -1475,7 +1475,7 @@ impl<'a> Engine<'a> {
             | ErrorKind::TcpConnectFailed
             | ErrorKind::ConnectionClosed => {
                 let again = u32::from(d.attempts) < self.cfg.attempts;
-                step.timeouts_retried += u64::from(again);
+                step.requests.timeouts_retried += u64::from(again);
                 again
             }
             _ => false,
@@ -1681,7 +1681,7 @@ fn each_frame(bytes: &[u8], mut f: impl FnMut(u16, u8, &[u8])) {
 /// heartbeats while counting.
 fn count_out(st: &mut ThreadResult, step: usize, flags: &mut u16, counting: bool, payload: &[u8]) {
     each_frame(payload, |type_id, msg_flags, _| {
-        let s = &mut st.steps[step];
+        let s = &mut st.steps[step].requests;
         let mut once = |bit: u16, total: &mut u64, retries: &mut u64| {
             *total += 1;
             *retries += u64::from(*flags & bit != 0);
@@ -1769,9 +1769,15 @@ mod tests {
         let mut flags = 0;
         count_out(&mut st, 0, &mut flags, true, &buf[..n1 + n2]);
         assert_eq!(st.hold.heartbeats_sent, 1);
-        assert_eq!((st.steps[0].logon_requests, st.steps[0].logon_retries), (1, 1));
+        assert_eq!(
+            (st.steps[0].requests.logon_requests, st.steps[0].requests.logon_retries),
+            (1, 1)
+        );
         count_out(&mut st, 0, &mut flags, true, &buf[n1..n1 + n2]);
-        assert_eq!((st.steps[0].logon_requests, st.steps[0].logon_retries), (2, 2));
+        assert_eq!(
+            (st.steps[0].requests.logon_requests, st.steps[0].requests.logon_retries),
+            (2, 2)
+        );
         count_out(&mut st, 0, &mut flags, false, &buf[..n1]);
         assert_eq!(st.hold.heartbeats_sent, 1, "not counted outside the window");
         count_in(&mut st, true, &buf[..n1]);

@@ -391,10 +391,11 @@ pub fn source_ip(k: u32) -> Ipv4Addr {
 }
 
 /// What one thread measured.
+#[derive(Default)]
 pub(crate) struct ThreadResult {
-    pub(crate) latency: Histogram<u64>,
-    pub(crate) handshake: Histogram<u64>,
-    pub(crate) lateness: Histogram<u64>,
+    pub(crate) latency: Hist,
+    pub(crate) handshake: Hist,
+    pub(crate) lateness: Hist,
     pub(crate) steps: Vec<StepResult>,
     pub(crate) errors: ErrorCounts,
     pub(crate) logged_out_reasons: BTreeMap<String, u64>,
@@ -419,95 +420,49 @@ pub(crate) struct ThreadResult {
 
 impl ThreadResult {
     pub(crate) fn new(steps: usize) -> Self {
-        Self {
-            latency: hist(),
-            handshake: hist(),
-            lateness: hist(),
-            steps: (0..steps).map(|_| StepResult::default()).collect(),
-            errors: ErrorCounts::default(),
-            logged_out_reasons: BTreeMap::new(),
-            sent: 0,
-            received: 0,
-            logons: 0,
-            feed: FeedChecker::default(),
-            feed_devices_exact: 0,
-            feed_devices: 0,
-            retransmits: 0,
-            resend_requests: 0,
-            forced: None,
-            hold: HoldCounts::default(),
-            wire: WireCounts::default(),
-            active_at_end: 0,
-            unanswered: 0,
-            in_flight_max: 0,
-            fleet: None,
-        }
+        Self { steps: (0..steps).map(|_| StepResult::default()).collect(), ..Self::default() }
     }
 }
 
 /// One step as one thread saw it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct StepResult {
     pub(crate) devices: u64,
     pub(crate) logged_on: u64,
     pub(crate) first_request: Option<Timestamp>,
     pub(crate) last_logon: Option<Timestamp>,
-    pub(crate) handshake: Histogram<u64>,
+    pub(crate) handshake: Hist,
     /// Attempts started (UDP handshakes and TCP connects).
     pub(crate) connects: u64,
     /// UDP attempts started.
     pub(crate) udp_connects: u64,
-    /// ConnectionRequests, RegistrationRequests and LogonRequests sent, and how many of them
-    /// repeated one of the same attempt (retransmissions).
-    pub(crate) connection_requests: u64,
-    pub(crate) connection_request_retries: u64,
-    pub(crate) registration_requests: u64,
-    pub(crate) registration_request_retries: u64,
-    pub(crate) logon_requests: u64,
-    pub(crate) logon_retries: u64,
-    /// Attempts refused with RATE_LIMITED or shed ("server busy"), then tried again.
-    pub(crate) rate_limited: u64,
-    /// Attempts that timed out (or whose connection failed) and were tried again.
-    pub(crate) timeouts_retried: u64,
+    /// Its handshake requests and retries.
+    pub(crate) requests: RequestCounts,
 }
 
-impl Default for StepResult {
-    fn default() -> Self {
-        Self {
-            devices: 0,
-            logged_on: 0,
-            first_request: None,
-            last_logon: None,
-            handshake: hist(),
-            connects: 0,
-            udp_connects: 0,
-            connection_requests: 0,
-            connection_request_retries: 0,
-            registration_requests: 0,
-            registration_request_retries: 0,
-            logon_requests: 0,
-            logon_retries: 0,
-            rate_limited: 0,
-            timeouts_retried: 0,
-        }
+counts! {
+    /// Handshake requests a step sent, how many repeated one of the same attempt, and the
+    /// attempts tried again.
+    #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+    pub struct RequestCounts {
+        /// ConnectionRequests sent.
+        pub connection_requests: u64,
+        /// ... of which repeats.
+        pub connection_request_retries: u64,
+        /// RegistrationRequests sent.
+        pub registration_requests: u64,
+        /// ... of which repeats.
+        pub registration_request_retries: u64,
+        /// LogonRequests sent.
+        pub logon_requests: u64,
+        /// ... of which repeats.
+        pub logon_retries: u64,
+        /// Attempts refused with RATE_LIMITED or shed by the gateway ("server busy") and tried
+        /// again.
+        pub rate_limited: u64,
+        /// Attempts that timed out (or whose connection failed) and were tried again.
+        pub timeouts_retried: u64,
     }
-}
-
-/// `counts! { struct ... }`: a struct of `u64` counts with `merge`, which adds another's field
-/// by field (so that no count can be left out of the sum).
-macro_rules! counts {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: u64,)* }) => {
-        $(#[$m])*
-        pub struct $name {
-            $($(#[$fm])* pub $f: u64,)*
-        }
-
-        impl $name {
-            fn merge(&mut self, o: &Self) {
-                $(self.$f += o.$f;)*
-            }
-        }
-    };
 }
 
 counts! {
@@ -726,6 +681,29 @@ pub const DEFAULT_SOCKETS: usize = 1024;
 pub(crate) fn hist() -> Histogram<u64> {
     // Constant, valid bounds (low ≥ 1, high ≥ 2 × low, sigfig ≤ 5): cannot fail.
     Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A [`hist`] that is its own `Default`, so that the result structs holding one derive theirs.
+#[derive(Clone, Debug)]
+pub(crate) struct Hist(pub(crate) Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self(hist())
+    }
+}
+
+impl std::ops::Deref for Hist {
+    type Target = Histogram<u64>;
+    fn deref(&self) -> &Histogram<u64> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Hist {
+    fn deref_mut(&mut self) -> &mut Histogram<u64> {
+        &mut self.0
+    }
 }
 
 #[cfg(test)]

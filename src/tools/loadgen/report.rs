@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::errors::{ErrorCounts, ErrorKind};
 use super::{
-    FeedChecker, HoldCounts, LoadConfig, Samples, Scenario, Shared, ThreadResult, WireCounts, hist,
-    usage,
+    FeedChecker, HoldCounts, LoadConfig, RequestCounts, Samples, Scenario, Shared, ThreadResult,
+    WireCounts, hist, usage,
 };
 use crate::time::{Clock, Timestamp};
 
@@ -119,23 +119,9 @@ pub struct StepReport {
 /// Requests sent during a step, and how many repeated one of the same attempt.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Retransmissions {
-    /// ConnectionRequests sent.
-    pub connection_requests: u64,
-    /// ... of which repeats.
-    pub connection_request_retries: u64,
-    /// RegistrationRequests sent.
-    pub registration_requests: u64,
-    /// ... of which repeats.
-    pub registration_request_retries: u64,
-    /// LogonRequests sent.
-    pub logon_requests: u64,
-    /// ... of which repeats.
-    pub logon_retries: u64,
-    /// Attempts refused with RATE_LIMITED or shed by the gateway ("server busy") and tried
-    /// again.
-    pub rate_limited: u64,
-    /// Attempts that timed out and were tried again.
-    pub timeouts_retried: u64,
+    /// The requests and their repeats, and the attempts tried again.
+    #[serde(flatten)]
+    pub requests: RequestCounts,
     /// All repeats: the three retry counts summed.
     pub total: u64,
 }
@@ -304,9 +290,9 @@ impl Report {
                     .get_or_insert_with(|| super::fleet::FleetResult::new(cfg.servers.len()))
                     .merge(f);
             }
-            let _ = r.latency.add(&p.latency);
-            let _ = r.handshake.add(&p.handshake);
-            let _ = r.lateness.add(&p.lateness);
+            let _ = r.latency.add(&*p.latency);
+            let _ = r.handshake.add(&*p.handshake);
+            let _ = r.lateness.add(&*p.lateness);
             r.sent += p.sent;
             r.received += p.received;
             r.logons += p.logons;
@@ -335,17 +321,10 @@ impl Report {
                     (a, b) => a.or(b),
                 };
                 m.last_logon = m.last_logon.max(s.last_logon);
-                let _ = m.handshake.add(&s.handshake);
+                let _ = m.handshake.add(&*s.handshake);
                 m.connects += s.connects;
                 m.udp_connects += s.udp_connects;
-                m.connection_requests += s.connection_requests;
-                m.connection_request_retries += s.connection_request_retries;
-                m.registration_requests += s.registration_requests;
-                m.registration_request_retries += s.registration_request_retries;
-                m.logon_requests += s.logon_requests;
-                m.logon_retries += s.logon_retries;
-                m.rate_limited += s.rate_limited;
-                m.timeouts_retried += s.timeouts_retried;
+                m.requests.merge(&s.requests);
             }
         }
         if cfg.scenario == Scenario::Resend && !r.feed.is_exact() {
@@ -366,18 +345,12 @@ impl Report {
                 let since = |t: Option<Timestamp>| Some(secs(t?) - secs(first?));
                 let (t99_s, t_last_s) = (since(t99), since(m.last_logon));
                 let per_s = |n: u64, t: Option<f64>| t.filter(|&t| t > 0.0).map(|t| n as f64 / t);
+                let req = m.requests;
                 let retransmissions = Retransmissions {
-                    connection_requests: m.connection_requests,
-                    connection_request_retries: m.connection_request_retries,
-                    registration_requests: m.registration_requests,
-                    registration_request_retries: m.registration_request_retries,
-                    logon_requests: m.logon_requests,
-                    logon_retries: m.logon_retries,
-                    rate_limited: m.rate_limited,
-                    timeouts_retried: m.timeouts_retried,
-                    total: m.connection_request_retries
-                        + m.registration_request_retries
-                        + m.logon_retries,
+                    requests: req,
+                    total: req.connection_request_retries
+                        + req.registration_request_retries
+                        + req.logon_retries,
                 };
                 StepReport {
                     step: i,
@@ -391,7 +364,7 @@ impl Report {
                     handshake_ns: Latency::of(&m.handshake),
                     connects: m.connects,
                     retransmissions,
-                    handshake: m.handshake,
+                    handshake: m.handshake.0,
                 }
             })
             .collect();
@@ -885,6 +858,29 @@ fn fmt_us(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The step's `retransmissions` object keeps its flat keys, in order, with `total` last.
+    #[test]
+    fn retransmissions_serialize_flat_with_total_last() {
+        let requests = RequestCounts {
+            connection_requests: 1,
+            connection_request_retries: 2,
+            registration_requests: 3,
+            registration_request_retries: 4,
+            logon_requests: 5,
+            logon_retries: 6,
+            rate_limited: 7,
+            timeouts_retried: 8,
+        };
+        let json = serde_json::to_string(&Retransmissions { requests, total: 12 }).unwrap();
+        assert_eq!(
+            json,
+            "{\"connection_requests\":1,\"connection_request_retries\":2,\
+             \"registration_requests\":3,\"registration_request_retries\":4,\
+             \"logon_requests\":5,\"logon_retries\":6,\"rate_limited\":7,\
+             \"timeouts_retried\":8,\"total\":12}"
+        );
+    }
 
     #[test]
     fn a_lost_device_fails_the_run_whatever_the_share() {
