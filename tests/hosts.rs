@@ -361,11 +361,25 @@ fn out_of_file_descriptors(io: &str) {
     let gw = gateway(io, host.addr, "", &[]);
     let mut d = device(&gw, "HOST-NOFD-1");
     d.connect(1, true);
-    // Hold every descriptor left, so the shard's socket() fails with EMFILE.
+    // Every gateway thread is up (the HTTP endpoint answers: it builds its runtime, which takes
+    // descriptors, on its own thread) before the fill.
+    let addr = gw.metrics_addr.unwrap();
+    until("HTTP endpoint up", 5 * SECOND, || http_get(addr, "/healthz").contains("200"));
+    // Hold every descriptor left, so the shard's socket() fails with EMFILE; and keep taking
+    // any that another thread closes late (CI once saw the shard's connect succeed after the
+    // fill) until none has come free for 300 ms.
     let mut hold = Vec::new();
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        hold.push(f);
-        assert!(hold.len() < 2048, "the soft limit of 1,024 did not hold");
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(300) {
+        let before = hold.len();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hold.push(f);
+            assert!(hold.len() < 2048, "the soft limit of 1,024 did not hold");
+        }
+        if hold.len() > before {
+            quiet_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     // The device's own socket and the gateway's are already open; logon goes on.
     d.run_until("LoggedOut", 10 * SECOND, ended);
