@@ -366,11 +366,14 @@ impl Stream {
             Kind::GapFill(new) => new - 1,
             _ => seq,
         };
+        // A message numbered where the run under way stands continues it, as long as one of
+        // its requests reaches this far. Otherwise it starts a new run, which answers a request
+        // with this `from` (a new request replaces one under way, so an unfinished earlier run
+        // is moot): a request may begin exactly where the last one ended (1..=3, then 4..=4).
+        let fits = |to: &Option<i64>| to.is_none_or(|to| end <= to);
         let mut run = match self.run.take() {
-            Some(run) if run.next == seq => run,
+            Some(run) if run.next == seq && run.to.iter().any(fits) => run,
             _ => {
-                // A new run: it answers a request with this `from` (a new request replaces
-                // one under way, so an unfinished earlier run is moot).
                 let Some(k) = self.requests.iter().rposition(|&(from, _)| from == seq) else {
                     return Err(format!("resend starting at {seq} answers no ResendRequest"));
                 };
@@ -384,7 +387,7 @@ impl Stream {
                 Run { next: seq, to }
             }
         };
-        run.to.retain(|to| to.is_none_or(|to| end <= to));
+        run.to.retain(fits);
         if run.to.is_empty() {
             return Err(format!("resend of {seq}..={end} beyond every request from {seq}"));
         }
