@@ -172,6 +172,32 @@ fn resend_scenario_delivers_every_feed_event_exactly_once() {
     assert!(num(&json, &["resend_requests"]) > 0.0, "the drops must have caused resends: {json}");
 }
 
+/// A gateway whose application never answers: every echo request of the steady run is a lost
+/// reply, counted once the end has waited for them, and the run fails. The report's figures
+/// add up: sent minus received is the number lost.
+#[test]
+fn unanswered_echo_requests_are_lost_replies() {
+    let gw = common::start("epoll", &["gateway.app=\"none\""]);
+    let cfg = LoadConfig {
+        scenario: Scenario::Steady,
+        handshake: gw.gateway.handshake_addr,
+        tcp: gw.gateway.tcp_addr,
+        udp_devices: 20,
+        tcp_devices: 2,
+        rate: 200.0,
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_millis(500),
+        threads: 2,
+        source_ips: 4,
+        ..LoadConfig::default()
+    };
+    let json = run_failing(&cfg);
+    let sent = num(&json, &["sent"]);
+    assert!(sent >= 50.0, "{json}");
+    assert_eq!(num(&json, &["received"]), 0.0, "{json}");
+    assert_eq!(num(&json, &["errors", "lost_replies"]), sent, "{json}");
+}
+
 #[test]
 fn churn_scenario() {
     let json = run(Scenario::Churn, &[], |c| {

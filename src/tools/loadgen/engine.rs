@@ -47,6 +47,9 @@ const SENDS_PER_PASS: usize = 10_000;
 const MAX_WAIT: Duration = Duration::from_millis(10);
 /// How long the end waits for outstanding echo replies, then for LoggedOut.
 const END_WAIT: Duration = Duration::from_secs(2);
+/// The longest the end waits for echo replies while they keep coming: a device recovering
+/// from dropped datagrams (resend scenario) gets its last replies after backed-off retries.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Largest send queue of a TCP client before its writes count as failed.
 const TCP_OUT_MAX: usize = 256 * 1024;
 /// Read buffer of a TCP client (the gateway's frames are far smaller).
@@ -154,7 +157,8 @@ enum Phase {
     Hold,
     /// steady/resend/churn: ramp during warm-up, then measured open-loop traffic.
     Run,
-    /// Waiting (bounded) for outstanding echo replies.
+    /// Waiting for outstanding echo replies: until END_WAIT passes with none arriving, and
+    /// never past `drain_cap`.
     Drain(Timestamp),
     /// Waiting (bounded) for LoggedOut after logging everyone out.
     Leaving(Timestamp),
@@ -213,6 +217,9 @@ struct Engine<'a> {
     /// steady family: measured window, echo schedule.
     warm_end: Timestamp,
     end: Timestamp,
+    /// Drain: the hard end of the wait, and the replies counted when it last moved on.
+    drain_cap: Timestamp,
+    drain_seen: u64,
     send_interval: Option<Duration>,
     next_send: Timestamp,
     rr: usize,
@@ -396,6 +403,8 @@ impl<'a> Engine<'a> {
             next_connect: Timestamp::ZERO,
             warm_end: Timestamp::ZERO,
             end: Timestamp::ZERO,
+            drain_cap: Timestamp::ZERO,
+            drain_seen: 0,
             send_interval: None,
             next_send: Timestamp::ZERO,
             rr: 0,
@@ -516,9 +525,16 @@ impl<'a> Engine<'a> {
                 if now >= self.end || stop {
                     self.counting = false;
                     self.phase = Phase::Drain(now + END_WAIT);
+                    self.drain_cap = now + DRAIN_MAX;
+                    self.drain_seen = self.st.received;
                 }
             }
-            Phase::Drain(deadline) => {
+            Phase::Drain(mut deadline) => {
+                if self.st.received > self.drain_seen {
+                    self.drain_seen = self.st.received;
+                    deadline = (now + END_WAIT).min(self.drain_cap);
+                    self.phase = Phase::Drain(deadline);
+                }
                 if self.st.received >= self.st.sent || now >= deadline || stop {
                     self.end_run(now);
                 }
@@ -653,16 +669,6 @@ impl<'a> Engine<'a> {
             self.count_error(k as u32, kind);
         }
         self.fleet_end_counts();
-        let unanswered = self.st.sent.saturating_sub(self.st.received);
-        match self.cfg.scenario {
-            Scenario::Steady | Scenario::Resend => {
-                if unanswered > 0 {
-                    self.st.errors.add(ErrorKind::LostReplies, unanswered);
-                }
-            }
-            // Sessions that leave by design lose the replies still in flight.
-            _ => self.st.unanswered = unanswered,
-        }
         for (k, d) in self.devs.iter().enumerate() {
             let s = d.dev.stats();
             self.st.retransmits += s.retransmits;
@@ -1608,6 +1614,18 @@ impl<'a> Engine<'a> {
     }
 
     fn finish(mut self) -> ThreadResult {
+        // Counted at the very end, so that a reply that came while the fleet logged out is
+        // received, not lost: the report's sent and received then add up to its lost replies.
+        let unanswered = self.st.sent.saturating_sub(self.st.received);
+        match self.cfg.scenario {
+            Scenario::Steady | Scenario::Resend => {
+                if unanswered > 0 {
+                    self.st.errors.add(ErrorKind::LostReplies, unanswered);
+                }
+            }
+            // Sessions that leave by design lose the replies still in flight.
+            _ => self.st.unanswered = unanswered,
+        }
         self.st.logged_out_reasons = std::mem::take(&mut self.logged_out_reasons);
         self.st
     }
