@@ -39,9 +39,12 @@ stop_all() {
 trap stop_all EXIT
 
 SERVERS=""
+# No taskset on the processes: each gateway pins its shard (gateway.cpus) and its other threads
+# (gateway.service_cpus), as scripts/lib.sh's start_gateway does.
+placement_args
 for i in 0 1 2; do
     udp=$(( 13006 + 10000 * i )) tcp=$(( 14210 + 10000 * i ))
-    taskset -c "$GATEWAY_CPUS" "$BIN" serve --open-logon --shards 1 --io "$IO" \
+    "$BIN" serve --open-logon --shards 1 --io "$IO" "${PLACEMENT[@]}" \
         --handshake-addr "127.0.0.1:$udp" --tcp-addr "127.0.0.1:$tcp" \
         --session-port-base $(( 15000 + 10000 * i )) --metrics-addr "127.0.0.1:$(( 19464 + 10000 * i ))" \
         --set "gateway.admin_socket=\"$OUT/gw$i.sock\"" \
