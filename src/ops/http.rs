@@ -32,31 +32,36 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the accept loop looks at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
+/// The endpoint's runtime (one thread) and its listener, made by the caller so that a failure
+/// (no file descriptor left for the runtime's epoll and eventfd) fails the gateway's start
+/// instead of leaving it running without `/metrics`.
+pub struct Endpoint {
+    rt: tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+}
+
+impl Endpoint {
+    /// Builds the runtime and registers `listener` with it.
+    pub fn new(listener: TcpListener) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _in = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        Ok(Self { rt, listener })
+    }
+}
+
 /// Serves `/metrics`, `/sessions` and `/healthz` until `stop`.
 pub fn serve_http(
-    listener: TcpListener,
+    endpoint: Endpoint,
     view: Arc<Mutex<View>>,
     stop: Arc<AtomicBool>,
     limits: HttpLimits,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "HTTP endpoint: cannot start its runtime");
-            return;
-        }
-    };
+    let Endpoint { rt, listener } = endpoint;
     rt.block_on(async move {
-        let listener = match listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "HTTP endpoint: cannot use its listener");
-                return;
-            }
-        };
         let open = Arc::new(AtomicUsize::new(0));
         while !stop.load(Ordering::Relaxed) {
             let Ok(accepted) = tokio::time::timeout(STOP_CHECK, listener.accept()).await else {

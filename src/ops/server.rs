@@ -93,8 +93,10 @@ impl Server {
                 max_connections: obs.http_max_connections,
                 header_timeout: Duration::from_millis(obs.http_header_timeout_ms),
             };
+            let endpoint = http::Endpoint::new(l)
+                .map_err(|e| format!("cannot start the HTTP endpoint: {e}"))?;
             let h = spawn("fleetgate-http", &service_cpus, move || {
-                http::serve_http(l, view, stop, limits)
+                http::serve_http(endpoint, view, stop, limits)
             })?;
             server.http = Some(h);
         }
