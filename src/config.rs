@@ -95,7 +95,7 @@ section! {
         /// (default 1000 ms).
         pub feed_interval_ms: u64 = 1000,
         /// `drain_timeout_ms`: on SIGTERM, wait this long for LoggedOut to go out (default 1500
-        /// ms).
+        /// ms); what is not out by then stays unsent, and the shard's log says how many.
         pub drain_timeout_ms: u64 = 1500,
         /// `handoff_queue`: acceptor→shard SPSC capacity (default 1024 handoffs).
         pub handoff_queue: usize = 1024,

@@ -1066,6 +1066,90 @@ fn sigterm_logs_out_and_exits_0(io: &str) {
     panic!("could not start the gateway on free ports");
 }
 
+/// SIGTERM with more goodbyes than `gateway.drain_timeout_ms` lets out (0 here, 2,000 sessions):
+/// the drain stops at the deadline instead of sending the whole slab's LoggedOut first, the
+/// process exits 0, and the log says how many sessions were not told.
+#[test]
+fn sigterm_drain_stops_at_drain_timeout() {
+    use fleetgate::tools::loadgen::{self, LoadConfig, Scenario};
+    let dir = TempDir::new("sigterm-deadline");
+    let n = 2000;
+    for attempt in 0..5 {
+        let (hs, base) = (free_udp_port(), free_udp_port());
+        if hs == base {
+            continue;
+        }
+        let log = dir.0.join(format!("serve-{attempt}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["serve", "--open-logon", "--shards", "1"])
+            .args(["--handshake-addr", &format!("127.0.0.1:{hs}")])
+            .args(["--tcp-addr", "127.0.0.1:0"])
+            .args(["--session-port-base", &base.to_string()])
+            .args(["--metrics-addr", ""])
+            .args(["--set", &format!("gateway.max_sessions_per_shard={}", n + 100)])
+            .args(["--set", "gateway.drain_timeout_ms=0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn fleetgate serve");
+        let mut child = ChildGuard(child);
+        let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+        let t0 = Instant::now();
+        while !stderr().contains("serving:") {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                assert!(stderr().contains("cannot bind"), "exited with {status}:\n{}", stderr());
+                break;
+            }
+            assert!(t0.elapsed() < 10 * SECOND, "no start:\n{}", stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.0.try_wait().unwrap().is_some() {
+            continue;
+        }
+        let cfg = LoadConfig {
+            scenario: Scenario::Storm,
+            handshake: local(hs),
+            udp_devices: n,
+            tcp_devices: 0,
+            rate: 0.0,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(200),
+            source_ips: 4,
+            logout_at_end: false,
+            ..LoadConfig::default()
+        };
+        let report = loadgen::run(&cfg).expect("load run");
+        assert!(!report.failed(), "{}", report.table());
+        let pid = child.0.id() as libc::pid_t;
+        // SAFETY: sends a signal to our own child process, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(t0.elapsed() < 10 * SECOND, "still running 10 s after SIGTERM:\n{}", stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "exit status {status}:\n{}", stderr());
+        let err = stderr();
+        let line = err
+            .lines()
+            .find(|l| l.contains("drain_timeout_ms passed before every LoggedOut was out"))
+            .unwrap_or_else(|| panic!("no warning about the untold sessions:\n{err}"));
+        let untold: usize = line
+            .split("untold=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no untold count in {line}"));
+        assert!(untold > 0 && untold <= n, "{line}");
+        return;
+    }
+    panic!("could not start the gateway on free ports");
+}
+
 /// A gateway that cannot bind its second shard's session port fails to start and leaves nothing
 /// running: the first shard's port is free again afterwards.
 #[test]

@@ -563,6 +563,11 @@ impl<B: Backend> Shard<B> {
         // Bytes this pass has handed to the backend, until the early flush.
         let (mut built, mut flushed) = (0usize, false);
         self.endpoint.unblock(now);
+        // Shutdown: the goodbyes of a whole slab come out in one pass (100,000 sessions take
+        // about a second at the kernel's cost per datagram); `gateway.drain_timeout_ms` bounds
+        // it: what is not out at the deadline stays unsent (those devices find the gateway
+        // silent and move on as after a crash). Checked every 256 transmits: a clock read each.
+        let stop_at = self.drain_deadline.zip(self.clock);
         while let Some(t) = {
             let backend = &self.backend;
             // Until the early flush, TCP output goes in pieces of at most that size too.
@@ -571,6 +576,12 @@ impl<B: Backend> Shard<B> {
                 .poll_transmit_within(now, &mut self.buf, &mut |c| backend.tcp_room(c).min(cap))
         } {
             work += 1;
+            if let Some((d, clock)) = stop_at
+                && work % 256 == 0
+                && clock.now() >= d
+            {
+                break;
+            }
             if !flushed {
                 if built >= EARLY_FLUSH_BYTES {
                     // A large output (a resend burst): what is built leaves now, while the
@@ -967,19 +978,45 @@ pub fn run(spec: ShardSpec) -> Counters {
         .and_then(|ms| ms.parse::<u64>().ok())
         .filter(|_| index == 0)
         .map(|ms| clock.now() + Duration::from_millis(ms));
+    let mut stopping: Option<Instant> = None;
     loop {
         let now = clock.now();
         #[cfg(feature = "sim")]
         if panic_at.is_some_and(|t| now >= t) {
             panic!("injected by FLEETGATE_TEST_PANIC_SHARD0_MS");
         }
-        if shutdown.load(Ordering::Relaxed) {
+        if shutdown.load(Ordering::Relaxed) && stopping.is_none() {
+            let t = Instant::now();
+            let sessions = shard.endpoint.session_count();
             shard.shutdown(now);
+            tracing::info!(
+                shard = index,
+                sessions,
+                took_ms = t.elapsed().as_millis() as u64,
+                "shutdown: every session told to log out"
+            );
+            stopping = Some(t);
         }
         shard.do_work(now);
         if shard.is_finished() {
             let mut totals = shard.endpoint.counters().clone();
             totals.merge(&shard.counters);
+            let t = Instant::now();
+            let drained_ms = stopping.map_or(0, |s| s.elapsed().as_millis() as u64);
+            let untold = shard.endpoint.state_counts().logging_out;
+            drop(shard);
+            let freed_ms = t.elapsed().as_millis() as u64;
+            if untold > 0 {
+                tracing::warn!(
+                    shard = index,
+                    drained_ms,
+                    freed_ms,
+                    untold,
+                    "shard stopped: gateway.drain_timeout_ms passed before every LoggedOut was out"
+                );
+            } else {
+                tracing::info!(shard = index, drained_ms, freed_ms, "shard stopped");
+            }
             return totals;
         }
     }
