@@ -998,6 +998,29 @@ fn free_udp_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
+/// The real binary with one shard on the given ports, no metrics endpoint, `sets` as `--set`
+/// overrides, its log in `log`.
+fn serve_one_shard(
+    io: &str,
+    hs: u16,
+    base: u16,
+    sets: &[String],
+    log: &std::path::Path,
+) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+    cmd.args(["serve", "--open-logon", "--shards", "1", "--io", io])
+        .args(["--handshake-addr", &format!("127.0.0.1:{hs}")])
+        .args(["--tcp-addr", "127.0.0.1:0"])
+        .args(["--session-port-base", &base.to_string()])
+        .args(["--metrics-addr", ""]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let log = std::fs::File::create(log).unwrap();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn();
+    ChildGuard(child.expect("spawn fleetgate serve"))
+}
+
 /// Issue 12. The real binary: SIGTERM logs the device out ("gateway shutting down") and the
 /// process exits with status 0 within 2 s.
 fn sigterm_logs_out_and_exits_0(io: &str) {
@@ -1008,19 +1031,8 @@ fn sigterm_logs_out_and_exits_0(io: &str) {
             continue;
         }
         let log = dir.0.join(format!("serve-{attempt}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-            .args(["serve", "--open-logon", "--shards", "1", "--io", io])
-            .args(["--handshake-addr", &format!("127.0.0.1:{hs}")])
-            .args(["--tcp-addr", "127.0.0.1:0"])
-            .args(["--session-port-base", &base.to_string()])
-            .args(["--metrics-addr", ""])
-            .args(["--set", "gateway.max_sessions_per_shard=16"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn fleetgate serve");
-        let mut child = ChildGuard(child);
+        let sets = ["gateway.max_sessions_per_shard=16".to_string()];
+        let mut child = serve_one_shard(io, hs, base, &sets, &log);
         let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
         // The device retries its ConnectionRequest every 500 ms while the gateway starts.
         let mut d = Udp::at(local(hs), "RT-SIGTERM-1", b"user", b"pw");
@@ -1080,20 +1092,11 @@ fn sigterm_drain_stops_at_drain_timeout() {
             continue;
         }
         let log = dir.0.join(format!("serve-{attempt}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-            .args(["serve", "--open-logon", "--shards", "1"])
-            .args(["--handshake-addr", &format!("127.0.0.1:{hs}")])
-            .args(["--tcp-addr", "127.0.0.1:0"])
-            .args(["--session-port-base", &base.to_string()])
-            .args(["--metrics-addr", ""])
-            .args(["--set", &format!("gateway.max_sessions_per_shard={}", n + 100)])
-            .args(["--set", "gateway.drain_timeout_ms=0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn fleetgate serve");
-        let mut child = ChildGuard(child);
+        let sets = [
+            format!("gateway.max_sessions_per_shard={}", n + 100),
+            "gateway.drain_timeout_ms=0".into(),
+        ];
+        let mut child = serve_one_shard("auto", hs, base, &sets, &log);
         let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
         let t0 = Instant::now();
         while !stderr().contains("serving:") {
