@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::apps::host::{EndpointSink, HostApp, HostBridge, HostIo};
+use crate::apps::host::{HostApp, HostBridge, HostIo, SessionSink};
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::io::{Backend, BackendSpec, ConnectOpts, IoEvent, SendError};
@@ -514,7 +514,7 @@ impl<B: Backend> Shard<B> {
         let mut b = bridge.borrow_mut();
         let mut work = 0;
         {
-            let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+            let mut send = SessionSink::Endpoint { endpoint: &mut self.endpoint, now };
             if b.poll_timeout().is_some_and(|t| t <= now) {
                 b.handle_timeout(now, &mut send);
                 work += 1;
@@ -534,7 +534,7 @@ impl<B: Backend> Shard<B> {
                     if let Err(e) = &r {
                         tracing::debug!(shard = self.index, %addr, error = %e, "host connect");
                     }
-                    let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+                    let mut send = SessionSink::Endpoint { endpoint: &mut self.endpoint, now };
                     b.connect_started(now, slot, r, &mut send);
                 }
                 HostIo::Send { slot } => {
@@ -783,13 +783,13 @@ impl Input<'_> {
                 self.endpoint.handle_datagram(now, from, data);
             }
             IoEvent::TcpData { conn, data } if self.is_host(conn) => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().from_host(now, conn, data, &mut send);
                 }
             }
             IoEvent::TcpClosed { conn } if self.is_host(conn) => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().host_closed(now, conn, &mut send);
                 }
@@ -798,13 +798,13 @@ impl Input<'_> {
                 }
             }
             IoEvent::TcpConnected { conn } => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().connected(now, conn, &mut send);
                 }
             }
             IoEvent::TcpConnectFailed { conn, errno } => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().connect_failed(now, conn, errno, &mut send);
                 }
