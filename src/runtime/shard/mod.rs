@@ -385,7 +385,7 @@ impl<B: Backend> Shard<B> {
             if cycle > 1_000_000 {
                 self.counters.incr(Counter::CyclesOver1ms);
             }
-            record(&mut self.local.cycle_ns, cycle, &mut self.counters);
+            record(&mut self.local.latency.cycle, cycle, &mut self.counters);
         }
         let until = self.until_deadline(now);
         self.wait = self.idle.park_for(work, &mut self.idle_since, until);
@@ -629,7 +629,7 @@ impl<B: Backend> Shard<B> {
                 }
                 EndpointEvent::SlowReader(_) => self.counters.incr(Counter::TcpSlowReaderClosed),
                 EndpointEvent::ResendServed(d) => {
-                    record(&mut self.local.resend_ns, d.as_nanos() as u64, &mut self.counters);
+                    record(&mut self.local.latency.resend, d.as_nanos() as u64, &mut self.counters);
                 }
             }
         }
@@ -639,7 +639,11 @@ impl<B: Backend> Shard<B> {
         self.counters.set(Counter::UdpSendDropped, self.backend.dropped_sends());
         if let Some(t) = self.first_input.take() {
             // From the first input of this pass to its answers handed to the kernel.
-            record(&mut self.local.service_ns, t.elapsed().as_nanos() as u64, &mut self.counters);
+            record(
+                &mut self.local.latency.service,
+                t.elapsed().as_nanos() as u64,
+                &mut self.counters,
+            );
         }
         work
     }
@@ -651,7 +655,7 @@ impl<B: Backend> Shard<B> {
         if c.accepted_at != Timestamp::ZERO {
             let ns = now.saturating_since(c.accepted_at).as_nanos() as u64;
             c.accepted_at = Timestamp::ZERO;
-            record(&mut self.local.handshake_ns, ns, &mut self.counters);
+            record(&mut self.local.latency.handshake, ns, &mut self.counters);
         }
     }
 
@@ -725,12 +729,7 @@ impl<B: Backend> Shard<B> {
             SESSION_SLOTS_PER_SNAPSHOT,
             &mut snap.sessions,
         );
-        for (dst, src) in [
-            (&mut snap.service_ns, &mut self.local.service_ns),
-            (&mut snap.cycle_ns, &mut self.local.cycle_ns),
-            (&mut snap.handshake_ns, &mut self.local.handshake_ns),
-            (&mut snap.resend_ns, &mut self.local.resend_ns),
-        ] {
+        for (dst, src) in snap.latency.each_mut().into_iter().zip(self.local.latency.each_mut()) {
             // Housekeeping hands snapshots back with empty histograms: a swap, not a copy and
             // two clears of ~220 KB each (per histogram, once a second on the shard thread).
             debug_assert!(dst.is_empty());
