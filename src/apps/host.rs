@@ -190,57 +190,39 @@ struct Slot {
 }
 
 /// Where the bridge sends to sessions: an application's `Outbox`, or the endpoint (the shard).
-pub trait SessionSink {
-    /// Sends an application message on `session`.
-    fn send(&mut self, session: SessionHandle, type_id: u16, body: &[u8])
-    -> Result<i64, SendError>;
+pub enum SessionSink<'a, 'b> {
+    /// The outbox of an application call: only statuses are sent from one, never host bytes.
+    App(&'a mut Outbox<'b>),
+    /// The endpoint, at `now`.
+    Endpoint {
+        /// The endpoint.
+        endpoint: &'a mut crate::session::Endpoint,
+        /// The time.
+        now: Timestamp,
+    },
+}
+
+impl SessionSink<'_, '_> {
+    /// The outbox to send through.
+    pub fn outbox(&mut self) -> Outbox<'_> {
+        match self {
+            Self::App(out) => out.reborrow(),
+            Self::Endpoint { endpoint, now } => endpoint.outbox(*now),
+        }
+    }
+
     /// Messages `session` takes before one would evict what its device has not acknowledged
     /// (`Endpoint::app_window`).
-    fn window(&self, session: SessionHandle) -> usize;
-}
-
-impl SessionSink for Outbox<'_> {
-    fn send(
-        &mut self,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-    ) -> Result<i64, SendError> {
-        Outbox::send(self, session, type_id, body)
-    }
-    fn window(&self, _session: SessionHandle) -> usize {
-        // Only statuses are sent from an application call, never host bytes.
-        usize::MAX
-    }
-}
-
-/// The endpoint as a [`SessionSink`], at `now`.
-pub struct EndpointSink<'a> {
-    /// The endpoint.
-    pub endpoint: &'a mut crate::session::Endpoint,
-    /// The time.
-    pub now: Timestamp,
-}
-
-impl SessionSink for EndpointSink<'_> {
-    fn send(
-        &mut self,
-        session: SessionHandle,
-        type_id: u16,
-        body: &[u8],
-    ) -> Result<i64, SendError> {
-        self.endpoint.send(self.now, session, type_id, body)
-    }
-    fn window(&self, session: SessionHandle) -> usize {
-        self.endpoint.app_window(session)
+    pub fn window(&self, session: SessionHandle) -> usize {
+        match self {
+            Self::App(_) => usize::MAX,
+            Self::Endpoint { endpoint, .. } => endpoint.app_window(session),
+        }
     }
 }
 
 /// Queues bytes on a connection (the backend's `send_tcp`).
 pub type SendTcp<'a> = dyn FnMut(ConnId, &[u8]) -> Result<(), crate::io::SendError> + 'a;
-
-/// The sink the bridge's calls take.
-pub type SendFn<'a> = dyn SessionSink + 'a;
 
 /// A shard's host connections (see the module docs).
 pub struct HostBridge {
@@ -336,10 +318,15 @@ impl HostBridge {
         (s != NONE && self.slots[s as usize].session == session).then_some(s)
     }
 
-    fn status(send: &mut SendFn<'_>, session: SessionHandle, state: HostState, details: &[u8]) {
+    fn status(
+        send: &mut SessionSink<'_, '_>,
+        session: SessionHandle,
+        state: HostState,
+        details: &[u8],
+    ) {
         // A refused status (the session is ending, or its journal is full of unsent messages)
         // is not retried: the LoggedOut that follows says it.
-        let _ = send.send(session, HOST_STATUS, StatusBuf::new(state, details).as_bytes());
+        let _ = send.outbox().send(session, HOST_STATUS, StatusBuf::new(state, details).as_bytes());
     }
 
     fn schedule(&mut self, slot: u32, at: Timestamp) {
@@ -359,7 +346,7 @@ impl HostBridge {
         now: Timestamp,
         session: SessionHandle,
         host: u8,
-        send: &mut SendFn<'_>,
+        send: &mut SessionSink<'_, '_>,
     ) {
         if let Some(slot) = self.slot_of(session) {
             if let Phase::Ended(why) = self.slots[slot as usize].phase {
@@ -400,7 +387,7 @@ impl HostBridge {
         now: Timestamp,
         slot: u32,
         result: std::io::Result<ConnId>,
-        send: &mut SendFn<'_>,
+        send: &mut SessionSink<'_, '_>,
     ) {
         let s = &mut self.slots[slot as usize];
         if s.phase != Phase::Connecting || s.conn.is_some() {
@@ -435,7 +422,7 @@ impl HostBridge {
     }
 
     /// `conn`'s connect completed.
-    pub fn connected(&mut self, now: Timestamp, conn: ConnId, send: &mut SendFn<'_>) {
+    pub fn connected(&mut self, now: Timestamp, conn: ConnId, send: &mut SessionSink<'_, '_>) {
         let Some(slot) = self.by_conn.get(conn.0 as usize).copied().filter(|&s| s != NONE) else {
             return;
         };
@@ -461,7 +448,7 @@ impl HostBridge {
         now: Timestamp,
         conn: ConnId,
         errno: i32,
-        send: &mut SendFn<'_>,
+        send: &mut SessionSink<'_, '_>,
     ) {
         let Some(slot) = self.by_conn.get(conn.0 as usize).copied().filter(|&s| s != NONE) else {
             return;
@@ -472,7 +459,13 @@ impl HostBridge {
         }
     }
 
-    fn unreachable(&mut self, _now: Timestamp, slot: u32, details: &[u8], send: &mut SendFn<'_>) {
+    fn unreachable(
+        &mut self,
+        _now: Timestamp,
+        slot: u32,
+        details: &[u8],
+        send: &mut SessionSink<'_, '_>,
+    ) {
         let s = &self.slots[slot as usize];
         let (session, host) = (s.session, usize::from(s.host));
         self.stats[host].unreachable += 1;
@@ -502,7 +495,7 @@ impl HostBridge {
         session: SessionHandle,
         type_id: u16,
         body: &[u8],
-        _send: &mut SendFn<'_>,
+        _send: &mut SessionSink<'_, '_>,
     ) {
         let Ok(Some(HostMessage::ToHost(bytes))) = HostMessage::decode(type_id, body) else {
             return;
@@ -556,7 +549,13 @@ impl HostBridge {
 
     /// Bytes read from host connection `conn`: to its session as 401 messages; what does not
     /// fit waits and reading stops.
-    pub fn from_host(&mut self, now: Timestamp, conn: ConnId, data: &[u8], send: &mut SendFn<'_>) {
+    pub fn from_host(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        data: &[u8],
+        send: &mut SessionSink<'_, '_>,
+    ) {
         let Some(slot) = self.by_conn.get(conn.0 as usize).copied().filter(|&s| s != NONE) else {
             return;
         };
@@ -584,7 +583,7 @@ impl HostBridge {
     }
 
     /// Sends what `slot` holds from its host, cut to journal slots; true when all went.
-    fn drain(&mut self, slot: u32, send: &mut SendFn<'_>) -> bool {
+    fn drain(&mut self, slot: u32, send: &mut SessionSink<'_, '_>) -> bool {
         let max = self.limits.max_chunk;
         let s = &mut self.slots[slot as usize];
         let mut window = send.window(s.session);
@@ -595,7 +594,8 @@ impl HostBridge {
             }
             window -= 1;
             let end = (s.from_off + max).min(s.from_host.len());
-            match send.send(s.session, HOST_DATA_FROM_HOST, &s.from_host[s.from_off..end]) {
+            match send.outbox().send(s.session, HOST_DATA_FROM_HOST, &s.from_host[s.from_off..end])
+            {
                 Ok(_) => s.from_off = end,
                 Err(SendError::Backpressure) => return false,
                 // The session is ending or gone: nothing more reaches it.
@@ -609,7 +609,7 @@ impl HostBridge {
 
     /// Retries the slots whose sessions could not take their host's bytes; resumes reading
     /// those that could. Call once per pass, after output was drained.
-    pub fn retry(&mut self, send: &mut SendFn<'_>) {
+    pub fn retry(&mut self, send: &mut SessionSink<'_, '_>) {
         let mut i = 0;
         while i < self.waiting.len() {
             let slot = self.waiting[i];
@@ -633,7 +633,7 @@ impl HostBridge {
     /// Host connection `conn` is closed (by the host, after a failed connect, or after the
     /// bridge asked): CLOSED_BY_HOST and LoggedOut if the host did it; its slot is freed once
     /// its session is gone too.
-    pub fn host_closed(&mut self, now: Timestamp, conn: ConnId, send: &mut SendFn<'_>) {
+    pub fn host_closed(&mut self, now: Timestamp, conn: ConnId, send: &mut SessionSink<'_, '_>) {
         let Some(slot) = self.by_conn.get(conn.0 as usize).copied().filter(|&s| s != NONE) else {
             return;
         };
@@ -697,7 +697,7 @@ impl HostBridge {
 
     /// Fires every due deadline: connect timeouts (UNREACHABLE) and inactivity (the last
     /// message to the host, IDLE_TIMEOUT, LoggedOut).
-    pub fn handle_timeout(&mut self, now: Timestamp, send: &mut SendFn<'_>) {
+    pub fn handle_timeout(&mut self, now: Timestamp, send: &mut SessionSink<'_, '_>) {
         while let Some(&Reverse((t, slot, generation))) = self.deadlines.peek() {
             if t > now {
                 break;
@@ -757,10 +757,16 @@ impl HostApp {
 impl Application for HostApp {
     fn on_message(&mut self, now: Timestamp, msg: AppMessage<'_>, out: &mut Outbox<'_>) {
         let AppMessage { session, type_id, body } = msg;
-        self.bridge.borrow_mut().from_device(now, session, type_id, body, out);
+        self.bridge.borrow_mut().from_device(
+            now,
+            session,
+            type_id,
+            body,
+            &mut SessionSink::App(out),
+        );
     }
 
     fn on_logon(&mut self, now: Timestamp, session: SessionHandle, out: &mut Outbox<'_>) {
-        self.bridge.borrow_mut().logon(now, session, self.host, out);
+        self.bridge.borrow_mut().logon(now, session, self.host, &mut SessionSink::App(out));
     }
 }

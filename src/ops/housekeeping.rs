@@ -17,7 +17,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use super::metrics::session_rows;
 use super::traces::TraceWriter;
 use crate::counters::Counters;
-use crate::runtime::report::{AcceptorReport, Published};
+use crate::runtime::report::{AcceptorReport, LATENCY_NAMES, Latencies, Published};
 
 /// The merged view the HTTP endpoints read.
 #[derive(Default)]
@@ -26,14 +26,8 @@ pub struct View {
     pub shards: Vec<Option<ShardView>>,
     /// The acceptor's latest report.
     pub acceptor: Option<AcceptorReport>,
-    /// Histograms since start, merged over shards.
-    pub service_ns: Option<Histogram<u64>>,
-    /// Loop cycle time since start.
-    pub cycle_ns: Option<Histogram<u64>>,
-    /// TCP handshake time since start.
-    pub handshake_ns: Option<Histogram<u64>>,
-    /// Resend service time since start.
-    pub resend_ns: Option<Histogram<u64>>,
+    /// Latency histograms since start, merged over shards.
+    pub latency: Latencies<Option<Histogram<u64>>>,
 }
 
 /// One shard's latest numbers.
@@ -79,15 +73,13 @@ pub fn run(
     });
     let h =
         || Histogram::<u64>::new_with_bounds(1, latency_ns_max.max(2), 3).expect("valid bounds");
-    let (mut i_service, mut i_cycle, mut i_handshake, mut i_resend) = (h(), h(), h(), h());
+    // This interval's, merged over shards.
+    let mut interval = Latencies::new(h);
     let mut interval_start = clock.now();
     {
         let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
         v.shards = (0..links.len()).map(|_| None).collect();
-        v.service_ns = Some(h());
-        v.cycle_ns = Some(h());
-        v.handshake_ns = Some(h());
-        v.resend_ns = Some(h());
+        v.latency = Latencies::new(|| Some(h()));
     }
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -99,10 +91,9 @@ pub fn run(
         trace_writer.flush();
         for link in &mut links {
             while let Ok(mut snap) = link.snapshots.pop() {
-                let _ = i_service.add(&snap.service_ns);
-                let _ = i_cycle.add(&snap.cycle_ns);
-                let _ = i_handshake.add(&snap.handshake_ns);
-                let _ = i_resend.add(&snap.resend_ns);
+                for (i, s) in interval.each_mut().into_iter().zip(snap.latency.each()) {
+                    let _ = i.add(s);
+                }
                 let json = session_rows(&snap);
                 let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = v.shards.get_mut(snap.shard) {
@@ -115,12 +106,7 @@ pub fn run(
                 }
                 drop(v);
                 // Emptied here, off the shard thread: the shard swaps them with its own.
-                for h in [
-                    &mut snap.service_ns,
-                    &mut snap.cycle_ns,
-                    &mut snap.handshake_ns,
-                    &mut snap.resend_ns,
-                ] {
+                for h in snap.latency.each_mut() {
                     h.reset();
                 }
                 let _ = link.recycle.push(snap);
@@ -138,33 +124,21 @@ pub fn run(
             let begin = interval_start.saturating_since(crate::time::Timestamp::ZERO);
             let len = now.saturating_since(interval_start);
             if let Some(w) = writer.as_mut() {
-                let tags = [
-                    ("service", &i_service),
-                    ("cycle", &i_cycle),
-                    ("handshake", &i_handshake),
-                    ("resend", &i_resend),
-                ];
-                for (tag, hist) in tags {
+                for (tag, hist) in LATENCY_NAMES.into_iter().zip(interval.each()) {
                     let _ = w.write_histogram(hist, begin, len, Tag::new(tag));
                 }
             }
             let mut guard = view.lock().unwrap_or_else(|e| e.into_inner());
             let v = &mut *guard;
-            for (dst, src) in [
-                (&mut v.service_ns, &i_service),
-                (&mut v.cycle_ns, &i_cycle),
-                (&mut v.handshake_ns, &i_handshake),
-                (&mut v.resend_ns, &i_resend),
-            ] {
+            for (dst, src) in v.latency.each_mut().into_iter().zip(interval.each()) {
                 if let Some(d) = dst.as_mut() {
                     let _ = d.add(src);
                 }
             }
             drop(guard);
-            i_service.reset();
-            i_cycle.reset();
-            i_handshake.reset();
-            i_resend.reset();
+            for h in interval.each_mut() {
+                h.reset();
+            }
             interval_start = now;
         }
         if stopping {

@@ -133,18 +133,18 @@ impl Scrape {
             (
                 "service_ns",
                 "Datagram or TCP chunk read to its answers handed to the kernel (ns).",
-                &v.service_ns,
+                &v.latency.service,
             ),
-            ("cycle_ns", "Shard loop passes with work (ns).", &v.cycle_ns),
+            ("cycle_ns", "Shard loop passes with work (ns).", &v.latency.cycle),
             (
                 "handshake_ns",
                 "TCP accept to LogonResponse handed to the kernel (ns).",
-                &v.handshake_ns,
+                &v.latency.handshake,
             ),
             (
                 "resend_ns",
                 "ResendRequest to its last message handed to the transport (ns).",
-                &v.resend_ns,
+                &v.latency.resend,
             ),
         ]
         .into_iter()
@@ -312,7 +312,7 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::report::AcceptorReport;
+    use crate::runtime::report::{AcceptorReport, Latencies};
 
     #[test]
     fn every_family_has_its_type_line_directly_before_its_samples() {
@@ -348,8 +348,7 @@ mod tests {
                 }),
             ],
             acceptor: Some(AcceptorReport { counters: a, backend: "poll" }),
-            service_ns: Some(h),
-            ..View::default()
+            latency: Latencies { service: Some(h), ..Latencies::default() },
         };
         let text = metrics(&v);
         // Hosts: summed over shards, one series per host.

@@ -59,15 +59,8 @@ pub struct Snapshot {
     /// One page of the connections list: at most [`SESSION_ROWS`] rows, from the slots the
     /// shard looked at this time (see `Endpoint::sessions_page`).
     pub sessions: Vec<SessionInfo>,
-    /// Time from reading a datagram or TCP chunk to handing its answers to the kernel, this
-    /// interval (ns).
-    pub service_ns: Histogram<u64>,
-    /// Loop pass time, this interval (ns).
-    pub cycle_ns: Histogram<u64>,
-    /// TCP accept to LogonResponse handed to the kernel, this interval (ns).
-    pub handshake_ns: Histogram<u64>,
-    /// ResendRequest to its last message handed to the transport, this interval (ns).
-    pub resend_ns: Histogram<u64>,
+    /// The latency histograms of this interval.
+    pub latency: Latencies<Histogram<u64>>,
     /// Taken at.
     pub at: Timestamp,
     /// Per-host figures of this shard (`[[hosts]]` order) and the hosts' names.
@@ -85,13 +78,45 @@ impl Snapshot {
             backend: "",
             counters: Counters::default(),
             sessions: Vec::with_capacity(max_sessions),
-            service_ns: h(),
-            cycle_ns: h(),
-            handshake_ns: h(),
-            resend_ns: h(),
+            latency: Latencies::new(h),
             at: Timestamp::ZERO,
             hosts: Vec::new(),
         }
+    }
+}
+
+/// A shard's latency histograms (ns), one per thing timed: `H` is a histogram, or in the merged
+/// view an `Option` of one.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies<H> {
+    /// Reading a datagram or TCP chunk to handing its answers to the kernel.
+    pub service: H,
+    /// A loop pass with work.
+    pub cycle: H,
+    /// TCP accept to LogonResponse handed to the kernel.
+    pub handshake: H,
+    /// ResendRequest to its last message handed to the transport.
+    pub resend: H,
+}
+
+/// The names of [`Latencies`]' histograms in the order of [`Latencies::each`] (the histogram
+/// log's tags).
+pub const LATENCY_NAMES: [&str; 4] = ["service", "cycle", "handshake", "resend"];
+
+impl<H> Latencies<H> {
+    /// Each one made by `f`.
+    pub fn new(mut f: impl FnMut() -> H) -> Self {
+        Self { service: f(), cycle: f(), handshake: f(), resend: f() }
+    }
+
+    /// All four, in the order of [`LATENCY_NAMES`].
+    pub fn each(&self) -> [&H; 4] {
+        [&self.service, &self.cycle, &self.handshake, &self.resend]
+    }
+
+    /// All four, mutable, in the order of [`LATENCY_NAMES`].
+    pub fn each_mut(&mut self) -> [&mut H; 4] {
+        [&mut self.service, &mut self.cycle, &mut self.handshake, &mut self.resend]
     }
 }
 

@@ -477,16 +477,14 @@ impl GatewaySession {
     fn not_allowed_before_logon(&mut self, now: Timestamp, c: &mut Counters) {
         match self.transport {
             Transport::Udp => c.incr(Counter::DropNotAllowed),
-            Transport::Tcp => {
-                c.incr(Counter::ProtocolViolations);
-                self.close(
-                    now,
-                    CloseReason::PeerMisbehaved(Violation::LogonRequired),
-                    b"logon required",
-                    c,
-                );
-            }
+            Transport::Tcp => self.violation(now, Violation::LogonRequired, b"logon required", c),
         }
+    }
+
+    /// Counts a protocol violation and ends the session for it with LoggedOut(`why`).
+    fn violation(&mut self, now: Timestamp, v: Violation, why: &[u8], c: &mut Counters) {
+        c.incr(Counter::ProtocolViolations);
+        self.close(now, CloseReason::PeerMisbehaved(v), why, c);
     }
 
     fn on_active<'a>(
@@ -546,17 +544,11 @@ impl GatewaySession {
         match (self.transport, h.seq < self.expected_in) {
             (Transport::Tcp, true) if h.is_resend() => c.incr(Counter::DropDuplicate),
             (Transport::Tcp, _) => {
-                c.incr(Counter::ProtocolViolations);
                 let reason = ReasonBuf::format(format_args!(
                     "sequence error: expected {} got {}",
                     self.expected_in, h.seq
                 ));
-                self.close(
-                    now,
-                    CloseReason::PeerMisbehaved(Violation::Sequence),
-                    reason.as_bytes(),
-                    c,
-                );
+                self.violation(now, Violation::Sequence, reason.as_bytes(), c);
                 return false;
             }
             (Transport::Udp, true) => {
@@ -600,9 +592,7 @@ impl GatewaySession {
                 | DecodeError::TooLong { .. }
         );
         if framing || !self.state.is_active() {
-            c.incr(Counter::ProtocolViolations);
-            let reason = CloseReason::PeerMisbehaved(Violation::Malformed(e));
-            self.close(now, reason, e.as_str().as_bytes(), c);
+            self.violation(now, Violation::Malformed(e), e.as_str().as_bytes(), c);
             return;
         }
         // The frame is intact but its body is bad: it consumes its number and gets a Reject.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::apps::host::{EndpointSink, HostApp, HostBridge, HostIo};
+use crate::apps::host::{HostApp, HostBridge, HostIo, SessionSink};
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::io::{Backend, BackendSpec, ConnectOpts, IoEvent, SendError};
@@ -385,7 +385,7 @@ impl<B: Backend> Shard<B> {
             if cycle > 1_000_000 {
                 self.counters.incr(Counter::CyclesOver1ms);
             }
-            record(&mut self.local.cycle_ns, cycle, &mut self.counters);
+            record(&mut self.local.latency.cycle, cycle, &mut self.counters);
         }
         let until = self.until_deadline(now);
         self.wait = self.idle.park_for(work, &mut self.idle_since, until);
@@ -514,7 +514,7 @@ impl<B: Backend> Shard<B> {
         let mut b = bridge.borrow_mut();
         let mut work = 0;
         {
-            let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+            let mut send = SessionSink::Endpoint { endpoint: &mut self.endpoint, now };
             if b.poll_timeout().is_some_and(|t| t <= now) {
                 b.handle_timeout(now, &mut send);
                 work += 1;
@@ -534,7 +534,7 @@ impl<B: Backend> Shard<B> {
                     if let Err(e) = &r {
                         tracing::debug!(shard = self.index, %addr, error = %e, "host connect");
                     }
-                    let mut send = EndpointSink { endpoint: &mut self.endpoint, now };
+                    let mut send = SessionSink::Endpoint { endpoint: &mut self.endpoint, now };
                     b.connect_started(now, slot, r, &mut send);
                 }
                 HostIo::Send { slot } => {
@@ -640,7 +640,7 @@ impl<B: Backend> Shard<B> {
                 }
                 EndpointEvent::SlowReader(_) => self.counters.incr(Counter::TcpSlowReaderClosed),
                 EndpointEvent::ResendServed(d) => {
-                    record(&mut self.local.resend_ns, d.as_nanos() as u64, &mut self.counters);
+                    record(&mut self.local.latency.resend, d.as_nanos() as u64, &mut self.counters);
                 }
             }
         }
@@ -650,7 +650,11 @@ impl<B: Backend> Shard<B> {
         self.counters.set(Counter::UdpSendDropped, self.backend.dropped_sends());
         if let Some(t) = self.first_input.take() {
             // From the first input of this pass to its answers handed to the kernel.
-            record(&mut self.local.service_ns, t.elapsed().as_nanos() as u64, &mut self.counters);
+            record(
+                &mut self.local.latency.service,
+                t.elapsed().as_nanos() as u64,
+                &mut self.counters,
+            );
         }
         work
     }
@@ -662,7 +666,7 @@ impl<B: Backend> Shard<B> {
         if c.accepted_at != Timestamp::ZERO {
             let ns = now.saturating_since(c.accepted_at).as_nanos() as u64;
             c.accepted_at = Timestamp::ZERO;
-            record(&mut self.local.handshake_ns, ns, &mut self.counters);
+            record(&mut self.local.latency.handshake, ns, &mut self.counters);
         }
     }
 
@@ -736,12 +740,7 @@ impl<B: Backend> Shard<B> {
             SESSION_SLOTS_PER_SNAPSHOT,
             &mut snap.sessions,
         );
-        for (dst, src) in [
-            (&mut snap.service_ns, &mut self.local.service_ns),
-            (&mut snap.cycle_ns, &mut self.local.cycle_ns),
-            (&mut snap.handshake_ns, &mut self.local.handshake_ns),
-            (&mut snap.resend_ns, &mut self.local.resend_ns),
-        ] {
+        for (dst, src) in snap.latency.each_mut().into_iter().zip(self.local.latency.each_mut()) {
             // Housekeeping hands snapshots back with empty histograms: a swap, not a copy and
             // two clears of ~220 KB each (per histogram, once a second on the shard thread).
             debug_assert!(dst.is_empty());
@@ -794,13 +793,13 @@ impl Input<'_> {
                 self.endpoint.handle_datagram(now, from, data);
             }
             IoEvent::TcpData { conn, data } if self.is_host(conn) => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().from_host(now, conn, data, &mut send);
                 }
             }
             IoEvent::TcpClosed { conn } if self.is_host(conn) => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().host_closed(now, conn, &mut send);
                 }
@@ -809,13 +808,13 @@ impl Input<'_> {
                 }
             }
             IoEvent::TcpConnected { conn } => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().connected(now, conn, &mut send);
                 }
             }
             IoEvent::TcpConnectFailed { conn, errno } => {
-                let mut send = EndpointSink { endpoint: &mut *self.endpoint, now };
+                let mut send = SessionSink::Endpoint { endpoint: &mut *self.endpoint, now };
                 if let Some(b) = self.hosts {
                     b.borrow_mut().connect_failed(now, conn, errno, &mut send);
                 }

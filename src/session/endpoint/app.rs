@@ -89,6 +89,11 @@ impl Outbox<'_> {
         n
     }
 
+    /// This outbox, borrowed for a shorter while.
+    pub fn reborrow(&mut self) -> Outbox<'_> {
+        Outbox { now: self.now, sessions: &mut *self.sessions, app: self.app }
+    }
+
     /// Logged-on sessions (of every application), from the state gauges.
     pub fn active_sessions(&self) -> usize {
         self.sessions.gauges[2] as usize
@@ -133,7 +138,13 @@ impl Endpoint {
         type_id: u16,
         body: &[u8],
     ) -> Result<i64, SendError> {
-        Outbox { now, sessions: &mut self.sessions, app: 0 }.send(session, type_id, body)
+        self.outbox(now).send(session, type_id, body)
+    }
+
+    /// An outbox over every session, at `now`, for sending from outside the application (its
+    /// `broadcast` reaches the sessions of application 0).
+    pub fn outbox(&mut self, now: Timestamp) -> Outbox<'_> {
+        Outbox { now, sessions: &mut self.sessions, app: 0 }
     }
 
     /// An application message arrived in order on slot `index`: to its session's application.
