@@ -198,6 +198,30 @@ fn unanswered_echo_requests_are_lost_replies() {
     assert_eq!(num(&json, &["errors", "lost_replies"]), sent, "{json}");
 }
 
+/// Echo requests that come due while no device is logged on wait for one, and those still
+/// waiting at the end are errors: here nothing answers the handshake, so every request of the
+/// measured window (rate × duration) is `no_active_session`, beside the devices' own errors.
+#[test]
+fn requests_with_no_session_to_carry_them_are_errors() {
+    let dead = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = LoadConfig {
+        scenario: Scenario::Steady,
+        handshake: dead.local_addr().unwrap(),
+        udp_devices: 4,
+        tcp_devices: 0,
+        rate: 100.0,
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_millis(1000),
+        threads: 1,
+        source_ips: 2,
+        ..LoadConfig::default()
+    };
+    let json = run_failing(&cfg);
+    let unsent = num(&json, &["errors", "no_active_session"]);
+    assert!((99.0..=101.0).contains(&unsent), "{json}");
+    assert_eq!(num(&json, &["sent"]), 0.0, "{json}");
+}
+
 #[test]
 fn churn_scenario() {
     let json = run(Scenario::Churn, &[], |c| {

@@ -220,6 +220,8 @@ struct Engine<'a> {
     /// Drain: the hard end of the wait, and the replies counted when it last moved on.
     drain_cap: Timestamp,
     drain_seen: u64,
+    /// The last due echo request found no active session of this thread (it waits).
+    starved: bool,
     send_interval: Option<Duration>,
     next_send: Timestamp,
     rr: usize,
@@ -405,6 +407,7 @@ impl<'a> Engine<'a> {
             end: Timestamp::ZERO,
             drain_cap: Timestamp::ZERO,
             drain_seen: 0,
+            starved: false,
             send_interval: None,
             next_send: Timestamp::ZERO,
             rr: 0,
@@ -523,6 +526,7 @@ impl<'a> Engine<'a> {
                 self.forced_tick(now);
                 self.send_due(now);
                 if now >= self.end || stop {
+                    self.count_unsent();
                     self.counting = false;
                     self.phase = Phase::Drain(now + END_WAIT);
                     self.drain_cap = now + DRAIN_MAX;
@@ -628,9 +632,28 @@ impl<'a> Engine<'a> {
                 break;
             }
             if !sent {
-                self.count_error(NONE, ErrorKind::NoActiveSession);
+                // Every device of this thread is between sessions (churn, a reconnect): the
+                // request stays due and goes out, stamped with its intended time, once one is
+                // back, so the wait shows as latency; what is still due at the end is an error.
+                self.next_send = intended;
+                self.starved = true;
+                break;
             }
+            self.starved = false;
         }
+    }
+
+    /// At the end of the measured window: the requests that came due while no session of this
+    /// thread was active and never went out.
+    fn count_unsent(&mut self) {
+        let Some(iv) = self.send_interval.filter(|iv| !iv.is_zero()) else { return };
+        if !self.starved || self.next_send >= self.end {
+            return;
+        }
+        let behind = self.end.saturating_since(self.next_send).as_nanos() / iv.as_nanos();
+        let n = u64::try_from(behind).unwrap_or(u64::MAX).max(1);
+        self.st.errors.add(ErrorKind::NoActiveSession, n);
+        self.shared.live.errors.fetch_add(n, Ordering::Relaxed);
     }
 
     fn forced_tick(&mut self, now: Timestamp) {

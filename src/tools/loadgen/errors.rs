@@ -58,7 +58,9 @@ pub enum ErrorKind {
     SendBackpressure,
     /// A Reject for one of the device's messages.
     MessageRejected,
-    /// An echo request fell due while no session was logged on.
+    /// An echo request fell due while no session of its thread was logged on and was still
+    /// waiting for one at the end of the measured window (one that waited and went out shows
+    /// the wait in its latency instead).
     NoActiveSession,
     /// Feed events missing or duplicated (resend scenario).
     FeedNotExactlyOnce,
