@@ -488,6 +488,15 @@ counts! {
         pub datagrams_sent: u64,
         /// Datagrams received.
         pub datagrams_received: u64,
+        /// Datagrams handed to the kernel whose first message is a handshake, config or logon
+        /// message (ConnectionRequest, RegistrationRequest, DeviceConfig, LogonRequest), retries
+        /// included: the device's side of its logons.
+        pub logon_datagrams_sent: u64,
+        /// Datagrams received whose first message is a handshake, config or logon answer
+        /// (ConnectionAccept/Reject, RegistrationAccept/Reject, GetDeviceConfig, LogonResponse).
+        pub logon_datagrams_received: u64,
+        /// UDP logons completed: what the logon datagrams are counted per.
+        pub udp_logons: u64,
         /// `sendmmsg` calls.
         pub send_calls: u64,
         /// `recvmmsg` calls that returned datagrams.

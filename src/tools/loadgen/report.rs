@@ -593,6 +593,18 @@ impl Report {
                     st.retransmissions.total
                 );
             }
+            if self.wire.udp_logons > 0 {
+                let w = &self.wire;
+                let per = |n: u64| n as f64 / w.udp_logons as f64;
+                let _ = writeln!(
+                    s,
+                    "  datagrams per UDP logon: {:.2} sent, {:.2} received (handshake, config and logon; retries included); all datagrams: {} sent, {} received",
+                    per(w.logon_datagrams_sent),
+                    per(w.logon_datagrams_received),
+                    w.datagrams_sent,
+                    w.datagrams_received
+                );
+            }
             let h = &self.hold;
             let _ = writeln!(
                 s,
