@@ -103,9 +103,17 @@ fn steady_ping_pong_keeps_one_request_in_flight() {
 
 #[test]
 fn storm_scenario() {
-    let json = storm(200, 10, |c| c.source_ips = 50);
+    // The gateway runs in this process: its CPU figures are the whole process's.
+    let json = storm(200, 10, |c| {
+        c.source_ips = 50;
+        c.gateway_pid = Some(std::process::id());
+    });
     check_common(&json, "handshake_ns");
     assert_eq!(num(&json, &["logons"]), 210.0, "{json}");
+    // CPU per logon, from the start of the run until the fleet was on.
+    assert!(num(&json, &["generator", "cpu_per_logon_us"]) > 0.0, "{json}");
+    assert!(num(&json, &["gateway", "cpu_per_logon_us"]) > 0.0, "{json}");
+    assert!(num(&json, &["gateway", "storm_cpu_s"]) > 0.0, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["scenario"], "storm", "{json}");
     let step = &v["steps"][0];
