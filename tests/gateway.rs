@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use fleetgate::counters::Counter;
 use fleetgate::protocol::{Body, Password, Username};
-use fleetgate::session::{DeviceState, EndReason};
+use fleetgate::session::{Device, DeviceState, EndReason};
 use fleetgate::tools::loadgen::FeedChecker;
 use fleetgate::tools::passwd::{add_user, load};
 
@@ -27,6 +27,8 @@ const SECOND: Duration = Duration::from_secs(1);
 
 backends! {
     udp_flow => epoll_udp_flow, uring_udp_flow;
+    udp_logon_datagrams_each_way => epoll_udp_logon_datagrams_each_way,
+        uring_udp_logon_datagrams_each_way;
     tcp_flow => epoll_tcp_flow, uring_tcp_flow;
     metrics_sessions_and_shutdown => epoll_metrics_sessions_and_shutdown,
         uring_metrics_sessions_and_shutdown;
@@ -79,6 +81,45 @@ fn udp_flow(io: &str) {
     assert_eq!(totals.acceptor.get(Counter::ConnectionRequestsAccepted), 1);
     assert_eq!(totals.counters.get(Counter::LogonsAccepted), 1);
     assert_eq!(totals.counters.get(Counter::AppMessagesReceived), 50);
+}
+
+/// Issue 11: one UDP logon through real sockets is 3 datagrams from the device and 4 to it:
+/// the device's DeviceConfig and LogonRequest share one (DESIGN.md §1.5), and the gateway takes
+/// the config, then the logon, from it (a logon taken first would have been dropped as not
+/// allowed). Nothing follows within the acknowledgement and retransmit times; a logout is one
+/// more each way. (`sim::rules::rule01_udp_logon_is_three_datagrams_up_and_four_down` says why
+/// this is the fewest.)
+fn udp_logon_datagrams_each_way(io: &str) {
+    // Retries slower than a loaded machine's stalls, so that every datagram counted is needed.
+    let gw = start(io, &["udp.device_config_retry_ms=4000"]);
+    let mut d = Udp::new(&gw, "RT-UDP-DG");
+    let mut cfg = *d.dev.config();
+    (cfg.retransmit_min, cfg.handshake_retry) = (4 * SECOND, 4 * SECOND);
+    d.dev = Device::new(cfg);
+    d.dev.set_device_config(SEED_CONFIG);
+    d.log_on(91);
+    // Longer than the gateway's `udp.ack_delay_ms` (20 ms), shorter than H (5 s).
+    d.run_for(Duration::from_millis(500));
+    let up: [&[u16]; 3] = [&[50], &[53], &[57, 1]];
+    let down: [&[u16]; 4] = [&[51], &[54], &[56], &[2]];
+    assert_eq!(
+        d.datagrams(true),
+        up,
+        "ConnectionRequest, RegistrationRequest, DeviceConfig + LogonRequest"
+    );
+    assert_eq!(
+        d.datagrams(false),
+        down,
+        "ConnectionAccept, RegistrationAccept, GetDeviceConfig, LogonResponse"
+    );
+    d.log_out();
+    assert_eq!(d.datagrams(true)[3..], [[4]], "LogoutRequest");
+    assert_eq!(d.datagrams(false)[4..], [[5]], "LoggedOut");
+    assert_eq!(d.dev.stats().retransmits, 0);
+    let totals = gw.stop();
+    assert_eq!(totals.counters.get(Counter::DeviceConfigRequestsSent), 1);
+    assert_eq!(totals.counters.get(Counter::LogonsAccepted), 1);
+    assert_eq!(totals.counters.get(Counter::DropNotAllowed), 0);
 }
 
 fn tcp_flow(io: &str) {

@@ -103,9 +103,17 @@ fn steady_ping_pong_keeps_one_request_in_flight() {
 
 #[test]
 fn storm_scenario() {
-    let json = storm(200, 10, |c| c.source_ips = 50);
+    // The gateway runs in this process: its CPU figures are the whole process's.
+    let json = storm(200, 10, |c| {
+        c.source_ips = 50;
+        c.gateway_pid = Some(std::process::id());
+    });
     check_common(&json, "handshake_ns");
     assert_eq!(num(&json, &["logons"]), 210.0, "{json}");
+    // CPU per logon, from the start of the run until the fleet was on.
+    assert!(num(&json, &["generator", "cpu_per_logon_us"]) > 0.0, "{json}");
+    assert!(num(&json, &["gateway", "cpu_per_logon_us"]) > 0.0, "{json}");
+    assert!(num(&json, &["gateway", "storm_cpu_s"]) > 0.0, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["scenario"], "storm", "{json}");
     let step = &v["steps"][0];
@@ -115,6 +123,16 @@ fn storm_scenario() {
     assert!(step["t99_s"].as_f64().unwrap() <= step["t_last_s"].as_f64().unwrap(), "{json}");
     assert_eq!(step["retransmissions"]["connection_requests"], 200, "every UDP device: {json}");
     assert_eq!(num(&json, &["active_at_end"]), 210.0, "{json}");
+    // Datagrams per UDP logon (issue 11): 3 from the device (ConnectionRequest,
+    // RegistrationRequest, DeviceConfig + LogonRequest) and 4 to it; beyond that, only what
+    // retries and their answers add (a retry, or a repeated GetDeviceConfig answered, sends one
+    // more and is answered by at most one more).
+    assert_eq!(num(&json, &["wire", "udp_logons"]), 200.0, "{json}");
+    let sent = num(&json, &["wire", "logon_datagrams_sent"]);
+    let received = num(&json, &["wire", "logon_datagrams_received"]);
+    let retries = step["retransmissions"]["total"].as_f64().unwrap();
+    assert!(received >= 800.0, "{json}");
+    assert!(sent >= 600.0 && sent - 600.0 <= retries + (received - 800.0), "{json}");
 }
 
 /// A storm in steps: each step reported on its own, earlier steps still logged on at the end.

@@ -194,6 +194,29 @@ fn endpoint() -> Vec<(String, Vec<u8>)> {
             ),
         ),
         (
+            // As a device sends them: DeviceConfig and LogonRequest in one datagram (DESIGN.md
+            // §1.5), taken in order; and the other order, whose LogonRequest comes too early.
+            "udp_config_and_logon_in_one_datagram",
+            input(
+                3,
+                vec![
+                    register(0, 0, 1),
+                    udp(vec![config(Text::Printable(30)), logon(0, true)]),
+                    udp(vec![app(1)]),
+                    Op::Wait { ms: 30 },
+                    register(1, 1, 2),
+                    Op::Udp {
+                        to: Prefix::Session(1),
+                        from: None,
+                        frames: vec![logon(1, true), config(Text::Printable(12))],
+                        tail: vec![],
+                    },
+                    Op::Wait { ms: 250 },
+                    Op::WaitForTimer,
+                ],
+            ),
+        ),
+        (
             "udp_displaced_by_another_address",
             input(
                 3,

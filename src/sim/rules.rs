@@ -405,6 +405,50 @@ fn rule01_udp_flow_handshake_registration_config_logon_in_order() {
     assert_eq!(net.device_app(d), vec![(2, 201, b"ping".to_vec())]);
 }
 
+/// Issue 11: a UDP logon is 3 datagrams from the device and 4 to it, the fewest DESIGN.md
+/// allows. DeviceConfig and LogonRequest share one datagram (§1.5), which the gateway takes in
+/// order: config first, then the logon (were the logon taken first it would be refused as not
+/// allowed before the config). RegistrationAccept cannot share one with GetDeviceConfig: the
+/// first carries prefix 0, the second the session id (§1.5). Nothing else follows (the
+/// LogonResponse acknowledges the LogonRequest, so no acknowledging Heartbeat), and a logout is
+/// one more each way.
+#[test]
+fn rule01_udp_logon_is_three_datagrams_up_and_four_down() {
+    let mut net = cap_net(sim_config());
+    for f in [&mut net.faults_up, &mut net.faults_down] {
+        f.delay_min = ms(5);
+    }
+    let d = start(&mut net, udp_cfg(0));
+    // Longer than `udp.ack_delay_ms` and the retransmit time, shorter than H (5 s).
+    net.run_for(ms(1_000));
+    let datagrams = |net: &Net, up: bool| -> Vec<Vec<u16>> {
+        net.captured
+            .iter()
+            .filter(|c| c.dev == Some(d) && c.up == up && !c.dropped)
+            .map(|c| c.frames().iter().map(|f| u16::from_le_bytes([f[4], f[5]])).collect())
+            .collect()
+    };
+    let up_logon: [&[u16]; 3] =
+        [&[CONNECTION_REQUEST], &[REGISTRATION_REQUEST], &[DEVICE_CONFIG, LOGON_REQUEST]];
+    let down_logon: [&[u16]; 4] =
+        [&[CONNECTION_ACCEPT], &[REGISTRATION_ACCEPT], &[GET_DEVICE_CONFIG], &[LOGON_RESPONSE]];
+    assert_eq!(datagrams(&net, true), up_logon);
+    assert_eq!(datagrams(&net, false), down_logon);
+    // The gateway took the config, then the logon, from the one datagram.
+    let id = net.devices[d].dev.session_id();
+    assert_eq!(net.gateway.device_config(handle_of(&net, id)), Some(SIM_DEVICE_CONFIG));
+    assert_eq!(state_of(&net, id), Some(State::Active));
+    assert_eq!(net.count(Counter::LogonsAccepted), 1);
+    assert_eq!(net.count(Counter::DropNotAllowed), 0);
+    assert_eq!(net.devices[d].dev.stats().retransmits, 0);
+
+    net.devices[d].dev.logout(net.now);
+    net.run_for(ms(500));
+    assert_eq!(datagrams(&net, true)[3..], [[LOGOUT_REQUEST]]);
+    assert_eq!(datagrams(&net, false)[4..], [[LOGGED_OUT]]);
+    assert_eq!(net.devices[d].dev.state(), DeviceState::Ended(EndReason::LoggedOut));
+}
+
 /// While the DeviceConfig is withheld, GetDeviceConfig comes again every second with the same
 /// correlation id; the first answer that gets through moves the session on to logon.
 #[test]

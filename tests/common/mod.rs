@@ -319,6 +319,14 @@ pub(crate) struct Udp {
     pub(crate) session_port: Option<u16>,
     /// What it reported.
     pub(crate) seen: Seen,
+    /// Every datagram it sent (true) or received (false), as the types of its messages.
+    pub(crate) wire: Vec<(bool, Vec<u16>)>,
+}
+
+/// The message types of a datagram, in order (empty if it does not parse).
+pub(crate) fn datagram_types(data: &[u8]) -> Vec<u16> {
+    let Ok(dg) = Datagram::parse(data) else { return Vec::new() };
+    dg.frames().filter_map(Result::ok).map(|f| u16::from_le_bytes([f[4], f[5]])).collect()
 }
 
 fn udp_socket() -> UdpSocket {
@@ -346,6 +354,7 @@ impl Udp {
             handshake,
             session_port: None,
             seen: Seen::default(),
+            wire: Vec::new(),
         }
     }
 
@@ -374,6 +383,7 @@ impl Udp {
                 DeviceDest::Stream => unreachable!("UDP device"),
             };
             let _ = self.sock.send_to(&buf[..t.len], to);
+            self.wire.push((true, datagram_types(&buf[..t.len])));
         }
     }
 
@@ -385,6 +395,7 @@ impl Udp {
         let mut buf = [0u8; 2048];
         let _ = self.sock.set_read_timeout(Some(Duration::from_millis(2)));
         if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+            self.wire.push((false, datagram_types(&buf[..n])));
             self.dev.handle_datagram(self.clock.now(), &buf[..n]);
             self.seen.take(&mut self.dev);
         }
@@ -409,6 +420,11 @@ impl Udp {
     pub(crate) fn log_on(&mut self, nonce: u64) {
         self.connect(nonce, true);
         self.run_until("logon", Duration::from_secs(5), |d| d.dev.state() == DeviceState::Active);
+    }
+
+    /// The datagrams it sent (`up`) or received, as the types of their messages.
+    pub(crate) fn datagrams(&self, up: bool) -> Vec<Vec<u16>> {
+        self.wire.iter().filter(|(u, _)| *u == up).map(|(_, t)| t.clone()).collect()
     }
 
     /// Logs out and waits for the gateway's LoggedOut("logout").

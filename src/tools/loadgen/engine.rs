@@ -1023,6 +1023,7 @@ impl<'a> Engine<'a> {
             };
             let payload = &slot[DATAGRAM_PREFIX_LEN.min(t.len)..t.len];
             count_out(&mut self.st, usize::from(d.step), &mut d.flags, self.counting, payload);
+            self.st.wire.logon_datagrams_sent += u64::from(is_logon(payload));
             self.tx.commit(t.len, to);
         }
     }
@@ -1210,6 +1211,7 @@ impl<'a> Engine<'a> {
             return;
         }
         count_in(&mut self.st, self.counting, &data[DATAGRAM_PREFIX_LEN..]);
+        self.st.wire.logon_datagrams_received += u64::from(is_logon(&data[DATAGRAM_PREFIX_LEN..]));
         d.dev.handle_datagram(now, data);
         self.drain(k, now);
         self.mark_dirty(k);
@@ -1413,6 +1415,7 @@ impl<'a> Engine<'a> {
         let took = now.saturating_since(d.started).as_nanos().max(1) as u64;
         let _ = self.st.handshake.record(took.min(LATENCY_MAX_NS));
         self.st.logons += 1;
+        self.st.wire.udp_logons += u64::from(d.dev.config().transport == Transport::Udp);
         self.shared.live.logons.fetch_add(1, Ordering::Relaxed);
         let s = usize::from(d.step);
         if d.flags & DONE == 0 {
@@ -1744,6 +1747,14 @@ fn count_out(st: &mut ThreadResult, step: usize, flags: &mut u16, counting: bool
             _ => {}
         }
     });
+}
+
+/// Whether a datagram's payload (after the prefix) starts with a message of the logon: the
+/// handshake (types 50-55), GetDeviceConfig and DeviceConfig (56, 57), LogonRequest and
+/// LogonResponse (1, 2). A device's DeviceConfig carries its LogonRequest in the same datagram.
+fn is_logon(payload: &[u8]) -> bool {
+    payload.len() >= HEADER_LEN
+        && matches!(u16::from_le_bytes([payload[4], payload[5]]), 1 | 2 | 50..=57)
 }
 
 /// Counts heartbeats and TestRequests from the gateway while counting.

@@ -488,6 +488,15 @@ counts! {
         pub datagrams_sent: u64,
         /// Datagrams received.
         pub datagrams_received: u64,
+        /// Datagrams handed to the kernel whose first message is a handshake, config or logon
+        /// message (ConnectionRequest, RegistrationRequest, DeviceConfig, LogonRequest), retries
+        /// included: the device's side of its logons.
+        pub logon_datagrams_sent: u64,
+        /// Datagrams received whose first message is a handshake, config or logon answer
+        /// (ConnectionAccept/Reject, RegistrationAccept/Reject, GetDeviceConfig, LogonResponse).
+        pub logon_datagrams_received: u64,
+        /// UDP logons completed: what the logon datagrams are counted per.
+        pub udp_logons: u64,
         /// `sendmmsg` calls.
         pub send_calls: u64,
         /// `recvmmsg` calls that returned datagrams.
@@ -536,6 +545,12 @@ pub(crate) struct Samples {
     pub(crate) gateway_fleet: Option<usage::Memory>,
     pub(crate) gateway_end: Option<usage::Memory>,
     pub(crate) gateway_cpu_hold: Option<(Duration, Duration)>,
+    /// The generator's and the gateway's CPU time at the start of the run.
+    pub(crate) own_cpu_start: Option<Duration>,
+    pub(crate) gateway_cpu_start: Option<Duration>,
+    /// Their CPU from the start of the run until the fleet was complete (storm, idle).
+    pub(crate) own_cpu_storm: Option<Duration>,
+    pub(crate) gateway_cpu_storm: Option<Duration>,
     pub(crate) gateway_gone: bool,
     pub(crate) wall: Duration,
     pub(crate) hold: Option<Duration>,
@@ -561,6 +576,8 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let mut samples = Samples {
         own_before: usage::memory(None).unwrap_or_default(),
         gateway_before: cfg.gateway_pid.and_then(|p| usage::memory(Some(p))),
+        own_cpu_start: usage::cpu_time(std::process::id()),
+        gateway_cpu_start: cfg.gateway_pid.and_then(usage::cpu_time),
         ..Samples::default()
     };
     let shared = Arc::new(Shared::new(cfg));
@@ -628,6 +645,18 @@ fn coordinate(
         std::thread::sleep(Duration::from_millis(20));
         let now = clock.now();
         if let (Some(len), Some(start)) = (hold_len, shared.hold_start()) {
+            if samples.own_cpu_storm.is_none() {
+                // The fleet has just become complete (the hold starts `warmup` later): what
+                // the logons cost each side (within this loop's 20 ms).
+                let since = |start: Option<Duration>, pid| {
+                    Some(usage::cpu_time(pid)?.saturating_sub(start?))
+                };
+                samples.own_cpu_storm =
+                    since(samples.own_cpu_start, std::process::id()).or(Some(Duration::ZERO));
+                if let Some(pid) = cfg.gateway_pid {
+                    samples.gateway_cpu_storm = since(samples.gateway_cpu_start, pid);
+                }
+            }
             if samples.own_fleet.is_none() && now >= start {
                 // The fleet is complete: the memory it holds now is its idle footprint.
                 samples.own_fleet = usage::memory(None);
@@ -640,7 +669,9 @@ fn coordinate(
             if samples.gateway_cpu_hold.is_none() && now >= start + len {
                 if let (Some(pid), Some((c0, w0))) = (cfg.gateway_pid, gw_cpu0) {
                     match usage::cpu_time(pid) {
-                        Some(c1) => samples.gateway_cpu_hold = Some((c1 - c0, w0.elapsed())),
+                        Some(c1) => {
+                            samples.gateway_cpu_hold = Some((c1.saturating_sub(c0), w0.elapsed()))
+                        }
                         None => samples.gateway_gone = true,
                     }
                 }

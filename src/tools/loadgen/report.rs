@@ -173,6 +173,10 @@ pub struct GeneratorReport {
     pub wall_s: f64,
     /// (user + system) / wall, in % of one core.
     pub cpu_percent: f64,
+    /// CPU from the start of the run until the fleet was logged on (storm, idle).
+    pub storm_cpu_s: Option<f64>,
+    /// That per logon (µs): the generator's share of a logon's cost.
+    pub cpu_per_logon_us: Option<f64>,
 }
 
 /// The gateway's memory and CPU (`gateway_pid`).
@@ -200,8 +204,17 @@ pub struct GatewayReport {
     pub hold_cpu_percent: Option<f64>,
     /// CPU over the hold per heartbeat the devices sent in it (µs).
     pub cpu_per_heartbeat_us: Option<f64>,
+    /// CPU from the start of the run until the fleet was logged on (storm, idle).
+    pub storm_cpu_s: Option<f64>,
+    /// That per logon (µs): the gateway's cost of a logon, whichever core bounds the rate.
+    pub cpu_per_logon_us: Option<f64>,
     /// The process could not be read any more: it died during the run.
     pub gone: bool,
+}
+
+/// CPU per logon in µs, when there were logons.
+fn per_logon(cpu: Option<std::time::Duration>, logons: u64) -> Option<f64> {
+    cpu.filter(|_| logons > 0).map(|c| 1e6 * c.as_secs_f64() / logons as f64)
 }
 
 /// A latency histogram in the JSON summary: count, the [`QUANTILES`] by name, max (ns).
@@ -412,6 +425,8 @@ impl Report {
             cpu_sys_s: cpu.system.as_secs_f64(),
             wall_s: wall,
             cpu_percent: 100.0 * (cpu.user + cpu.system).as_secs_f64() / wall,
+            storm_cpu_s: samples.own_cpu_storm.map(|c| c.as_secs_f64()),
+            cpu_per_logon_us: per_logon(samples.own_cpu_storm, r.logons),
         };
         let _ = clock;
         if let Some(pid) = cfg.gateway_pid {
@@ -446,6 +461,8 @@ impl Report {
                     _ => None,
                 },
                 cpu_per_heartbeat_us: cpu_s.filter(|_| beats > 0).map(|c| 1e6 * c / beats as f64),
+                storm_cpu_s: samples.gateway_cpu_storm.map(|c| c.as_secs_f64()),
+                cpu_per_logon_us: per_logon(samples.gateway_cpu_storm, r.logons),
                 gone: samples.gateway_gone || usage::memory(Some(pid)).is_none(),
             });
         }
@@ -593,6 +610,18 @@ impl Report {
                     st.retransmissions.total
                 );
             }
+            if self.wire.udp_logons > 0 {
+                let w = &self.wire;
+                let per = |n: u64| n as f64 / w.udp_logons as f64;
+                let _ = writeln!(
+                    s,
+                    "  datagrams per UDP logon: {:.2} sent, {:.2} received (handshake, config and logon; retries included); all datagrams: {} sent, {} received",
+                    per(w.logon_datagrams_sent),
+                    per(w.logon_datagrams_received),
+                    w.datagrams_sent,
+                    w.datagrams_received
+                );
+            }
             let h = &self.hold;
             let _ = writeln!(
                 s,
@@ -620,6 +649,14 @@ impl Report {
             g.cpu_percent,
             g.wall_s
         );
+        if let Some(us) = g.cpu_per_logon_us {
+            let gw = self.gateway.as_ref().and_then(|gw| gw.cpu_per_logon_us);
+            let _ = writeln!(
+                s,
+                "  CPU per logon until the fleet was on: generator {us:.1} µs, gateway {} (all its threads)",
+                gw.map_or("-".into(), |v| format!("{v:.1} µs"))
+            );
+        }
         if let Some(gw) = &self.gateway {
             let _ = writeln!(
                 s,
