@@ -272,6 +272,20 @@ fn endpoint() -> Vec<(String, Vec<u8>)> {
             ),
         ),
         (
+            // A ResendRequest that begins where the last one's answer ended (1..=3, then
+            // 4..=4): two runs, not one that overran its request (found by CI's fuzz run).
+            "tcp_resend_starts_where_last_ended",
+            input(
+                3,
+                vec![
+                    tcp(0, vec![logon(1, true), app(1), app(2)]),
+                    push(4),
+                    tcp(0, vec![resend(3, 2, false)]),
+                    tcp(0, vec![resend(0, 0, false)]),
+                ],
+            ),
+        ),
+        (
             "tcp_resume_after_close",
             input(
                 3,
