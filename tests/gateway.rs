@@ -166,8 +166,14 @@ fn metrics_sessions_and_shutdown(io: &str) {
 /// gateway re-sends GetDeviceConfig every `udp.device_config_retry_ms`, then after
 /// `udp.device_config_timeout_ms` sends LoggedOut("eSP0008 could not get device config") and
 /// drops the session (its id is unknown afterwards).
+///
+/// The timeout leaves 1.3 s for re-sends after the first retry is due: a shard thread kept off
+/// the CPU for longer than the old 400 ms window (0.6 to 2.3 s runnable but not running were
+/// measured on a starved 2-core host) woke past the deadline, and rightly sent eSP0008 without
+/// re-sending first.
 fn device_config_timeout_esp0008(io: &str) {
-    let gw = start(io, &["udp.device_config_timeout_ms=600", "udp.device_config_retry_ms=200"]);
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    let gw = start(io, &["udp.device_config_timeout_ms=1500", "udp.device_config_retry_ms=200"]);
     let raw = RawUdp::new();
     let uid = b"RT-ESP0008";
     let (port, cookie) = raw.handshake(gw.gateway.handshake_addr, uid, 11);
@@ -178,8 +184,8 @@ fn device_config_timeout_esp0008(io: &str) {
     let mut logged_out = None;
     while logged_out.is_none() {
         assert!(
-            t0.elapsed() < 3 * SECOND,
-            "no LoggedOut 3 s after registering (GetDeviceConfig at {get_config:?})"
+            t0.elapsed() < TIMEOUT + Duration::from_millis(2400),
+            "no LoggedOut {TIMEOUT:?} + 2.4 s after registering (GetDeviceConfig at {get_config:?})"
         );
         let Some(dg) = raw.recv(Duration::from_millis(100)) else { continue };
         let (sid, frames) = split(&dg);
@@ -198,16 +204,22 @@ fn device_config_timeout_esp0008(io: &str) {
                     assert_eq!(Some(sid), session_id, "LoggedOut carries the session id");
                     logged_out = Some((String::from_utf8_lossy(reason).into_owned(), t0.elapsed()));
                 }
+                // The answer to a ConnectionRequest `handshake` re-sent after 300 ms without a
+                // reply, arriving after the first answer (a slow acceptor under load).
+                Body::ConnectionAccept { client_nonce: 11, .. } if sid == 0 => {}
                 other => panic!("unexpected {other:?} while awaiting the device config"),
             }
         }
     }
     let (reason, at) = logged_out.unwrap();
     assert_eq!(reason, "eSP0008 could not get device config");
-    assert!(get_config.len() >= 2, "GetDeviceConfig not re-sent: {get_config:?}");
     assert!(
-        at >= Duration::from_millis(550) && at < 2 * SECOND,
-        "eSP0008 after {at:?}, configured 600 ms"
+        get_config.len() >= 2,
+        "GetDeviceConfig not re-sent: {get_config:?}, eSP0008 at {at:?}"
+    );
+    assert!(
+        at >= TIMEOUT - Duration::from_millis(50) && at < TIMEOUT + Duration::from_millis(1400),
+        "eSP0008 after {at:?}, configured {TIMEOUT:?}"
     );
     // The session is gone: nothing more comes, and a late DeviceConfig is an unknown session.
     let sid = session_id.unwrap();
