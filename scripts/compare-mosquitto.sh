@@ -41,13 +41,15 @@ if ss -ltnH "sport = :$PORT" | grep -q .; then
     exit 2
 fi
 
+# The whole fleetgate server on one core, as mosquitto (the placement line says so).
+SERVER_CPU="${GATEWAY_CPUS%%-*}"
+SERVICE_CPUS="$SERVER_CPU"
 PROFILE=tuning/large-fleet.toml new_results compare-mosquitto
 echo "both: $N clients, $C handshakes in flight, $SRC_IPS source addresses; server on cores $GATEWAY_CPUS, client on cores $LOAD_CPUS" \
     | tee -a "$OUT/placement.txt"
 echo "machine load before the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/placement.txt"
 
 # 1. fleetgate.
-SERVER_CPU="${GATEWAY_CPUS%%-*}"
 start_gateway tuning/large-fleet.toml --set "gateway.max_sessions_per_shard=$(( N + 1000 ))" \
     --set "gateway.cpus=[$SERVER_CPU]" --set "gateway.service_cpus=[$SERVER_CPU]"
 wait_rss_settled
