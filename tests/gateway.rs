@@ -1074,6 +1074,27 @@ fn serve_one_shard(
     ChildGuard(child.expect("spawn fleetgate serve"))
 }
 
+/// Sends SIGTERM to the gateway; when it was sent.
+fn sigterm(child: &ChildGuard) -> Instant {
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: sends a signal to our own child process, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    Instant::now()
+}
+
+/// The gateway exits with status 0 within `limit` of `since` (its log in `log`).
+fn exits_0_within(child: &mut ChildGuard, since: Instant, limit: Duration, log: &std::path::Path) {
+    let stderr = || std::fs::read_to_string(log).unwrap_or_default();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(since.elapsed() < limit, "still running {limit:?} after SIGTERM:\n{}", stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", stderr());
+}
+
 /// Issue 12. The real binary: SIGTERM logs the device out ("gateway shutting down") and the
 /// process exits with status 0 within 2 s.
 fn sigterm_logs_out_and_exits_0(io: &str) {
@@ -1112,20 +1133,10 @@ fn sigterm_logs_out_and_exits_0(io: &str) {
             assert!(err.contains("cannot bind"), "gateway exited with {status}:\n{err}");
             continue;
         }
-        let pid = child.0.id() as libc::pid_t;
-        // SAFETY: sends a signal to our own child process, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let t0 = Instant::now();
+        let t0 = sigterm(&child);
         d.run_until("LoggedOut after SIGTERM", 2 * SECOND, |d| d.seen.ended.is_some());
         assert_eq!(d.seen.logged_out(), Some("gateway shutting down"), "{:?}", d.seen.events);
-        let status = loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(t0.elapsed() < 2 * SECOND, "still running 2 s after SIGTERM:\n{}", stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(status.success(), "exit status {status}:\n{}", stderr());
+        exits_0_within(&mut child, t0, 2 * SECOND, &log);
         return;
     }
     panic!("could not start the gateway on free ports");
@@ -1177,18 +1188,8 @@ fn sigterm_drain_stops_at_drain_timeout() {
         };
         let report = loadgen::run(&cfg).expect("load run");
         assert!(!report.failed(), "{}", report.table());
-        let pid = child.0.id() as libc::pid_t;
-        // SAFETY: sends a signal to our own child process, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(t0.elapsed() < 10 * SECOND, "still running 10 s after SIGTERM:\n{}", stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(status.success(), "exit status {status}:\n{}", stderr());
+        let t0 = sigterm(&child);
+        exits_0_within(&mut child, t0, 10 * SECOND, &log);
         let err = stderr();
         let line = err
             .lines()
