@@ -35,10 +35,17 @@ pub fn parse_status(text: &str) -> Memory {
     Memory { rss_bytes: kib("VmRSS:"), hwm_bytes: kib("VmHWM:") }
 }
 
-/// CPU time of every thread of `pid` so far: the sum of `/proc/<pid>/task/*/schedstat` (time on
-/// a CPU, nanosecond exact), or `utime + stime` from `/proc/<pid>/stat` (10 ms ticks) where
-/// schedstat is missing. `None` if the process is gone.
+/// CPU time of `pid` so far. For this process, `getrusage` (microseconds, and it keeps the time
+/// of threads that have exited: a test that runs the gateway in process sees other tests'
+/// threads come and go). For another process, the sum of `/proc/<pid>/task/*/schedstat` (time
+/// on a CPU, nanosecond exact, live threads only: the gateway's threads live as long as it
+/// does), or `utime + stime` from `/proc/<pid>/stat` (10 ms ticks) where schedstat is missing.
+/// `None` if the process is gone.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
+    if pid == std::process::id() {
+        let r = own_cpu();
+        return Some(r.user + r.system);
+    }
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         let mut ns = 0u64;
         let mut any = false;
@@ -112,5 +119,21 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(30) {}
         assert!(cpu_time(std::process::id()).unwrap() > cpu);
         assert!(own_cpu().user + own_cpu().system > Duration::ZERO);
+    }
+
+    /// CPU spent by a thread that has since exited still counts: a sum over live threads would
+    /// go down when one exits, and a difference of two samples would read zero.
+    #[test]
+    fn own_cpu_keeps_exited_threads() {
+        let before = cpu_time(std::process::id()).unwrap();
+        std::thread::spawn(|| {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < Duration::from_millis(50) {}
+        })
+        .join()
+        .unwrap();
+        let after = cpu_time(std::process::id()).unwrap();
+        // The spinning thread ran about 50 ms on a CPU; allow for a loaded machine.
+        assert!(after >= before + Duration::from_millis(10), "{before:?} -> {after:?}");
     }
 }
