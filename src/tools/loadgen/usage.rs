@@ -115,10 +115,22 @@ mod tests {
         let m = memory(None).expect("/proc/self/status");
         assert!(m.rss_bytes > 0 && m.hwm_bytes >= m.rss_bytes);
         let cpu = cpu_time(std::process::id()).expect("own cpu");
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {}
+        spin_on_cpu(Duration::from_millis(5));
         assert!(cpu_time(std::process::id()).unwrap() > cpu);
         assert!(own_cpu().user + own_cpu().system > Duration::ZERO);
+    }
+
+    /// Spins until the calling thread has run `d` on a CPU (its CPU-time clock), however long
+    /// a loaded machine takes to give it that.
+    fn spin_on_cpu(d: Duration) {
+        let on_cpu = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` is a live, writable timespec; the clock id is a constant.
+            assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) }, 0);
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        };
+        let start = on_cpu();
+        while on_cpu() < start + d {}
     }
 
     /// CPU spent by a thread that has since exited still counts: a sum over live threads would
@@ -126,18 +138,7 @@ mod tests {
     #[test]
     fn own_cpu_keeps_exited_threads() {
         let before = cpu_time(std::process::id()).unwrap();
-        // Spin until this thread has run 30 ms on a CPU (its own schedstat), however long a
-        // loaded machine takes to give it that.
-        std::thread::spawn(|| {
-            let on_cpu = || {
-                let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-                Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
-            };
-            let start = on_cpu();
-            while on_cpu() < start + Duration::from_millis(30) {}
-        })
-        .join()
-        .unwrap();
+        std::thread::spawn(|| spin_on_cpu(Duration::from_millis(30))).join().unwrap();
         let after = cpu_time(std::process::id()).unwrap();
         // 25 of the 30 ms: getrusage splits the same total into user and system in microseconds.
         assert!(after >= before + Duration::from_millis(25), "{before:?} -> {after:?}");
