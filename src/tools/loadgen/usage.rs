@@ -125,15 +125,23 @@ mod tests {
     /// go down when one exits, and a difference of two samples would read zero.
     #[test]
     fn own_cpu_keeps_exited_threads() {
+        // The time this thread has been on a CPU (`/proc/thread-self/schedstat`, nanoseconds).
+        let thread_cpu = || {
+            let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+            Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+        };
         let before = cpu_time(std::process::id()).unwrap();
-        std::thread::spawn(|| {
-            let spin = std::time::Instant::now();
-            while spin.elapsed() < Duration::from_millis(50) {}
+        // The thread spins until it has had 50 ms of CPU, however long a loaded machine takes
+        // to give it that (50 ms of wall time is only a share of that beside busy threads).
+        std::thread::spawn(move || {
+            let start = thread_cpu();
+            while thread_cpu() < start + Duration::from_millis(50) {}
         })
         .join()
         .unwrap();
         let after = cpu_time(std::process::id()).unwrap();
-        // The spinning thread ran about 50 ms on a CPU; allow for a loaded machine.
-        assert!(after >= before + Duration::from_millis(10), "{before:?} -> {after:?}");
+        // getrusage truncates user and system time to microseconds each.
+        let want = before + Duration::from_millis(50) - Duration::from_micros(2);
+        assert!(after >= want, "{before:?} -> {after:?}");
     }
 }
