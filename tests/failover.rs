@@ -175,8 +175,8 @@ fn the_admin_socket_refuses_a_file_and_an_active_socket_and_replaces_a_stale_one
     drop(gw);
 }
 
-/// A `fleetgate serve` process (the real binary) on free loopback ports with its operator
-/// socket; killed (SIGKILL) when dropped.
+/// A `fleetgate serve` process (the real binary) on free loopback ports ([`fixed_port`]) with
+/// its operator socket; killed (SIGKILL) when dropped.
 struct Serve {
     child: ChildGuard,
     handshake: u16,
@@ -187,10 +187,7 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, name: &str, io: &str, extra: &[&str]) -> Self {
-        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let tcp =
-            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (handshake, tcp_port, session) = (udp(), tcp(), udp());
+        let (handshake, tcp_port, session) = (fixed_port(), fixed_port(), fixed_port());
         let admin = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))

@@ -231,7 +231,8 @@ fn counter_host_keeps_its_state_across_a_roam(io: &str) {
 
 /// Nothing listens: HostStatus(UNREACHABLE, the connect error), then LoggedOut.
 fn unreachable_host(io: &str) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A port no test beside this one binds or connects from meanwhile.
+    let port = local(fixed_port());
     let gw = gateway(io, port, "", &[]);
     let mut d = device(&gw, "HOST-UNREACH-1");
     d.log_on(1);

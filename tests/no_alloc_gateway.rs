@@ -92,6 +92,23 @@ fn pump(devs: &mut [Dev], clock: &Clock, hs: SocketAddr, send: bool) {
     }
 }
 
+/// The measured traffic must carry more echo round trips than this to prove anything.
+const MIN_ROUND_TRIPS: u64 = 5_000;
+
+/// Echo traffic for 2.5 s, and on until more than [`MIN_ROUND_TRIPS`] replies (60 s at most);
+/// the number of replies.
+fn echo_for_a_while(devs: &mut [Dev], clock: &Clock, hs: SocketAddr) -> u64 {
+    let replies = |devs: &[Dev]| devs.iter().map(|d| d.replies).sum::<u64>();
+    let before = replies(devs);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500)
+        || (replies(devs) - before <= MIN_ROUND_TRIPS && t0.elapsed() < Duration::from_secs(60))
+    {
+        pump(devs, clock, hs, true);
+    }
+    replies(devs) - before
+}
+
 /// The detector itself must see an allocation on a thread named like a shard, or a zero below
 /// would prove nothing.
 fn detector_sees_shard_allocations() {
@@ -128,19 +145,14 @@ fn steady_echo_allocates_nothing(io: &str) {
         pump(&mut devs, &clock, gw.gateway.handshake_addr, false);
         std::thread::sleep(Duration::from_micros(200));
     }
-    // Warm-up: journals wrap, queues and histograms reach their working size.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(2500) {
-        pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
-    }
-    let before: u64 = devs.iter().map(|d| d.replies).sum();
+    // Warm-up: journals wrap, queues and histograms reach their working size. Then the
+    // measured traffic, armed. Each lasts 2.5 s, and longer until it has carried more than
+    // MIN_ROUND_TRIPS (a loaded machine carries fewer per second: 4,572 in 2.5 s were seen
+    // beside two busy loops).
+    echo_for_a_while(&mut devs, &clock, gw.gateway.handshake_addr);
     alloc::take();
     alloc::arm_threads_named(SHARD_THREADS);
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(2500) {
-        pump(&mut devs, &clock, gw.gateway.handshake_addr, true);
-    }
-    let during: u64 = devs.iter().map(|d| d.replies).sum::<u64>() - before;
+    let during = echo_for_a_while(&mut devs, &clock, gw.gateway.handshake_addr);
     // Still armed: every device asks for its last RESEND_BACK messages again (a raw
     // ResendRequest numbered next, once its requests are all answered), and the shard serves
     // them from the journals.
@@ -148,6 +160,13 @@ fn steady_echo_allocates_nothing(io: &str) {
     while devs.iter().any(|d| d.dev.unacked() > 0) && t1.elapsed() < Duration::from_secs(2) {
         pump(&mut devs, &clock, gw.gateway.handshake_addr, false);
     }
+    // The shard's resent messages as its snapshots publish them (each second).
+    let published_resent = || {
+        let view = gw.view.lock().unwrap();
+        view.shards.iter().flatten().map(|s| s.counters.get(Counter::MessagesResent)).sum::<u64>()
+    };
+    let resent_before = published_resent();
+    let asked = devs.len() as u64 * RESEND_BACK as u64 / 2;
     for d in &mut devs {
         let expected = d.dev.expected_in();
         let req = Message {
@@ -164,17 +183,20 @@ fn steady_echo_allocates_nothing(io: &str) {
         let to = SocketAddr::from(([127, 0, 0, 1], gw.gateway.session_ports[0]));
         d.sock.send_to(&buf[..p + n], to).unwrap();
     }
+    // Armed until the shard has served them: at least 300 ms, and on until its snapshot shows
+    // the resends (300 ms alone assumed the shard got a CPU within them), 10 s at most.
     let t1 = Instant::now();
-    while t1.elapsed() < Duration::from_millis(300) {
+    while t1.elapsed() < Duration::from_millis(300)
+        || (published_resent() < resent_before + asked && t1.elapsed() < Duration::from_secs(10))
+    {
         pump(&mut devs, &clock, gw.gateway.handshake_addr, false);
     }
     alloc::arm_threads_named("");
     let allocs = alloc::take().growth();
     let totals = gw.stop();
-    assert!(during > 5_000, "too little traffic to prove anything: {during} replies");
+    assert!(during > MIN_ROUND_TRIPS, "too little traffic to prove anything: {during} replies");
     assert!(totals.counters.get(Counter::AppMessagesReceived) > during);
     let resent = totals.counters.get(Counter::MessagesResent);
-    let asked = devs.len() as u64 * RESEND_BACK as u64 / 2;
     assert!(resent >= asked, "too few messages resent to prove anything: {resent}");
     assert_eq!(
         allocs, 0,

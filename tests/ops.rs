@@ -254,12 +254,14 @@ struct Ports {
 }
 
 impl Ports {
-    /// Ports free right now (bound to 0, then released).
+    /// Ports free right now that no other test takes meanwhile ([`fixed_port`]).
     fn free() -> Self {
-        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let tcp =
-            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self { handshake: udp(), tcp: tcp(), session_base: udp(), http: tcp() }
+        Self {
+            handshake: fixed_port(),
+            tcp: fixed_port(),
+            session_base: fixed_port(),
+            http: fixed_port(),
+        }
     }
 }
 

@@ -79,6 +79,28 @@ pub(crate) fn start_with_auth(
     panic!("no free session ports");
 }
 
+static NEXT_FIXED: AtomicU32 = AtomicU32::new(0);
+
+/// A loopback port, free for both UDP and TCP right now, for a gateway process this test starts
+/// to bind later. It lies below the kernel's ephemeral range (32768-60999), so no socket of
+/// the tests running beside this one takes it in the meantime: a port bound to 0 and released
+/// could be handed to any of their `bind(0)` or `connect()` calls (2,000 at once in
+/// `tests/ops.rs`) before the gateway bound it. Session port ranges of [`start`] begin at
+/// 20,000 and above; these come from 10,000..20,000, each at most once per process.
+pub(crate) fn fixed_port() -> u16 {
+    let pid = std::process::id();
+    for _ in 0..10_000 {
+        let k = NEXT_FIXED.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + ((pid.wrapping_mul(4099).wrapping_add(k)) % 10_000) as u16;
+        let free = UdpSocket::bind(local(port)).is_ok()
+            && std::net::TcpListener::bind(local(port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in 10,000..20,000");
+}
+
 /// 127.0.0.1:`port`.
 pub(crate) fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -534,7 +534,11 @@ impl<'a> Engine<'a> {
                 }
             }
             Phase::Drain(mut deadline) => {
-                if self.st.received > self.drain_seen {
+                // Replies still coming, or a device that owes some reconnecting to collect
+                // them by resend: wait on, up to the cap.
+                let extend = self.st.received > self.drain_seen
+                    || (now >= deadline && now < self.drain_cap && self.owed_to_a_reconnect());
+                if extend {
                     self.drain_seen = self.st.received;
                     deadline = (now + END_WAIT).min(self.drain_cap);
                     self.phase = Phase::Drain(deadline);
@@ -550,6 +554,18 @@ impl<'a> Engine<'a> {
             }
             Phase::Done => {}
         }
+    }
+
+    /// Resend scenario: some device that owes echo replies is between sessions (a cycle's or a
+    /// retry's handshake under way, or its retry due), and its resume will bring them back by
+    /// resend. (Looked at once per END_WAIT at most.)
+    fn owed_to_a_reconnect(&self) -> bool {
+        self.cfg.scenario == Scenario::Resend
+            && self.devs.iter().any(|d| {
+                d.sent > d.replies
+                    && d.flags & ABANDONED == 0
+                    && d.dev.state() != DeviceState::Active
+            })
     }
 
     /// Starts the connects that are due (bounded per pass).
@@ -880,11 +896,20 @@ impl<'a> Engine<'a> {
     }
 
     fn on_action(&mut self, k: u32, a: Action, now: Timestamp) {
-        let ending = !matches!(
-            self.phase,
-            Phase::Connect(_) | Phase::StepWait(_) | Phase::Settle | Phase::Hold | Phase::Run
-        );
         let d = &mut self.devs[k as usize];
+        let ending = match self.phase {
+            Phase::Connect(_) | Phase::StepWait(_) | Phase::Settle | Phase::Hold | Phase::Run => {
+                false
+            }
+            // While the end waits for replies, a resend-scenario device that owes some goes on
+            // reconnecting (it resumes, and the resend brings them); no new cycle starts.
+            Phase::Drain(_) => {
+                self.cfg.scenario != Scenario::Resend
+                    || d.sent <= d.replies
+                    || !matches!(a, Action::Retry | Action::DarkEnd)
+            }
+            Phase::Leaving(_) | Phase::Done => true,
+        };
         if ending || d.flags & ABANDONED != 0 {
             return;
         }
