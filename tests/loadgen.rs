@@ -176,8 +176,17 @@ fn idle_scenario() {
 
 #[test]
 fn resend_scenario_delivers_every_feed_event_exactly_once() {
-    let extra =
-        ["gateway.app=\"feed\"", "gateway.feed_interval_ms=50", "journal.messages_per_session=512"];
+    // The scenario drops 10% of what reaches the devices, GetDeviceConfig included, and the
+    // gateway re-sends that every `device_config_retry_ms`. At the default 1 s a device gets 3
+    // or 4 of them in this 3.3 s run, all dropped for about one device in 10^4 logons (each
+    // resume asks for the config again): the test failed about 1 run in 80 with one device
+    // `never_logged_on`. Every 200 ms gives each logon 5 chances a second.
+    let extra = [
+        "gateway.app=\"feed\"",
+        "gateway.feed_interval_ms=50",
+        "journal.messages_per_session=512",
+        "udp.device_config_retry_ms=200",
+    ];
     let json = run(Scenario::Resend, &extra, |c| {
         c.drop_share = 0.1;
         c.duration = Duration::from_millis(2500);
