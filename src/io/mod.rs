@@ -411,6 +411,17 @@ pub fn rusage_self() -> Rusage {
     }
 }
 
+/// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`, nanoseconds); zero if the
+/// call fails.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live, writable timespec; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
 /// `recvmmsg(2)` into the `n` headers at `hdrs`: the number of datagrams received, 0 when none
 /// was queued (a non-blocking call) or the call was interrupted.
 ///

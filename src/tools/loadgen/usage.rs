@@ -123,14 +123,8 @@ mod tests {
     /// Spins until the calling thread has run `d` on a CPU (its CPU-time clock), however long
     /// a loaded machine takes to give it that.
     fn spin_on_cpu(d: Duration) {
-        let on_cpu = || {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: `ts` is a live, writable timespec; the clock id is a constant.
-            assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) }, 0);
-            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-        };
-        let start = on_cpu();
-        while on_cpu() < start + d {}
+        let start = crate::io::thread_cpu_time();
+        while crate::io::thread_cpu_time() < start + d {}
     }
 
     /// CPU spent by a thread that has since exited still counts: a sum over live threads would
