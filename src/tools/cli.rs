@@ -281,7 +281,8 @@ struct LoadArgs {
     /// Generator threads (each owns a share of the devices and sockets).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// resend: share of received datagrams to drop.
+    /// resend: share of received datagrams to drop, handshake and GetDeviceConfig included (a
+    /// logon then waits for the gateway's re-send, every udp.device_config_retry_ms).
     #[arg(long, default_value_t = 0.05)]
     drop: f64,
     /// resend: reconnect + resume period; churn: session lifetime (seconds).

@@ -119,7 +119,9 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Generator threads.
     pub threads: usize,
-    /// resend: share of received datagrams dropped inside the generator.
+    /// resend: share of received datagrams dropped inside the generator, whatever they carry:
+    /// a dropped handshake reply costs a retry, a dropped GetDeviceConfig waits for the
+    /// gateway's re-send.
     pub drop_share: f64,
     /// resend: reconnect + resume this often per device; churn: session lifetime.
     pub reconnect_every: Duration,
