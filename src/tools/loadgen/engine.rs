@@ -23,7 +23,8 @@ use super::{
 };
 use crate::io::mmsg::{RecvBatch, SendBatch};
 use crate::protocol::{
-    Body, DATAGRAM_PREFIX_LEN, Datagram, Deframer, FLAG_RESEND, HEADER_LEN, Message, split_frame,
+    Body, DATAGRAM_PREFIX_LEN, Datagram, Deframer, FLAG_RESEND, HEADER_LEN, Message, MessageType,
+    split_frame,
 };
 use crate::rng::Rng;
 use crate::session::{Device, DeviceConfig, DeviceDest, DeviceEvent, DeviceState, EndReason};
@@ -1779,7 +1780,9 @@ fn count_out(st: &mut ThreadResult, step: usize, flags: &mut u16, counting: bool
 /// LogonResponse (1, 2). A device's DeviceConfig carries its LogonRequest in the same datagram.
 fn is_logon(payload: &[u8]) -> bool {
     payload.len() >= HEADER_LEN
-        && matches!(u16::from_le_bytes([payload[4], payload[5]]), 1 | 2 | 50..=57)
+        && MessageType::from_u16(u16::from_le_bytes([payload[4], payload[5]])).is_some_and(|t| {
+            t.is_handshake() || matches!(t, MessageType::LogonRequest | MessageType::LogonResponse)
+        })
 }
 
 /// Counts heartbeats and TestRequests from the gateway while counting.
